@@ -1,0 +1,42 @@
+'use strict';
+// Locates and loads the native addon. Plain CommonJS on purpose: the build copies this file into
+// both dist/esm and dist/cjs, so __dirname and require work the same for every consumer.
+const path = require('node:path');
+const fs = require('node:fs');
+
+function packageRoot() {
+  let dir = __dirname;
+  for (;;) {
+    const pj = path.join(dir, 'package.json');
+    if (fs.existsSync(pj)) {
+      try {
+        if (JSON.parse(fs.readFileSync(pj, 'utf8')).name === 'mergevq') return dir;
+      } catch {
+        /* keep looking */
+      }
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`mergevq: cannot find the package root above ${__dirname}`);
+    dir = up;
+  }
+}
+
+function load() {
+  const explicit = process.env.MERGEVQ_ADDON;
+  if (explicit) return require(path.resolve(explicit));
+  const root = packageRoot();
+  // A cmake-js build (CPU + CUDA) wins over the portable node-gyp build when both exist.
+  const cmake = path.join(root, 'build-cmake', 'Release', 'mergevq.node');
+  if (process.env.MERGEVQ_PREFER_GYP !== '1' && fs.existsSync(cmake)) return require(cmake);
+  try {
+    return require('node-gyp-build')(root);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new Error(
+      `mergevq: the native addon could not be loaded (${msg}). Build it with \`npm run build:native\` ` +
+        '(CPU; needs python3, make and a C++17 compiler) or `npm run build:cuda` (CPU + CUDA; needs cmake and nvcc).',
+    );
+  }
+}
+
+module.exports = load();

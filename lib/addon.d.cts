@@ -1,0 +1,2 @@
+declare const addon: unknown;
+export = addon;

@@ -1,0 +1,87 @@
+// Layout and dtype ops: contiguous copy, dtype conversion (f16/bf16 storage <-> f32 compute).
+#include <cmath>
+#include <cstring>
+
+#include "../core/op.h"
+#include "../core/parallel.h"
+#include "../kernels/half.h"
+
+namespace mvq {
+namespace {
+
+std::vector<Tensor> op_contiguous(const OpArgs& a) {
+  const Tensor& x = a.input(0, "x");
+  Tensor c = x.contiguous();
+  if (c.storage() == x.storage()) return {to_device(x, Device::CPU)};
+  return {c};
+}
+
+template <class S, class D>
+void convert(const S* s, D* d, int64_t n) {
+  parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] = static_cast<D>(s[i]);
+  });
+}
+
+// Reads element i of any dtype as double / writes double into any dtype.
+double load(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::F32: return t.data<float>()[i];
+    case DType::F16: return half_to_float(t.data<uint16_t>()[i]);
+    case DType::BF16: return bf16_to_float(t.data<uint16_t>()[i]);
+    case DType::I32: return t.data<int32_t>()[i];
+    case DType::I64: return static_cast<double>(t.data<int64_t>()[i]);
+    case DType::U8: return t.data<uint8_t>()[i];
+  }
+  return 0;
+}
+void store(const Tensor& t, int64_t i, double v) {
+  switch (t.dtype()) {
+    case DType::F32: t.data<float>()[i] = static_cast<float>(v); break;
+    case DType::F16: t.data<uint16_t>()[i] = float_to_half(static_cast<float>(v)); break;
+    case DType::BF16: t.data<uint16_t>()[i] = float_to_bf16(static_cast<float>(v)); break;
+    case DType::I32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
+    case DType::I64: t.data<int64_t>()[i] = static_cast<int64_t>(v); break;
+    case DType::U8: t.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
+  }
+}
+
+// cast(x, {dtype}): converts element-wise. Float -> int truncates toward zero; int64 -> float
+// rounds to nearest. f16/bf16 rounding is round-to-nearest-even.
+std::vector<Tensor> op_cast(const OpArgs& a) {
+  const Tensor x = a.input(0, "x").contiguous();
+  DType to;
+  std::string name = a.attrs.s("dtype", "");
+  MVQ_CHECK_TYPE(dtype_from_name(name, &to), "cast: option 'dtype' must be a dtype name, got '", name, "'");
+  Tensor y = empty(x.shape(), to);
+  const int64_t n = x.numel();
+  if (x.dtype() == DType::F32 && to == DType::F16) {
+    const float* s = x.data<float>();
+    uint16_t* d = y.data<uint16_t>();
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) d[i] = float_to_half(s[i]); });
+  } else if (x.dtype() == DType::F16 && to == DType::F32) {
+    const uint16_t* s = x.data<uint16_t>();
+    float* d = y.data<float>();
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) d[i] = half_to_float(s[i]); });
+  } else if (x.dtype() == DType::F32 && to == DType::BF16) {
+    const float* s = x.data<float>();
+    uint16_t* d = y.data<uint16_t>();
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) d[i] = float_to_bf16(s[i]); });
+  } else if (x.dtype() == DType::BF16 && to == DType::F32) {
+    const uint16_t* s = x.data<uint16_t>();
+    float* d = y.data<float>();
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) d[i] = bf16_to_float(s[i]); });
+  } else if (x.dtype() == to) {
+    if (n) std::memcpy(y.raw(), x.raw(), x.nbytes());
+  } else {
+    parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) store(y, i, load(x, i)); });
+  }
+  return {y};
+}
+
+}  // namespace
+
+MVQ_REGISTER_OP("contiguous", Device::CPU, op_contiguous);
+MVQ_REGISTER_OP("cast", Device::CPU, op_cast);
+
+}  // namespace mvq

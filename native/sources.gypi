@@ -1,0 +1,14 @@
+{
+  "variables": {
+    "mergevq_sources": [
+      "native/core/tensor.cc",
+      "native/core/op.cc",
+      "native/core/parallel.cc",
+      "native/cpu/tensor_ops.cc",
+      "native/napi/addon.cc"
+    ],
+    "mergevq_cuda_sources": [
+      "native/cuda/runtime.cu"
+    ]
+  }
+}
