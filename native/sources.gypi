@@ -5,6 +5,7 @@
       "native/core/op.cc",
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
+      "native/cpu/bench_ops.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [

@@ -92,17 +92,19 @@ class Pool {
   void ensure_workers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
       int tid = static_cast<int>(workers_.size()) + 1;
-      workers_.emplace_back([this, tid] { loop(tid); });
+      uint64_t gen;
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        gen = generation_;
+      }
+      // The worker starts from the generation current now, so a job published before it first
+      // takes the lock is still seen as new.
+      workers_.emplace_back([this, tid, gen] { loop(tid, gen); });
     }
   }
 
-  void loop(int tid) {
+  void loop(int tid, uint64_t seen) {
     in_worker_ = true;
-    uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      seen = generation_;
-    }
     for (;;) {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
