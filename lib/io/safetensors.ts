@@ -134,7 +134,7 @@ export interface ReadSafetensorsOptions {
   label?: string;
 }
 
-/** The typed array `array()` returns for each dtype. */
+/** The typed array `array()` returns for each dtype (16-bit floats and float8 as their bit patterns). */
 export interface SafetensorsArrayFor {
   BOOL: Uint8Array;
   U8: Uint8Array;
@@ -149,6 +149,9 @@ export interface SafetensorsArrayFor {
   F64: Float64Array;
   I64: BigInt64Array;
   U64: BigUint64Array;
+  /** float8 bit patterns, one byte per element. */
+  F8_E4M3: Uint8Array;
+  F8_E5M2: Uint8Array;
 }
 export type SafetensorsArray = SafetensorsArrayFor[keyof SafetensorsArrayFor];
 
@@ -327,10 +330,12 @@ type Backing =
   | { kind: 'fd'; fd: number }
   | { kind: 'handle'; handle: fs.promises.FileHandle };
 
-function viewAs(dtype: SafetensorsDType, buf: ArrayBuffer, label: string, name: string): SafetensorsArray {
+function viewAs(dtype: SafetensorsDType, buf: ArrayBuffer): SafetensorsArray {
   switch (dtype) {
     case 'BOOL':
     case 'U8':
+    case 'F8_E4M3':
+    case 'F8_E5M2':
       return new Uint8Array(buf);
     case 'I8':
       return new Int8Array(buf);
@@ -352,8 +357,6 @@ function viewAs(dtype: SafetensorsDType, buf: ArrayBuffer, label: string, name: 
       return new BigInt64Array(buf);
     case 'U64':
       return new BigUint64Array(buf);
-    default:
-      throw new MergeVQError(`${label}: tensor ${JSON.stringify(name)} has dtype ${dtype}, which has no typed array; use bytes()`, 'ERR_UNSUPPORTED_DTYPE');
   }
 }
 
@@ -434,14 +437,14 @@ export class SafetensorsFile {
   array(name: string): SafetensorsArray {
     const info = this.info(name);
     checkHostEndianness();
-    return viewAs(info.dtype, this.bytes(name).buffer as ArrayBuffer, this.label, name);
+    return viewAs(info.dtype, this.bytes(name).buffer as ArrayBuffer);
   }
 
   /** Like `array()`, reading through the async file API. */
   async arrayAsync(name: string): Promise<SafetensorsArray> {
     const info = this.info(name);
     checkHostEndianness();
-    return viewAs(info.dtype, (await this.bytesAsync(name)).buffer as ArrayBuffer, this.label, name);
+    return viewAs(info.dtype, (await this.bytesAsync(name)).buffer as ArrayBuffer);
   }
 
   /** Throws unless `tensor()` can load the entry; returns its info. */
