@@ -164,3 +164,42 @@ buf = io.BytesIO()
 pickle.Pickler(buf, protocol=2).dump({'state_dict': OrderedDict([('a', 1.5), ('b', Evil())])})
 torch_like_zip(os.path.join(out, 'malicious_reduce.ckpt'), buf.getvalue())
 print('wrote', sorted(os.listdir(out)))
+
+
+# Malformed archives: each pickle is valid, the tensor/storage description is not.
+class StorageMarker:
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class TensorMarker:
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride, False, OrderedDict())
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class MarkerPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, StorageMarker):
+            return ('storage', torch.FloatStorage, obj.key, 'cpu', obj.numel)
+        return None
+
+
+def bad_ckpt(name, tensor, entries):
+    buf = io.BytesIO()
+    MarkerPickler(buf, protocol=2).dump({'state_dict': OrderedDict([('w', tensor)])})
+    with zipfile.ZipFile(os.path.join(out, name), 'w', zipfile.ZIP_STORED) as z:
+        z.writestr('archive/data.pkl', buf.getvalue())
+        for k, v in entries.items():
+            z.writestr('archive/data/' + k, v)
+
+
+four = struct.pack('<4f', 1.0, 2.0, 3.0, 4.0)
+bad_ckpt('bad_view_out_of_range.ckpt', TensorMarker(StorageMarker('0', 4), 1, (2, 2), (2, 1)), {'0': four})
+bad_ckpt('bad_storage_size.ckpt', TensorMarker(StorageMarker('0', 8), 0, (2, 2), (2, 1)), {'0': four})
+bad_ckpt('bad_missing_storage.ckpt', TensorMarker(StorageMarker('7', 4), 0, (4,), (1,)), {'0': four})
+bad_ckpt('bad_storage_key.ckpt', TensorMarker(StorageMarker('../0', 4), 0, (4,), (1,)), {'0': four})
+bad_ckpt('good_handmade.ckpt', TensorMarker(StorageMarker('0', 4), 1, (3,), (1,)), {'0': four})
+print('wrote malformed archives')

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ALLOWED_GLOBALS, PickleObject, TorchTensorRef, loadCheckpoint, readCheckpointObject } from '../lib/io/checkpoint.js';
+import { ALLOWED_GLOBALS, PickleObject, TorchTensorRef, loadCheckpoint, readCheckpointObject } from '../lib/io/index.js';
 import { unpickle } from '../lib/io/pickle.js';
 import { readSafetensorsSync, type SafetensorsFile } from '../lib/io/safetensors.js';
 import { MergeVQError } from '../lib/errors.js';
@@ -156,6 +156,15 @@ describe('loadCheckpoint', () => {
     const r = await loadCheckpoint(ckpt('malicious_reduce.ckpt'), { skipUnknownGlobals: true });
     expect(r.tensors.size).toBe(0);
     expect(r.dropped).toEqual(['a', 'b']);
+  });
+
+  it('checks every tensor and storage description against the archive', async () => {
+    const ok = await loadCheckpoint(ckpt('good_handmade.ckpt'));
+    expect(Array.from(ok.tensors.get('w')!.toFloat32())).toEqual([2, 3, 4]);
+    await rejects(loadCheckpoint(ckpt('bad_view_out_of_range.ckpt')), 'ERR_BAD_FILE', /tensor w .*reaches element 4 of a storage of 4/);
+    await rejects(loadCheckpoint(ckpt('bad_storage_size.ckpt')), 'ERR_BAD_FILE', /storage 0 entry holds 16 bytes but 8 elements of float32 need 32/);
+    await rejects(loadCheckpoint(ckpt('bad_missing_storage.ckpt')), 'ERR_BAD_FILE', /storage 7 has no zip entry archive\/data\/7/);
+    await rejects(loadCheckpoint(ckpt('bad_storage_key.ckpt')), 'ERR_BAD_FILE', /storage key "\.\.\/0" is not a plain name/);
   });
 
   it('rejects files that are not torch archives with ERR_BAD_FILE', async () => {

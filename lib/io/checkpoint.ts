@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import { MergeVQError, typeError } from '../errors.js';
 import type { DType } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { PickleCallable, PickleObject, UnknownGlobal, unpickle } from './pickle.js';
+import { PickleCallable, PickleObject, unpickle } from './pickle.js';
 
 /** Element types of torch storages that this loader knows. */
 export type TorchDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
@@ -620,4 +620,4 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
   }
 }
 
-export { PickleObject, UnknownGlobal };
+
