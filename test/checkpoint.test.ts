@@ -197,6 +197,14 @@ describe('restricted unpickler', () => {
     expect(v.get('big')).toBe(2n ** 70n);
   });
 
+  it('handles a list of 300k items appended at once', () => {
+    const n = 300_000 + randomInt(1000);
+    const pkl = Buffer.concat([Buffer.from([0x80, 0x02, 0x5d, 0x28]), Buffer.alloc(n, 0x4e), Buffer.from([0x65, 0x2e])]);
+    const v = unpickle(pkl, { resolveGlobal: resolveNone }) as unknown[];
+    expect(v.length).toBe(n);
+    expect(v[n - 1]).toBe(null);
+  });
+
   it('fails with ERR_BAD_FILE, never a crash, on malformed input', () => {
     const cases: number[][] = [[], [0x80, 0x02], [0x80, 0x02, 0xff, 0x2e], [0x80, 0x02, 0x30, 0x2e], [0x80, 0x02, 0x68, 0x07, 0x2e], [0x80, 0x02, 0x58, 0xff, 0xff, 0xff, 0x7f], [0x80, 0x02, 0x4e, 0x4e, 0x2e], [0x80, 0x02, 0x4e, 0x52, 0x2e], [0x80, 0x02, 0x75, 0x2e]];
     for (const c of cases) {

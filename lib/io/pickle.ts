@@ -155,9 +155,12 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): unknown {
     else bad(`SETITEM(S) on a ${typeof target} that is not a dict`);
   };
   const appendItems = (target: unknown, vs: unknown[]) => {
-    if (Array.isArray(target) && !Object.isFrozen(target)) target.push(...vs);
-    else if (target instanceof PickleObject) target.list.push(...vs);
+    // A loop, not push(...vs): a spread of a huge APPENDS would overflow the call stack.
+    let dst: unknown[] | undefined;
+    if (Array.isArray(target) && !Object.isFrozen(target)) dst = target;
+    else if (target instanceof PickleObject) dst = target.list;
     else bad(`APPEND(S) on a value that is not a list`);
+    for (const v of vs) dst!.push(v);
   };
   const tuple = (vs: unknown[]) => Object.freeze(vs);
 
@@ -419,7 +422,7 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): unknown {
         const cls = pop();
         if (!(kwargs instanceof Map) || kwargs.size !== 0) {
           if (cls instanceof UnknownGlobal) {
-            stack.push(new PickleObject(cls.qualname, [...(args as unknown[]), kwargs]));
+            stack.push(new PickleObject(cls.qualname, [...(Array.isArray(args) ? (args as unknown[]) : [args]), kwargs]));
             break;
           }
           bad('NEWOBJ_EX with keyword arguments');
