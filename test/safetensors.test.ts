@@ -189,6 +189,28 @@ describe('safetensors round trip', () => {
     expect(empty.metadata).toEqual({});
   });
 
+  it('parses a header from bytes, a file descriptor and a FileHandle alike', async () => {
+    const shape = [1 + randomInt(4), 1 + randomInt(4)];
+    const buf = encodeSafetensors({ w: { dtype: 'F16', shape, data: new Uint16Array(shape[0]! * shape[1]!) } }, { m: String(randomInt(1e6)) });
+    const file = path.join(tmp, 'hdr.safetensors');
+    fs.writeFileSync(file, buf);
+    const fromBytes = parseSafetensorsHeader(buf);
+    const fd = fs.openSync(file, 'r');
+    const fromFd = parseSafetensorsHeader(fd);
+    fs.closeSync(fd);
+    const fh = await fs.promises.open(file, 'r');
+    const fromHandle = await parseSafetensorsHeader(fh);
+    await fh.close();
+    for (const h of [fromFd, fromHandle]) {
+      expect(h.metadata).toEqual(fromBytes.metadata);
+      expect(h.tensors.get('w')).toEqual(fromBytes.tensors.get('w'));
+      expect(h.dataStart).toBe(fromBytes.dataStart);
+      expect(h.fileSize).toBe(buf.byteLength);
+    }
+    expect(fromBytes.tensors.get('w')!.shape).toEqual(shape);
+    expect(() => parseSafetensorsHeader('x' as never)).toThrow(TypeError);
+  });
+
   it('converts F64 to float32 only when asked', () => {
     const vals = Float64Array.from({ length: 6 }, () => Math.random() * 1e3);
     const r = readSafetensorsSync(encodeSafetensors({ d: { dtype: 'F64', shape: [2, 3], data: vals } }));
