@@ -26,6 +26,10 @@ export interface NativeTensor {
   to(device: DeviceName): NativeTensor;
   view(shape: readonly number[]): NativeTensor;
   permute(dims: readonly number[]): NativeTensor;
+  /** Strided view of [start, start + length) along dim. */
+  narrow(dim: number, start: number, length: number): NativeTensor;
+  /** Strided view at index along dim, with that dim removed. */
+  select(dim: number, index: number): NativeTensor;
   contiguous(): NativeTensor;
 }
 

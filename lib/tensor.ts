@@ -129,6 +129,14 @@ export class Tensor {
   permute(...dims: number[]): Tensor {
     return new Tensor(this.native.permute(dims));
   }
+  /** Strided view of [start, start + length) along `dim` (no copy). */
+  narrow(dim: number, start: number, length: number): Tensor {
+    return new Tensor(this.native.narrow(dim, start, length));
+  }
+  /** Strided view at `index` along `dim`, with that dim removed (no copy). */
+  select(dim: number, index: number): Tensor {
+    return new Tensor(this.native.select(dim, index));
+  }
   contiguous(): Tensor {
     return this.native.isContiguous ? this : new Tensor(this.native.contiguous());
   }

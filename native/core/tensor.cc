@@ -166,6 +166,27 @@ Tensor Tensor::permute(const std::vector<int>& dims) const {
   return Tensor(st_, dtype_, sh, st, offset_);
 }
 
+Tensor Tensor::narrow(int d, int64_t start, int64_t length) const {
+  if (d < 0) d += dim();
+  if (d < 0 || d >= dim()) throw_range("narrow: dim ", d, " out of range for shape ", shape_str());
+  if (start < 0 || length < 0 || start + length > shape_[d])
+    throw_range("narrow: [", start, ", ", start + length, ") out of range for dim ", d, " of shape ", shape_str());
+  Shape sh = shape_;
+  sh[d] = length;
+  return Tensor(st_, dtype_, sh, strides_, offset_ + start * strides_[d]);
+}
+
+Tensor Tensor::select(int d, int64_t index) const {
+  if (d < 0) d += dim();
+  if (d < 0 || d >= dim()) throw_range("select: dim ", d, " out of range for shape ", shape_str());
+  if (index < 0) index += shape_[d];
+  if (index < 0 || index >= shape_[d]) throw_range("select: index ", index, " out of range for dim ", d, " of shape ", shape_str());
+  Shape sh = shape_, st = strides_;
+  sh.erase(sh.begin() + d);
+  st.erase(st.begin() + d);
+  return Tensor(st_, dtype_, sh, st, offset_ + index * strides_[d]);
+}
+
 namespace {
 // Copies a strided CPU tensor into dense memory, element size `es`.
 void gather_strided(const Tensor& src, char* dst) {

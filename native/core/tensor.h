@@ -71,6 +71,10 @@ class Tensor {
   Tensor contiguous() const;
   // Strided view with dims permuted.
   Tensor permute(const std::vector<int>& dims) const;
+  // Strided view of [start, start + length) along dim.
+  Tensor narrow(int dim, int64_t start, int64_t length) const;
+  // Strided view at `index` along dim, with that dim removed.
+  Tensor select(int dim, int64_t index) const;
   std::string shape_str() const;
 
  private:

@@ -89,6 +89,7 @@ Napi::Function JsTensor::Init(Napi::Env env) {
                       InstanceAccessor<&JsTensor::StorageId>("storageId"),
                       InstanceMethod<&JsTensor::Read>("read"), InstanceMethod<&JsTensor::To>("to"),
                       InstanceMethod<&JsTensor::View>("view"), InstanceMethod<&JsTensor::Permute>("permute"),
+                      InstanceMethod<&JsTensor::Narrow>("narrow"), InstanceMethod<&JsTensor::Select>("select"),
                       InstanceMethod<&JsTensor::Contiguous>("contiguous")});
 }
 
@@ -195,6 +196,25 @@ Napi::Value JsTensor::Permute(const Napi::CallbackInfo& info) {
   std::vector<int> d(a.Length());
   for (uint32_t i = 0; i < a.Length(); ++i) d[i] = a.Get(i).As<Napi::Number>().Int32Value();
   return guarded(env, [&]() -> Napi::Value { return Wrap(env, t_.permute(d)); });
+}
+
+static int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be an integer");
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (d != static_cast<double>(static_cast<int64_t>(d))) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be an integer");
+  return static_cast<int64_t>(d);
+}
+
+Napi::Value JsTensor::Narrow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t d = int_arg(info, 0, "dim"), start = int_arg(info, 1, "start"), len = int_arg(info, 2, "length");
+  return guarded(env, [&]() -> Napi::Value { return Wrap(env, t_.narrow(static_cast<int>(d), start, len)); });
+}
+
+Napi::Value JsTensor::Select(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t d = int_arg(info, 0, "dim"), index = int_arg(info, 1, "index");
+  return guarded(env, [&]() -> Napi::Value { return Wrap(env, t_.select(static_cast<int>(d), index)); });
 }
 
 Napi::Value JsTensor::Contiguous(const Napi::CallbackInfo& info) {

@@ -31,6 +31,8 @@ class JsTensor : public Napi::ObjectWrap<JsTensor> {
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Permute(const Napi::CallbackInfo& info);
+  Napi::Value Narrow(const Napi::CallbackInfo& info);
+  Napi::Value Select(const Napi::CallbackInfo& info);
   Napi::Value Contiguous(const Napi::CallbackInfo& info);
   Napi::Value StorageId(const Napi::CallbackInfo& info);
   mvq::Tensor t_;
