@@ -1,0 +1,67 @@
+/**
+ * Learned SourceRecovery (SPEC 1.7): K kept tokens -> L full tokens. Learned queries
+ * (`rec_tokens`, one per full position) cross-attend to the embedded kept tokens; a shared head
+ * scores every (full position, kept token) pair; softmax over kept tokens gives S_hat [B, L, K];
+ * the hard assignment (argmax) unmerges the kept tokens.
+ */
+import { call1, type Program } from '../graph.js';
+import type { Tensor } from '../tensor.js';
+import { LayerNorm, Linear } from '../nn/layers.js';
+import { W, type ParamStore } from '../nn/params.js';
+import { CrossAttentionBlock } from '../nn/transformer.js';
+import type { K2LConfig } from './config.js';
+
+export interface RecoveryOutput {
+  /** Restored tokens [B, L, d]. */
+  tokens: Tensor;
+  /** S_hat transposed [B, K, L] (softmax over K for every full position). */
+  sourceT: Tensor;
+  /** Hard assignment [B, L] int64: full position -> kept token. */
+  map: Tensor;
+}
+
+export class SourceRecovery {
+  readonly recEmbed: Linear;
+  readonly recTokens: string;
+  readonly normIn: LayerNorm;
+  readonly blocks: CrossAttentionBlock[] = [];
+  readonly recHead: Linear;
+  readonly fullNum: number;
+  readonly dim: number;
+
+  constructor(
+    readonly store: ParamStore,
+    cfg: K2LConfig,
+    fullNum: number,
+    embedDim: number,
+    readonly name = 'recovery',
+  ) {
+    const D = (this.dim = cfg.rec_embed_dim ?? 384);
+    this.fullNum = cfg.full_num ?? fullNum;
+    const d = cfg.embed_dim ?? embedDim;
+    this.recEmbed = new Linear(store, `${name}.rec_embed`, d, D);
+    this.recTokens = store.declare(`${name}.rec_tokens`, [1, this.fullNum, D], W.normal(1e-6));
+    this.normIn = new LayerNorm(store, `${name}.norm_in`, D, 1e-5);
+    const layers = cfg.num_layers ?? 2;
+    const heads = cfg.num_heads ?? 8;
+    for (let i = 0; i < layers; ++i) this.blocks.push(new CrossAttentionBlock(store, `${name}.blocks.${i}`, D, heads));
+    this.recHead = new Linear(store, `${name}.rec_head`, D, D);
+  }
+
+  /** kept [B, K, d] -> restored tokens, S_hat^T and the hard map. */
+  *forward(kept: Tensor): Program<RecoveryOutput> {
+    const B = kept.shape[0]!;
+    const kv = yield* this.normIn.forward(yield* this.recEmbed.forward(kept));
+    const rec = this.store.get(this.recTokens);
+    let q = B === 1 ? rec : yield* call1('concat', Array.from({ length: B }, () => rec), { dim: 0 });
+    for (const blk of this.blocks) q = yield* blk.forward(q, kv);
+    const qh = yield* this.recHead.forward(q);
+    const kh = yield* this.recHead.forward(kv);
+    const logits = yield* call1('matmul', [qh, kh], { trans_b: true });
+    const s = yield* call1('softmax', [logits], { dim: -1 });
+    const map = yield* call1('argmax', [s], { dim: -1 });
+    const tokens = yield* call1('unmerge', [kept, map]);
+    const sourceT = yield* call1('permute', [s], { dims: [0, 2, 1] });
+    return { tokens, sourceT, map };
+  }
+}

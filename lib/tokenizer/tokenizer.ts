@@ -1,0 +1,227 @@
+/**
+ * MergeVQTokenizer: encoder (CNN + ToMe) -> LFQ -> unmerge (true source or learned recovery) ->
+ * decoder. Every method has a Promise form (each native op runs as its own short job off the
+ * main thread) and a synchronous `...Sync` form.
+ */
+import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { call, call1, runAsync, runSync, type Program } from '../graph.js';
+import { Tensor } from '../tensor.js';
+import { ParamStore, type LoadReport } from '../nn/params.js';
+import { loadConfigFile, normalizeConfig, type TokenizerConfig } from './config.js';
+import { MergeVQDecoder } from './decoder.js';
+import { MergeVQEncoder } from './encoder.js';
+import { SourceRecovery } from './recovery.js';
+import { mergeScheduleFor, keepCandidatesFor, type KeepCandidates } from './schedule.js';
+
+/** The result of encoding a batch. */
+export interface EncodeResult {
+  /** LFQ indices [B, K] int64 (bit j = channel j, least significant first), in ToMe token order. */
+  indices: Tensor;
+  /** LFQ codes (+1/-1) [B, d, sqrt K, sqrt K], in ToMe token order. */
+  codes: Tensor;
+  /** Compact source [B, L] int64: full grid position (raster order) -> kept token index. */
+  source: Tensor;
+  /** Kept token count K. */
+  keep: number;
+  /** The cls token features after the ToMe blocks [B, C]. */
+  cls: Tensor;
+  /** dist_head(cls) [B, num_classes] (null when the config has no dist_head). */
+  clsHead: Tensor | null;
+  /** Pre-quantization encoder output z [B, d, sqrt K, sqrt K]. */
+  z: Tensor;
+  /** Token sizes after merging [B, 1 + K] (cls first). */
+  size: Tensor;
+  /** CNN features before the transformer [B, C, h, w]. */
+  encCnn: Tensor;
+}
+
+export interface DecodeInput {
+  /** LFQ indices [B, K] (int64 or int32). Give this or `codes`. */
+  indices?: Tensor;
+  /** LFQ codes [B, d, sqrt K, sqrt K] (or any real-valued z of that shape). */
+  codes?: Tensor;
+  /** The compact source [B, L] from `encode`, or 'learned' to use the learned SourceRecovery. */
+  source: Tensor | 'learned';
+}
+
+export interface DecodeResult {
+  /** Decoded images [B, out_ch, R, R] in [-1, 1] (not clamped). */
+  images: Tensor;
+  /** The restored full-grid codes [B, d, h, w] fed to the decoder. */
+  full: Tensor;
+  /** With source 'learned': the recovered map [B, L] and S_hat^T [B, K, L]. */
+  recovered?: { map: Tensor; sourceT: Tensor; tokens: Tensor };
+}
+
+/** Unmerges [B, d, s, s] codes to the full grid with a compact map [B, L]. */
+export function* unmergeGrid(codes: Tensor, map: Tensor): Program<Tensor> {
+  const [B, d] = codes.shape as [number, number];
+  const K = codes.numel / (B * d);
+  const L = map.shape[1]!;
+  const h = Math.round(Math.sqrt(L));
+  const kept = yield* call1('permute', [codes.contiguous().view(B, d, K)], { dims: [0, 2, 1] });
+  const full = yield* call1('unmerge', [kept, map]);
+  return (yield* call1('permute', [full], { dims: [0, 2, 1] })).view(B, d, h, h);
+}
+
+/** Drops the cls entry of an encoder source map [B, 1+L] (cls -> 0) and shifts to kept indices. */
+export function keptSourceMap(mapWithCls: Tensor): Tensor {
+  const [B, L1] = mapWithCls.shape as [number, number];
+  const src = mapWithCls.toArray<'int64'>();
+  const out = new BigInt64Array(B * (L1 - 1));
+  for (let b = 0; b < B; ++b) for (let l = 1; l < L1; ++l) out[b * (L1 - 1) + l - 1] = src[b * L1 + l]! - 1n;
+  return Tensor.from(out, [B, L1 - 1]);
+}
+
+export class MergeVQTokenizer {
+  readonly store = new ParamStore();
+  readonly encoder: MergeVQEncoder;
+  readonly decoder: MergeVQDecoder;
+  readonly recovery: SourceRecovery | null;
+  /** Keep-count candidates of the config (and their probabilities for training). */
+  readonly candidates: KeepCandidates;
+  /** Full token count L. */
+  readonly fullNum: number;
+  /** The default keep count K (L - merge_num). */
+  readonly defaultKeep: number;
+
+  constructor(readonly config: TokenizerConfig) {
+    const dd = config.ddconfig;
+    this.encoder = new MergeVQEncoder(this.store, dd);
+    this.decoder = new MergeVQDecoder(this.store, dd);
+    this.fullNum = this.encoder.geo.fullNum;
+    const k2l = config.k2lconfig;
+    this.recovery = k2l && k2l.learn_source ? new SourceRecovery(this.store, k2l, this.fullNum, config.embed_dim) : null;
+    const mergeNum = dd.merge_num ?? 0;
+    this.defaultKeep = k2l?.keep_num ?? this.fullNum - mergeNum;
+    this.candidates = keepCandidatesFor(dd.num_att_blocks, this.fullNum, mergeNum, dd.cand_distribution ?? null);
+  }
+
+  /** Builds a tokenizer from a reference YAML file path, a YAML text's parsed config, or a config object. */
+  static fromConfig(config: string | TokenizerConfig | Record<string, unknown>): MergeVQTokenizer {
+    if (typeof config === 'string') return new MergeVQTokenizer(loadConfigFile(config));
+    return new MergeVQTokenizer(normalizeConfig(config));
+  }
+
+  /** Loads weights by reference name (missing/unexpected reported, shapes checked). */
+  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+    return this.store.load(tensors, opts);
+  }
+
+  /** The per-block merge counts for keep count K (sum = L - K). */
+  mergeSchedule(keep: number): number[] {
+    return mergeScheduleFor(this.encoder.blocks.length, this.fullNum, keep);
+  }
+
+  private checkImages(images: Tensor): void {
+    if (!(images instanceof Tensor)) typeError('images', 'a float32 Tensor [B, 3, R, R]', images);
+    const dd = this.config.ddconfig;
+    const s = images.shape;
+    if (images.dtype !== 'float32' || s.length !== 4 || s[1] !== dd.in_channels || s[2] !== dd.resolution || s[3] !== dd.resolution)
+      throw new RangeError(
+        `images must be float32 [B, ${dd.in_channels}, ${dd.resolution}, ${dd.resolution}], got ${images.dtype} [${s.join(', ')}]`,
+      );
+  }
+
+  private checkKeep(keep: number): number {
+    checkInt('keep', keep, 1, this.fullNum);
+    const r = Math.round(Math.sqrt(keep));
+    if (r * r !== keep) throw new RangeError(`keep must be a square number (a kept grid), got ${keep}`);
+    return keep;
+  }
+
+  /** Program form of `encode`. */
+  *encodeProgram(images: Tensor, opts: { keep?: number } = {}): Program<EncodeResult> {
+    this.checkImages(images);
+    const keep = this.checkKeep(opts.keep ?? this.defaultKeep);
+    const enc = yield* this.encoder.forward(images, this.mergeSchedule(keep));
+    if (enc.keep !== keep) throw new MergeVQError(`the merge schedule kept ${enc.keep} tokens instead of ${keep}`, 'ERR_SCHEDULE');
+    const [codes, idx] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
+    const B = images.shape[0]!;
+    return {
+      indices: idx!.view(B, keep),
+      codes: codes!,
+      source: keptSourceMap(enc.sourceMap),
+      keep,
+      cls: enc.cls,
+      clsHead: enc.clsHead,
+      z: enc.z,
+      size: enc.size,
+      encCnn: enc.encCnn,
+    };
+  }
+
+  /** Program form of `decode`. */
+  *decodeProgram(input: DecodeInput): Program<DecodeResult> {
+    if (typeof input !== 'object' || input === null) typeError('input', '{ indices | codes, source }', input);
+    let codes = input.codes;
+    const d = this.config.embed_dim;
+    if (!codes) {
+      const idx = input.indices;
+      if (!(idx instanceof Tensor)) typeError('input.indices', 'an int64 Tensor [B, K] (or give input.codes)', idx);
+      const [B, K] = idx.shape as [number, number];
+      const s = Math.round(Math.sqrt(K));
+      if (idx.shape.length !== 2 || s * s !== K) throw new RangeError(`input.indices must be [B, K] with K square, got [${idx.shape.join(', ')}]`);
+      const c = yield* call1('lfq_indices_to_codes', [idx], { bits: d, dim: 1 });
+      codes = c.view(B, d, s, s);
+    } else if (!(codes instanceof Tensor)) {
+      typeError('input.codes', `a float32 Tensor [B, ${d}, s, s]`, codes);
+    }
+    const B = codes.shape[0]!;
+    const K = codes.numel / (B * d);
+    if (input.source === 'learned') {
+      if (!this.recovery) throw new MergeVQError("source 'learned' needs a config with k2lconfig.learn_source: true", 'ERR_NO_RECOVERY');
+      const kept = yield* call1('permute', [codes.contiguous().view(B, d, K)], { dims: [0, 2, 1] });
+      const rec = yield* this.recovery.forward(kept);
+      const h = Math.round(Math.sqrt(this.fullNum));
+      const full = (yield* call1('permute', [rec.tokens], { dims: [0, 2, 1] })).view(B, d, h, h);
+      const images = yield* this.decoder.forward(full);
+      return { images, full, recovered: rec };
+    }
+    const src = input.source;
+    if (!(src instanceof Tensor)) typeError('input.source', "a Tensor [B, L] from encode() or 'learned'", src);
+    if (src.shape.length !== 2 || src.shape[0] !== B || src.shape[1] !== this.fullNum)
+      throw new RangeError(`input.source must be [${B}, ${this.fullNum}], got [${src.shape.join(', ')}]`);
+    const full = yield* unmergeGrid(codes, src);
+    const images = yield* this.decoder.forward(full);
+    return { images, full };
+  }
+
+  /** Encodes images [B, 3, R, R] in [-1, 1] to indices, codes and the source map. */
+  encode(images: Tensor, opts: { keep?: number } = {}): Promise<EncodeResult> {
+    return runAsync(this.encodeProgram(images, opts));
+  }
+  encodeSync(images: Tensor, opts: { keep?: number } = {}): EncodeResult {
+    return runSync(this.encodeProgram(images, opts));
+  }
+  /** Decodes indices or codes, restoring the full grid with the given source or the learned recovery. */
+  decode(input: DecodeInput): Promise<DecodeResult> {
+    return runAsync(this.decodeProgram(input));
+  }
+  decodeSync(input: DecodeInput): DecodeResult {
+    return runSync(this.decodeProgram(input));
+  }
+  /** encode then decode with the encoder's own source (or 'learned'). */
+  async reconstruct(images: Tensor, opts: { keep?: number; source?: 'given' | 'learned' } = {}): Promise<DecodeResult & { encoded: EncodeResult }> {
+    const encoded = await this.encode(images, opts);
+    const dec = await this.decode({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
+    return { ...dec, encoded };
+  }
+  reconstructSync(images: Tensor, opts: { keep?: number; source?: 'given' | 'learned' } = {}): DecodeResult & { encoded: EncodeResult } {
+    const encoded = this.encodeSync(images, opts);
+    const dec = this.decodeSync({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
+    return { ...dec, encoded };
+  }
+
+  /** The dense source [B, 1+K, 1+L] as the reference keeps it, from a compact map [B, L]. */
+  static denseSource(source: Tensor, keep: number): Tensor {
+    const [B, L] = source.shape as [number, number];
+    const m = source.toArray<'int64'>();
+    const out = new Float32Array(B * (keep + 1) * (L + 1));
+    for (let b = 0; b < B; ++b) {
+      out[b * (keep + 1) * (L + 1)] = 1;
+      for (let l = 0; l < L; ++l) out[b * (keep + 1) * (L + 1) + (Number(m[b * L + l]!) + 1) * (L + 1) + l + 1] = 1;
+    }
+    return Tensor.from(out, [B, keep + 1, L + 1]);
+  }
+}
