@@ -39,3 +39,73 @@ describe('native runtime', () => {
     expect(Array.from(back.slice(0, 3))).toEqual([1.5, -2.25, 65504]);
   });
 });
+
+describe('runtime: threads, async safety, workers', () => {
+  it('setNumThreads validates and round-trips', async () => {
+    const { addon: a } = await import('../lib/native.js');
+    const before = a.getNumThreads();
+    a.setNumThreads(1);
+    expect(a.getNumThreads()).toBe(1);
+    a.setNumThreads(before);
+    expect(() => a.setNumThreads(0)).toThrow(RangeError);
+    expect(() => a.setNumThreads('2' as never)).toThrow(TypeError);
+  });
+
+  it('a large parallel op gives the same result with 1 and N threads', async () => {
+    const { addon: a, runOp } = await import('../lib/native.js');
+    const n = 1 << 20;
+    const x = new Float32Array(n);
+    for (let i = 0; i < n; ++i) x[i] = Math.sin(i * 0.37) * 1000;
+    const t = Tensor.from(x, [n]);
+    const before = a.getNumThreads();
+    a.setNumThreads(2);
+    const h2 = new Uint16Array(runOp('cast', [t.native], { dtype: 'float16' })[0]!.read());
+    a.setNumThreads(1);
+    const h1 = new Uint16Array(runOp('cast', [t.native], { dtype: 'float16' })[0]!.read());
+    a.setNumThreads(before);
+    expect(Buffer.compare(Buffer.from(h1.buffer), Buffer.from(h2.buffer))).toBe(0);
+  });
+
+  it('async jobs keep their inputs alive after JS drops them', async () => {
+    const { runOpAsync } = await import('../lib/native.js');
+    const jobs: Promise<unknown>[] = [];
+    for (let k = 0; k < 16; ++k) {
+      const data = Float32Array.from({ length: 1 << 16 }, (_, i) => i + k);
+      jobs.push(runOpAsync('cast', [Tensor.from(data, [1 << 16]).native], { dtype: 'bfloat16' }));
+    }
+    (globalThis as { gc?: () => void }).gc?.();
+    const outs = (await Promise.all(jobs)) as { read(): ArrayBuffer }[][];
+    outs.forEach((o, k) => {
+      const back = new Tensor(o[0] as never).toFloat32();
+      expect(back[0]).toBe(k);
+    });
+  });
+
+  it('async errors reject with the caller stack and a typed error', async () => {
+    const { runOpAsync } = await import('../lib/native.js');
+    const t = Tensor.from(new Float32Array(4), [4]);
+    await expect(runOpAsync('cast', [t.native], { dtype: 'float99' })).rejects.toThrow(TypeError);
+  });
+
+  it('loads and runs inside worker_threads (per-environment state)', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const { createRequire } = await import('node:module');
+    const req = createRequire(import.meta.url);
+    const addonPath = req.resolve('../lib/addon.cjs');
+    const code = `
+      const { parentPort } = require('node:worker_threads');
+      const a = require(${JSON.stringify(addonPath)});
+      const t = new a.Tensor(new Float32Array([1.5, 2.5]), [2], 'float32');
+      const [h] = a.runOp('cast', [t], { dtype: 'float16' });
+      parentPort.postMessage(Array.from(new Uint16Array(h.read())));`;
+    const run = () =>
+      new Promise<number[]>((resolve, reject) => {
+        const w = new Worker(code, { eval: true });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+    const [r1, r2] = await Promise.all([run(), run()]);
+    expect(r1).toEqual([0x3e00, 0x4100]);
+    expect(r2).toEqual(r1);
+  });
+});

@@ -1,0 +1,40 @@
+/**
+ * mergevq: MergeVQ (token merging + lookup-free quantization) for Node.js on a native C++/CUDA core.
+ *
+ * ```ts
+ * import { MergeVQTokenizer, loadImages } from 'mergevq';
+ * const tok = MergeVQTokenizer.fromConfig('imagenet_mergevq_256_GR_d64_8gpu_200ep.yaml');
+ * tok.loadWeights(await readWeights('model.safetensors'));
+ * const { indices, source } = await tok.encode(await loadImages(['cat.jpg'], 256), { keep: 144 });
+ * const { images } = await tok.decode({ indices, source });
+ * ```
+ */
+export { MergeVQError } from './errors.js';
+export { Tensor, type TypedArrayFor } from './tensor.js';
+export { addon, runOp, runOpAsync, type DType, type DeviceName, type NativeTensor, type Attrs } from './native.js';
+export { call, call1, op, op1, runAsync, runSync, type OpRequest, type Program } from './graph.js';
+export { ParamStore, type LoadReport } from './nn/params.js';
+export { loadConfigFile, parseConfigYaml, normalizeConfig, type TokenizerConfig, type DDConfig, type K2LConfig } from './tokenizer/config.js';
+export { MergeVQTokenizer, type EncodeResult, type DecodeInput, type DecodeResult } from './tokenizer/tokenizer.js';
+export { loadTokenizer, readWeights, type LoadTokenizerOptions } from './tokenizer/load.js';
+export * from './io/index.js';
+export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, type ImageInput, type ImageFormat } from './io/image.js';
+
+import { addon } from './native.js';
+
+/** Sets the number of CPU threads native ops use (default: MERGEVQ_NUM_THREADS or all CPUs). */
+export function setNumThreads(n: number): void {
+  addon.setNumThreads(n);
+}
+/** The number of CPU threads native ops use. */
+export function getNumThreads(): number {
+  return addon.getNumThreads();
+}
+/** Whether `op` has an implementation on `device`. */
+export function supports(op: string, device: 'cpu' | 'cuda'): boolean {
+  return addon.supports(op, device);
+}
+/** Whether a CUDA GPU is usable, and why not. */
+export function cudaAvailable(): { available: boolean; reason: string | null } {
+  return addon.deviceAvailable('cuda');
+}
