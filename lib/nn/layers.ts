@@ -101,17 +101,30 @@ export function* residualScaled(x: Tensor, gamma: Tensor, y: Tensor): Program<Te
   return yield* call1('add', [x, gy]);
 }
 
+/** Reshape as a recorded op (a view when x is contiguous). */
+export function* reshape(x: Tensor, shape: readonly number[]): Program<Tensor> {
+  return yield* call1('reshape', [x], { shape });
+}
+/** Strided permuted view as a recorded op. */
+export function* permuteView(x: Tensor, dims: readonly number[]): Program<Tensor> {
+  return yield* call1('permute_view', [x], { dims });
+}
+/** Strided view at `index` along `dim` (dim removed), as a recorded op. */
+export function* select(x: Tensor, dim: number, index: number): Program<Tensor> {
+  return yield* call1('select', [x], { dim, index });
+}
+
 /** [B, N, C] tokens -> [B, C, s, s] image (s = sqrt(N)). */
 export function* tokensToImage(x: Tensor): Program<Tensor> {
   const [B, N, C] = x.shape as [number, number, number];
   const s = Math.round(Math.sqrt(N));
   if (s * s !== N) throw new RangeError(`tokensToImage: token count ${N} is not a square`);
   const t = yield* call1('permute', [x], { dims: [0, 2, 1] });
-  return t.view(B, C, s, s);
+  return yield* reshape(t, [B, C, s, s]);
 }
 
 /** [B, C, H, W] image -> [B, H*W, C] tokens. */
 export function* imageToTokens(x: Tensor): Program<Tensor> {
   const [B, C, H, Wd] = x.shape as [number, number, number, number];
-  return yield* call1('permute', [x.view(B, C, H * Wd)], { dims: [0, 2, 1] });
+  return yield* call1('permute', [yield* reshape(x, [B, C, H * Wd])], { dims: [0, 2, 1] });
 }

@@ -5,7 +5,7 @@
  */
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { Conv2d, LayerNorm, Linear, imageToTokens, residualScaled, tokensToImage } from './layers.js';
+import { Conv2d, LayerNorm, Linear, imageToTokens, permuteView, reshape, residualScaled, select, tokensToImage } from './layers.js';
 import { W, type ParamStore } from './params.js';
 
 /** Multi-head self-attention with a fused qkv projection (bias), optional per-key additive bias. */
@@ -31,12 +31,12 @@ export class SelfAttention {
   *forward(x: Tensor, keyBias: Tensor | null = null): Program<{ out: Tensor; k: Tensor }> {
     const [B, N, C] = x.shape as [number, number, number];
     const qkv = yield* this.qkv.forward(x);
-    const heads = qkv.view(B, N, 3, this.heads, this.headDim).permute(2, 0, 3, 1, 4);
-    const q = heads.select(0, 0);
-    const k = heads.select(0, 1);
-    const v = heads.select(0, 2);
+    const heads = yield* permuteView(yield* reshape(qkv, [B, N, 3, this.heads, this.headDim]), [2, 0, 3, 1, 4]);
+    const q = yield* select(heads, 0, 0);
+    const k = yield* select(heads, 0, 1);
+    const v = yield* select(heads, 0, 2);
     const [o] = yield* call('attention', [q, k, v, keyBias, null], { scale: 1 / Math.sqrt(this.headDim) });
-    const merged = (yield* call1('permute', [o!], { dims: [0, 2, 1, 3] })).view(B, N, C);
+    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, C]);
     const out = yield* this.proj.forward(merged);
     return { out, k };
   }
@@ -181,10 +181,10 @@ export class CrossAttentionBlock {
     const M = kv.shape[1]!;
     const hd = this.headDim;
     const nq = yield* this.norm1.forward(q);
-    const qp = (yield* this.q.forward(nq)).view(B, N, this.heads, hd).permute(0, 2, 1, 3);
-    const kvp = (yield* this.kv.forward(kv)).view(B, M, 2, this.heads, hd).permute(2, 0, 3, 1, 4);
-    const [o] = yield* call('attention', [qp, kvp.select(0, 0), kvp.select(0, 1), null, null], { scale: 1 / Math.sqrt(hd) });
-    const merged = (yield* call1('permute', [o!], { dims: [0, 2, 1, 3] })).view(B, N, D);
+    const qp = yield* permuteView(yield* reshape(yield* this.q.forward(nq), [B, N, this.heads, hd]), [0, 2, 1, 3]);
+    const kvp = yield* permuteView(yield* reshape(yield* this.kv.forward(kv), [B, M, 2, this.heads, hd]), [2, 0, 3, 1, 4]);
+    const [o] = yield* call('attention', [qp, yield* select(kvp, 0, 0), yield* select(kvp, 0, 1), null, null], { scale: 1 / Math.sqrt(hd) });
+    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
     const a = yield* this.proj.forward(merged);
     const q1 = yield* residualScaled(q, this.store.get(this.gamma1), a);
     const m = yield* this.mlp.forward(yield* this.norm2.forward(q1));

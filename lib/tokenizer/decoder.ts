@@ -5,7 +5,7 @@
  */
 import { call1, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { Conv2d, GroupNorm, Linear, imageToTokens, tokensToImage } from '../nn/layers.js';
+import { Conv2d, GroupNorm, Linear, imageToTokens, reshape, tokensToImage } from '../nn/layers.js';
 import type { ParamStore } from '../nn/params.js';
 import { Block } from '../nn/transformer.js';
 import type { DDConfig } from './config.js';
@@ -28,9 +28,9 @@ export class AdaptiveGroupNorm {
     const [B, C] = x.shape as [number, number];
     const v = yield* call1('var', [style], { dims: [2, 3], unbiased: true });
     const sd = yield* call1('sqrt', [yield* call1('scale', [v], { mul: 1, add: 1e-6 })]);
-    const scale = (yield* this.gamma.forward(sd)).view(B, C, 1, 1);
+    const scale = yield* reshape(yield* this.gamma.forward(sd), [B, C, 1, 1]);
     const m = yield* call1('mean', [style], { dims: [2, 3] });
-    const bias = (yield* this.beta.forward(m)).view(B, C, 1, 1);
+    const bias = yield* reshape(yield* this.beta.forward(m), [B, C, 1, 1]);
     const n = yield* this.gn.forward(x);
     return yield* call1('add', [yield* call1('mul', [n, scale]), bias]);
   }

@@ -6,7 +6,7 @@
 import { MergeVQError } from '../errors.js';
 import { call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { Conv2d, GroupNorm, LayerNorm, Linear, imageToTokens } from '../nn/layers.js';
+import { Conv2d, GroupNorm, LayerNorm, Linear, imageToTokens, reshape } from '../nn/layers.js';
 import { W, type ParamStore } from '../nn/params.js';
 import { Block, type MergeState } from '../nn/transformer.js';
 import type { DDConfig } from './config.js';
@@ -201,9 +201,9 @@ export class MergeVQEncoder {
     const K = N - 1;
     const s = Math.round(Math.sqrt(K));
     if (s * s !== K) throw new MergeVQError(`the merge schedule left ${K} tokens, which is not a square`, 'ERR_SCHEDULE');
-    const clsOut = (yield* call1('slice', [x], { dim: 1, start: 0, end: 1 })).view(B, C);
+    const clsOut = yield* reshape(yield* call1('slice', [x], { dim: 1, start: 0, end: 1 }), [B, C]);
     const kept = yield* call1('slice', [x], { dim: 1, start: 1, end: N });
-    const img = (yield* call1('permute', [kept], { dims: [0, 2, 1] })).view(B, C, s, s);
+    const img = yield* reshape(yield* call1('permute', [kept], { dims: [0, 2, 1] }), [B, C, s, s]);
     const g = yield* this.normOut.forward(img, 'silu');
     const z = yield* this.convOut.forward(g);
     const clsHead = yield* this.forwardHead(clsOut);

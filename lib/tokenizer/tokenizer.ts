@@ -7,6 +7,7 @@ import { MergeVQError, checkInt, typeError } from '../errors.js';
 import { call, call1, runAsync, runSync, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { ParamStore, type LoadReport } from '../nn/params.js';
+import { reshape } from '../nn/layers.js';
 import { loadConfigFile, normalizeConfig, type TokenizerConfig } from './config.js';
 import { MergeVQDecoder } from './decoder.js';
 import { MergeVQEncoder } from './encoder.js';
@@ -59,9 +60,9 @@ export function* unmergeGrid(codes: Tensor, map: Tensor): Program<Tensor> {
   const K = codes.numel / (B * d);
   const L = map.shape[1]!;
   const h = Math.round(Math.sqrt(L));
-  const kept = yield* call1('permute', [codes.contiguous().view(B, d, K)], { dims: [0, 2, 1] });
+  const kept = yield* call1('permute', [yield* reshape(codes, [B, d, K])], { dims: [0, 2, 1] });
   const full = yield* call1('unmerge', [kept, map]);
-  return (yield* call1('permute', [full], { dims: [0, 2, 1] })).view(B, d, h, h);
+  return yield* reshape(yield* call1('permute', [full], { dims: [0, 2, 1] }), [B, d, h, h]);
 }
 
 /** Drops the cls entry of an encoder source map [B, 1+L] (cls -> 0) and shifts to kept indices. */
@@ -139,7 +140,7 @@ export class MergeVQTokenizer {
     const [codes, idx] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
     const B = images.shape[0]!;
     return {
-      indices: idx!.view(B, keep),
+      indices: yield* reshape(idx!, [B, keep]),
       codes: codes!,
       source: keptSourceMap(enc.sourceMap),
       keep,
@@ -163,7 +164,7 @@ export class MergeVQTokenizer {
       const s = Math.round(Math.sqrt(K));
       if (idx.shape.length !== 2 || s * s !== K) throw new RangeError(`input.indices must be [B, K] with K square, got [${idx.shape.join(', ')}]`);
       const c = yield* call1('lfq_indices_to_codes', [idx], { bits: d, dim: 1 });
-      codes = c.view(B, d, s, s);
+      codes = yield* reshape(c, [B, d, s, s]);
     } else if (!(codes instanceof Tensor)) {
       typeError('input.codes', `a float32 Tensor [B, ${d}, s, s]`, codes);
     }
@@ -171,10 +172,10 @@ export class MergeVQTokenizer {
     const K = codes.numel / (B * d);
     if (input.source === 'learned') {
       if (!this.recovery) throw new MergeVQError("source 'learned' needs a config with k2lconfig.learn_source: true", 'ERR_NO_RECOVERY');
-      const kept = yield* call1('permute', [codes.contiguous().view(B, d, K)], { dims: [0, 2, 1] });
+      const kept = yield* call1('permute', [yield* reshape(codes, [B, d, K])], { dims: [0, 2, 1] });
       const rec = yield* this.recovery.forward(kept);
       const h = Math.round(Math.sqrt(this.fullNum));
-      const full = (yield* call1('permute', [rec.tokens], { dims: [0, 2, 1] })).view(B, d, h, h);
+      const full = yield* reshape(yield* call1('permute', [rec.tokens], { dims: [0, 2, 1] }), [B, d, h, h]);
       const images = yield* this.decoder.forward(full);
       return { images, full, recovered: rec };
     }

@@ -79,8 +79,40 @@ std::vector<Tensor> op_cast(const OpArgs& a) {
   return {y};
 }
 
+// View ops: they return views that share the input's storage (no copy), so that programs can
+// express reshapes and strided selections as recorded op calls (autograd sees them).
+// reshape(x, {shape}): a view when x is contiguous, else a dense copy.
+std::vector<Tensor> op_reshape(const OpArgs& a) {
+  const Tensor& x = a.input(0, "x");
+  Shape shape = a.attrs.ints("shape");
+  if (x.is_contiguous()) return {x.view(shape)};
+  if (x.device() != Device::CPU) throw_runtime("ERR_UNSUPPORTED", "reshape: non-contiguous input on ", device_name(x.device()));
+  return {x.contiguous().view(shape)};
+}
+// permute_view(x, {dims}): a strided view with dims permuted.
+std::vector<Tensor> op_permute_view(const OpArgs& a) {
+  const Tensor& x = a.input(0, "x");
+  auto d = a.attrs.ints("dims");
+  return {x.permute(std::vector<int>(d.begin(), d.end()))};
+}
+// select(x, {dim, index}) and narrow(x, {dim, start, length}): strided views.
+std::vector<Tensor> op_select(const OpArgs& a) {
+  return {a.input(0, "x").select(static_cast<int>(a.attrs.i("dim")), a.attrs.i("index"))};
+}
+std::vector<Tensor> op_narrow(const OpArgs& a) {
+  return {a.input(0, "x").narrow(static_cast<int>(a.attrs.i("dim")), a.attrs.i("start"), a.attrs.i("length"))};
+}
+
 }  // namespace
 
+MVQ_REGISTER_OP("reshape", Device::CPU, op_reshape);
+MVQ_REGISTER_OP("reshape", Device::CUDA, op_reshape);
+MVQ_REGISTER_OP("permute_view", Device::CPU, op_permute_view);
+MVQ_REGISTER_OP("permute_view", Device::CUDA, op_permute_view);
+MVQ_REGISTER_OP("select", Device::CPU, op_select);
+MVQ_REGISTER_OP("select", Device::CUDA, op_select);
+MVQ_REGISTER_OP("narrow", Device::CPU, op_narrow);
+MVQ_REGISTER_OP("narrow", Device::CUDA, op_narrow);
 MVQ_REGISTER_OP("contiguous", Device::CPU, op_contiguous);
 MVQ_REGISTER_OP("cast", Device::CPU, op_cast);
 
