@@ -103,8 +103,13 @@ std::vector<Tensor> op_narrow(const OpArgs& a) {
   return {a.input(0, "x").narrow(static_cast<int>(a.attrs.i("dim")), a.attrs.i("start"), a.attrs.i("length"))};
 }
 
+// detach(x): the same values as a new handle; autograd stops here.
+std::vector<Tensor> op_detach(const OpArgs& a) { return {a.input(0, "x")}; }
+
 }  // namespace
 
+MVQ_REGISTER_OP("detach", Device::CPU, op_detach);
+MVQ_REGISTER_OP("detach", Device::CUDA, op_detach);
 MVQ_REGISTER_OP("reshape", Device::CPU, op_reshape);
 MVQ_REGISTER_OP("reshape", Device::CUDA, op_reshape);
 MVQ_REGISTER_OP("permute_view", Device::CPU, op_permute_view);

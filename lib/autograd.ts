@@ -1,0 +1,275 @@
+/**
+ * Reverse-mode autodiff over op programs. A `Tape` observes every op a program runs (pass
+ * `tape.observe` to `runSync`/`runAsync`); `tape.backward(loss)` is itself a program that walks
+ * the recorded ops in reverse and runs each op's gradient rule (native `*_backward` ops, or
+ * compositions of forward ops), accumulating gradients per tensor.
+ *
+ * Tensors are identified by their `Tensor` handle: parameters from a `ParamStore` keep one handle,
+ * so `grads.get(store.get(name))` is that parameter's gradient. Ops whose decisions are discrete
+ * (ToMe matching, argmax, LFQ indices) are not differentiated; LFQ codes pass gradients straight
+ * through to z (the straight-through estimator); `detach` stops gradients.
+ */
+import { call, call1, type OpRequest, type Program } from './graph.js';
+import { MergeVQError } from './errors.js';
+import { Tensor } from './tensor.js';
+
+/** Input gradients for one recorded op, given the gradients of its outputs (null = none). */
+export type GradRule = (req: OpRequest, outs: Tensor[], gouts: (Tensor | null)[]) => Program<(Tensor | null)[]>;
+
+const rules = new Map<string, GradRule>();
+/** Ops that never carry gradient (discrete outputs, or explicitly detached). */
+const nonDifferentiable = new Set<string>([
+  'tome_match', 'tome_source_update', 'tome_source_dense', 'argmax', 'detach', 'cast',
+  'lfq_indices_to_codes', 'lfq_factorize', 'lfq_unfactorize', 'fma_peak',
+]);
+
+/** Registers the gradient rule of `op`. */
+export function defineGrad(op: string, rule: GradRule): void {
+  rules.set(op, rule);
+}
+/** Marks `op` as not differentiable (its outputs never receive gradients). */
+export function defineNonDifferentiable(op: string): void {
+  nonDifferentiable.add(op);
+}
+export function hasGrad(op: string): boolean {
+  return rules.has(op) || nonDifferentiable.has(op);
+}
+
+interface Entry {
+  req: OpRequest;
+  outs: Tensor[];
+}
+
+export class Tape {
+  private readonly entries: Entry[] = [];
+  /** Pass to runSync/runAsync to record. */
+  readonly observe = (req: OpRequest, outs: Tensor[]): void => {
+    this.entries.push({ req, outs });
+  };
+  get length(): number {
+    return this.entries.length;
+  }
+
+  /**
+   * Gradients of `root` (a scalar unless `seed` is given) with respect to every recorded tensor
+   * that influences it. Returns a map from Tensor handle to its gradient.
+   */
+  *backward(root: Tensor, seed?: Tensor): Program<Map<Tensor, Tensor>> {
+    const grads = new Map<Tensor, Tensor>();
+    if (!seed) {
+      if (root.numel !== 1) throw new RangeError(`backward: root must be a scalar, got shape [${root.shape.join(', ')}] (give a seed)`);
+      seed = Tensor.from(new Float32Array([1]), root.shape);
+    }
+    grads.set(root, seed);
+    for (let i = this.entries.length - 1; i >= 0; --i) {
+      const { req, outs } = this.entries[i]!;
+      const gouts = outs.map((o) => (o ? grads.get(o) ?? null : null));
+      if (gouts.every((g) => g === null)) continue;
+      if (nonDifferentiable.has(req.op)) continue;
+      const rule = rules.get(req.op);
+      if (!rule) throw new MergeVQError(`backward: op '${req.op}' has no gradient rule`, 'ERR_NO_GRAD');
+      const gins = yield* rule(req, outs, gouts);
+      for (let j = 0; j < req.inputs.length; ++j) {
+        const x = req.inputs[j];
+        const g = gins[j];
+        if (!x || !g) continue;
+        const prev = grads.get(x);
+        grads.set(x, prev ? yield* call1('add', [prev, g]) : g);
+      }
+    }
+    return grads;
+  }
+}
+
+// ------------------------------------------------------------------ rules
+
+const A = (req: OpRequest) => req.attrs ?? {};
+const inv = (dims: readonly number[]) => {
+  const r = new Array<number>(dims.length);
+  dims.forEach((d, i) => (r[d < 0 ? d + dims.length : d] = i));
+  return r;
+};
+function* sumTo(g: Tensor, shape: readonly number[]): Program<Tensor> {
+  if (g.shape.length === shape.length && g.shape.every((s, i) => s === shape[i])) return g;
+  return yield* call1('sum_to', [g], { shape });
+}
+/** Places g into zeros of `shape` at [start, start + g.shape[dim]) along dim. */
+function* embedAlong(g: Tensor, shape: readonly number[], dim: number, start: number): Program<Tensor> {
+  const d = dim < 0 ? dim + shape.length : dim;
+  const len = g.shape[d]!;
+  const parts: Tensor[] = [];
+  if (start > 0) parts.push(Tensor.zeros(shape.map((s, i) => (i === d ? start : s))));
+  parts.push(g);
+  const after = shape[d]! - start - len;
+  if (after > 0) parts.push(Tensor.zeros(shape.map((s, i) => (i === d ? after : s))));
+  return parts.length === 1 ? g : yield* call1('concat', parts, { dim: d });
+}
+const shapeOf = (t: Tensor | null | undefined) => (t ? t.shape : []);
+
+defineGrad('linear', function* (req, _o, [g]) {
+  const [x, w, b] = req.inputs;
+  return yield* call('linear_backward', [x, w, g!], { has_bias: Boolean(b) });
+});
+defineGrad('matmul', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  return yield* call('matmul_backward', [a, b, g!], { trans_a: A(req).trans_a, trans_b: A(req).trans_b });
+});
+defineGrad('conv2d', function* (req, _o, [g]) {
+  const [x, w, b] = req.inputs;
+  const a = A(req);
+  return yield* call('conv2d_backward', [x, w, g!], { stride: a.stride, padding: a.padding, groups: a.groups, has_bias: Boolean(b) });
+});
+defineGrad('group_norm', function* (req, outs, [g]) {
+  const [x, w, b] = req.inputs;
+  const a = A(req);
+  return yield* call('group_norm_backward', [x, w, outs[1], outs[2], g!], {
+    groups: a.groups, eps: a.eps, act: a.act ?? 'none', has_weight: Boolean(w), has_bias: Boolean(b),
+  });
+});
+defineGrad('layer_norm', function* (req, outs, [g]) {
+  const [x, w, b] = req.inputs;
+  return yield* call('layer_norm_backward', [x, w, outs[1], outs[2], g!], { eps: A(req).eps, has_weight: Boolean(w), has_bias: Boolean(b) });
+});
+defineGrad('gelu', function* (req, _o, [g]) {
+  return [yield* call1('gelu_backward', [req.inputs[0], g!], { approximate: A(req).approximate ?? 'none' })];
+});
+defineGrad('silu', function* (req, _o, [g]) {
+  return [yield* call1('silu_backward', [req.inputs[0], g!])];
+});
+defineGrad('softmax', function* (req, outs, [g]) {
+  return [yield* call1('softmax_backward', [outs[0], g!], { dim: A(req).dim ?? -1 })];
+});
+defineGrad('add', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  const alpha = (A(req).alpha as number | undefined) ?? 1;
+  const gb = alpha === 1 ? g! : yield* call1('scale', [g!], { mul: alpha, add: 0 });
+  return [yield* sumTo(g!, shapeOf(a)), yield* sumTo(gb, shapeOf(b))];
+});
+defineGrad('sub', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  const alpha = (A(req).alpha as number | undefined) ?? 1;
+  return [yield* sumTo(g!, shapeOf(a)), yield* sumTo(yield* call1('scale', [g!], { mul: -alpha, add: 0 }), shapeOf(b))];
+});
+defineGrad('mul', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  return [yield* sumTo(yield* call1('mul', [g!, b]), shapeOf(a)), yield* sumTo(yield* call1('mul', [g!, a]), shapeOf(b))];
+});
+defineGrad('div', function* (req, outs, [g]) {
+  const [a, b] = req.inputs;
+  const ga = yield* call1('div', [g!, b]);
+  const gb = yield* call1('neg', [yield* call1('mul', [ga, outs[0]])]);
+  return [yield* sumTo(ga, shapeOf(a)), yield* sumTo(gb, shapeOf(b))];
+});
+defineGrad('scale', function* (req, _o, [g]) {
+  return [yield* call1('scale', [g!], { mul: (A(req).mul as number | undefined) ?? 1, add: 0 })];
+});
+defineGrad('sqrt', function* (_req, outs, [g]) {
+  return [yield* call1('scale', [yield* call1('div', [g!, outs[0]])], { mul: 0.5, add: 0 })];
+});
+defineGrad('log', function* (req, _o, [g]) {
+  return [yield* call1('div', [g!, req.inputs[0]])];
+});
+defineGrad('mean', function* (req, outs, [g]) {
+  const x = req.inputs[0]!;
+  const dims = ((A(req).dims as number[] | undefined) ?? x.shape.map((_, i) => i)).map((d) => (d < 0 ? d + x.ndim : d));
+  const n = dims.reduce((p, d) => p * x.shape[d]!, 1);
+  const keepShape = x.shape.map((s, i) => (dims.includes(i) ? 1 : s));
+  const gk = yield* call1('reshape', [g!], { shape: keepShape });
+  const e = yield* call1('expand', [gk], { shape: x.shape });
+  void outs;
+  return [yield* call1('scale', [e], { mul: 1 / n, add: 0 })];
+});
+defineGrad('var', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const dims = ((A(req).dims as number[] | undefined) ?? x.shape.map((_, i) => i)).map((d) => (d < 0 ? d + x.ndim : d));
+  const n = dims.reduce((p, d) => p * x.shape[d]!, 1);
+  const unbiased = A(req).unbiased !== false;
+  const keepShape = x.shape.map((s, i) => (dims.includes(i) ? 1 : s));
+  const m = yield* call1('mean', [x], { dims, keepdim: true });
+  const xc = yield* call1('sub', [x, m]);
+  const gk = yield* call1('reshape', [g!], { shape: keepShape });
+  const gx = yield* call1('mul', [xc, gk]);
+  return [yield* call1('scale', [gx], { mul: 2 / (unbiased ? n - 1 : n), add: 0 })];
+});
+defineGrad('permute', function* (req, _o, [g]) {
+  return [yield* call1('permute', [g!], { dims: inv(A(req).dims as number[]) })];
+});
+defineGrad('permute_view', function* (req, _o, [g]) {
+  return [yield* call1('permute_view', [g!], { dims: inv(A(req).dims as number[]) })];
+});
+defineGrad('reshape', function* (req, _o, [g]) {
+  return [yield* call1('reshape', [g!], { shape: req.inputs[0]!.shape })];
+});
+defineGrad('contiguous', function* (_req, _o, [g]) {
+  return [g];
+});
+defineGrad('select', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const dim = (A(req).dim as number) < 0 ? (A(req).dim as number) + x.ndim : (A(req).dim as number);
+  const index = (A(req).index as number) < 0 ? (A(req).index as number) + x.shape[dim]! : (A(req).index as number);
+  const g1 = yield* call1('reshape', [g!], { shape: x.shape.map((s, i) => (i === dim ? 1 : s)) });
+  return [yield* embedAlong(g1, x.shape, dim, index)];
+});
+defineGrad('narrow', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  return [yield* embedAlong(g!, x.shape, A(req).dim as number, A(req).start as number)];
+});
+defineGrad('slice', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const a = A(req);
+  if (a.step !== undefined && a.step !== 1) throw new MergeVQError('backward: slice with step != 1 is not differentiable here', 'ERR_NO_GRAD');
+  const dim = (a.dim as number) < 0 ? (a.dim as number) + x.ndim : (a.dim as number);
+  const start = (a.start as number | undefined) ?? 0;
+  return [yield* embedAlong(g!, x.shape, dim, start < 0 ? start + x.shape[dim]! : start)];
+});
+defineGrad('concat', function* (req, _o, [g]) {
+  const dim0 = A(req).dim as number;
+  const dim = dim0 < 0 ? dim0 + g!.ndim : dim0;
+  const out: Tensor[] = [];
+  let start = 0;
+  for (const x of req.inputs) {
+    const len = x!.shape[dim]!;
+    out.push(yield* call1('narrow', [g!], { dim, start, length: len }));
+    start += len;
+  }
+  return out;
+});
+defineGrad('depth_to_space', function* (req, _o, [g]) {
+  return [yield* call1('space_to_depth', [g!], { block: A(req).block })];
+});
+defineGrad('attention', function* (req, outs, gouts) {
+  const [q, k, v, bias, keep] = req.inputs;
+  const [gq, gk, gv, gb] = yield* call('attention_backward', [q, k, v, bias, keep, outs[0], outs[1], gouts[0]!], A(req));
+  return [gq!, gk!, gv!, bias ? gb! : null, null];
+});
+defineGrad('tome_merge', function* (req, _o, gouts) {
+  const [x, size, unm, src, dst] = req.inputs;
+  if (!gouts[0]) return [null, null, null, null, null];
+  const [gx] = yield* call('tome_merge_backward', [x, size, unm, src, dst, gouts[0]]);
+  return [gx!, null, null, null, null];
+});
+defineGrad('unmerge', function* (req, _o, [g]) {
+  const [kept, map] = req.inputs;
+  return [yield* call1('unmerge_backward', [g!, map], { k: kept!.shape[1]! }), null];
+});
+// Straight-through estimator: codes = z + stopgrad(sign(z) - z).
+defineGrad('lfq_quantize', function* (_req, _o, gouts) {
+  return [gouts[0]];
+});
+defineGrad('l1_loss', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  return yield* call('l1_loss_backward', [a, b, g!], A(req));
+});
+defineGrad('mse_loss', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  return yield* call('mse_loss_backward', [a, b, g!], A(req));
+});
+defineGrad('cross_entropy', function* (req, _o, [g]) {
+  const [logits, target] = req.inputs;
+  return [yield* call1('cross_entropy_backward', [logits, target, g!], A(req)), null];
+});
+defineGrad('lfq_entropy', function* (req, _o, gouts) {
+  const z = req.inputs[0]!;
+  const zero = Tensor.zeros([]);
+  return [yield* call1('lfq_entropy_backward', [z, gouts[0] ?? zero, gouts[1] ?? zero], A(req))];
+});
