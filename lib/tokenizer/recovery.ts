@@ -18,6 +18,8 @@ export interface RecoveryOutput {
   sourceT: Tensor;
   /** Hard assignment [B, L] int64: full position -> kept token. */
   map: Tensor;
+  /** The scores before the softmax [B, L, K] (for the source-recovery loss). */
+  logits: Tensor;
 }
 
 export class SourceRecovery {
@@ -62,6 +64,6 @@ export class SourceRecovery {
     const map = yield* call1('argmax', [s], { dim: -1 });
     const tokens = yield* call1('unmerge', [kept, map]);
     const sourceT = yield* call1('permute', [s], { dims: [0, 2, 1] });
-    return { tokens, sourceT, map };
+    return { tokens, sourceT, map, logits };
   }
 }

@@ -1,0 +1,82 @@
+/**
+ * The tokenizer's generator-side training loss (SPEC 2), as an op program so it can be recorded by
+ * a `Tape` and differentiated. Terms: reconstruction (L1 as the reference code, or L2 as the
+ * paper), LFQ entropy aux (per-sample minus codebook entropy), commitment, the class loss
+ * (label-smoothed cross-entropy on labels when no teacher is given), and this project's
+ * source-recovery cross-entropy between S_hat and the encoder's true merge groups.
+ * (Perceptual and GAN terms need user-supplied networks and are added by the caller.)
+ */
+import { call, call1, type Program } from '../graph.js';
+import { reshape } from '../nn/layers.js';
+import type { Tensor } from '../tensor.js';
+import { keptSourceMap, unmergeGrid, type MergeVQTokenizer } from './tokenizer.js';
+
+export interface LossWeights {
+  recon: 'l1' | 'l2';
+  aux: number;
+  commitment: number;
+  cls: number;
+  /** Source-recovery loss weight (0.5 for G+R, 1.0 for R in this project). */
+  source: number;
+  labelSmoothing: number;
+  /** LFQ softmax temperature (0.01 in the reference). */
+  temperature: number;
+}
+
+export const DEFAULT_LOSS_WEIGHTS: LossWeights = { recon: 'l1', aux: 0.1, commitment: 0.25, cls: 1.0, source: 0.5, labelSmoothing: 0.1, temperature: 0.01 };
+
+export interface LossTerms {
+  loss: Tensor;
+  recon: Tensor;
+  aux: Tensor;
+  perSample: Tensor;
+  codebook: Tensor;
+  commitment: Tensor;
+  cls: Tensor | null;
+  source: Tensor | null;
+  /** The decoded images (given source). */
+  decoded: Tensor;
+}
+
+function* weighted(terms: [Tensor, number][]): Program<Tensor> {
+  let acc: Tensor | null = null;
+  for (const [t, w] of terms) {
+    const s = w === 1 ? t : yield* call1('scale', [t], { mul: w, add: 0 });
+    acc = acc ? yield* call1('add', [acc, s]) : s;
+  }
+  return acc!;
+}
+
+/** The training loss of one batch (images [B, 3, R, R], integer labels [B] for the class loss). */
+export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: LossWeights = DEFAULT_LOSS_WEIGHTS): Program<LossTerms> {
+  const enc = yield* tok.encoder.forward(images, tok.mergeSchedule(keep));
+  const [codes] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
+  const source = keptSourceMap(enc.sourceMap);
+  const full = yield* unmergeGrid(codes!, source);
+  const decoded = yield* tok.decoder.forward(full);
+  const recon = yield* call1(w.recon === 'l1' ? 'l1_loss' : 'mse_loss', [decoded, images], { reduction: 'mean' });
+
+  const [B, d, s] = enc.z.shape as [number, number, number];
+  const rows = yield* reshape(yield* call1('permute', [enc.z], { dims: [0, 2, 3, 1] }), [B * s * s, d]);
+  const [perSample, codebook] = yield* call('lfq_entropy', [rows], { temperature: w.temperature });
+  const aux = yield* call1('sub', [perSample!, codebook!]);
+  const commitment = yield* call1('mse_loss', [enc.z, yield* call1('detach', [codes!])], { reduction: 'mean' });
+
+  const terms: [Tensor, number][] = [[recon, 1], [aux, w.aux], [commitment, w.commitment]];
+  let cls: Tensor | null = null;
+  if (labels && enc.clsHead && w.cls) {
+    cls = yield* call1('cross_entropy', [enc.clsHead, labels], { label_smoothing: w.labelSmoothing, reduction: 'mean' });
+    terms.push([cls, w.cls]);
+  }
+  let src: Tensor | null = null;
+  if (tok.recovery && w.source) {
+    const K = keep;
+    const kept = yield* call1('permute', [yield* reshape(codes!, [B, d, K])], { dims: [0, 2, 1] });
+    const rec = yield* tok.recovery.forward(kept);
+    const L = tok.fullNum;
+    src = yield* call1('cross_entropy', [yield* reshape(rec.logits, [B * L, K]), yield* reshape(source, [B * L])], { reduction: 'mean' });
+    terms.push([src, w.source]);
+  }
+  const loss = yield* weighted(terms);
+  return { loss, recon, aux, perSample: perSample!, codebook: codebook!, commitment, cls, source: src, decoded };
+}
