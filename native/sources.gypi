@@ -6,6 +6,11 @@
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
       "native/cpu/bench_ops.cc",
+      "native/cpu/elementwise.cc",
+      "native/cpu/reduce.cc",
+      "native/cpu/index.cc",
+      "native/cpu/layout.cc",
+      "native/cpu/rope.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
