@@ -6,6 +6,10 @@
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
       "native/cpu/bench_ops.cc",
+      "native/cpu/norm.cc",
+      "native/cpu/activation.cc",
+      "native/cpu/softmax.cc",
+      "native/cpu/loss.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
