@@ -6,6 +6,8 @@
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
       "native/cpu/bench_ops.cc",
+      "native/cpu/lfq.cc",
+      "native/cpu/merge.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
