@@ -6,6 +6,9 @@
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
       "native/cpu/bench_ops.cc",
+      "native/cpu/gemm.cc",
+      "native/cpu/linalg.cc",
+      "native/cpu/conv.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
