@@ -1,0 +1,509 @@
+// conv2d and conv2d_backward (NCHW, weights [O, C/groups, KH, KW]).
+//
+// Forward is an implicit GEMM per (image, group): Y[Og, Ho*Wo] = W[Og, Cg*KH*KW] * col, where the
+// im2col matrix `col` is never materialized: sgemm packs it panel by panel straight from the image
+// (Im2colB). 1x1 stride-1 unpadded convolutions are plain GEMMs on the image. Depthwise
+// convolutions (one input channel per output) use a direct kernel.
+//
+// Backward: gx for stride 1 is the forward convolution of gy with the flipped, transposed kernel;
+// otherwise gx = col2im(W^T gy) over bounded column tiles. gw = gy * col^T accumulated over column
+// tiles of an explicit im2col (at most about 8 MB of scratch at a time).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../core/op.h"
+#include "../core/parallel.h"
+#include "gemm.h"
+
+namespace mvq {
+namespace {
+
+struct Geom {
+  int64_t B, C, H, W;  // input (C = all channels)
+  int64_t O, KH, KW;   // weights
+  int64_t groups, Cg, Og;
+  int64_t sh, sw, ph, pw;
+  int64_t Ho, Wo;
+  int64_t K() const { return Cg * KH * KW; }
+  int64_t N() const { return Ho * Wo; }
+};
+
+// Output columns [lo, hi) of one output row for which input column ow*s - p + kw lies in [0, W).
+inline void valid_cols(int64_t W, int64_t Wo, int64_t s, int64_t p, int64_t kw, int64_t* lo, int64_t* hi) {
+  const int64_t a = p - kw;  // need ow*s >= a
+  *lo = a <= 0 ? 0 : (a + s - 1) / s;
+  const int64_t b = W - 1 + p - kw;  // need ow*s <= b
+  *hi = b < 0 ? 0 : std::min<int64_t>(Wo, b / s + 1);
+  if (*lo > *hi) *lo = *hi;
+}
+
+// The im2col matrix of one image and group, [Cg*KH*KW, Ho*Wo], packed on demand.
+class Im2colB final : public BPacker {
+ public:
+  Im2colB(const float* x, const Geom& g) : x_(x), g_(g) {}
+  void pack(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
+    const int64_t H = g_.H, W = g_.W, Wo = g_.Wo, KH = g_.KH, KW = g_.KW;
+    const int64_t sh = g_.sh, sw = g_.sw, ph = g_.ph, pw = g_.pw;
+    int64_t loh[64], low[64];  // per column of the panel: output row/col, or -1 past the end
+    bool fast[8];              // per 8-column chunk: one output row, stride 1 in w
+    for (int64_t jp = 0; jp < nc; jp += nr) {
+      float* d = dst + jp * kc;
+      const int64_t n = std::min<int64_t>(nr, nc - jp);
+      for (int q = 0; q < nr; ++q) {
+        if (q < n) {
+          const int64_t j = j0 + jp + q;
+          loh[q] = j / Wo;
+          low[q] = j % Wo;
+        } else {
+          loh[q] = -1;
+          low[q] = 0;
+        }
+      }
+      for (int q = 0; q < nr; q += 8) fast[q / 8] = sw == 1 && q + 8 <= n && low[q] + 8 <= Wo;
+      int64_t c = k0 / (KH * KW), r = k0 % (KH * KW), kh = r / KW, kw = r % KW;
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* xc = x_ + c * H * W;
+        float* o = d + k * nr;
+        for (int q = 0; q < nr; q += 8) {
+          if (fast[q / 8]) {
+            const int64_t ih = loh[q] * sh - ph + kh;
+            if (ih < 0 || ih >= H) {
+              _mm256_store_ps(o + q, _mm256_setzero_ps());
+              continue;
+            }
+            const int64_t iw0 = low[q] - pw + kw;
+            const float* src = xc + ih * W;
+            if (iw0 >= 0 && iw0 + 8 <= W) {
+              _mm256_store_ps(o + q, _mm256_loadu_ps(src + iw0));
+            } else {
+              // Part of the chunk falls in the padding: element by element.
+              alignas(32) float tmp[8];
+              for (int t = 0; t < 8; ++t) {
+                const int64_t iw = iw0 + t;
+                tmp[t] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
+              }
+              _mm256_store_ps(o + q, _mm256_load_ps(tmp));
+            }
+          } else {
+            for (int t = q; t < q + 8; ++t) {
+              float v = 0.0f;
+              if (loh[t] >= 0) {
+                const int64_t ih = loh[t] * sh - ph + kh, iw = low[t] * sw - pw + kw;
+                if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = xc[ih * W + iw];
+              }
+              o[t] = v;
+            }
+          }
+        }
+        if (++kw == KW) {
+          kw = 0;
+          if (++kh == KH) {
+            kh = 0;
+            ++c;
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  const float* x_;
+  Geom g_;
+};
+
+bool is_pointwise(const Geom& g) {
+  return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+bool is_depthwise(const Geom& g) { return g.Cg == 1 && g.groups > 1; }
+
+// Direct depthwise forward: y[b, o] = bias[o] + sum_{kh,kw} w[o, 0, kh, kw] x[b, o / Og, ...].
+void depthwise_forward(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t HW = g.H * g.W, N = g.N();
+  parallel_for(g.B * g.O, 1, [&](int64_t b0, int64_t e0) {
+    for (int64_t bo = b0; bo < e0; ++bo) {
+      const int64_t b = bo / g.O, o = bo % g.O, c = o / g.Og;
+      const float* xc = x + (b * g.C + c) * HW;
+      const float* wo = w + o * g.KH * g.KW;
+      float* yp = y + bo * N;
+      std::fill(yp, yp + N, bias ? bias[o] : 0.0f);
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        int64_t lo, hi;
+        valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          float* yr = yp + oh * g.Wo;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.sh - g.ph + kh;
+            if (ih < 0 || ih >= g.H) continue;
+            const float wv = wo[kh * g.KW + kw];
+            const float* xr = xc + ih * g.W - g.pw + kw;
+            if (g.sw == 1) {
+              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow * g.sw];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Forward on raw dense buffers (used by conv2d and by the stride-1 input gradient).
+void conv_forward_raw(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t N = g.N(), K = g.K();
+  if (g.B * g.O * N == 0) return;
+  if (is_depthwise(g)) {
+    depthwise_forward(g, x, w, bias, y);
+    return;
+  }
+  float beta = 0.0f;
+  if (bias) {
+    parallel_for(g.B * g.O, 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) std::fill(y + i * N, y + (i + 1) * N, bias[i % g.O]);
+    });
+    beta = 1.0f;
+  }
+  const int64_t count = g.B * g.groups;
+  const double flops = 2.0 * g.Og * N * K;
+  const bool outer = count >= num_threads() && num_threads() > 1 && flops < 32e6;
+  auto one = [&](int64_t t, bool par) {
+    const int64_t b = t / g.groups, gi = t % g.groups;
+    const float* xb = x + (b * g.C + gi * g.Cg) * g.H * g.W;
+    const float* wg = w + gi * g.Og * K;
+    float* yb = y + (b * g.O + gi * g.Og) * N;
+    if (is_pointwise(g)) {
+      if (par)
+        sgemm(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+      else
+        sgemm_st(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+    } else {
+      Im2colB pb(xb, g);
+      sgemm_packed_b(false, g.Og, N, K, 1.0f, wg, K, pb, beta, yb, N, par);
+    }
+  };
+  if (outer) {
+    parallel_tasks(count, [&](int64_t t, int) { one(t, false); });
+  } else {
+    for (int64_t t = 0; t < count; ++t) one(t, true);
+  }
+}
+
+// Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
+void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* dst) {
+  const int64_t K = g.K();
+  parallel_for(K, 8, [&](int64_t kb, int64_t ke) {
+    for (int64_t k = kb; k < ke; ++k) {
+      const int64_t c = k / (g.KH * g.KW), r = k % (g.KH * g.KW), kh = r / g.KW, kw = r % g.KW;
+      const float* xc = xb + c * g.H * g.W;
+      float* o = dst + k * nt;
+      int64_t lo, hi;
+      valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+      int64_t n = n0;
+      while (n < n0 + nt) {
+        const int64_t oh = n / g.Wo, ow0 = n % g.Wo;
+        const int64_t ow1 = std::min<int64_t>(g.Wo, ow0 + (n0 + nt - n));
+        float* orow = o + (n - n0) - ow0;  // orow[ow] is column (oh, ow)
+        const int64_t ih = oh * g.sh - g.ph + kh;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(orow + ow0, orow + ow1, 0.0f);
+        } else {
+          const float* xr = xc + ih * g.W - g.pw + kw;
+          const int64_t a = std::max(ow0, lo), e = std::min(ow1, hi);
+          for (int64_t ow = ow0; ow < std::min(a, ow1); ++ow) orow[ow] = 0.0f;
+          if (g.sw == 1) {
+            for (int64_t ow = a; ow < e; ++ow) orow[ow] = xr[ow];
+          } else {
+            for (int64_t ow = a; ow < e; ++ow) orow[ow] = xr[ow * g.sw];
+          }
+          for (int64_t ow = std::max(std::max(e, a), ow0); ow < ow1; ++ow) orow[ow] = 0.0f;
+        }
+        n += ow1 - ow0;
+      }
+    }
+  });
+}
+
+// gx[b, channels of group] += col2im(gcol [K, nt]) for columns [n0, n0 + nt).
+void col2im_tile(const Geom& g, const float* gcol, int64_t n0, int64_t nt, float* gxb) {
+  parallel_for(g.Cg, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      float* gc = gxb + c * g.H * g.W;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const float* src = gcol + ((c * g.KH + kh) * g.KW + kw) * nt;
+          int64_t lo, hi;
+          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+          int64_t n = n0;
+          while (n < n0 + nt) {
+            const int64_t oh = n / g.Wo, ow0 = n % g.Wo;
+            const int64_t ow1 = std::min<int64_t>(g.Wo, ow0 + (n0 + nt - n));
+            const float* srow = src + (n - n0) - ow0;
+            const int64_t ih = oh * g.sh - g.ph + kh;
+            if (ih >= 0 && ih < g.H) {
+              float* xr = gc + ih * g.W - g.pw + kw;
+              const int64_t a = std::max(ow0, lo), e = std::min(ow1, hi);
+              for (int64_t ow = a; ow < e; ++ow) xr[ow * g.sw] += srow[ow];
+            }
+            n += ow1 - ow0;
+          }
+        }
+      }
+    }
+  });
+}
+
+int64_t tile_cols(const Geom& g) {
+  const int64_t want = (int64_t(2) << 20) / std::max<int64_t>(g.K(), 1);  // ~8 MB of floats
+  return std::max<int64_t>(std::min<int64_t>(g.N(), std::max<int64_t>(want, 256)), 1);
+}
+
+std::vector<int64_t> pair_attr(const OpArgs& a, const char* op, const char* k, int64_t dflt, int64_t min) {
+  std::vector<int64_t> v = a.attrs.ints(k, {dflt});
+  MVQ_CHECK_TYPE(v.size() == 1 || v.size() == 2, op, ": option '", k, "' must be an integer or [h, w], got ",
+                 v.size(), " values");
+  if (v.size() == 1) v.push_back(v[0]);
+  MVQ_CHECK_RANGE(v[0] >= min && v[1] >= min, op, ": option '", k, "' must be >= ", min, ", got [", v[0], ", ",
+                  v[1], "]");
+  return v;
+}
+
+Geom make_geom(const OpArgs& a, const char* op, const Tensor& x, const Tensor& w) {
+  MVQ_CHECK_TYPE(x.dim() == 4, op, ": 'x' must be float32 [B, C, H, W], got ", x.shape_str());
+  MVQ_CHECK_TYPE(w.dim() == 4, op, ": 'w' must be float32 [O, C/groups, kh, kw], got ", w.shape_str());
+  Geom g;
+  g.B = x.size(0);
+  g.C = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.O = w.size(0);
+  g.KH = w.size(2);
+  g.KW = w.size(3);
+  g.groups = a.attrs.i("groups", 1);
+  MVQ_CHECK_RANGE(g.groups >= 1, op, ": option 'groups' must be >= 1, got ", g.groups);
+  MVQ_CHECK_RANGE(g.C % g.groups == 0 && g.O % g.groups == 0, op, ": option 'groups' (", g.groups,
+                  ") must divide the input channels (", g.C, ") and output channels (", g.O, ")");
+  g.Cg = g.C / g.groups;
+  g.Og = g.O / g.groups;
+  MVQ_CHECK_RANGE(w.size(1) == g.Cg, op, ": 'w' must be float32 [", g.O, ", ", g.Cg, ", kh, kw] for ", g.C,
+                  " input channels and groups = ", g.groups, ", got ", w.shape_str());
+  MVQ_CHECK_RANGE(g.KH >= 1 && g.KW >= 1, op, ": 'w' kernel size must be >= 1, got ", w.shape_str());
+  const std::vector<int64_t> s = pair_attr(a, op, "stride", 1, 1), p = pair_attr(a, op, "padding", 0, 0);
+  g.sh = s[0];
+  g.sw = s[1];
+  g.ph = p[0];
+  g.pw = p[1];
+  const int64_t eh = g.H + 2 * g.ph - g.KH, ew = g.W + 2 * g.pw - g.KW;
+  MVQ_CHECK_RANGE(eh >= 0 && ew >= 0, op, ": kernel ", g.KH, "x", g.KW, " is larger than the padded input ",
+                  g.H + 2 * g.ph, "x", g.W + 2 * g.pw);
+  g.Ho = eh / g.sh + 1;
+  g.Wo = ew / g.sw + 1;
+  return g;
+}
+
+// conv2d(x [B, C, H, W], w [O, C/groups, kh, kw], bias? [O], {stride, padding, groups}) -> y.
+std::vector<Tensor> op_conv2d(const OpArgs& a) {
+  const Tensor x = a.input(0, "x", DType::F32).contiguous();
+  const Tensor w = a.input(1, "w", DType::F32).contiguous();
+  const Geom g = make_geom(a, "conv2d", x, w);
+  Tensor bias;
+  if (a.has_input(2)) {
+    bias = a.input(2, "bias", DType::F32).contiguous();
+    MVQ_CHECK_RANGE(bias.dim() == 1 && bias.size(0) == g.O, "conv2d: 'bias' must be float32 [", g.O, "], got ",
+                    bias.shape_str());
+  }
+  Tensor y = empty({g.B, g.O, g.Ho, g.Wo});
+  conv_forward_raw(g, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
+                   y.data<float>());
+  return {y};
+}
+
+void depthwise_backward(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw) {
+  const int64_t HW = g.H * g.W, N = g.N();
+  // gx: per (b, c), scatter from the Og outputs of channel c.
+  parallel_for(g.B * g.C, 1, [&](int64_t b0, int64_t e0) {
+    for (int64_t bc = b0; bc < e0; ++bc) {
+      const int64_t b = bc / g.C, c = bc % g.C;
+      float* gc = gx + bc * HW;
+      std::fill(gc, gc + HW, 0.0f);
+      for (int64_t m = 0; m < g.Og; ++m) {
+        const int64_t o = c * g.Og + m;
+        const float* gp = gy + (b * g.O + o) * N;
+        const float* wo = w + o * g.KH * g.KW;
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          int64_t lo, hi;
+          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const float* gr = gp + oh * g.Wo;
+            for (int64_t kh = 0; kh < g.KH; ++kh) {
+              const int64_t ih = oh * g.sh - g.ph + kh;
+              if (ih < 0 || ih >= g.H) continue;
+              const float wv = wo[kh * g.KW + kw];
+              float* xr = gc + ih * g.W - g.pw + kw;
+              if (g.sw == 1) {
+                for (int64_t ow = lo; ow < hi; ++ow) xr[ow] += wv * gr[ow];
+              } else {
+                for (int64_t ow = lo; ow < hi; ++ow) xr[ow * g.sw] += wv * gr[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  // gw: per output channel, sum over images and positions.
+  parallel_for(g.O, 1, [&](int64_t ob, int64_t oe) {
+    for (int64_t o = ob; o < oe; ++o) {
+      const int64_t c = o / g.Og;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          int64_t lo, hi;
+          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+          double acc = 0.0;
+          for (int64_t b = 0; b < g.B; ++b) {
+            const float* gp = gy + (b * g.O + o) * N;
+            const float* xc = x + (b * g.C + c) * HW;
+            for (int64_t oh = 0; oh < g.Ho; ++oh) {
+              const int64_t ih = oh * g.sh - g.ph + kh;
+              if (ih < 0 || ih >= g.H) continue;
+              const float* gr = gp + oh * g.Wo;
+              const float* xr = xc + ih * g.W - g.pw + kw;
+              float s = 0.0f;
+              if (g.sw == 1) {
+                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow];
+              } else {
+                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow * g.sw];
+              }
+              acc += s;
+            }
+          }
+          gw[(o * g.KH + kh) * g.KW + kw] = static_cast<float>(acc);
+        }
+      }
+    }
+  });
+}
+
+// conv2d_backward(x, w, gy, {stride, padding, groups, has_bias}) -> [gx, gw, gbias or null].
+std::vector<Tensor> op_conv2d_backward(const OpArgs& a) {
+  const Tensor x = a.input(0, "x", DType::F32).contiguous();
+  const Tensor w = a.input(1, "w", DType::F32).contiguous();
+  const Tensor gyt = a.input(2, "gy", DType::F32).contiguous();
+  const Geom g = make_geom(a, "conv2d_backward", x, w);
+  const Shape ys{g.B, g.O, g.Ho, g.Wo};
+  MVQ_CHECK_RANGE(gyt.shape() == ys, "conv2d_backward: 'gy' must be float32 ", shape_to_string(ys), ", got ",
+                  gyt.shape_str());
+  Tensor gx = empty(x.shape()), gw = empty(w.shape());
+  const float* xp = x.data<float>();
+  const float* wp = w.data<float>();
+  const float* gy = gyt.data<float>();
+  float* gxp = gx.data<float>();
+  float* gwp = gw.data<float>();
+  const int64_t N = g.N(), K = g.K(), HW = g.H * g.W;
+  Tensor gb;
+  if (a.attrs.b("has_bias", false)) {
+    gb = empty({g.O});
+    float* o = gb.data<float>();
+    parallel_for(g.O, 1, [&](int64_t ob, int64_t oe) {
+      for (int64_t oc = ob; oc < oe; ++oc) {
+        double acc = 0.0;
+        for (int64_t b = 0; b < g.B; ++b) {
+          const float* p = gy + (b * g.O + oc) * N;
+          float s = 0.0f;
+          for (int64_t i = 0; i < N; ++i) s += p[i];
+          acc += s;
+        }
+        o[oc] = static_cast<float>(acc);
+      }
+    });
+  }
+  if (gx.numel() + gw.numel() == 0) return {gx, gw, gb};
+  if (g.B * N == 0) {
+    std::fill(gxp, gxp + gx.numel(), 0.0f);
+    std::fill(gwp, gwp + gw.numel(), 0.0f);
+    return {gx, gw, gb};
+  }
+  if (is_depthwise(g)) {
+    depthwise_backward(g, xp, wp, gy, gxp, gwp);
+    return {gx, gw, gb};
+  }
+  // ---- gx ----
+  if (g.sh == 1 && g.sw == 1 && g.ph <= g.KH - 1 && g.pw <= g.KW - 1) {
+    // Correlation of gy with the flipped kernel, channels swapped within each group.
+    std::vector<float> wt(static_cast<size_t>(w.numel()));
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      for (int64_t o = 0; o < g.Og; ++o)
+        for (int64_t c = 0; c < g.Cg; ++c)
+          for (int64_t i = 0; i < g.KH; ++i)
+            for (int64_t j = 0; j < g.KW; ++j)
+              wt[(((gi * g.Cg + c) * g.Og + o) * g.KH + i) * g.KW + j] =
+                  wp[(((gi * g.Og + o) * g.Cg + c) * g.KH + (g.KH - 1 - i)) * g.KW + (g.KW - 1 - j)];
+    Geom t;
+    t.B = g.B;
+    t.C = g.O;
+    t.H = g.Ho;
+    t.W = g.Wo;
+    t.O = g.C;
+    t.KH = g.KH;
+    t.KW = g.KW;
+    t.groups = g.groups;
+    t.Cg = g.Og;
+    t.Og = g.Cg;
+    t.sh = t.sw = 1;
+    t.ph = g.KH - 1 - g.ph;
+    t.pw = g.KW - 1 - g.pw;
+    t.Ho = g.H;
+    t.Wo = g.W;
+    conv_forward_raw(t, gy, wt.data(), nullptr, gxp);
+  } else {
+    std::fill(gxp, gxp + gx.numel(), 0.0f);
+    const int64_t nt = tile_cols(g);
+    std::vector<float> gcol(static_cast<size_t>(K * nt));
+    for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const float* gyb = gy + (b * g.O + gi * g.Og) * N;
+        const float* wg = wp + gi * g.Og * K;
+        float* gxb = gxp + (b * g.C + gi * g.Cg) * HW;
+        for (int64_t n0 = 0; n0 < N; n0 += nt) {
+          const int64_t n = std::min(nt, N - n0);
+          sgemm(true, false, K, n, g.Og, 1.0f, wg, K, gyb + n0, N, 0.0f, gcol.data(), n);
+          col2im_tile(g, gcol.data(), n0, n, gxb);
+        }
+      }
+  }
+  // ---- gw ----
+  {
+    const int64_t nt = tile_cols(g);
+    std::vector<float> col;
+    if (!is_pointwise(g)) col.resize(static_cast<size_t>(K * nt));
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      float* gwg = gwp + gi * g.Og * K;
+      bool first = true;
+      for (int64_t b = 0; b < g.B; ++b) {
+        const float* gyb = gy + (b * g.O + gi * g.Og) * N;
+        const float* xb = xp + (b * g.C + gi * g.Cg) * HW;
+        if (is_pointwise(g)) {
+          sgemm(false, true, g.Og, K, N, 1.0f, gyb, N, xb, N, first ? 0.0f : 1.0f, gwg, K);
+          first = false;
+          continue;
+        }
+        for (int64_t n0 = 0; n0 < N; n0 += nt) {
+          const int64_t n = std::min(nt, N - n0);
+          im2col_tile(g, xb, n0, n, col.data());
+          sgemm(false, true, g.Og, K, n, 1.0f, gyb + n0, N, col.data(), n, first ? 0.0f : 1.0f, gwg, K);
+          first = false;
+        }
+      }
+    }
+  }
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+MVQ_REGISTER_OP("conv2d", Device::CPU, op_conv2d);
+MVQ_REGISTER_OP("conv2d_backward", Device::CPU, op_conv2d_backward);
+
+}  // namespace mvq
