@@ -6,10 +6,14 @@
       "native/core/parallel.cc",
       "native/cpu/tensor_ops.cc",
       "native/cpu/bench_ops.cc",
+      "native/cpu/attention.cc",
+      "native/cpu/kvcache.cc",
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
-      "native/cuda/runtime.cu"
+      "native/cuda/runtime.cu",
+      "native/cuda/attention.cu",
+      "native/cuda/kvcache.cu"
     ]
   }
 }
