@@ -5,11 +5,13 @@
       "native/core/op.cc",
       "native/core/parallel.cc",
       "native/cpu/activation.cc",
+      "native/cpu/attention.cc",
       "native/cpu/bench_ops.cc",
       "native/cpu/conv.cc",
       "native/cpu/elementwise.cc",
       "native/cpu/gemm.cc",
       "native/cpu/index.cc",
+      "native/cpu/kvcache.cc",
       "native/cpu/layout.cc",
       "native/cpu/lfq.cc",
       "native/cpu/linalg.cc",
@@ -23,7 +25,9 @@
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
-      "native/cuda/runtime.cu"
+      "native/cuda/runtime.cu",
+      "native/cuda/attention.cu",
+      "native/cuda/kvcache.cu"
     ]
   }
 }

@@ -1,0 +1,137 @@
+/**
+ * Fused attention (flash-style: online softmax over key blocks, no N x M score matrix) and the
+ * in-place KV-cache ops, on CPU and CUDA.
+ *
+ * Layouts: `q` [B, H, N, hd], `k` and `v` [B, H, M, hd], float32, any strides (pass permuted views
+ * such as `qkv.permute(2, 0, 3, 1, 4)` slices directly; they are read in place). Outputs are dense.
+ *
+ * Scores: `scale * q.k + keyBias[b, j]` (scale defaults to 1/sqrt(hd); ToMe's proportional
+ * attention passes keyBias = log(size_j)). Softmax runs over the keys visible to each query.
+ *
+ * Visibility of key j for query row i, whose absolute position is `qOffset + i`:
+ * - always `j < kvLen` (default M, the valid prefix of a KV cache);
+ * - with `causal`: `j <= qOffset + i`;
+ * - with a `keep` mask (MergeAR, SPEC 4): `keep[b, j] != 0` or `(qOffset + i) - j <= window`
+ *   (window default 2), so a duplicate key stays visible only inside the recent window; the query's
+ *   own position is always visible.
+ * A query that sees no key gets o = 0 and lse = -Infinity (never NaN).
+ */
+import { checkInt, typeError } from '../errors.js';
+import { call, type Program } from '../graph.js';
+import { Tensor } from '../tensor.js';
+
+/** Options shared by {@link attention} and {@link attentionBackward}. */
+export interface AttentionOptions {
+  /** Score scale; default 1/sqrt(hd). */
+  scale?: number;
+  /** Key j is visible only when j <= qOffset + i. */
+  causal?: boolean;
+  /** Absolute position of query row 0 (the number of tokens already in a KV cache). Default 0. */
+  qOffset?: number;
+  /** MergeAR recent window (used with `keep`). Default 2. */
+  window?: number;
+  /** Number of valid keys (a KV cache's filled length). Default M. */
+  kvLen?: number;
+}
+
+function checkTensor(name: string, t: unknown, rank: number, dtype: string): Tensor {
+  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
+  if (t.ndim !== rank || t.dtype !== dtype) typeError(name, `a ${dtype} tensor of rank ${rank}`, t.toString());
+  return t;
+}
+
+function attrsOf(opts: AttentionOptions): Record<string, number | boolean | undefined> {
+  if (opts.scale !== undefined && (typeof opts.scale !== 'number' || !Number.isFinite(opts.scale))) {
+    typeError('opts.scale', 'a finite number', opts.scale);
+  }
+  if (opts.causal !== undefined && typeof opts.causal !== 'boolean') typeError('opts.causal', 'a boolean', opts.causal);
+  return {
+    scale: opts.scale,
+    causal: opts.causal,
+    q_offset: opts.qOffset === undefined ? undefined : checkInt('opts.qOffset', opts.qOffset, 0),
+    window: opts.window === undefined ? undefined : checkInt('opts.window', opts.window, 0),
+    kv_len: opts.kvLen === undefined ? undefined : checkInt('opts.kvLen', opts.kvLen, 0),
+  };
+}
+
+/**
+ * Fused scaled-dot-product attention.
+ * @param q [B, H, N, hd] float32 queries.
+ * @param k [B, H, M, hd] float32 keys.
+ * @param v [B, H, M, hd] float32 values.
+ * @param keyBias optional [B, M] float32 added to every score of key j (log of ToMe token sizes).
+ * @param keep optional [B, M] uint8 MergeAR mask (1 = first occurrence, always visible).
+ * @returns `[o, lse]`: o [B, H, N, hd] dense, lse [B, H, N] the log-sum-exp of each row's scores
+ *   (saved for {@link attentionBackward}).
+ */
+export function* attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  keyBias?: Tensor | null,
+  keep?: Tensor | null,
+  opts: AttentionOptions = {},
+): Program<[Tensor, Tensor]> {
+  checkTensor('q', q, 4, 'float32');
+  checkTensor('k', k, 4, 'float32');
+  checkTensor('v', v, 4, 'float32');
+  if (keyBias != null) checkTensor('keyBias', keyBias, 2, 'float32');
+  if (keep != null) checkTensor('keep', keep, 2, 'uint8');
+  const out = yield* call('attention', [q, k, v, keyBias, keep], attrsOf(opts));
+  return [out[0]!, out[1]!];
+}
+
+/**
+ * Gradients of {@link attention} (flash-style: probabilities are recomputed from `lse`).
+ * Pass the same inputs and options as the forward call, its outputs `o` and `lse`, and `go`
+ * (the gradient of o, [B, H, N, hd]).
+ * @returns `[gq, gk, gv, gKeyBias]`; gKeyBias [B, M] (summed over heads and queries) is null when
+ *   no keyBias was given.
+ */
+export function* attentionBackward(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  keyBias: Tensor | null | undefined,
+  keep: Tensor | null | undefined,
+  o: Tensor,
+  lse: Tensor,
+  go: Tensor,
+  opts: AttentionOptions = {},
+): Program<[Tensor, Tensor, Tensor, Tensor | null]> {
+  checkTensor('q', q, 4, 'float32');
+  checkTensor('k', k, 4, 'float32');
+  checkTensor('v', v, 4, 'float32');
+  if (keyBias != null) checkTensor('keyBias', keyBias, 2, 'float32');
+  if (keep != null) checkTensor('keep', keep, 2, 'uint8');
+  checkTensor('o', o, 4, 'float32');
+  checkTensor('lse', lse, 3, 'float32');
+  checkTensor('go', go, 4, 'float32');
+  const out = yield* call('attention_backward', [q, k, v, keyBias, keep, o, lse, go], attrsOf(opts));
+  return [out[0]!, out[1]!, out[2]!, out[3] ?? null];
+}
+
+/**
+ * IN PLACE: writes `x` [B, H, n, hd] into `cache` [B, H, Mcap, hd] at slots pos..pos+n-1 and
+ * returns `cache` itself (same storage). Arguments are validated before any write: a call that
+ * throws leaves the cache unchanged.
+ */
+export function* kvCacheWrite(cache: Tensor, x: Tensor, pos: number): Program<Tensor> {
+  if (!(cache instanceof Tensor)) typeError('cache', 'a Tensor', cache);
+  if (!(x instanceof Tensor)) typeError('x', 'a Tensor', x);
+  const out = yield* call('kv_cache_write', [cache, x], { pos: checkInt('pos', pos, 0) });
+  return out[0]!;
+}
+
+/**
+ * IN PLACE: MergeAR compaction of `cache` [B, H, Mcap, hd]: slot t of every head of sample b takes
+ * the row at slot keepIdx[b, t] (t < m), an index map applied without reallocation. `keepIdx`
+ * [B, m] int32 rows must be strictly increasing and < `len` (the number of valid slots); slots
+ * from m on keep stale data and count as free. Returns `cache` itself. Validated before any write.
+ */
+export function* kvCacheCompact(cache: Tensor, keepIdx: Tensor, len: number): Program<Tensor> {
+  if (!(cache instanceof Tensor)) typeError('cache', 'a Tensor', cache);
+  checkTensor('keepIdx', keepIdx, 2, 'int32');
+  const out = yield* call('kv_cache_compact', [cache, keepIdx], { len: checkInt('len', len, 0) });
+  return out[0]!;
+}

@@ -1,0 +1,498 @@
+// Fused attention on the CPU: flash-style forward (online softmax over key blocks, never an N x M
+// score matrix) and backward (recomputes probabilities from the saved log-sum-exp).
+//
+// Layout: q [B, H, N, hd], k/v [B, H, M, hd], any strides (permuted views are read in place and
+// packed per head into small dense buffers). o is dense [B, H, N, hd], lse dense [B, H, N].
+// The visibility rule (kv_len, causal with q_offset, MergeAR keep + window) and the online softmax
+// update live in kernels/online_softmax.h, shared with the CUDA kernels.
+//
+// Blocking: query blocks of BQ rows x key blocks of BK keys. Scores come from a 6 x 16 AVX2/FMA
+// register tile (6 query rows x 16 keys, K packed transposed in 16-key panels); P.V from a 6 x 16
+// tile over the head dim (V packed row-major, head dim zero-padded to a multiple of 16, so every
+// head dim is handled by the same kernels and 32/64/96/128 need no tail code).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../core/op.h"
+#include "../core/parallel.h"
+#include "../kernels/attention_args.h"
+#include "../kernels/online_softmax.h"
+
+namespace mvq {
+namespace {
+
+constexpr int RB = 6;    // query rows per register tile
+constexpr int PW = 16;   // keys per panel (and head-dim columns per tile)
+constexpr int BQ = 48;   // query rows per block (multiple of RB)
+constexpr int BK = 64;   // keys per block (multiple of PW)
+constexpr int64_t kRowPathMaxN = 3;  // N at or below this uses the per-row path (decode steps)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// exp(x) for float lanes, exact to a few ulp on [-87.3, 88.3]; 0 below (including -inf).
+// Range reduction x = n ln2 + r with a two-part ln2, then a degree-6 polynomial for exp(r).
+inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 valid = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), lo);
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), valid);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// C[R][16] = A[R][kdim] (row stride lda) . Bp, where Bp is a [kdim][16] panel.
+template <int R>
+inline void tile_dot_panel(const float* A, int64_t lda, const float* Bp, int64_t kdim, float* C, int64_t ldc) {
+  __m256 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kdim; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(Bp + k * PW);
+    const __m256 b1 = _mm256_loadu_ps(Bp + k * PW + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(C + r * ldc, c0[r]);
+    _mm256_storeu_ps(C + r * ldc + 8, c1[r]);
+  }
+}
+
+// C[R][ncols] += A[R][kdim] . B[kdim][ncols] (B row stride ldb), ncols a multiple of 16.
+template <int R>
+inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t kdim, float* C, int64_t ldc,
+                        int64_t ncols) {
+  for (int64_t c = 0; c < ncols; c += PW) {
+    __m256 c0[R], c1[R];
+    for (int r = 0; r < R; ++r) {
+      c0[r] = _mm256_loadu_ps(C + r * ldc + c);
+      c1[r] = _mm256_loadu_ps(C + r * ldc + c + 8);
+    }
+    for (int64_t k = 0; k < kdim; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(B + k * ldb + c);
+      const __m256 b1 = _mm256_loadu_ps(B + k * ldb + c + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+        c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+        c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(C + r * ldc + c, c0[r]);
+      _mm256_storeu_ps(C + r * ldc + c + 8, c1[r]);
+    }
+  }
+}
+
+// S[rows][ncols16] = A[rows][kdim] . panels (ncols16 / 16 panels of [kdim][16]).
+void gemm_panels(const float* A, int64_t lda, int64_t rows, const float* panels, int64_t kdim, int64_t ncols16, float* C,
+                 int64_t ldc) {
+  for (int64_t r = 0; r < rows; r += RB) {
+    const int64_t nr = std::min<int64_t>(RB, rows - r);
+    for (int64_t c = 0; c < ncols16; c += PW) {
+      const float* Bp = panels + (c / PW) * kdim * PW;
+      const float* a = A + r * lda;
+      float* o = C + r * ldc + c;
+      switch (nr) {
+        case 6: tile_dot_panel<6>(a, lda, Bp, kdim, o, ldc); break;
+        case 5: tile_dot_panel<5>(a, lda, Bp, kdim, o, ldc); break;
+        case 4: tile_dot_panel<4>(a, lda, Bp, kdim, o, ldc); break;
+        case 3: tile_dot_panel<3>(a, lda, Bp, kdim, o, ldc); break;
+        case 2: tile_dot_panel<2>(a, lda, Bp, kdim, o, ldc); break;
+        default: tile_dot_panel<1>(a, lda, Bp, kdim, o, ldc); break;
+      }
+    }
+  }
+}
+
+// C[rows][ncols] += A[rows][kdim] . B[kdim][ncols].
+void gemm_nn_acc(const float* A, int64_t lda, int64_t rows, const float* B, int64_t ldb, int64_t kdim, float* C, int64_t ldc,
+                 int64_t ncols) {
+  for (int64_t r = 0; r < rows; r += RB) {
+    const int64_t nr = std::min<int64_t>(RB, rows - r);
+    const float* a = A + r * lda;
+    float* o = C + r * ldc;
+    switch (nr) {
+      case 6: tile_nn_acc<6>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+      case 5: tile_nn_acc<5>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+      case 4: tile_nn_acc<4>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+      case 3: tile_nn_acc<3>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+      case 2: tile_nn_acc<2>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+      default: tile_nn_acc<1>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+    }
+  }
+}
+
+// Packs rows [0, nrows) of a strided [rows, hd] matrix into dense [nrows_pad][hdp] (zero padding),
+// times `mul`.
+void pack_rows(const float* src, int64_t srow, int64_t sd, int64_t nrows, int64_t hd, float* dst, int64_t nrows_pad,
+               int64_t hdp, float mul = 1.f) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    const float* s = src + r * srow;
+    float* d = dst + r * hdp;
+    if (sd == 1) {
+      for (int64_t c = 0; c < hd; ++c) d[c] = s[c] * mul;
+    } else {
+      for (int64_t c = 0; c < hd; ++c) d[c] = s[c * sd] * mul;
+    }
+    for (int64_t c = hd; c < hdp; ++c) d[c] = 0.f;
+  }
+  if (nrows_pad > nrows) std::memset(dst + nrows * hdp, 0, sizeof(float) * (nrows_pad - nrows) * hdp);
+}
+
+// Packs keys [0, nkeys) of a strided [keys, hd] matrix as 16-key panels [hdp][16], zero padded.
+void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int64_t hd, float* dst, int64_t hdp) {
+  const int64_t np = round_up(nkeys, PW) / PW;
+  std::memset(dst, 0, sizeof(float) * np * hdp * PW);
+  for (int64_t j = 0; j < nkeys; ++j) {
+    float* panel = dst + (j / PW) * hdp * PW + (j % PW);
+    const float* s = src + j * srow;
+    for (int64_t c = 0; c < hd; ++c) panel[c * PW] = s[c * sd];
+  }
+}
+
+// Scores of one row in place: s = s * scale + bias, then -inf for keys the row may not see.
+// Columns [0, ncols) of s belong to keys kb + c; columns >= the row's key limit become -inf up to ncols16.
+void finish_scores(const AttnParams& p, int64_t b, int64_t i, int64_t kb, int64_t ncols16, const float* biasv,
+                   const uint8_t* keepv, float* s) {
+  const int64_t lim = std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb));
+  const __m256 sc = _mm256_set1_ps(p.scale);
+  int64_t c = 0;
+  for (; c + 8 <= lim; c += 8) _mm256_storeu_ps(s + c, _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c)));
+  for (; c < lim; ++c) s[c] = s[c] * p.scale + biasv[kb + c];
+  for (c = lim; c < ncols16; ++c) s[c] = -INFINITY;
+  if (keepv) {
+    const int64_t qpos = p.q_offset + i;
+    for (c = 0; c < lim; ++c)
+      if (!keepv[kb + c] && qpos - (kb + c) > p.window) s[c] = -INFINITY;
+  }
+  (void)b;
+}
+
+// Per-head gathered key bias and keep flags for keys [0, n) (bias 0 without key_bias).
+void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<uint8_t>& keepv) {
+  biasv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
+  for (int64_t j = 0; j < n; ++j) biasv[j] = p.key_bias(b, j);
+  if (p.keep) {
+    keepv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0);
+    for (int64_t j = 0; j < n; ++j) keepv[j] = p.keep[b * p.kps[0] + j * p.kps[1]] != 0;
+  }
+}
+
+// ---------------------------------------------------------------- forward
+
+// Blocked path: query rows [i0, i1) of head (b, h).
+void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, int64_t i1, float* o, float* lse) {
+  const int64_t hd = p.hd, hdp = round_up(hd, PW);
+  const int64_t jmax = p.key_limit(i1 - 1);  // keys any row of this task can see
+  const float* qh = p.q + b * p.qs[0] + h * p.qs[1];
+  const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
+  const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
+  const int64_t jpad = round_up(std::max<int64_t>(jmax, 1), PW);
+  std::vector<float> kt(jpad * hdp), vp(jpad * hdp), qb(BQ * hdp), S(BQ * BK), O(BQ * hdp), m(BQ), l(BQ), biasv;
+  std::vector<uint8_t> keepv;
+  if (jmax > 0) {
+    pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
+    pack_rows(vh, p.vs[2], p.vs[3], jmax, hd, vp.data(), jpad, hdp);
+  }
+  gather_key_extras(p, b, jmax, biasv, keepv);
+  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+
+  for (int64_t r0 = i0; r0 < i1; r0 += BQ) {
+    const int64_t nr = std::min<int64_t>(BQ, i1 - r0);
+    const int64_t nr6 = round_up(nr, RB);
+    pack_rows(qh + r0 * p.qs[2], p.qs[2], p.qs[3], nr, hd, qb.data(), nr6, hdp);
+    std::fill(O.begin(), O.begin() + nr6 * hdp, 0.f);
+    std::fill(m.begin(), m.end(), -INFINITY);
+    std::fill(l.begin(), l.end(), 0.f);
+    const int64_t blim = p.key_limit(r0 + nr - 1);
+    for (int64_t kb = 0; kb < blim; kb += BK) {
+      const int64_t nk = std::min<int64_t>(BK, blim - kb);
+      const int64_t nk16 = round_up(nk, PW);
+      gemm_panels(qb.data(), hdp, nr6, kt.data() + (kb / PW) * hdp * PW, hdp, nk16, S.data(), BK);
+      for (int64_t r = 0; r < nr; ++r) {
+        float* s = S.data() + r * BK;
+        finish_scores(p, b, r0 + r, kb, nk16, biasv.data(), kv, s);
+        __m256 mx = _mm256_set1_ps(-INFINITY);
+        for (int64_t c = 0; c < nk16; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
+        const float m_new = std::max(m[r], hmax(mx));
+        if (m_new == -INFINITY) {
+          std::memset(s, 0, sizeof(float) * nk16);
+          continue;
+        }
+        const float alpha = attn_rescale(m[r], m_new);
+        const __m256 mv = _mm256_set1_ps(m_new);
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t c = 0; c < nk16; c += 8) {
+          const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
+          _mm256_storeu_ps(s + c, e);
+          sum = _mm256_add_ps(sum, e);
+        }
+        l[r] = l[r] * alpha + hsum(sum);
+        m[r] = m_new;
+        if (alpha != 1.f) {
+          float* orow = O.data() + r * hdp;
+          const __m256 av = _mm256_set1_ps(alpha);
+          for (int64_t c = 0; c < hdp; c += 8) _mm256_storeu_ps(orow + c, _mm256_mul_ps(_mm256_loadu_ps(orow + c), av));
+        }
+      }
+      // Padding rows (nr..nr6) hold scores of zero query rows: finite, and their O rows are dropped.
+      gemm_nn_acc(S.data(), BK, nr6, vp.data() + kb * hdp, hdp, nk16, O.data(), hdp, hdp);
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t i = r0 + r;
+      const float inv = attn_inv_sum(l[r]);
+      float* dst = o + ((b * p.H + h) * p.N + i) * hd;
+      const float* src = O.data() + r * hdp;
+      for (int64_t c = 0; c < hd; ++c) dst[c] = src[c] * inv;
+      lse[(b * p.H + h) * p.N + i] = attn_lse(m[r], l[r]);
+    }
+  }
+}
+
+inline float dot_strided(const float* a, const float* x, int64_t sx, int64_t n) {
+  if (sx == 1) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(x + c), acc);
+    float s = hsum(acc);
+    for (; c < n; ++c) s += a[c] * x[c];
+    return s;
+  }
+  float s = 0.f;
+  for (int64_t c = 0; c < n; ++c) s += a[c] * x[c * sx];
+  return s;
+}
+
+inline void axpy_strided(float alpha, const float* x, int64_t sx, float* y, int64_t n) {
+  if (sx == 1) {
+    const __m256 av = _mm256_set1_ps(alpha);
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) _mm256_storeu_ps(y + c, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + c), _mm256_loadu_ps(y + c)));
+    for (; c < n; ++c) y[c] += alpha * x[c];
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) y[c] += alpha * x[c * sx];
+}
+
+// Row path for few queries (decode steps against a KV cache): reads k and v rows in place.
+void forward_row(const AttnParams& p, int64_t b, int64_t h, int64_t i, float* o, float* lse) {
+  constexpr int64_t CH = 128;
+  const int64_t hd = p.hd;
+  std::vector<float> qv(hd), acc(hd, 0.f), s(CH);
+  const float* qr = p.q + b * p.qs[0] + h * p.qs[1] + i * p.qs[2];
+  for (int64_t c = 0; c < hd; ++c) qv[c] = qr[c * p.qs[3]] * p.scale;
+  const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
+  const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
+  const int64_t lim = p.key_limit(i);
+  float mrow = -INFINITY, lrow = 0.f;
+  const int64_t qpos = p.q_offset + i;
+  for (int64_t kb = 0; kb < lim; kb += CH) {
+    const int64_t nk = std::min(CH, lim - kb);
+    float mb = -INFINITY;
+    for (int64_t c = 0; c < nk; ++c) {
+      const int64_t j = kb + c;
+      if (p.keep && !p.keep[b * p.kps[0] + j * p.kps[1]] && qpos - j > p.window) {
+        s[c] = -INFINITY;
+        continue;
+      }
+      s[c] = dot_strided(qv.data(), kh + j * p.ks[2], p.ks[3], hd) + p.key_bias(b, j);
+      mb = std::max(mb, s[c]);
+    }
+    const float m_new = std::max(mrow, mb);
+    if (m_new == -INFINITY) continue;
+    const float alpha = attn_rescale(mrow, m_new);
+    if (alpha != 1.f)
+      for (int64_t c = 0; c < hd; ++c) acc[c] *= alpha;
+    float sum = 0.f;
+    for (int64_t c = 0; c < nk; ++c) {
+      if (s[c] == -INFINITY) continue;
+      const float e = std::exp(s[c] - m_new);
+      sum += e;
+      axpy_strided(e, vh + (kb + c) * p.vs[2], p.vs[3], acc.data(), hd);
+    }
+    lrow = lrow * alpha + sum;
+    mrow = m_new;
+  }
+  const float inv = attn_inv_sum(lrow);
+  float* dst = o + ((b * p.H + h) * p.N + i) * hd;
+  for (int64_t c = 0; c < hd; ++c) dst[c] = acc[c] * inv;
+  lse[(b * p.H + h) * p.N + i] = attn_lse(mrow, lrow);
+}
+
+std::vector<Tensor> op_attention(const OpArgs& a) {
+  const AttnParams p = parse_attention_args(a, "attention");
+  Tensor o = empty({p.B, p.H, p.N, p.hd});
+  Tensor lse = empty({p.B, p.H, p.N});
+  float* op = o.data<float>();
+  float* lp = lse.data<float>();
+  const int64_t heads = p.B * p.H;
+  if (heads == 0 || p.N == 0) return {o, lse};
+  if (p.N <= kRowPathMaxN) {
+    parallel_tasks(heads * p.N, [&](int64_t t, int) { forward_row(p, t / p.N / p.H, (t / p.N) % p.H, t % p.N, op, lp); });
+    return {o, lse};
+  }
+  // Split each head's queries into chunks when there are too few heads to keep every thread busy
+  // (each chunk packs K and V once).
+  const int64_t nqb = (p.N + BQ - 1) / BQ;
+  const int64_t want = 3 * static_cast<int64_t>(num_threads());
+  const int64_t chunks = std::min<int64_t>(nqb, std::max<int64_t>(1, (want + heads - 1) / heads));
+  const int64_t per = (nqb + chunks - 1) / chunks;
+  parallel_tasks(heads * chunks, [&](int64_t t, int) {
+    const int64_t bh = t / chunks, c = t % chunks;
+    const int64_t i0 = c * per * BQ, i1 = std::min<int64_t>(p.N, (c + 1) * per * BQ);
+    if (i0 < i1) forward_block_task(p, bh / p.H, bh % p.H, i0, i1, op, lp);
+  });
+  return {o, lse};
+}
+
+// ---------------------------------------------------------------- backward
+
+// One head: gradients of q, k, v for head (b, h) and this head's share of gbias.
+void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int64_t h, float* gq, float* gk, float* gv,
+                   float* gb_part) {
+  const int64_t hd = p.hd, hdp = round_up(hd, PW), N = p.N;
+  const int64_t jmax = p.key_limit(N - 1);
+  const int64_t jpad = round_up(std::max<int64_t>(jmax, 1), PW);
+  const int64_t npad = round_up(N, RB);
+  const float* qh = p.q + b * p.qs[0] + h * p.qs[1];
+  const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
+  const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
+  std::vector<float> kt(jpad * hdp), kr(jpad * hdp), vt(jpad * hdp), qd(npad * hdp), dod(npad * hdp), dq(npad * hdp, 0.f),
+      dk(jpad * hdp, 0.f), dv(jpad * hdp, 0.f), S(BQ * BK), dP(BQ * BK), PT(BK * BQ), dST(BK * BQ), D(N), L(N), biasv;
+  std::vector<uint8_t> keepv;
+  std::vector<double> gbacc(jpad, 0.0);
+  if (jmax > 0) {
+    pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
+    pack_rows(kh, p.ks[2], p.ks[3], jmax, hd, kr.data(), jpad, hdp);
+    pack_panels(vh, p.vs[2], p.vs[3], jmax, hd, vt.data(), hdp);
+  }
+  pack_rows(qh, p.qs[2], p.qs[3], N, hd, qd.data(), npad, hdp);
+  const float* goh = g.go + b * g.gs[0] + h * g.gs[1];
+  const float* oh = g.o + b * g.os[0] + h * g.os[1];
+  pack_rows(goh, g.gs[2], g.gs[3], N, hd, dod.data(), npad, hdp);
+  for (int64_t i = 0; i < N; ++i) {
+    double d = 0;
+    for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(goh[i * g.gs[2] + c * g.gs[3]]) * oh[i * g.os[2] + c * g.os[3]];
+    D[i] = static_cast<float>(d);
+    L[i] = g.lse[b * g.ls[0] + h * g.ls[1] + i * g.ls[2]];
+  }
+  gather_key_extras(p, b, jmax, biasv, keepv);
+  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+
+  for (int64_t r0 = 0; r0 < N; r0 += BQ) {
+    const int64_t nr = std::min<int64_t>(BQ, N - r0);
+    const int64_t nr6 = round_up(nr, RB);
+    const int64_t blim = p.key_limit(r0 + nr - 1);
+    for (int64_t kb = 0; kb < blim; kb += BK) {
+      const int64_t nk = std::min<int64_t>(BK, blim - kb);
+      const int64_t nk16 = round_up(nk, PW);
+      const float* ktb = kt.data() + (kb / PW) * hdp * PW;
+      const float* vtb = vt.data() + (kb / PW) * hdp * PW;
+      gemm_panels(qd.data() + r0 * hdp, hdp, nr6, ktb, hdp, nk16, S.data(), BK);
+      gemm_panels(dod.data() + r0 * hdp, hdp, nr6, vtb, hdp, nk16, dP.data(), BK);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = r0 + r;
+        float* s = S.data() + r * BK;
+        float* dp = dP.data() + r * BK;
+        finish_scores(p, b, i, kb, nk16, biasv.data(), kv, s);
+        const float lse_i = L[i];
+        const float Di = D[i];
+        for (int64_t c = 0; c < nk16; ++c) {
+          const float pr = attn_prob(s[c], lse_i);
+          const float ds = pr * (dp[c] - Di);
+          PT[c * BQ + r] = pr;
+          dST[c * BQ + r] = ds;
+          dp[c] = ds;
+          gbacc[kb + c] += ds;
+        }
+      }
+      for (int64_t r = nr; r < nr6; ++r) std::memset(dP.data() + r * BK, 0, sizeof(float) * nk16);
+      // dV[kb..] += P^T dO ; dK[kb..] += dS^T Q ; dQ[r0..] += dS K   (scale applied at the end)
+      gemm_nn_acc(PT.data(), BQ, nk16, dod.data() + r0 * hdp, hdp, nr, dv.data() + kb * hdp, hdp, hdp);
+      gemm_nn_acc(dST.data(), BQ, nk16, qd.data() + r0 * hdp, hdp, nr, dk.data() + kb * hdp, hdp, hdp);
+      gemm_nn_acc(dP.data(), BK, nr6, kr.data() + kb * hdp, hdp, nk16, dq.data() + r0 * hdp, hdp, hdp);
+    }
+  }
+  const int64_t base_q = (b * p.H + h) * N * hd;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t c = 0; c < hd; ++c) gq[base_q + i * hd + c] = dq[i * hdp + c] * p.scale;
+  const int64_t base_k = (b * p.H + h) * p.M * hd;
+  for (int64_t j = 0; j < p.M; ++j) {
+    for (int64_t c = 0; c < hd; ++c) {
+      gk[base_k + j * hd + c] = j < jmax ? dk[j * hdp + c] * p.scale : 0.f;
+      gv[base_k + j * hd + c] = j < jmax ? dv[j * hdp + c] : 0.f;
+    }
+  }
+  if (gb_part)
+    for (int64_t j = 0; j < p.M; ++j) gb_part[j] = j < jmax ? static_cast<float>(gbacc[j]) : 0.f;
+}
+
+std::vector<Tensor> op_attention_backward(const OpArgs& a) {
+  const AttnParams p = parse_attention_args(a, "attention_backward");
+  const AttnGradInputs g = parse_attention_grad_args(a, p, "attention_backward");
+  Tensor gq = empty({p.B, p.H, p.N, p.hd});
+  Tensor gk = empty({p.B, p.H, p.M, p.hd});
+  Tensor gv = empty({p.B, p.H, p.M, p.hd});
+  Tensor gbias;
+  const int64_t heads = p.B * p.H;
+  std::vector<float> part;
+  if (p.bias) {
+    gbias = empty({p.B, p.M});
+    part.assign(heads * p.M, 0.f);
+  }
+  if (p.N == 0) {
+    std::memset(gk.raw(), 0, gk.nbytes());
+    std::memset(gv.raw(), 0, gv.nbytes());
+  } else if (heads > 0) {
+    parallel_tasks(heads, [&](int64_t t, int) {
+      backward_head(p, g, t / p.H, t % p.H, gq.data<float>(), gk.data<float>(), gv.data<float>(),
+                    p.bias ? part.data() + t * p.M : nullptr);
+    });
+  }
+  if (p.bias) {
+    float* gbp = gbias.data<float>();
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t j = 0; j < p.M; ++j) {
+        double s = 0;
+        for (int64_t h = 0; h < p.H; ++h) s += part[(b * p.H + h) * p.M + j];
+        gbp[b * p.M + j] = static_cast<float>(s);
+      }
+  }
+  return {gq, gk, gv, gbias};
+}
+
+}  // namespace
+
+MVQ_REGISTER_OP("attention", Device::CPU, op_attention);
+MVQ_REGISTER_OP("attention_backward", Device::CPU, op_attention_backward);
+
+}  // namespace mvq
