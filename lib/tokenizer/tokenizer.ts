@@ -12,7 +12,7 @@ import { loadConfigFile, normalizeConfig, type TokenizerConfig } from './config.
 import { MergeVQDecoder } from './decoder.js';
 import { MergeVQEncoder } from './encoder.js';
 import { SourceRecovery } from './recovery.js';
-import { mergeScheduleFor, keepCandidatesFor, type KeepCandidates } from './schedule.js';
+import { keepCandidatesFor, mergeScheduleFor, type KeepCandidates } from './keep.js';
 
 /** The result of encoding a batch. */
 export interface EncodeResult {
