@@ -122,7 +122,7 @@ defineGrad('conv2d', function* (req, _o, [g]) {
 defineGrad('group_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
-  return yield* call('group_norm_backward', [x, w, outs[1], outs[2], g!], {
+  return yield* call('group_norm_backward', [x, w, outs[1], outs[2], g!, b], {
     groups: a.groups, eps: a.eps, act: a.act ?? 'none', has_weight: Boolean(w), has_bias: Boolean(b),
   });
 });
@@ -233,6 +233,10 @@ defineGrad('concat', function* (req, _o, [g]) {
     start += len;
   }
   return out;
+});
+defineGrad('gather', function* (req, _o, [g]) {
+  const [x, idx] = req.inputs;
+  return [yield* call1('gather_backward', [g!, idx], { dim: A(req).dim, shape: x!.shape }), null];
 });
 defineGrad('depth_to_space', function* (req, _o, [g]) {
   return [yield* call1('space_to_depth', [g!], { block: A(req).block })];

@@ -45,16 +45,31 @@ forEachFixtureDir('tokenizer_grads.safetensors', (gradsFile, dir) => {
   });
 
   it('every parameter gradient within 1e-3 relative', () => {
+    // A gradient that is exactly zero in exact arithmetic (e.g. a per-channel shift that a
+    // GroupNorm with one channel per group removes) is float noise in both implementations:
+    // those are checked against an absolute floor, 1e-6 of the largest gradient entry.
+    let gmax = 0;
+    for (const name of tok.store.names()) for (const v of gradsFile().array(`grad.${name}`) as Float32Array) gmax = Math.max(gmax, Math.abs(v));
+    const floor = 1e-6 * gmax;
     const bad: string[] = [];
     let worst = 0;
+    let checked = 0;
     for (const name of tok.store.names()) {
       const ref = gradsFile().array(`grad.${name}`) as Float32Array;
       const g = grads.get(tok.store.get(name));
       const ours = g ? g.toFloat32() : new Float32Array(ref.length);
+      const refMax = ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      if (refMax < floor) {
+        const diff = ours.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i]!)), 0);
+        if (!(diff < floor)) bad.push(`${name}: |diff| ${diff.toExponential(2)} above the floor ${floor.toExponential(2)}`);
+        continue;
+      }
+      checked++;
       const err = relErr(ours, ref);
       worst = Math.max(worst, err);
       if (!(err < 1e-3)) bad.push(`${name}: ${err.toExponential(2)}`);
     }
     expect(bad, `worst ${worst}`).toEqual([]);
+    expect(checked).toBeGreaterThan(tok.store.names().length - 8);
   });
 });

@@ -3,7 +3,8 @@
  * a `Tape` and differentiated. Terms: reconstruction (L1 as the reference code, or L2 as the
  * paper), LFQ entropy aux (per-sample minus codebook entropy), commitment, the class loss
  * (label-smoothed cross-entropy on labels when no teacher is given), and this project's
- * source-recovery cross-entropy between S_hat and the encoder's true merge groups.
+ * source-recovery loss: the mean over full positions of -log(S_hat[group(l), l] + 1e-12), with
+ * group(l) the kept token that holds position l in the encoder's true source.
  * (Perceptual and GAN terms need user-supplied networks and are added by the caller.)
  */
 import { call, call1, type Program } from '../graph.js';
@@ -74,7 +75,11 @@ export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Te
     const kept = yield* call1('permute', [yield* reshape(codes!, [B, d, K])], { dims: [0, 2, 1] });
     const rec = yield* tok.recovery.forward(kept);
     const L = tok.fullNum;
-    src = yield* call1('cross_entropy', [yield* reshape(rec.logits, [B * L, K]), yield* reshape(source, [B * L])], { reduction: 'mean' });
+    // -mean log(S_hat[group(l), l] + 1e-12), S_hat = softmax over the kept tokens (as the fixtures define it)
+    const probs = yield* call1('softmax', [yield* reshape(rec.logits, [B * L, K])], { dim: -1 });
+    const picked = yield* call1('gather', [probs, yield* reshape(source, [B * L, 1])], { dim: 1 });
+    const logp = yield* call1('log', [yield* call1('scale', [picked], { mul: 1, add: 1e-12 })]);
+    src = yield* call1('scale', [yield* call1('mean', [logp])], { mul: -1, add: 0 });
     terms.push([src, w.source]);
   }
   const loss = yield* weighted(terms);
