@@ -249,6 +249,23 @@ std::vector<Tensor> op_depth_to_space(const OpArgs& a) {
   const int64_t B = x.size(0), CRR = x.size(1), H = x.size(2), W = x.size(3);
   MVQ_CHECK_RANGE(CRR % (r * r) == 0, "depth_to_space: x.shape[1] = ", CRR, " must be divisible by block^2 = ", r * r);
   const int64_t C = CRR / (r * r);
+  if (x.dtype() == DType::F32 && x.is_contiguous()) {
+    // Direct kernel: output row (b, c, h, i) interleaves the r source rows (b, (i*r + j)*C + c, h).
+    Tensor y = empty({B, C, H * r, W * r});
+    const float* xp = x.data<float>();
+    float* yp = y.data<float>();
+    parallel_for(B * C * H * r, std::max<int64_t>(1, kGrain / std::max<int64_t>(W * r, 1)), [&](int64_t b0, int64_t e0) {
+      for (int64_t t = b0; t < e0; ++t) {
+        const int64_t i = t % r, h = (t / r) % H, c = (t / (r * H)) % C, b = t / (r * H * C);
+        float* yr = yp + t * W * r;
+        for (int64_t j = 0; j < r; ++j) {
+          const float* xr = xp + ((b * CRR + (i * r + j) * C + c) * H + h) * W;
+          for (int64_t w = 0; w < W; ++w) yr[w * r + j] = xr[w];
+        }
+      }
+    });
+    return {y};
+  }
   const Shape& s = x.strides();
   // Strides of the [B, r, r, C, H, W] split of x, permuted to [B, C, H, r, W, r].
   const int64_t sb = s[0], sr1 = s[1] * r * C, sr2 = s[1] * C, sc = s[1], sh = s[2], sw = s[3];
@@ -265,6 +282,21 @@ std::vector<Tensor> op_space_to_depth(const OpArgs& a) {
   MVQ_CHECK_RANGE(HR % r == 0 && WR % r == 0, "space_to_depth: spatial size ", HR, "x", WR,
                   " must be divisible by block = ", r);
   const int64_t H = HR / r, W = WR / r;
+  if (x.dtype() == DType::F32 && x.is_contiguous()) {
+    // Direct kernel: output row (b, i, j, c, h) takes every r-th element of source row (b, c, h*r + i).
+    Tensor y = empty({B, C * r * r, H, W});
+    const float* xp = x.data<float>();
+    float* yp = y.data<float>();
+    parallel_for(B * r * r * C * H, std::max<int64_t>(1, kGrain / std::max<int64_t>(W, 1)), [&](int64_t b0, int64_t e0) {
+      for (int64_t t = b0; t < e0; ++t) {
+        const int64_t h = t % H, c = (t / H) % C, j = (t / (H * C)) % r, i = (t / (H * C * r)) % r, b = t / (H * C * r * r);
+        const float* xr = xp + ((b * C + c) * HR + h * r + i) * WR + j;
+        float* yr = yp + t * W;
+        for (int64_t w = 0; w < W; ++w) yr[w] = xr[w * r];
+      }
+    });
+    return {y};
+  }
   const Shape& s = x.strides();
   // x as [B, C, H, r1, W, r2] -> [B, r1, r2, C, H, W].
   Tensor v = with_layout(x, {B, r, r, C, H, W}, {s[0], s[2], s[3], s[1], s[2] * r, s[3] * r}, x.offset());
