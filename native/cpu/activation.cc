@@ -127,8 +127,8 @@ std::vector<Tensor> op_swiglu_backward(const OpArgs& args) {
     auto block = [](const float* u, const float* v, const float* g, float* oa, float* ob) {
       const __m256 one = _mm256_set1_ps(1.0f);
       __m256 x = _mm256_loadu_ps(u), bv = _mm256_loadu_ps(v), gv = _mm256_loadu_ps(g);
-      __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, vexp(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-      __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, vexp(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+      __m256 sg = sigmoid_v(x);
+      __m256 silu = _mm256_mul_ps(x, sg);
       __m256 d = _mm256_mul_ps(sg, _mm256_fmadd_ps(x, _mm256_sub_ps(one, sg), one));
       _mm256_storeu_ps(oa, _mm256_mul_ps(_mm256_mul_ps(gv, bv), d));
       _mm256_storeu_ps(ob, _mm256_mul_ps(gv, silu));

@@ -221,49 +221,62 @@ constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 
 // --- activation values and derivatives, scalar and 8-wide ---
-inline float silu_s(float x) { return x / (1.0f + std::exp(-x)); }
+// Sigmoids use e = exp(-|x|) (never overflows): sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), so
+// silu(-90) = -7.3e-38 is still right. The erf GELU uses Phi(x) = erfc(-x / sqrt 2) / 2 in
+// float64, accurate in both tails.
+inline float sigmoid_s(float x) {
+  const float e = std::exp(-std::fabs(x));
+  return (x >= 0 ? 1.0f : e) / (1.0f + e);
+}
+inline float silu_s(float x) {
+  const float e = std::exp(-std::fabs(x));
+  return (x >= 0 ? x : x * e) / (1.0f + e);
+}
 inline float silu_grad_s(float x) {
-  float s = 1.0f / (1.0f + std::exp(-x));
+  const float s = sigmoid_s(x);
   return s * (1.0f + x * (1.0f - s));
 }
-inline float gelu_erf_s(float x) { return static_cast<float>(0.5 * x * (1.0 + std::erf(x * kInvSqrt2))); }
+inline float gelu_erf_s(float x) { return static_cast<float>(0.5 * x * std::erfc(-x * kInvSqrt2)); }
 inline float gelu_erf_grad_s(float x) {
   double xd = x;
-  return static_cast<float>(0.5 * (1.0 + std::erf(xd * kInvSqrt2)) + xd * std::exp(-0.5 * xd * xd) * kInvSqrt2Pi);
+  return static_cast<float>(0.5 * std::erfc(-xd * kInvSqrt2) + xd * std::exp(-0.5 * xd * xd) * kInvSqrt2Pi);
 }
 // tanh GELU: 0.5 x (1 + tanh(u)) == x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3).
 inline float gelu_tanh_s(float x) {
   float u2 = 2.0f * kSqrt2OverPi * (x + kGeluC * x * x * x);
-  return x / (1.0f + std::exp(-u2));
+  return x * sigmoid_s(u2);
 }
 inline float gelu_tanh_grad_s(float x) {
   float u2 = 2.0f * kSqrt2OverPi * (x + kGeluC * x * x * x);
-  float s = 1.0f / (1.0f + std::exp(-u2));
+  float s = sigmoid_s(u2);
   // d/dx [x s(2u)] = s + x * 2 s (1-s) * du/dx
   return s + 2.0f * x * s * (1.0f - s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
 }
 
 #ifdef MVQ_NN_AVX2
-inline __m256 silu_v(__m256 x) {
-  __m256 e = vexp(_mm256_sub_ps(_mm256_setzero_ps(), x));
-  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+inline __m256 vabs(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+// num(x) / (1 + e), e = exp(-|x|), num = x >= 0 ? a : a * e  ==  a * sigmoid(x)
+inline __m256 mul_sigmoid_v(__m256 a, __m256 x) {
+  __m256 e = vexp(_mm256_sub_ps(_mm256_setzero_ps(), vabs(x)));
+  __m256 num = _mm256_blendv_ps(a, _mm256_mul_ps(a, e), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
+inline __m256 sigmoid_v(__m256 x) { return mul_sigmoid_v(_mm256_set1_ps(1.0f), x); }
+inline __m256 silu_v(__m256 x) { return mul_sigmoid_v(x, x); }
 inline __m256 silu_grad_v(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, vexp(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+  __m256 s = sigmoid_v(x);
   return _mm256_mul_ps(s, _mm256_fmadd_ps(x, _mm256_sub_ps(one, s), one));
 }
-inline __m256 gelu_tanh_v(__m256 x) {
+inline __m256 gelu_u2_v(__m256 x) {
   __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-  __m256 u2 = _mm256_mul_ps(_mm256_set1_ps(2.0f * kSqrt2OverPi), _mm256_fmadd_ps(_mm256_set1_ps(kGeluC), x3, x));
-  __m256 e = vexp(_mm256_sub_ps(_mm256_setzero_ps(), u2));
-  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  return _mm256_mul_ps(_mm256_set1_ps(2.0f * kSqrt2OverPi), _mm256_fmadd_ps(_mm256_set1_ps(kGeluC), x3, x));
 }
+inline __m256 gelu_tanh_v(__m256 x) { return mul_sigmoid_v(x, gelu_u2_v(x)); }
 inline __m256 gelu_tanh_grad_v(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 u2 = _mm256_mul_ps(_mm256_set1_ps(2.0f * kSqrt2OverPi), _mm256_fmadd_ps(_mm256_set1_ps(kGeluC), _mm256_mul_ps(x2, x), x));
-  __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, vexp(_mm256_sub_ps(_mm256_setzero_ps(), u2))));
+  __m256 s = sigmoid_v(gelu_u2_v(x));
   __m256 du = _mm256_mul_ps(_mm256_set1_ps(kSqrt2OverPi), _mm256_fmadd_ps(_mm256_set1_ps(3.0f * kGeluC), x2, one));
   __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), x), _mm256_mul_ps(s, _mm256_sub_ps(one, s)));
   return _mm256_fmadd_ps(t, du, s);
