@@ -25,9 +25,13 @@ function load() {
   const explicit = process.env.MERGEVQ_ADDON;
   if (explicit) return require(path.resolve(explicit));
   const root = packageRoot();
-  // A cmake-js build (CPU + CUDA) wins over the portable node-gyp build when both exist.
+  // Local builds: the cmake-js one (CPU + CUDA) and the portable node-gyp one. When both exist the
+  // newer wins, so a rebuild of either is what runs; MERGEVQ_PREFER_GYP=1 forces the node-gyp one.
   const cmake = path.join(root, 'build-cmake', 'Release', 'mergevq.node');
-  if (process.env.MERGEVQ_PREFER_GYP !== '1' && fs.existsSync(cmake)) return require(cmake);
+  const gyp = path.join(root, 'build', 'Release', 'mergevq.node');
+  if (process.env.MERGEVQ_PREFER_GYP !== '1' && fs.existsSync(cmake)) {
+    if (!fs.existsSync(gyp) || fs.statSync(cmake).mtimeMs >= fs.statSync(gyp).mtimeMs) return require(cmake);
+  }
   try {
     return require('node-gyp-build')(root);
   } catch (err) {
