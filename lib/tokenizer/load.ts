@@ -38,7 +38,7 @@ export async function readWeights(path: string, opts: { prefer?: 'ema' | 'raw'; 
       await f.closeAsync();
     }
   }
-  const ck = await loadCheckpoint(path, { prefer: opts.prefer ?? 'ema', expected: opts.expected, skipUnknownGlobals: true });
+  const ck = await loadCheckpoint(path, { prefer: opts.prefer ?? 'ema', expected: opts.expected, skipUnknownGlobals: true, convertF64: true });
   return ck.tensors;
 }
 
