@@ -11,7 +11,9 @@
       "native/napi/addon.cc"
     ],
     "mergevq_cuda_sources": [
-      "native/cuda/runtime.cu"
+      "native/cuda/runtime.cu",
+      "native/cuda/lfq.cu",
+      "native/cuda/merge.cu"
     ]
   }
 }
