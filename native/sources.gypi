@@ -27,7 +27,9 @@
     "mergevq_cuda_sources": [
       "native/cuda/runtime.cu",
       "native/cuda/attention.cu",
-      "native/cuda/kvcache.cu"
+      "native/cuda/kvcache.cu",
+      "native/cuda/lfq.cu",
+      "native/cuda/merge.cu"
     ]
   }
 }

@@ -140,7 +140,9 @@ describe('lfq parity with the reference fixtures', () => {
           runSync(lfqEntropyBackward(z, scalar(wAux * wMin), scalar(-wAux * wMax), { dim: 1, avgProbs: ent.avgProbs })),
         ).toFloat32();
         const gEnt2 = runSync(lfqEntropyBackward(z, scalar(wAux * wMin), scalar(-wAux * wMax), { dim: 1 })).toFloat32();
-        expect(relErr(gEnt2, gEnt)).toBeLessThan(1e-5);
+        // Same gradient with pbar recomputed instead of passed (the fp32 pbar rounding is amplified by
+        // the cancellation in sum_c P(c) (bit_j - p1_j) G(c)).
+        expect(relErr(gEnt2, gEnt)).toBeLessThan(1e-4);
         const gCom = runSync(lfqCommitmentBackward(z, scalar(wCommit))).toFloat32();
         const g = gEnt.map((v, i) => v + gCom[i]! + ug[i]!);
         expect(relErr(g, get('x_grad').data as Float32Array)).toBeLessThan(1e-3);

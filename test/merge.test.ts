@@ -115,7 +115,7 @@ function refMerge(x: ArrayLike<number>, s: ArrayLike<number> | null, B: number, 
 }
 
 /** The reference's dense source update: merge(source, mode='amax'), [B, n, L] -> [B, O, L]. */
-function refDenseSource(S: ArrayLike<number>, B: number, n: number, L: number, d: RefDec): Float64Array {
+function refDenseSource(S: ArrayLike<number>, B: number, n: number, L: number, d: RefDec): Float64Array<ArrayBufferLike> {
   const O = outRows(d, n);
   const out = new Float64Array(B * O * L).fill(-Infinity);
   for (let b = 0; b < B; ++b) {
@@ -153,7 +153,7 @@ describe('ToMe parity with the reference fixtures', () => {
         let x = Tensor.from(get('x0').data as Float32Array, get('x0').shape);
         let size: Tensor | null = null;
         let map = identitySource(B, L);
-        let S = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
+        let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
         let n = N;
         for (const step of [1, 2]) {
           const metric = get(`metric${step}`);
@@ -338,7 +338,7 @@ describe('tome_merge / source / unmerge against float64 references', () => {
     const N = 50;
     let n = N;
     let map = identitySource(B, N);
-    let S = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
+    let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
     for (const r of [10, 7, 30, 0, 3]) {
       const m = rng.randn(B * n * 6);
       const dec = runSync(bipartiteMatch(Tensor.from(m, [B, n, 6]), { r, classToken: true }));

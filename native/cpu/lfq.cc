@@ -281,7 +281,33 @@ struct EntropyPlan {
     });
   }
 
+  // Nonzero entries of each table row: nzlo[n] / nzhi[n] list the columns. Returns the number of
+  // (lo, hi) pairs over the chunk; the sparse path is used when that is far below the dense work.
+  int64_t nonzeros(int64_t nr, const float* Plo, const float* Phi, std::vector<std::vector<int32_t>>& nzlo,
+                   std::vector<std::vector<int32_t>>& nzhi) const {
+    nzlo.resize(static_cast<size_t>(nr));
+    nzhi.resize(static_cast<size_t>(nr));
+    std::vector<int64_t> pairs(static_cast<size_t>(nr));
+    parallel_for(nr, 64, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        nzlo[n].clear();
+        nzhi[n].clear();
+        for (int64_t c = 0; c < La; ++c)
+          if (Plo[n * Lp + c] != 0.0f) nzlo[n].push_back(static_cast<int32_t>(c));
+        for (int64_t c = 0; c < Hb; ++c)
+          if (Phi[n * Hp + c] != 0.0f) nzhi[n].push_back(static_cast<int32_t>(c));
+        pairs[n] = static_cast<int64_t>(nzlo[n].size()) * static_cast<int64_t>(nzhi[n].size());
+      }
+    });
+    int64_t total = 0;
+    for (int64_t v : pairs) total += v;
+    return total;
+  }
+  bool sparse(int64_t pairs, int64_t nr) const { return pairs * 64 <= nr * La * Hb; }
+
   // pbar (unnormalized: sum over rows) as C [Lp, Hp]; also returns the per-sample entropy sum.
+  // At T = 0.01 rows are nearly one-hot (|a| = 400 |z|), so the tables are usually sparse and pbar
+  // is accumulated from the nonzero (lo, hi) pairs; dense chunks use the fp32 GEMM.
   double pbar_sum(std::vector<float>& C) const {
     const int64_t N = L.rows();
     C.assign(static_cast<size_t>(Lp * Hp), 0.0f);
@@ -290,11 +316,21 @@ struct EntropyPlan {
     std::vector<double> p1(static_cast<size_t>(Rmax * L.d));
     std::vector<float> Plo(static_cast<size_t>(Rmax * Lp)), Phi(static_cast<size_t>(Rmax * Hp));
     std::vector<double> hrow(static_cast<size_t>(Rmax));
+    std::vector<std::vector<int32_t>> nzlo, nzhi;
     double hsum = 0.0;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t nr = std::min(chunk, N - r0), Rp = round_up(nr, 4);
       tables(r0, nr, p1.data(), Plo.data(), Phi.data());
-      gemm_tables(Lp, Hp, Rp, Plo.data(), 1, Lp, Phi.data(), Hp, C.data(), Hp, true);
+      if (sparse(nonzeros(nr, Plo.data(), Phi.data(), nzlo, nzhi), nr)) {
+        for (int64_t n = 0; n < nr; ++n)
+          for (int32_t a : nzlo[n]) {
+            const float pa = Plo[n * Lp + a];
+            float* crow = C.data() + a * Hp;
+            for (int32_t b : nzhi[n]) crow[b] += pa * Phi[n * Hp + b];
+          }
+      } else {
+        gemm_tables(Lp, Hp, Rp, Plo.data(), 1, Lp, Phi.data(), Hp, C.data(), Hp, true);
+      }
       parallel_for(nr, 64, [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n) {
           double h = 0.0;
@@ -341,7 +377,7 @@ std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
       for (int64_t la = 0; la < P.La; ++la) {
         const double pb = static_cast<double>(C[la * P.Hp + hb]) / N;
         ap[la + hb * P.La] = static_cast<float>(pb);
-        s += lfq::codebook_entropy_term(pb);
+        if (pb != 0.0) s += lfq::codebook_entropy_term(pb);
       }
       part[hb] = s;
     }
@@ -367,31 +403,37 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
   const int64_t N = L.rows();
   const double invN = 1.0 / static_cast<double>(N);
 
-  // G[a, b] = g_cb * d codebook / d pbar / N (the 1/N of pbar folded in), and its transpose.
-  std::vector<float> G(static_cast<size_t>(P.Lp * P.Hp), 0.0f), GT(static_cast<size_t>(P.Hp * P.Lp), 0.0f);
-  {
-    std::vector<float> pbar;
-    const float* avgp = nullptr;
-    if (a.has_input(3)) {
-      const Tensor avg = a.input(3, "avg_probs", DType::F32).contiguous();
-      MVQ_CHECK_RANGE(avg.numel() == (int64_t(1) << L.d), "lfq_entropy_backward: 'avg_probs' must have 2^", L.d,
-                      " elements, got ", avg.shape_str());
-      pbar.assign(avg.data<float>(), avg.data<float>() + avg.numel());
-      avgp = pbar.data();
-    }
-    std::vector<float> C;
-    if (!avgp && g_cb != 0.0) P.pbar_sum(C);
-    if (g_cb != 0.0)
-      parallel_for(P.La, 8, [&](int64_t b, int64_t e) {
-        for (int64_t la = b; la < e; ++la)
-          for (int64_t hb = 0; hb < P.Hb; ++hb) {
-            const double pb = avgp ? static_cast<double>(avgp[la + hb * P.La]) : static_cast<double>(C[la * P.Hp + hb]) * invN;
-            const float g = static_cast<float>(g_cb * lfq::codebook_entropy_grad(pb) * invN);
-            G[la * P.Hp + hb] = g;
-            GT[hb * P.Lp + la] = g;
-          }
-      });
+  // pbar: the forward's avg_probs when given, else recomputed (C / N).
+  Tensor avg;
+  const float* avgp = nullptr;
+  if (a.has_input(3)) {
+    avg = a.input(3, "avg_probs", DType::F32).contiguous();
+    MVQ_CHECK_RANGE(avg.numel() == (int64_t(1) << L.d), "lfq_entropy_backward: 'avg_probs' must have 2^", L.d, " elements, got ",
+                    avg.shape_str());
+    avgp = avg.data<float>();
   }
+  std::vector<float> C;
+  if (!avgp && g_cb != 0.0) P.pbar_sum(C);
+  // G(a, b) = g_cb * d codebook / d pbar / N (the 1/N of pbar folded in).
+  auto gval = [&](int64_t la, int64_t hb) {
+    const double pb = avgp ? static_cast<double>(avgp[la + hb * P.La]) : static_cast<double>(C[la * P.Hp + hb]) * invN;
+    return g_cb * lfq::codebook_entropy_grad(pb) * invN;
+  };
+  // Dense chunks need G and G^T as tables (built on first use).
+  std::vector<float> G, GT;
+  auto ensure_g = [&]() {
+    if (!G.empty()) return;
+    G.assign(static_cast<size_t>(P.Lp * P.Hp), 0.0f);
+    GT.assign(static_cast<size_t>(P.Hp * P.Lp), 0.0f);
+    parallel_for(P.La, 8, [&](int64_t b, int64_t e) {
+      for (int64_t la = b; la < e; ++la)
+        for (int64_t hb = 0; hb < P.Hb; ++hb) {
+          const float g = static_cast<float>(gval(la, hb));
+          G[la * P.Hp + hb] = g;
+          GT[hb * P.Lp + la] = g;
+        }
+    });
+  };
 
   Tensor gz = empty(z.shape(), DType::F32);
   float* gp = gz.data<float>();
@@ -399,12 +441,17 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
   const int64_t Rmax = round_up(chunk, 4);
   std::vector<double> p1(static_cast<size_t>(Rmax * L.d));
   std::vector<float> Plo(static_cast<size_t>(Rmax * P.Lp)), Phi(static_cast<size_t>(Rmax * P.Hp));
-  std::vector<float> dlo(static_cast<size_t>(Rmax * P.Lp)), dhi(static_cast<size_t>(Rmax * P.Hp));
+  std::vector<float> dlo, dhi;
+  std::vector<std::vector<int32_t>> nzlo, nzhi;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t nr = std::min(chunk, N - r0), Rp = round_up(nr, 4);
     P.tables(r0, nr, p1.data(), Plo.data(), Phi.data());
-    if (g_cb != 0.0) {
+    const bool sp = g_cb != 0.0 && P.sparse(P.nonzeros(nr, Plo.data(), Phi.data(), nzlo, nzhi), nr);
+    if (g_cb != 0.0 && !sp) {
       // dlo[n, a] = sum_b Phi[n, b] G[a, b];  dhi[n, b] = sum_a Plo[n, a] G[a, b].
+      ensure_g();
+      dlo.resize(static_cast<size_t>(Rmax * P.Lp));
+      dhi.resize(static_cast<size_t>(Rmax * P.Hp));
       gemm_tables(Rp, P.Lp, P.Hp, Phi.data(), P.Hp, 1, GT.data(), P.Lp, dlo.data(), P.Lp, false);
       gemm_tables(Rp, P.Hp, P.Lp, Plo.data(), P.Lp, 1, G.data(), P.Hp, dhi.data(), P.Hp, false);
     }
@@ -413,7 +460,23 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
       for (int64_t n = b; n < e; ++n) {
         const double* pr = p1.data() + n * L.d;
         std::fill(sbit.begin(), sbit.end(), 0.0);
-        if (g_cb != 0.0) {
+        if (sp) {
+          // Sparse rows: w = P_lo[a] P_hi[b] G(a, b) over the nonzero pairs; both halves share
+          // sum(w), and bit j of a (low) or b (high) selects the partial sums.
+          double sall = 0.0;
+          for (int32_t la : nzlo[n]) {
+            const double pa = Plo[n * P.Lp + la];
+            for (int32_t hb : nzhi[n]) {
+              const double w = pa * static_cast<double>(Phi[n * P.Hp + hb]) * gval(la, hb);
+              sall += w;
+              for (int j = 0; j < P.lo; ++j)
+                if ((la >> j) & 1) sbit[j] += w;
+              for (int j = 0; j < P.hi; ++j)
+                if ((hb >> j) & 1) sbit[P.lo + j] += w;
+            }
+          }
+          for (int64_t j = 0; j < L.d; ++j) sbit[j] -= pr[j] * sall;
+        } else if (g_cb != 0.0) {
           // d P_half[n, c] / d a_j = P_half[n, c] (bit_j(c) - p1_j): reduce W = dP * P per bit.
           for (int half = 0; half < 2; ++half) {
             const int nb = half ? P.hi : P.lo;
