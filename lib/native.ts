@@ -48,6 +48,8 @@ export interface Addon {
   supports(op: string, device: DeviceName): boolean;
   listOps(): string[];
   deviceAvailable(device: DeviceName): { available: boolean; reason: string | null };
+  /** Frees the CPU allocation cache; returns the bytes released. */
+  releaseCpuCache(): number;
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   buildInfo(): { cuda: boolean; simd: string; threads: number };
 }

@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 namespace mvq {
@@ -54,10 +56,65 @@ const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 void set_poison(bool on) { g_poison.store(on); }
 bool poison() { return g_poison.load(); }
 
+namespace {
+// Recycles large CPU blocks by size (best fit within 1/8 waste), up to a byte limit.
+class CpuCache {
+ public:
+  static constexpr size_t kMin = 256 << 10;
+  void* take(size_t cap, size_t* got) {
+    if (cap < kMin) return nullptr;
+    std::lock_guard<std::mutex> lk(m_);
+    auto it = free_.lower_bound(cap);
+    if (it == free_.end() || it->first > cap + cap / 8) return nullptr;
+    void* p = it->second;
+    *got = it->first;
+    cached_ -= it->first;
+    free_.erase(it);
+    return p;
+  }
+  // Returns true when the block was kept.
+  bool give(void* p, size_t cap) {
+    if (cap < kMin) return false;
+    std::lock_guard<std::mutex> lk(m_);
+    if (cached_ + cap > limit()) return false;
+    free_.emplace(cap, p);
+    cached_ += cap;
+    return true;
+  }
+  size_t clear() {
+    std::lock_guard<std::mutex> lk(m_);
+    size_t n = cached_;
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    cached_ = 0;
+    return n;
+  }
+
+ private:
+  static size_t limit() {
+    static const size_t lim = [] {
+      const char* e = std::getenv("MERGEVQ_CPU_CACHE_MB");
+      long mb = e ? std::strtol(e, nullptr, 10) : 2048;
+      return static_cast<size_t>(mb < 0 ? 0 : mb) << 20;
+    }();
+    return lim;
+  }
+  std::mutex m_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+CpuCache& cpu_cache() {
+  static CpuCache* c = new CpuCache();  // never destroyed: storages may be freed during exit
+  return *c;
+}
+}  // namespace
+
+size_t release_cpu_cache() { return cpu_cache().clear(); }
+
 Storage::~Storage() {
   if (!ptr) return;
   if (device == Device::CPU) {
-    std::free(ptr);
+    if (!cpu_cache().give(ptr, capacity)) std::free(ptr);
   } else if (g_hooks[static_cast<int>(device)].free) {
     g_hooks[static_cast<int>(device)].free(ptr);
   }
@@ -70,9 +127,20 @@ std::shared_ptr<Storage> allocate(size_t bytes, Device device) {
   if (rounded < bytes) throw_runtime("ERR_ALLOC", "allocation of ", bytes, " bytes overflows");
   st->device = device;
   st->bytes = bytes;
+  st->capacity = rounded;
   if (device == Device::CPU) {
-    st->ptr = std::aligned_alloc(64, rounded);
-    if (!st->ptr) throw_runtime("ERR_ALLOC", "out of memory allocating ", bytes, " bytes on cpu");
+    size_t got = 0;
+    st->ptr = cpu_cache().take(rounded, &got);
+    if (st->ptr) {
+      st->capacity = got;
+    } else {
+      st->ptr = std::aligned_alloc(64, rounded);
+      if (!st->ptr) {
+        cpu_cache().clear();  // give cached blocks back and try once more
+        st->ptr = std::aligned_alloc(64, rounded);
+      }
+      if (!st->ptr) throw_runtime("ERR_ALLOC", "out of memory allocating ", bytes, " bytes on cpu");
+    }
     if (g_poison.load()) std::memset(st->ptr, 0xFF, rounded);  // 0xFFFFFFFF is a NaN in f32
   } else {
     std::string why;

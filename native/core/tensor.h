@@ -26,7 +26,8 @@ using Shape = std::vector<int64_t>;
 // Raw allocation on one device. Frees itself; never throws from the destructor.
 struct Storage {
   void* ptr = nullptr;
-  size_t bytes = 0;
+  size_t bytes = 0;     // requested
+  size_t capacity = 0;  // allocated (>= bytes); CPU blocks return to the allocation cache by it
   Device device = Device::CPU;
   Storage() = default;
   Storage(const Storage&) = delete;
@@ -40,7 +41,12 @@ void set_poison(bool on);
 bool poison();
 
 // Allocates `bytes` (rounded up to 64) on `device`. Throws MergeVQError ERR_ALLOC on failure.
+// CPU blocks of 256 KiB and more are recycled through a cache (fresh pages from the OS cost a page
+// fault per 4 KiB on first touch, which dominated memory-bound ops); the cache holds at most
+// MERGEVQ_CPU_CACHE_MB (default 2048) and reuses a block only when it wastes under 1/8 of it.
 std::shared_ptr<Storage> allocate(size_t bytes, Device device);
+// Frees every cached CPU block (e.g. before a memory measurement). Returns the bytes released.
+size_t release_cpu_cache();
 
 class Tensor {
  public:

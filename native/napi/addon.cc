@@ -417,6 +417,9 @@ static Napi::Value DeviceAvailable(const Napi::CallbackInfo& info) {
   o.Set("reason", ok ? env.Null() : Napi::String::New(env, why));
   return o;
 }
+static Napi::Value ReleaseCpuCache(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(mvq::release_cpu_cache()));
+}
 static Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorClass: expected a constructor");
   data(info.Env())->error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
@@ -451,6 +454,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("supports", Napi::Function::New(env, Supports, "supports"));
   exports.Set("listOps", Napi::Function::New(env, ListOps, "listOps"));
   exports.Set("deviceAvailable", Napi::Function::New(env, DeviceAvailable, "deviceAvailable"));
+  exports.Set("releaseCpuCache", Napi::Function::New(env, ReleaseCpuCache, "releaseCpuCache"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   return exports;
