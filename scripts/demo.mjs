@@ -13,7 +13,7 @@ const { values, positionals } = parseArgs({
 });
 const m = await import('../dist/esm/index.js');
 const config = values.config ?? 'test/fixtures/configs/gpu_s1/imagenet_mergevq_256_GR_d64_8gpu_200ep.yaml';
-const image = positionals[0] ?? 'test/data/photo.png';
+const image = positionals[0] ?? 'test/data/photo.jpg';
 const weights = values.weights ?? process.env.MERGEVQ_WEIGHTS;
 const out = values.out ?? 'demo-out';
 mkdirSync(out, { recursive: true });

@@ -5,6 +5,7 @@
  * (from safetensors or a Lightning .ckpt) or initialized randomly.
  */
 import { MergeVQError } from '../errors.js';
+import { op1 } from '../graph.js';
 import { Tensor } from '../tensor.js';
 
 /** How a parameter is initialized by `initRandom` (the reference's initializers). */
@@ -95,33 +96,20 @@ export class ParamStore {
     return { missing, unexpected };
   }
 
-  /** Initializes every parameter with the reference's initializers, from a seeded generator. */
+  /**
+   * Initializes every parameter with the reference's initializers (truncated normal at +-2 std,
+   * constants), natively and deterministically from `seed`.
+   */
   initRandom(seed = 0): void {
-    let s = seed >>> 0 || 0x9e3779b9;
-    const next = () => {
-      s = (s + 0x6d2b79f5) >>> 0;
-      let t = s;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    let k = 0;
     for (const [name, shape] of this.shapes) {
       const init = this.inits.get(name)!;
       const n = shape.reduce((a, b) => a * b, 1);
-      const a = new Float32Array(n);
-      if (init.kind === 'const') {
-        a.fill(init.value);
-      } else {
-        // truncated normal in [-2std, 2std] (Box-Muller, redrawn outside the range)
-        for (let i = 0; i < n; ++i) {
-          let v: number;
-          do {
-            v = Math.sqrt(-2 * Math.log(Math.max(next(), 1e-12))) * Math.cos(2 * Math.PI * next());
-          } while (Math.abs(v) > 2);
-          a[i] = v * init.std;
-        }
-      }
-      this.values.set(name, Tensor.from(a, shape));
+      const t =
+        init.kind === 'const'
+          ? Tensor.from(new Float32Array(n).fill(init.value), shape)
+          : op1('random_normal', [], { shape, std: init.std, seed: (seed * 1000003 + ++k) % 2 ** 52, truncate: 2 });
+      this.values.set(name, t);
     }
   }
 

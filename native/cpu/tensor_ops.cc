@@ -103,11 +103,45 @@ std::vector<Tensor> op_narrow(const OpArgs& a) {
   return {a.input(0, "x").narrow(static_cast<int>(a.attrs.i("dim")), a.attrs.i("start"), a.attrs.i("length"))};
 }
 
+// random_normal({shape, mean, std, seed, truncate}): normal draws, redrawn outside
+// mean +- truncate*std when truncate > 0 (the reference's trunc_normal_ initializer). Counter-based
+// (splitmix64 of seed and element index), so the result does not depend on the thread count.
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+std::vector<Tensor> op_random_normal(const OpArgs& a) {
+  Shape shape = a.attrs.ints("shape");
+  const double mean = a.attrs.f("mean", 0.0), stdv = a.attrs.f("std", 1.0), trunc = a.attrs.f("truncate", 0.0);
+  const uint64_t seed = static_cast<uint64_t>(a.attrs.i("seed", 0));
+  MVQ_CHECK_RANGE(stdv >= 0 && trunc >= 0 && (trunc == 0 || trunc >= 0.5), "random_normal: std must be >= 0 and truncate 0 or >= 0.5");
+  Tensor y = empty(shape);
+  float* d = y.data<float>();
+  parallel_for(y.numel(), 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint64_t ctr = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(i)));
+      double z;
+      for (;;) {
+        uint64_t r1 = splitmix64(ctr++), r2 = splitmix64(ctr++);
+        double u1 = (static_cast<double>(r1 >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+        double u2 = static_cast<double>(r2 >> 11) * (1.0 / 9007199254740992.0);
+        z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+        if (trunc == 0 || std::fabs(z) <= trunc) break;
+      }
+      d[i] = static_cast<float>(mean + stdv * z);
+    }
+  });
+  return {y};
+}
+
 // detach(x): the same values as a new handle; autograd stops here.
 std::vector<Tensor> op_detach(const OpArgs& a) { return {a.input(0, "x")}; }
 
 }  // namespace
 
+MVQ_REGISTER_OP("random_normal", Device::CPU, op_random_normal);
 MVQ_REGISTER_OP("detach", Device::CPU, op_detach);
 MVQ_REGISTER_OP("detach", Device::CUDA, op_detach);
 MVQ_REGISTER_OP("reshape", Device::CPU, op_reshape);
