@@ -70,16 +70,22 @@ inline float hmax(__m256 v) {
 template <int R>
 inline void tile_dot_panel(const float* A, int64_t lda, const float* Bp, int64_t kdim, float* C, int64_t ldc) {
   __m256 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    c0[r] = _mm256_setzero_ps();
+    c1[r] = _mm256_setzero_ps();
+  }
   for (int64_t k = 0; k < kdim; ++k) {
     const __m256 b0 = _mm256_loadu_ps(Bp + k * PW);
     const __m256 b1 = _mm256_loadu_ps(Bp + k * PW + 8);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
       c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
       c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     _mm256_storeu_ps(C + r * ldc, c0[r]);
     _mm256_storeu_ps(C + r * ldc + 8, c1[r]);
@@ -92,6 +98,7 @@ inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb
                         int64_t ncols) {
   for (int64_t c = 0; c < ncols; c += PW) {
     __m256 c0[R], c1[R];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       c0[r] = _mm256_loadu_ps(C + r * ldc + c);
       c1[r] = _mm256_loadu_ps(C + r * ldc + c + 8);
@@ -99,12 +106,14 @@ inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb
     for (int64_t k = 0; k < kdim; ++k) {
       const __m256 b0 = _mm256_loadu_ps(B + k * ldb + c);
       const __m256 b1 = _mm256_loadu_ps(B + k * ldb + c + 8);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
         c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
         c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
       }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm256_storeu_ps(C + r * ldc + c, c0[r]);
       _mm256_storeu_ps(C + r * ldc + c + 8, c1[r]);
