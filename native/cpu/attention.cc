@@ -206,6 +206,22 @@ void finish_scores(const AttnParams& p, int64_t b, int64_t i, int64_t kb, int64_
   (void)b;
 }
 
+// Per-thread scratch buffers, reused across calls: kernels ask for slot i at a size and get a
+// vector that keeps its capacity, so steady-state calls neither allocate nor page-fault.
+template <class T>
+std::vector<T>& scratch(int slot, size_t n) {
+  thread_local std::vector<T> pool[16];
+  std::vector<T>& v = pool[slot];
+  v.resize(n);
+  return v;
+}
+template <class T>
+std::vector<T>& scratch_filled(int slot, size_t n, T value) {
+  std::vector<T>& v = scratch<T>(slot, 0);
+  v.assign(n, value);
+  return v;
+}
+
 // Per-head gathered key bias and keep flags for keys [0, n) (bias 0 without key_bias).
 void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<uint8_t>& keepv) {
   biasv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
@@ -226,8 +242,15 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
   const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
   const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
   const int64_t jpad = round_up(std::max<int64_t>(jmax, 1), PW);
-  std::vector<float> kt(jpad * hdp), vp(jpad * hdp), qb(BQ * hdp), S(BQ * BK), O(BQ * hdp), m(BQ), l(BQ), biasv;
-  std::vector<uint8_t> keepv;
+  std::vector<float>& kt = scratch<float>(0, jpad * hdp);
+  std::vector<float>& vp = scratch<float>(1, jpad * hdp);
+  std::vector<float>& qb = scratch<float>(2, BQ * hdp);
+  std::vector<float>& S = scratch<float>(3, BQ * BK);
+  std::vector<float>& O = scratch<float>(4, BQ * hdp);
+  std::vector<float>& m = scratch<float>(5, BQ);
+  std::vector<float>& l = scratch<float>(6, BQ);
+  std::vector<float>& biasv = scratch<float>(7, 0);
+  std::vector<uint8_t>& keepv = scratch<uint8_t>(0, 0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
     pack_rows(vh, p.vs[2], p.vs[3], jmax, hd, vp.data(), jpad, hdp);
@@ -395,10 +418,23 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
   const float* qh = p.q + b * p.qs[0] + h * p.qs[1];
   const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
   const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
-  std::vector<float> kt(jpad * hdp), kr(jpad * hdp), vt(jpad * hdp), qd(npad * hdp), dod(npad * hdp), dq(npad * hdp, 0.f),
-      dk(jpad * hdp, 0.f), dv(jpad * hdp, 0.f), S(BQ * BK), dP(BQ * BK), PT(BK * BQ), dST(BK * BQ), D(N), L(N), biasv;
-  std::vector<uint8_t> keepv;
-  std::vector<double> gbacc(jpad, 0.0);
+  std::vector<float>& kt = scratch<float>(0, jpad * hdp);
+  std::vector<float>& kr = scratch<float>(1, jpad * hdp);
+  std::vector<float>& vt = scratch<float>(2, jpad * hdp);
+  std::vector<float>& qd = scratch<float>(3, npad * hdp);
+  std::vector<float>& dod = scratch<float>(4, npad * hdp);
+  std::vector<float>& dq = scratch_filled<float>(5, npad * hdp, 0.f);
+  std::vector<float>& dk = scratch_filled<float>(6, jpad * hdp, 0.f);
+  std::vector<float>& dv = scratch_filled<float>(7, jpad * hdp, 0.f);
+  std::vector<float>& S = scratch<float>(8, BQ * BK);
+  std::vector<float>& dP = scratch<float>(9, BQ * BK);
+  std::vector<float>& PT = scratch<float>(10, BK * BQ);
+  std::vector<float>& dST = scratch<float>(11, BK * BQ);
+  std::vector<float>& D = scratch<float>(12, N);
+  std::vector<float>& L = scratch<float>(13, N);
+  std::vector<float>& biasv = scratch<float>(14, 0);
+  std::vector<uint8_t>& keepv = scratch<uint8_t>(0, 0);
+  std::vector<double>& gbacc = scratch_filled<double>(0, jpad, 0.0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
     pack_rows(kh, p.ks[2], p.ks[3], jmax, hd, kr.data(), jpad, hdp);
