@@ -464,20 +464,35 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
       const float* vtb = vt.data() + (kb / PW) * hdp * PW;
       gemm_panels(qd.data() + r0 * hdp, hdp, nr6, ktb, hdp, nk16, S.data(), BK);
       gemm_panels(dod.data() + r0 * hdp, hdp, nr6, vtb, hdp, nk16, dP.data(), BK);
+      float colsum[BK] = {};
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         float* s = S.data() + r * BK;
         float* dp = dP.data() + r * BK;
         finish_scores(p, b, i, kb, nk16, biasv.data(), kv, s);
         const float lse_i = L[i];
-        const float Di = D[i];
+        if (lse_i == -INFINITY) {  // fully masked row: P = dS = 0
+          std::memset(s, 0, sizeof(float) * nk16);
+          std::memset(dp, 0, sizeof(float) * nk16);
+          continue;
+        }
+        const __m256 lv = _mm256_set1_ps(lse_i), dv8 = _mm256_set1_ps(D[i]);
+        for (int64_t c = 0; c < nk16; c += 8) {
+          const __m256 pr = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), lv));  // masked (-inf) -> 0
+          const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(_mm256_loadu_ps(dp + c), dv8));
+          _mm256_storeu_ps(s + c, pr);
+          _mm256_storeu_ps(dp + c, ds);
+          _mm256_storeu_ps(colsum + c, _mm256_add_ps(_mm256_loadu_ps(colsum + c), ds));
+        }
+      }
+      for (int64_t c = 0; c < nk16; ++c) gbacc[kb + c] += colsum[c];
+      // P^T and dS^T for the key-major products (dV, dK).
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* sr = S.data() + r * BK;
+        const float* dr = dP.data() + r * BK;
         for (int64_t c = 0; c < nk16; ++c) {
-          const float pr = attn_prob(s[c], lse_i);
-          const float ds = pr * (dp[c] - Di);
-          PT[c * BQ + r] = pr;
-          dST[c * BQ + r] = ds;
-          dp[c] = ds;
-          gbacc[kb + c] += ds;
+          PT[c * BQ + r] = sr[c];
+          dST[c * BQ + r] = dr[c];
         }
       }
       for (int64_t r = nr; r < nr6; ++r) std::memset(dP.data() + r * BK, 0, sizeof(float) * nk16);
