@@ -188,22 +188,27 @@ void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int6
   }
 }
 
-// Scores of one row in place: s = s * scale + bias, then -inf for keys the row may not see.
-// Columns [0, ncols) of s belong to keys kb + c; columns >= the row's key limit become -inf up to ncols16.
-void finish_scores(const AttnParams& p, int64_t b, int64_t i, int64_t kb, int64_t ncols16, const float* biasv,
-                   const uint8_t* keepv, float* s) {
-  const int64_t lim = std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb));
-  const __m256 sc = _mm256_set1_ps(p.scale);
-  int64_t c = 0;
-  for (; c + 8 <= lim; c += 8) _mm256_storeu_ps(s + c, _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c)));
-  for (; c < lim; ++c) s[c] = s[c] * p.scale + biasv[kb + c];
-  for (c = lim; c < ncols16; ++c) s[c] = -INFINITY;
-  if (keepv) {
-    const int64_t qpos = p.q_offset + i;
-    for (c = 0; c < lim; ++c)
-      if (!keepv[kb + c] && qpos - (kb + c) > p.window) s[c] = -INFINITY;
+// Scores of one row in place: s = s * scale + bias, -inf for keys the row may not see; returns the
+// row max. Columns c < ncols16 belong to keys kb + c. keepf (or null) holds 0 for kept keys and
+// -inf for duplicates, added only to keys older than the row's recent window.
+float finish_scores(const AttnParams& p, int64_t i, int64_t kb, int64_t ncols16, const float* biasv, const float* keepf,
+                    float* s) {
+  const float lim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb)));
+  // keys j < qpos - window (column c < wlim) obey the keep mask
+  const float wlim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(-1, p.q_offset + i - p.window - kb)));
+  const __m256 sc = _mm256_set1_ps(p.scale), ninf = _mm256_set1_ps(-INFINITY);
+  const __m256 limv = _mm256_set1_ps(lim), wlimv = _mm256_set1_ps(wlim);
+  __m256 idx = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 eight = _mm256_set1_ps(8.f);
+  __m256 mx = ninf;
+  for (int64_t c = 0; c < ncols16; c += 8, idx = _mm256_add_ps(idx, eight)) {
+    __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c));
+    if (keepf) x = _mm256_add_ps(x, _mm256_and_ps(_mm256_loadu_ps(keepf + kb + c), _mm256_cmp_ps(idx, wlimv, _CMP_LT_OQ)));
+    x = _mm256_blendv_ps(ninf, x, _mm256_cmp_ps(idx, limv, _CMP_LT_OQ));
+    _mm256_storeu_ps(s + c, x);
+    mx = _mm256_max_ps(mx, x);
   }
-  (void)b;
+  return hmax(mx);
 }
 
 // Per-thread scratch buffers, reused across calls: kernels ask for slot i at a size and get a
@@ -222,13 +227,13 @@ std::vector<T>& scratch_filled(int slot, size_t n, T value) {
   return v;
 }
 
-// Per-head gathered key bias and keep flags for keys [0, n) (bias 0 without key_bias).
-void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<uint8_t>& keepv) {
+// Per-head gathered key bias (0 without key_bias) and keep mask as 0 / -inf, for keys [0, n).
+void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<float>& keepf) {
   biasv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
   for (int64_t j = 0; j < n; ++j) biasv[j] = p.key_bias(b, j);
   if (p.keep) {
-    keepv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0);
-    for (int64_t j = 0; j < n; ++j) keepv[j] = p.keep[b * p.kps[0] + j * p.kps[1]] != 0;
+    keepf.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
+    for (int64_t j = 0; j < n; ++j) keepf[j] = p.keep[b * p.kps[0] + j * p.kps[1]] != 0 ? 0.f : -INFINITY;
   }
 }
 
@@ -250,13 +255,13 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
   std::vector<float>& m = scratch<float>(5, BQ);
   std::vector<float>& l = scratch<float>(6, BQ);
   std::vector<float>& biasv = scratch<float>(7, 0);
-  std::vector<uint8_t>& keepv = scratch<uint8_t>(0, 0);
+  std::vector<float>& keepv = scratch<float>(15, 0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
     pack_rows(vh, p.vs[2], p.vs[3], jmax, hd, vp.data(), jpad, hdp);
   }
   gather_key_extras(p, b, jmax, biasv, keepv);
-  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+  const float* kv = p.keep ? keepv.data() : nullptr;
 
   for (int64_t r0 = i0; r0 < i1; r0 += BQ) {
     const int64_t nr = std::min<int64_t>(BQ, i1 - r0);
@@ -272,10 +277,7 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
       gemm_panels(qb.data(), hdp, nr6, kt.data() + (kb / PW) * hdp * PW, hdp, nk16, S.data(), BK);
       for (int64_t r = 0; r < nr; ++r) {
         float* s = S.data() + r * BK;
-        finish_scores(p, b, r0 + r, kb, nk16, biasv.data(), kv, s);
-        __m256 mx = _mm256_set1_ps(-INFINITY);
-        for (int64_t c = 0; c < nk16; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
-        const float m_new = std::max(m[r], hmax(mx));
+        const float m_new = std::max(m[r], finish_scores(p, r0 + r, kb, nk16, biasv.data(), kv, s));
         if (m_new == -INFINITY) {
           std::memset(s, 0, sizeof(float) * nk16);
           continue;
@@ -433,7 +435,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
   std::vector<float>& D = scratch<float>(12, N);
   std::vector<float>& L = scratch<float>(13, N);
   std::vector<float>& biasv = scratch<float>(14, 0);
-  std::vector<uint8_t>& keepv = scratch<uint8_t>(0, 0);
+  std::vector<float>& keepv = scratch<float>(15, 0);
   std::vector<double>& gbacc = scratch_filled<double>(0, jpad, 0.0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
@@ -451,7 +453,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
     L[i] = g.lse[b * g.ls[0] + h * g.ls[1] + i * g.ls[2]];
   }
   gather_key_extras(p, b, jmax, biasv, keepv);
-  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+  const float* kv = p.keep ? keepv.data() : nullptr;
 
   for (int64_t r0 = 0; r0 < N; r0 += BQ) {
     const int64_t nr = std::min<int64_t>(BQ, N - r0);
@@ -469,7 +471,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
         const int64_t i = r0 + r;
         float* s = S.data() + r * BK;
         float* dp = dP.data() + r * BK;
-        finish_scores(p, b, i, kb, nk16, biasv.data(), kv, s);
+        finish_scores(p, i, kb, nk16, biasv.data(), kv, s);
         const float lse_i = L[i];
         if (lse_i == -INFINITY) {  // fully masked row: P = dS = 0
           std::memset(s, 0, sizeof(float) * nk16);
