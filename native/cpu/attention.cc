@@ -337,6 +337,23 @@ inline void axpy_strided(float alpha, const float* x, int64_t sx, float* y, int6
   for (int64_t c = 0; c < n; ++c) y[c] += alpha * x[c * sx];
 }
 
+// Dot products of q with 8 consecutive contiguous rows k0, k0 + rs, ... (hd a multiple of 8),
+// returned as one vector: 8 accumulators, then a transposing horizontal-add tree.
+inline __m256 dot8_rows(const float* q, const float* k0, int64_t rs, int64_t hd) {
+  __m256 a[8];
+#pragma GCC unroll 8
+  for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < hd; d += 8) {
+    const __m256 qd = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + u * rs + d), a[u]);
+  }
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 // Row path for few queries (decode steps against a KV cache): reads k and v rows in place.
 void forward_row(const AttnParams& p, int64_t b, int64_t h, int64_t i, float* o, float* lse) {
   constexpr int64_t CH = 128;
@@ -352,13 +369,16 @@ void forward_row(const AttnParams& p, int64_t b, int64_t h, int64_t i, float* o,
   for (int64_t kb = 0; kb < lim; kb += CH) {
     const int64_t nk = std::min(CH, lim - kb);
     float mb = -INFINITY;
+    int64_t c8 = 0;  // keys [kb, kb + c8) already have their dot product in s
+    if (p.ks[3] == 1 && hd % 8 == 0)
+      for (; c8 + 8 <= nk; c8 += 8) _mm256_storeu_ps(s.data() + c8, dot8_rows(qv.data(), kh + (kb + c8) * p.ks[2], p.ks[2], hd));
     for (int64_t c = 0; c < nk; ++c) {
       const int64_t j = kb + c;
       if (p.keep && !p.keep[b * p.kps[0] + j * p.kps[1]] && qpos - j > p.window) {
         s[c] = -INFINITY;
         continue;
       }
-      s[c] = dot_strided(qv.data(), kh + j * p.ks[2], p.ks[3], hd) + p.key_bias(b, j);
+      s[c] = (c < c8 ? s[c] : dot_strided(qv.data(), kh + j * p.ks[2], p.ks[3], hd)) + p.key_bias(b, j);
       mb = std::max(mb, s[c]);
     }
     const float m_new = std::max(mrow, mb);
