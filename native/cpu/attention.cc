@@ -70,16 +70,22 @@ inline float hmax(__m256 v) {
 template <int R>
 inline void tile_dot_panel(const float* A, int64_t lda, const float* Bp, int64_t kdim, float* C, int64_t ldc) {
   __m256 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    c0[r] = _mm256_setzero_ps();
+    c1[r] = _mm256_setzero_ps();
+  }
   for (int64_t k = 0; k < kdim; ++k) {
     const __m256 b0 = _mm256_loadu_ps(Bp + k * PW);
     const __m256 b1 = _mm256_loadu_ps(Bp + k * PW + 8);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
       c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
       c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     _mm256_storeu_ps(C + r * ldc, c0[r]);
     _mm256_storeu_ps(C + r * ldc + 8, c1[r]);
@@ -92,6 +98,7 @@ inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb
                         int64_t ncols) {
   for (int64_t c = 0; c < ncols; c += PW) {
     __m256 c0[R], c1[R];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       c0[r] = _mm256_loadu_ps(C + r * ldc + c);
       c1[r] = _mm256_loadu_ps(C + r * ldc + c + 8);
@@ -99,12 +106,14 @@ inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb
     for (int64_t k = 0; k < kdim; ++k) {
       const __m256 b0 = _mm256_loadu_ps(B + k * ldb + c);
       const __m256 b1 = _mm256_loadu_ps(B + k * ldb + c + 8);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
         c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
         c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
       }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm256_storeu_ps(C + r * ldc + c, c0[r]);
       _mm256_storeu_ps(C + r * ldc + c + 8, c1[r]);
@@ -179,31 +188,52 @@ void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int6
   }
 }
 
-// Scores of one row in place: s = s * scale + bias, then -inf for keys the row may not see.
-// Columns [0, ncols) of s belong to keys kb + c; columns >= the row's key limit become -inf up to ncols16.
-void finish_scores(const AttnParams& p, int64_t b, int64_t i, int64_t kb, int64_t ncols16, const float* biasv,
-                   const uint8_t* keepv, float* s) {
-  const int64_t lim = std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb));
-  const __m256 sc = _mm256_set1_ps(p.scale);
-  int64_t c = 0;
-  for (; c + 8 <= lim; c += 8) _mm256_storeu_ps(s + c, _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c)));
-  for (; c < lim; ++c) s[c] = s[c] * p.scale + biasv[kb + c];
-  for (c = lim; c < ncols16; ++c) s[c] = -INFINITY;
-  if (keepv) {
-    const int64_t qpos = p.q_offset + i;
-    for (c = 0; c < lim; ++c)
-      if (!keepv[kb + c] && qpos - (kb + c) > p.window) s[c] = -INFINITY;
+// Scores of one row in place: s = s * scale + bias, -inf for keys the row may not see; returns the
+// row max. Columns c < ncols16 belong to keys kb + c. keepf (or null) holds 0 for kept keys and
+// -inf for duplicates, added only to keys older than the row's recent window.
+float finish_scores(const AttnParams& p, int64_t i, int64_t kb, int64_t ncols16, const float* biasv, const float* keepf,
+                    float* s) {
+  const float lim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb)));
+  // keys j < qpos - window (column c < wlim) obey the keep mask
+  const float wlim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(-1, p.q_offset + i - p.window - kb)));
+  const __m256 sc = _mm256_set1_ps(p.scale), ninf = _mm256_set1_ps(-INFINITY);
+  const __m256 limv = _mm256_set1_ps(lim), wlimv = _mm256_set1_ps(wlim);
+  __m256 idx = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 eight = _mm256_set1_ps(8.f);
+  __m256 mx = ninf;
+  for (int64_t c = 0; c < ncols16; c += 8, idx = _mm256_add_ps(idx, eight)) {
+    __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c));
+    if (keepf) x = _mm256_add_ps(x, _mm256_and_ps(_mm256_loadu_ps(keepf + kb + c), _mm256_cmp_ps(idx, wlimv, _CMP_LT_OQ)));
+    x = _mm256_blendv_ps(ninf, x, _mm256_cmp_ps(idx, limv, _CMP_LT_OQ));
+    _mm256_storeu_ps(s + c, x);
+    mx = _mm256_max_ps(mx, x);
   }
-  (void)b;
+  return hmax(mx);
 }
 
-// Per-head gathered key bias and keep flags for keys [0, n) (bias 0 without key_bias).
-void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<uint8_t>& keepv) {
+// Per-thread scratch buffers, reused across calls: kernels ask for slot i at a size and get a
+// vector that keeps its capacity, so steady-state calls neither allocate nor page-fault.
+template <class T>
+std::vector<T>& scratch(int slot, size_t n) {
+  thread_local std::vector<T> pool[16];
+  std::vector<T>& v = pool[slot];
+  v.resize(n);
+  return v;
+}
+template <class T>
+std::vector<T>& scratch_filled(int slot, size_t n, T value) {
+  std::vector<T>& v = scratch<T>(slot, 0);
+  v.assign(n, value);
+  return v;
+}
+
+// Per-head gathered key bias (0 without key_bias) and keep mask as 0 / -inf, for keys [0, n).
+void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<float>& biasv, std::vector<float>& keepf) {
   biasv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
   for (int64_t j = 0; j < n; ++j) biasv[j] = p.key_bias(b, j);
   if (p.keep) {
-    keepv.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0);
-    for (int64_t j = 0; j < n; ++j) keepv[j] = p.keep[b * p.kps[0] + j * p.kps[1]] != 0;
+    keepf.assign(round_up(std::max<int64_t>(n, 1), PW) + PW, 0.f);
+    for (int64_t j = 0; j < n; ++j) keepf[j] = p.keep[b * p.kps[0] + j * p.kps[1]] != 0 ? 0.f : -INFINITY;
   }
 }
 
@@ -217,14 +247,21 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
   const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
   const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
   const int64_t jpad = round_up(std::max<int64_t>(jmax, 1), PW);
-  std::vector<float> kt(jpad * hdp), vp(jpad * hdp), qb(BQ * hdp), S(BQ * BK), O(BQ * hdp), m(BQ), l(BQ), biasv;
-  std::vector<uint8_t> keepv;
+  std::vector<float>& kt = scratch<float>(0, jpad * hdp);
+  std::vector<float>& vp = scratch<float>(1, jpad * hdp);
+  std::vector<float>& qb = scratch<float>(2, BQ * hdp);
+  std::vector<float>& S = scratch<float>(3, BQ * BK);
+  std::vector<float>& O = scratch<float>(4, BQ * hdp);
+  std::vector<float>& m = scratch<float>(5, BQ);
+  std::vector<float>& l = scratch<float>(6, BQ);
+  std::vector<float>& biasv = scratch<float>(7, 0);
+  std::vector<float>& keepv = scratch<float>(15, 0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
     pack_rows(vh, p.vs[2], p.vs[3], jmax, hd, vp.data(), jpad, hdp);
   }
   gather_key_extras(p, b, jmax, biasv, keepv);
-  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+  const float* kv = p.keep ? keepv.data() : nullptr;
 
   for (int64_t r0 = i0; r0 < i1; r0 += BQ) {
     const int64_t nr = std::min<int64_t>(BQ, i1 - r0);
@@ -240,10 +277,7 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
       gemm_panels(qb.data(), hdp, nr6, kt.data() + (kb / PW) * hdp * PW, hdp, nk16, S.data(), BK);
       for (int64_t r = 0; r < nr; ++r) {
         float* s = S.data() + r * BK;
-        finish_scores(p, b, r0 + r, kb, nk16, biasv.data(), kv, s);
-        __m256 mx = _mm256_set1_ps(-INFINITY);
-        for (int64_t c = 0; c < nk16; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
-        const float m_new = std::max(m[r], hmax(mx));
+        const float m_new = std::max(m[r], finish_scores(p, r0 + r, kb, nk16, biasv.data(), kv, s));
         if (m_new == -INFINITY) {
           std::memset(s, 0, sizeof(float) * nk16);
           continue;
@@ -303,6 +337,23 @@ inline void axpy_strided(float alpha, const float* x, int64_t sx, float* y, int6
   for (int64_t c = 0; c < n; ++c) y[c] += alpha * x[c * sx];
 }
 
+// Dot products of q with 8 consecutive contiguous rows k0, k0 + rs, ... (hd a multiple of 8),
+// returned as one vector: 8 accumulators, then a transposing horizontal-add tree.
+inline __m256 dot8_rows(const float* q, const float* k0, int64_t rs, int64_t hd) {
+  __m256 a[8];
+#pragma GCC unroll 8
+  for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < hd; d += 8) {
+    const __m256 qd = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + u * rs + d), a[u]);
+  }
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 // Row path for few queries (decode steps against a KV cache): reads k and v rows in place.
 void forward_row(const AttnParams& p, int64_t b, int64_t h, int64_t i, float* o, float* lse) {
   constexpr int64_t CH = 128;
@@ -318,13 +369,16 @@ void forward_row(const AttnParams& p, int64_t b, int64_t h, int64_t i, float* o,
   for (int64_t kb = 0; kb < lim; kb += CH) {
     const int64_t nk = std::min(CH, lim - kb);
     float mb = -INFINITY;
+    int64_t c8 = 0;  // keys [kb, kb + c8) already have their dot product in s
+    if (p.ks[3] == 1 && hd % 8 == 0)
+      for (; c8 + 8 <= nk; c8 += 8) _mm256_storeu_ps(s.data() + c8, dot8_rows(qv.data(), kh + (kb + c8) * p.ks[2], p.ks[2], hd));
     for (int64_t c = 0; c < nk; ++c) {
       const int64_t j = kb + c;
       if (p.keep && !p.keep[b * p.kps[0] + j * p.kps[1]] && qpos - j > p.window) {
         s[c] = -INFINITY;
         continue;
       }
-      s[c] = dot_strided(qv.data(), kh + j * p.ks[2], p.ks[3], hd) + p.key_bias(b, j);
+      s[c] = (c < c8 ? s[c] : dot_strided(qv.data(), kh + j * p.ks[2], p.ks[3], hd)) + p.key_bias(b, j);
       mb = std::max(mb, s[c]);
     }
     const float m_new = std::max(mrow, mb);
@@ -386,10 +440,23 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
   const float* qh = p.q + b * p.qs[0] + h * p.qs[1];
   const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
   const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
-  std::vector<float> kt(jpad * hdp), kr(jpad * hdp), vt(jpad * hdp), qd(npad * hdp), dod(npad * hdp), dq(npad * hdp, 0.f),
-      dk(jpad * hdp, 0.f), dv(jpad * hdp, 0.f), S(BQ * BK), dP(BQ * BK), PT(BK * BQ), dST(BK * BQ), D(N), L(N), biasv;
-  std::vector<uint8_t> keepv;
-  std::vector<double> gbacc(jpad, 0.0);
+  std::vector<float>& kt = scratch<float>(0, jpad * hdp);
+  std::vector<float>& kr = scratch<float>(1, jpad * hdp);
+  std::vector<float>& vt = scratch<float>(2, jpad * hdp);
+  std::vector<float>& qd = scratch<float>(3, npad * hdp);
+  std::vector<float>& dod = scratch<float>(4, npad * hdp);
+  std::vector<float>& dq = scratch_filled<float>(5, npad * hdp, 0.f);
+  std::vector<float>& dk = scratch_filled<float>(6, jpad * hdp, 0.f);
+  std::vector<float>& dv = scratch_filled<float>(7, jpad * hdp, 0.f);
+  std::vector<float>& S = scratch<float>(8, BQ * BK);
+  std::vector<float>& dP = scratch<float>(9, BQ * BK);
+  std::vector<float>& PT = scratch<float>(10, BK * BQ);
+  std::vector<float>& dST = scratch<float>(11, BK * BQ);
+  std::vector<float>& D = scratch<float>(12, N);
+  std::vector<float>& L = scratch<float>(13, N);
+  std::vector<float>& biasv = scratch<float>(14, 0);
+  std::vector<float>& keepv = scratch<float>(15, 0);
+  std::vector<double>& gbacc = scratch_filled<double>(0, jpad, 0.0);
   if (jmax > 0) {
     pack_panels(kh, p.ks[2], p.ks[3], jmax, hd, kt.data(), hdp);
     pack_rows(kh, p.ks[2], p.ks[3], jmax, hd, kr.data(), jpad, hdp);
@@ -406,7 +473,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
     L[i] = g.lse[b * g.ls[0] + h * g.ls[1] + i * g.ls[2]];
   }
   gather_key_extras(p, b, jmax, biasv, keepv);
-  const uint8_t* kv = p.keep ? keepv.data() : nullptr;
+  const float* kv = p.keep ? keepv.data() : nullptr;
 
   for (int64_t r0 = 0; r0 < N; r0 += BQ) {
     const int64_t nr = std::min<int64_t>(BQ, N - r0);
@@ -419,20 +486,35 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
       const float* vtb = vt.data() + (kb / PW) * hdp * PW;
       gemm_panels(qd.data() + r0 * hdp, hdp, nr6, ktb, hdp, nk16, S.data(), BK);
       gemm_panels(dod.data() + r0 * hdp, hdp, nr6, vtb, hdp, nk16, dP.data(), BK);
+      float colsum[BK] = {};
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         float* s = S.data() + r * BK;
         float* dp = dP.data() + r * BK;
-        finish_scores(p, b, i, kb, nk16, biasv.data(), kv, s);
+        finish_scores(p, i, kb, nk16, biasv.data(), kv, s);
         const float lse_i = L[i];
-        const float Di = D[i];
+        if (lse_i == -INFINITY) {  // fully masked row: P = dS = 0
+          std::memset(s, 0, sizeof(float) * nk16);
+          std::memset(dp, 0, sizeof(float) * nk16);
+          continue;
+        }
+        const __m256 lv = _mm256_set1_ps(lse_i), dv8 = _mm256_set1_ps(D[i]);
+        for (int64_t c = 0; c < nk16; c += 8) {
+          const __m256 pr = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), lv));  // masked (-inf) -> 0
+          const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(_mm256_loadu_ps(dp + c), dv8));
+          _mm256_storeu_ps(s + c, pr);
+          _mm256_storeu_ps(dp + c, ds);
+          _mm256_storeu_ps(colsum + c, _mm256_add_ps(_mm256_loadu_ps(colsum + c), ds));
+        }
+      }
+      for (int64_t c = 0; c < nk16; ++c) gbacc[kb + c] += colsum[c];
+      // P^T and dS^T for the key-major products (dV, dK).
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* sr = S.data() + r * BK;
+        const float* dr = dP.data() + r * BK;
         for (int64_t c = 0; c < nk16; ++c) {
-          const float pr = attn_prob(s[c], lse_i);
-          const float ds = pr * (dp[c] - Di);
-          PT[c * BQ + r] = pr;
-          dST[c * BQ + r] = ds;
-          dp[c] = ds;
-          gbacc[kb + c] += ds;
+          PT[c * BQ + r] = sr[c];
+          dST[c * BQ + r] = dr[c];
         }
       }
       for (int64_t r = nr; r < nr6; ++r) std::memset(dP.data() + r * BK, 0, sizeof(float) * nk16);

@@ -74,9 +74,11 @@ struct AttnParams {
     if (causal && q_offset + i + 1 < lim) lim = q_offset + i + 1;
     return lim < 0 ? 0 : lim;
   }
+  // Reads keep[b, j] only for j < kv_len (<= M), so callers may probe keys past the end.
   MVQ_HD bool visible(int64_t b, int64_t i, int64_t j) const {
-    bool kj = keep ? keep[b * kps[0] + j * kps[1]] != 0 : true;
-    return attn_key_visible(q_offset + i, j, kv_len, causal, keep != nullptr, kj, window);
+    const int64_t qpos = q_offset + i;
+    if (j >= kv_len || (causal && j > qpos)) return false;
+    return attn_key_visible(qpos, j, kv_len, causal, keep != nullptr, keep ? keep[b * kps[0] + j * kps[1]] != 0 : true, window);
   }
   MVQ_HD float key_bias(int64_t b, int64_t j) const { return bias ? bias[b * bs[0] + j * bs[1]] : 0.f; }
 };
