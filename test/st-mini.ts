@@ -1,5 +1,7 @@
-// Minimal safetensors reader for the parity tests (F32 / I64 only). To be replaced by lib/io.
-import { readFileSync } from 'node:fs';
+// The map-of-arrays view of a fixture that the merge/LFQ parity tests use, on top of the real
+// safetensors reader (lib/io/safetensors.ts) and the shared fixture-directory list.
+import { readSafetensorsSync } from '../lib/io/safetensors.js';
+export { fixtureDirs } from './fixtures.js';
 
 export interface StEntry {
   dtype: 'F32' | 'I64';
@@ -13,26 +15,18 @@ export interface StFile {
 }
 
 export function readSafetensors(path: string): StFile {
-  const buf = readFileSync(path);
-  const hlen = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + hlen).toString('utf8')) as Record<string, any>;
-  const base = 8 + hlen;
-  const metadata: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries((header.__metadata__ ?? {}) as Record<string, string>)) metadata[k] = JSON.parse(v);
-  const tensors = new Map<string, StEntry>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    const [b, end] = e.data_offsets as [number, number];
-    const bytes = buf.subarray(base + b, base + end);
-    const copy = new Uint8Array(bytes).buffer; // aligned copy
-    if (e.dtype === 'F32') tensors.set(name, { dtype: 'F32', shape: e.shape, data: new Float32Array(copy) });
-    else if (e.dtype === 'I64') tensors.set(name, { dtype: 'I64', shape: e.shape, data: new BigInt64Array(copy) });
-    else throw new Error(`st-mini: unsupported dtype ${e.dtype} for ${name}`);
+  const f = readSafetensorsSync(path);
+  try {
+    const metadata: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(f.metadata)) metadata[k] = JSON.parse(v);
+    const tensors = new Map<string, StEntry>();
+    for (const name of f.names) {
+      const info = f.info(name);
+      if (info.dtype !== 'F32' && info.dtype !== 'I64') throw new Error(`${path}: unsupported dtype ${info.dtype} for ${name}`);
+      tensors.set(name, { dtype: info.dtype, shape: [...info.shape], data: f.array(name) as Float32Array | BigInt64Array });
+    }
+    return { tensors, metadata };
+  } finally {
+    f.close();
   }
-  return { tensors, metadata };
-}
-
-/** Fixture directories: MERGEVQ_FIXTURES (colon-separated), default test/fixtures. */
-export function fixtureDirs(): string[] {
-  return (process.env.MERGEVQ_FIXTURES ?? 'test/fixtures').split(':').filter((d) => d.length > 0);
 }
