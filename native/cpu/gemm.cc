@@ -69,6 +69,12 @@ inline void store_row8(float* c, __m256 v, __m256 va, __m256 vb, bool read_c) {
 void kernel_avx2_6x16(int64_t kc, const float* __restrict A, const float* __restrict B, float* C, int64_t ldc,
                       float alpha, float beta, int mr, int nr) {
   alignas(32) float t[6 * 16];
+  // The C tile is read (beta != 0) or written after the k loop; start fetching it now so the
+  // misses overlap the FMAs instead of stalling the end of the tile.
+  for (int i = 0; i < mr; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + nr - 1), _MM_HINT_T0);
+  }
   int64_t k4 = kc / 4, k1 = kc % 4;
   float* tp = t;
   asm volatile(
