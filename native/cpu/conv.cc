@@ -119,30 +119,69 @@ bool is_pointwise(const Geom& g) {
 }
 bool is_depthwise(const Geom& g) { return g.Cg == 1 && g.groups > 1; }
 
+// Depthwise kernels work on a zero-padded copy of one input plane, [(H + 2ph) x (W + 2pw)], so
+// every tap is a plain strided loop over whole output rows with no bounds checks.
+struct Padded {
+  int64_t Hp, Wp;
+  std::vector<float> buf;
+  explicit Padded(const Geom& g) : Hp(g.H + 2 * g.ph), Wp(g.W + 2 * g.pw) {
+    // Rows read by the last output row may stop short of the padded height; size for the reads.
+    buf.assign(static_cast<size_t>(Hp * Wp + 16), 0.0f);
+  }
+  void load(const Geom& g, const float* plane) {
+    for (int64_t h = 0; h < g.H; ++h) std::memcpy(&buf[(h + g.ph) * Wp + g.pw], plane + h * g.W, sizeof(float) * g.W);
+  }
+  float* at(int64_t h, int64_t w) { return buf.data() + h * Wp + w; }
+};
+
 // Direct depthwise forward: y[b, o] = bias[o] + sum_{kh,kw} w[o, 0, kh, kw] x[b, o / Og, ...].
 void depthwise_forward(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
   const int64_t HW = g.H * g.W, N = g.N();
-  parallel_for(g.B * g.O, 1, [&](int64_t b0, int64_t e0) {
-    for (int64_t bo = b0; bo < e0; ++bo) {
-      const int64_t b = bo / g.O, o = bo % g.O, c = o / g.Og;
-      const float* xc = x + (b * g.C + c) * HW;
-      const float* wo = w + o * g.KH * g.KW;
-      float* yp = y + bo * N;
-      std::fill(yp, yp + N, bias ? bias[o] : 0.0f);
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        int64_t lo, hi;
-        valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+  parallel_for(g.B * g.C, 1, [&](int64_t b0, int64_t e0) {
+    Padded xp(g);
+    for (int64_t bc = b0; bc < e0; ++bc) {
+      const int64_t b = bc / g.C, c = bc % g.C;
+      xp.load(g, x + bc * HW);
+      for (int64_t m = 0; m < g.Og; ++m) {
+        const int64_t o = c * g.Og + m;
+        const float* wo = w + o * g.KH * g.KW;
+        float* yp = y + (b * g.O + o) * N;
+        const float bv = bias ? bias[o] : 0.0f;
+        if (g.sw == 1) {
+          // Each 8-wide output chunk accumulates all taps in a register and is stored once.
+          // Loads past the row end stay inside the padded buffer and land in unused lanes.
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            float* yr = yp + oh * g.Wo;
+            for (int64_t ow = 0; ow < g.Wo; ow += 8) {
+              __m256 acc = _mm256_set1_ps(bv);
+              for (int64_t kh = 0; kh < g.KH; ++kh) {
+                const float* xr = xp.at(oh * g.sh + kh, ow);
+                for (int64_t kw = 0; kw < g.KW; ++kw)
+                  acc = _mm256_fmadd_ps(_mm256_set1_ps(wo[kh * g.KW + kw]), _mm256_loadu_ps(xr + kw), acc);
+              }
+              if (ow + 8 <= g.Wo) {
+                _mm256_storeu_ps(yr + ow, acc);
+              } else {
+                alignas(32) float t[8];
+                _mm256_store_ps(t, acc);
+                for (int64_t i = 0; i < g.Wo - ow; ++i) yr[ow + i] = t[i];
+              }
+            }
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
           float* yr = yp + oh * g.Wo;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] = bv;
           for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.sh - g.ph + kh;
-            if (ih < 0 || ih >= g.H) continue;
-            const float wv = wo[kh * g.KW + kw];
-            const float* xr = xc + ih * g.W - g.pw + kw;
-            if (g.sw == 1) {
-              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow];
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow * g.sw];
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const float wv = wo[kh * g.KW + kw];
+              const float* xr = xp.at(oh * g.sh + kh, kw);
+              if (g.sw == 1) {
+                for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] += wv * xr[ow];
+              } else {
+                for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] += wv * xr[ow * g.sw];
+              }
             }
           }
         }
@@ -322,66 +361,84 @@ std::vector<Tensor> op_conv2d(const OpArgs& a) {
 
 void depthwise_backward(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw) {
   const int64_t HW = g.H * g.W, N = g.N();
-  // gx: per (b, c), scatter from the Og outputs of channel c.
+  const bool via_forward = g.Og == 1 && g.sh == 1 && g.sw == 1 && g.ph <= g.KH - 1 && g.pw <= g.KW - 1;
+  if (via_forward) {
+    // gx = depthwise correlation of gy with the flipped kernel and padding k - 1 - p.
+    std::vector<float> wf(static_cast<size_t>(g.O * g.KH * g.KW));
+    for (int64_t o = 0; o < g.O; ++o)
+      for (int64_t i = 0; i < g.KH; ++i)
+        for (int64_t j = 0; j < g.KW; ++j)
+          wf[(o * g.KH + i) * g.KW + j] = w[(o * g.KH + (g.KH - 1 - i)) * g.KW + (g.KW - 1 - j)];
+    Geom t = g;
+    t.H = g.Ho;
+    t.W = g.Wo;
+    t.ph = g.KH - 1 - g.ph;
+    t.pw = g.KW - 1 - g.pw;
+    t.Ho = g.H;
+    t.Wo = g.W;
+    depthwise_forward(t, gy, wf.data(), nullptr, gx);
+  }
+  if (!via_forward)
+  // gx: per (b, c), scatter the Og output planes of channel c into a padded plane, then crop.
   parallel_for(g.B * g.C, 1, [&](int64_t b0, int64_t e0) {
+    Padded gp(g);
     for (int64_t bc = b0; bc < e0; ++bc) {
       const int64_t b = bc / g.C, c = bc % g.C;
-      float* gc = gx + bc * HW;
-      std::fill(gc, gc + HW, 0.0f);
+      std::fill(gp.buf.begin(), gp.buf.end(), 0.0f);
       for (int64_t m = 0; m < g.Og; ++m) {
         const int64_t o = c * g.Og + m;
-        const float* gp = gy + (b * g.O + o) * N;
+        const float* gyo = gy + (b * g.O + o) * N;
         const float* wo = w + o * g.KH * g.KW;
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          int64_t lo, hi;
-          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const float* gr = gp + oh * g.Wo;
-            for (int64_t kh = 0; kh < g.KH; ++kh) {
-              const int64_t ih = oh * g.sh - g.ph + kh;
-              if (ih < 0 || ih >= g.H) continue;
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          const float* gr = gyo + oh * g.Wo;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
               const float wv = wo[kh * g.KW + kw];
-              float* xr = gc + ih * g.W - g.pw + kw;
+              float* xr = gp.at(oh * g.sh + kh, kw);
               if (g.sw == 1) {
-                for (int64_t ow = lo; ow < hi; ++ow) xr[ow] += wv * gr[ow];
+                for (int64_t ow = 0; ow < g.Wo; ++ow) xr[ow] += wv * gr[ow];
               } else {
-                for (int64_t ow = lo; ow < hi; ++ow) xr[ow * g.sw] += wv * gr[ow];
+                for (int64_t ow = 0; ow < g.Wo; ++ow) xr[ow * g.sw] += wv * gr[ow];
               }
             }
           }
         }
       }
+      float* gc = gx + bc * HW;
+      for (int64_t h = 0; h < g.H; ++h) std::memcpy(gc + h * g.W, gp.at(h + g.ph, g.pw), sizeof(float) * g.W);
     }
   });
-  // gw: per output channel, sum over images and positions.
-  parallel_for(g.O, 1, [&](int64_t ob, int64_t oe) {
-    for (int64_t o = ob; o < oe; ++o) {
-      const int64_t c = o / g.Og;
-      for (int64_t kh = 0; kh < g.KH; ++kh) {
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          int64_t lo, hi;
-          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
-          double acc = 0.0;
-          for (int64_t b = 0; b < g.B; ++b) {
-            const float* gp = gy + (b * g.O + o) * N;
-            const float* xc = x + (b * g.C + c) * HW;
-            for (int64_t oh = 0; oh < g.Ho; ++oh) {
-              const int64_t ih = oh * g.sh - g.ph + kh;
-              if (ih < 0 || ih >= g.H) continue;
-              const float* gr = gp + oh * g.Wo;
-              const float* xr = xc + ih * g.W - g.pw + kw;
-              float s = 0.0f;
-              if (g.sw == 1) {
-                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow];
-              } else {
-                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow * g.sw];
+  // gw: per input channel (so each padded plane is built once per image), all its outputs.
+  parallel_for(g.C, 1, [&](int64_t cb, int64_t ce) {
+    Padded xp(g);
+    const int64_t T = g.KH * g.KW;
+    std::vector<double> acc(static_cast<size_t>(g.Og * T));
+    for (int64_t c = cb; c < ce; ++c) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t b = 0; b < g.B; ++b) {
+        xp.load(g, x + (b * g.C + c) * HW);
+        for (int64_t m = 0; m < g.Og; ++m) {
+          const float* gyo = gy + (b * g.O + c * g.Og + m) * N;
+          for (int64_t kh = 0; kh < g.KH; ++kh)
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              double sum = 0.0;
+              for (int64_t oh = 0; oh < g.Ho; ++oh) {
+                const float* gr = gyo + oh * g.Wo;
+                const float* xr = xp.at(oh * g.sh + kh, kw);
+                float s = 0.0f;
+                if (g.sw == 1) {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) s += gr[ow] * xr[ow];
+                } else {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) s += gr[ow] * xr[ow * g.sw];
+                }
+                sum += s;
               }
-              acc += s;
+              acc[m * T + kh * g.KW + kw] += sum;
             }
-          }
-          gw[(o * g.KH + kh) * g.KW + kw] = static_cast<float>(acc);
         }
       }
+      for (int64_t m = 0; m < g.Og; ++m)
+        for (int64_t t = 0; t < T; ++t) gw[(c * g.Og + m) * T + t] = static_cast<float>(acc[m * T + t]);
     }
   });
 }
