@@ -92,6 +92,8 @@ const tol = (K: number) => 2e-6 * Math.sqrt(Math.max(K, 1)) + 2e-6;
 describe('matmul', () => {
   const sizes: [number, number, number][] = [
     [1, 1, 1], [7, 33, 1], [33, 7, 257], [257, 33, 7], [1, 257, 33], [257, 257, 33], [33, 1, 257], [65, 130, 300], [300, 200, 150], [6, 16, 256],
+    // N past one 3072-column block per thread (single-threaded, then split over 2 threads).
+    [1, 6200, 3], [7, 6500, 40],
   ];
   for (const [M, N, K] of sizes) {
     for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {

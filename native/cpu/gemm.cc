@@ -361,14 +361,17 @@ void gemm_block(const Kernel& kd, bool ta, int64_t m0, int64_t m1, int64_t n0, i
                 const float* A, int64_t lda, const BPacker& pb, float beta, float* C, int64_t ldc) {
   const int nr = kd.nr;
   const int64_t nc_max = std::min<int64_t>(NC, ((n1 - n0) + nr - 1) / nr * nr);
-  const int64_t kc_max = std::min<int64_t>(KC, K);
+  // Equal K blocks (a multiple of 4, at most KC) so no block is a short, inefficient remainder.
+  const int64_t kblocks = (K + KC - 1) / KC;
+  const int64_t kstep = std::min<int64_t>(KC, ((K + kblocks - 1) / kblocks + 3) / 4 * 4);
+  const int64_t kc_max = std::min<int64_t>(kstep, K);
   const int64_t mc_max = std::min<int64_t>(MC, ((m1 - m0) + MR - 1) / MR * MR);
   float* bp = tls_b.get(static_cast<size_t>(nc_max * kc_max));
   float* ap = tls_a.get(static_cast<size_t>(mc_max * kc_max + 8));
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min<int64_t>(NC, n1 - jc);
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min<int64_t>(KC, K - pc);
+    for (int64_t pc = 0; pc < K; pc += kstep) {
+      const int64_t kc = std::min<int64_t>(kstep, K - pc);
       const float bet = pc == 0 ? beta : 1.0f;
       pb.pack(pc, kc, jc, nc, nr, bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
