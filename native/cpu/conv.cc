@@ -48,7 +48,7 @@ class Im2colB final : public BPacker {
     const int64_t H = g_.H, W = g_.W, Wo = g_.Wo, KH = g_.KH, KW = g_.KW;
     const int64_t sh = g_.sh, sw = g_.sw, ph = g_.ph, pw = g_.pw;
     int64_t loh[64], low[64];  // per column of the panel: output row/col, or -1 past the end
-    bool fast[8];              // per 8-column chunk: one output row, stride 1 in w
+    bool fast[8];              // per 8-column chunk: one output row, stride 1 or 2 in w
     for (int64_t jp = 0; jp < nc; jp += nr) {
       float* d = dst + jp * kc;
       const int64_t n = std::min<int64_t>(nr, nc - jp);
@@ -62,7 +62,7 @@ class Im2colB final : public BPacker {
           low[q] = 0;
         }
       }
-      for (int q = 0; q < nr; q += 8) fast[q / 8] = sw == 1 && q + 8 <= n && low[q] + 8 <= Wo;
+      for (int q = 0; q < nr; q += 8) fast[q / 8] = (sw == 1 || sw == 2) && q + 8 <= n && low[q] + 8 <= Wo;
       int64_t c = k0 / (KH * KW), r = k0 % (KH * KW), kh = r / KW, kw = r % KW;
       for (int64_t k = 0; k < kc; ++k) {
         const float* xc = x_ + c * H * W;
@@ -74,9 +74,21 @@ class Im2colB final : public BPacker {
               _mm256_store_ps(o + q, _mm256_setzero_ps());
               continue;
             }
-            const int64_t iw0 = low[q] - pw + kw;
+            const int64_t iw0 = low[q] * sw - pw + kw;
             const float* src = xc + ih * W;
-            if (iw0 >= 0 && iw0 + 8 <= W) {
+            if (sw == 2) {
+              if (iw0 >= 0 && iw0 + 16 <= W) {
+                // Even elements of 16 consecutive floats.
+                const __m256 lo = _mm256_loadu_ps(src + iw0), hi = _mm256_loadu_ps(src + iw0 + 8);
+                const __m256 ev = _mm256_shuffle_ps(lo, hi, 0x88);  // l0 l2 h0 h2 | l4 l6 h4 h6
+                _mm256_store_ps(o + q, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xD8)));
+              } else {
+                for (int t = 0; t < 8; ++t) {
+                  const int64_t iw = iw0 + 2 * t;
+                  o[q + t] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
+                }
+              }
+            } else if (iw0 >= 0 && iw0 + 8 <= W) {
               _mm256_store_ps(o + q, _mm256_loadu_ps(src + iw0));
             } else {
               // Part of the chunk falls in the padding: element by element.
