@@ -100,6 +100,7 @@ const configs: Cfg[] = [
   cfg('4x4 s2 p1', 2, 3, 10, 12, 8, 4, 2, 1),
   cfg('4x4 s1 p1', 1, 4, 9, 7, 6, 4, 1, 1),
   cfg('16x16 s16 patch embed', 2, 3, 32, 48, 8, 16, 16, 0),
+  cfg('16x16 s16 patch embed, batch 1 (explicit im2col path)', 1, 3, 48, 32, 8, 16, 16, 0),
   cfg('groups 2', 2, 4, 8, 9, 6, 3, 1, 1, 2),
   cfg('non-square kernel/stride/padding', 1, 3, 11, 13, 5, [3, 2], [1, 2], [2, 0]),
   cfg('padding > kernel-1 (general gx path)', 1, 2, 5, 6, 3, 2, 1, 2),

@@ -44,6 +44,7 @@ inline void valid_cols(int64_t W, int64_t Wo, int64_t s, int64_t p, int64_t kw, 
 class Im2colB final : public BPacker {
  public:
   Im2colB(const float* x, const Geom& g) : x_(x), g_(g) {}
+  double cost() const override { return 3.0; }
   void pack(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
     const int64_t H = g_.H, W = g_.W, Wo = g_.Wo, KH = g_.KH, KW = g_.KW;
     const int64_t sh = g_.sh, sw = g_.sw, ph = g_.ph, pw = g_.pw;
@@ -202,46 +203,6 @@ void depthwise_forward(const Geom& g, const float* x, const float* w, const floa
   });
 }
 
-// Forward on raw dense buffers (used by conv2d and by the stride-1 input gradient).
-void conv_forward_raw(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
-  const int64_t N = g.N(), K = g.K();
-  if (g.B * g.O * N == 0) return;
-  if (is_depthwise(g)) {
-    depthwise_forward(g, x, w, bias, y);
-    return;
-  }
-  float beta = 0.0f;
-  if (bias) {
-    parallel_for(g.B * g.O, 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) std::fill(y + i * N, y + (i + 1) * N, bias[i % g.O]);
-    });
-    beta = 1.0f;
-  }
-  const int64_t count = g.B * g.groups;
-  const double flops = 2.0 * g.Og * N * K;
-  const bool outer = count >= num_threads() && num_threads() > 1 && flops < 32e6;
-  auto one = [&](int64_t t, bool par) {
-    const int64_t b = t / g.groups, gi = t % g.groups;
-    const float* xb = x + (b * g.C + gi * g.Cg) * g.H * g.W;
-    const float* wg = w + gi * g.Og * K;
-    float* yb = y + (b * g.O + gi * g.Og) * N;
-    if (is_pointwise(g)) {
-      if (par)
-        sgemm(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
-      else
-        sgemm_st(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
-    } else {
-      Im2colB pb(xb, g);
-      sgemm_packed_b(false, g.Og, N, K, 1.0f, wg, K, pb, beta, yb, N, par);
-    }
-  };
-  if (outer) {
-    parallel_tasks(count, [&](int64_t t, int) { one(t, false); });
-  } else {
-    for (int64_t t = 0; t < count; ++t) one(t, true);
-  }
-}
-
 // Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
 void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* dst) {
   const int64_t K = g.K();
@@ -275,6 +236,54 @@ void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* 
       }
     }
   });
+}
+
+// Forward on raw dense buffers (used by conv2d and by the stride-1 input gradient).
+void conv_forward_raw(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t N = g.N(), K = g.K();
+  if (g.B * g.O * N == 0) return;
+  if (is_depthwise(g)) {
+    depthwise_forward(g, x, w, bias, y);
+    return;
+  }
+  float beta = 0.0f;
+  if (bias) {
+    parallel_for(g.B * g.O, 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) std::fill(y + i * N, y + (i + 1) * N, bias[i % g.O]);
+    });
+    beta = 1.0f;
+  }
+  const int64_t count = g.B * g.groups;
+  const double flops = 2.0 * g.Og * N * K;
+  const bool outer = count >= num_threads() && num_threads() > 1 && flops < 32e6;
+  // Strides above 2 (patch embeddings) gather element by element in the implicit packer; when the
+  // whole im2col matrix is small, build it once with strided row copies and run a plain GEMM.
+  const bool explicit_col = g.sw > 2 && K * N <= (int64_t(4) << 20) && !is_pointwise(g);
+  std::vector<float> colbuf;
+  if (explicit_col && !outer) colbuf.resize(static_cast<size_t>(K * N));
+  auto one = [&](int64_t t, bool par) {
+    const int64_t b = t / g.groups, gi = t % g.groups;
+    const float* xb = x + (b * g.C + gi * g.Cg) * g.H * g.W;
+    const float* wg = w + gi * g.Og * K;
+    float* yb = y + (b * g.O + gi * g.Og) * N;
+    if (explicit_col && par) {
+      im2col_tile(g, xb, 0, N, colbuf.data());
+      sgemm(false, false, g.Og, N, K, 1.0f, wg, K, colbuf.data(), N, beta, yb, N);
+    } else if (is_pointwise(g)) {
+      if (par)
+        sgemm(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+      else
+        sgemm_st(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+    } else {
+      Im2colB pb(xb, g);
+      sgemm_packed_b(false, g.Og, N, K, 1.0f, wg, K, pb, beta, yb, N, par);
+    }
+  };
+  if (outer) {
+    parallel_tasks(count, [&](int64_t t, int) { one(t, false); });
+  } else {
+    for (int64_t t = 0; t < count; ++t) one(t, true);
+  }
 }
 
 // gx[b, channels of group] += col2im(gcol [K, nt]) for columns [n0, n0 + nt).

@@ -411,7 +411,7 @@ void gemm_driver(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const fl
       const int b = T / a;
       if (a > 1 && M < static_cast<int64_t>(a) * MR) continue;
       if (b > 1 && N < static_cast<int64_t>(b) * kd.nr) continue;
-      const double score = static_cast<double>(M) / a + static_cast<double>(N) / b;
+      const double score = static_cast<double>(M) / a + pb.cost() * static_cast<double>(N) / b;
       if (score < best) {
         best = score;
         tm = a;
