@@ -44,6 +44,9 @@ function randn(n: number, scale: number): Float32Array {
 }
 
 export function run(ctx: BenchContext): void {
+  const [nr] = new Int32Array(op1('gemm_kernel', []).toArray<'int32'>());
+  const kernel = nr === 32 ? 'avx512 6x32' : 'avx2 6x16';
+  if (!ctx.json) process.stdout.write(`# sgemm micro-kernel: ${kernel}\n`);
   for (const c of cases) {
     const flops = 2 * c.M * c.N * c.K;
     let fn: () => void;
@@ -59,6 +62,6 @@ export function run(ctx: BenchContext): void {
     }
     const ms = ctx.time(fn, { reps: flops > 4e9 ? 7 : 25, warmup: 2, budgetMs: 4000 });
     const t = ctx.torch('gemm', { kind: c.kind, M: c.M, N: c.N, K: c.K }) as { ms: number } | null;
-    ctx.report({ name: c.name, shape: `${c.M}x${c.K} -> ${c.N}`, ms, ...ctx.rate(flops, ms), torch_ms: t ? t.ms : null });
+    ctx.report({ name: c.name, shape: `${c.M}x${c.K} -> ${c.N}`, ms, ...ctx.rate(flops, ms), torch_ms: t ? t.ms : null, kernel });
   }
 }
