@@ -90,6 +90,7 @@ const configs: Cfg[] = [
   cfg('3x3 s1 p1 wide rows (vector packing, edges)', 1, 3, 5, 37, 13, 3, 1, 1),
   cfg('3x3 s1 p1 W=16', 1, 8, 16, 16, 33, 3, 1, 1),
   cfg('3x3 s2 p1', 2, 6, 13, 10, 9, 3, 2, 1),
+  cfg('3x3 s1 p2 narrow rows (W < 8, padded chunks)', 1, 2, 5, 6, 3, 3, 1, 2),
   cfg('3x3 s2 p1 wide rows (vector stride-2 packing)', 1, 3, 7, 45, 5, 3, 2, 1),
   cfg('4x4 s2 p1 wide rows', 2, 2, 6, 70, 4, 4, 2, 1),
   cfg('1x1', 2, 7, 6, 5, 33, 1, 1, 0),

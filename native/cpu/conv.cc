@@ -40,11 +40,28 @@ inline void valid_cols(int64_t W, int64_t Wo, int64_t s, int64_t p, int64_t kw, 
   if (*lo > *hi) *lo = *hi;
 }
 
+// Input columns iw0 .. iw0+7 of one row of width W (zero outside [0, W)).
+inline __m256 edge_chunk(const float* row, int64_t iw0, int64_t W) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i pos = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(iw0)));
+  const __m256i valid = _mm256_and_si256(_mm256_cmpgt_epi32(pos, _mm256_set1_epi32(-1)),
+                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(W)), pos));
+  if (W < 8) {
+    alignas(32) float t[8];
+    for (int i = 0; i < 8; ++i) t[i] = (iw0 + i >= 0 && iw0 + i < W) ? row[iw0 + i] : 0.0f;
+    return _mm256_load_ps(t);
+  }
+  const int64_t base = std::min<int64_t>(std::max<int64_t>(iw0, 0), W - 8);
+  const __m256 v = _mm256_loadu_ps(row + base);
+  const __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(iw0 - base)));
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_castsi256_ps(valid));
+}
+
 // The im2col matrix of one image and group, [Cg*KH*KW, Ho*Wo], packed on demand.
 class Im2colB final : public BPacker {
  public:
   Im2colB(const float* x, const Geom& g) : x_(x), g_(g) {}
-  double cost() const override { return 3.0; }
+  double cost() const override { return 1.5; }
   void pack(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
     const int64_t H = g_.H, W = g_.W, Wo = g_.Wo, KH = g_.KH, KW = g_.KW;
     const int64_t sh = g_.sh, sw = g_.sw, ph = g_.ph, pw = g_.pw;
@@ -92,13 +109,9 @@ class Im2colB final : public BPacker {
             } else if (iw0 >= 0 && iw0 + 8 <= W) {
               _mm256_store_ps(o + q, _mm256_loadu_ps(src + iw0));
             } else {
-              // Part of the chunk falls in the padding: element by element.
-              alignas(32) float tmp[8];
-              for (int t = 0; t < 8; ++t) {
-                const int64_t iw = iw0 + t;
-                tmp[t] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
-              }
-              _mm256_store_ps(o + q, _mm256_load_ps(tmp));
+              // Part of the chunk falls in the padding: load the 8 in-row floats nearest to it,
+              // shift them into place and zero the padding lanes.
+              _mm256_store_ps(o + q, edge_chunk(src, iw0, W));
             }
           } else {
             for (int t = q; t < q + 8; ++t) {
