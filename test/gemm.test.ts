@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { addon } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
 import { runSync } from '../lib/graph.js';
 import { matmul, matmulBackward, linear, linearBackward } from '../lib/ops/linalg.js';
@@ -92,6 +94,8 @@ const tol = (K: number) => 2e-6 * Math.sqrt(Math.max(K, 1)) + 2e-6;
 describe('matmul', () => {
   const sizes: [number, number, number][] = [
     [1, 1, 1], [7, 33, 1], [33, 7, 257], [257, 33, 7], [1, 257, 33], [257, 257, 33], [33, 1, 257], [65, 130, 300], [300, 200, 150], [6, 16, 256],
+    // N past one 3072-column block per thread (single-threaded, then split over 2 threads).
+    [1, 6200, 3], [7, 6500, 40],
   ];
   for (const [M, N, K] of sizes) {
     for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
@@ -312,5 +316,21 @@ describe('linear', () => {
     expect(() => runSync(linear(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([4])))).toThrow(/linear: 'bias'/);
     expect(() => runSync(linearBackward(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([3, 4])))).toThrow(/linear_backward: 'gy'/);
     expect(() => runSync(linear(Tensor.zeros([3, 4]), 'w' as never))).toThrow(TypeError);
+  });
+});
+
+describe('sgemm kernel dispatch', () => {
+  const kernelIn = (env: Record<string, string>) => {
+    const script = `const a = require(${JSON.stringify(new URL('../lib/addon.cjs', import.meta.url).pathname)});` +
+      `const [t] = a.runOp('gemm_kernel', []); process.stdout.write(JSON.stringify(Array.from(new Int32Array(t.read()))));`;
+    return JSON.parse(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' })) as number[];
+  };
+  it('MERGEVQ_SIMD=avx2 selects the AVX2/FMA kernel; the default follows the CPU', () => {
+    expect(kernelIn({ MERGEVQ_SIMD: 'avx2' })).toEqual([16, 0]);
+    const [, avx512] = new Int32Array(addon.runOp('gemm_kernel', [])[0]!.read());
+    if (process.platform === 'linux') {
+      const cpuHasAvx512 = /\bavx512f\b/.test(execFileSync('cat', ['/proc/cpuinfo'], { encoding: 'utf8' }));
+      expect(avx512).toBe(cpuHasAvx512 ? 1 : 0);
+    }
   });
 });

@@ -40,15 +40,33 @@ inline void valid_cols(int64_t W, int64_t Wo, int64_t s, int64_t p, int64_t kw, 
   if (*lo > *hi) *lo = *hi;
 }
 
+// Input columns iw0 .. iw0+7 of one row of width W (zero outside [0, W)).
+inline __m256 edge_chunk(const float* row, int64_t iw0, int64_t W) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i pos = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(iw0)));
+  const __m256i valid = _mm256_and_si256(_mm256_cmpgt_epi32(pos, _mm256_set1_epi32(-1)),
+                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(W)), pos));
+  if (W < 8) {
+    alignas(32) float t[8];
+    for (int i = 0; i < 8; ++i) t[i] = (iw0 + i >= 0 && iw0 + i < W) ? row[iw0 + i] : 0.0f;
+    return _mm256_load_ps(t);
+  }
+  const int64_t base = std::min<int64_t>(std::max<int64_t>(iw0, 0), W - 8);
+  const __m256 v = _mm256_loadu_ps(row + base);
+  const __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(iw0 - base)));
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_castsi256_ps(valid));
+}
+
 // The im2col matrix of one image and group, [Cg*KH*KW, Ho*Wo], packed on demand.
 class Im2colB final : public BPacker {
  public:
   Im2colB(const float* x, const Geom& g) : x_(x), g_(g) {}
+  double cost() const override { return 1.5; }
   void pack(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
     const int64_t H = g_.H, W = g_.W, Wo = g_.Wo, KH = g_.KH, KW = g_.KW;
     const int64_t sh = g_.sh, sw = g_.sw, ph = g_.ph, pw = g_.pw;
     int64_t loh[64], low[64];  // per column of the panel: output row/col, or -1 past the end
-    bool fast[8];              // per 8-column chunk: one output row, stride 1 in w
+    bool fast[8];              // per 8-column chunk: one output row, stride 1 or 2 in w
     for (int64_t jp = 0; jp < nc; jp += nr) {
       float* d = dst + jp * kc;
       const int64_t n = std::min<int64_t>(nr, nc - jp);
@@ -62,7 +80,7 @@ class Im2colB final : public BPacker {
           low[q] = 0;
         }
       }
-      for (int q = 0; q < nr; q += 8) fast[q / 8] = sw == 1 && q + 8 <= n && low[q] + 8 <= Wo;
+      for (int q = 0; q < nr; q += 8) fast[q / 8] = (sw == 1 || sw == 2) && q + 8 <= n && low[q] + 8 <= Wo;
       int64_t c = k0 / (KH * KW), r = k0 % (KH * KW), kh = r / KW, kw = r % KW;
       for (int64_t k = 0; k < kc; ++k) {
         const float* xc = x_ + c * H * W;
@@ -74,18 +92,26 @@ class Im2colB final : public BPacker {
               _mm256_store_ps(o + q, _mm256_setzero_ps());
               continue;
             }
-            const int64_t iw0 = low[q] - pw + kw;
+            const int64_t iw0 = low[q] * sw - pw + kw;
             const float* src = xc + ih * W;
-            if (iw0 >= 0 && iw0 + 8 <= W) {
+            if (sw == 2) {
+              if (iw0 >= 0 && iw0 + 16 <= W) {
+                // Even elements of 16 consecutive floats.
+                const __m256 lo = _mm256_loadu_ps(src + iw0), hi = _mm256_loadu_ps(src + iw0 + 8);
+                const __m256 ev = _mm256_shuffle_ps(lo, hi, 0x88);  // l0 l2 h0 h2 | l4 l6 h4 h6
+                _mm256_store_ps(o + q, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xD8)));
+              } else {
+                for (int t = 0; t < 8; ++t) {
+                  const int64_t iw = iw0 + 2 * t;
+                  o[q + t] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
+                }
+              }
+            } else if (iw0 >= 0 && iw0 + 8 <= W) {
               _mm256_store_ps(o + q, _mm256_loadu_ps(src + iw0));
             } else {
-              // Part of the chunk falls in the padding: element by element.
-              alignas(32) float tmp[8];
-              for (int t = 0; t < 8; ++t) {
-                const int64_t iw = iw0 + t;
-                tmp[t] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
-              }
-              _mm256_store_ps(o + q, _mm256_load_ps(tmp));
+              // Part of the chunk falls in the padding: load the 8 in-row floats nearest to it,
+              // shift them into place and zero the padding lanes.
+              _mm256_store_ps(o + q, edge_chunk(src, iw0, W));
             }
           } else {
             for (int t = q; t < q + 8; ++t) {
@@ -119,76 +145,75 @@ bool is_pointwise(const Geom& g) {
 }
 bool is_depthwise(const Geom& g) { return g.Cg == 1 && g.groups > 1; }
 
+// Depthwise kernels work on a zero-padded copy of one input plane, [(H + 2ph) x (W + 2pw)], so
+// every tap is a plain strided loop over whole output rows with no bounds checks.
+struct Padded {
+  int64_t Hp, Wp;
+  std::vector<float> buf;
+  explicit Padded(const Geom& g) : Hp(g.H + 2 * g.ph), Wp(g.W + 2 * g.pw) {
+    // Rows read by the last output row may stop short of the padded height; size for the reads.
+    buf.assign(static_cast<size_t>(Hp * Wp + 16), 0.0f);
+  }
+  void load(const Geom& g, const float* plane) {
+    for (int64_t h = 0; h < g.H; ++h) std::memcpy(&buf[(h + g.ph) * Wp + g.pw], plane + h * g.W, sizeof(float) * g.W);
+  }
+  float* at(int64_t h, int64_t w) { return buf.data() + h * Wp + w; }
+};
+
 // Direct depthwise forward: y[b, o] = bias[o] + sum_{kh,kw} w[o, 0, kh, kw] x[b, o / Og, ...].
 void depthwise_forward(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
   const int64_t HW = g.H * g.W, N = g.N();
-  parallel_for(g.B * g.O, 1, [&](int64_t b0, int64_t e0) {
-    for (int64_t bo = b0; bo < e0; ++bo) {
-      const int64_t b = bo / g.O, o = bo % g.O, c = o / g.Og;
-      const float* xc = x + (b * g.C + c) * HW;
-      const float* wo = w + o * g.KH * g.KW;
-      float* yp = y + bo * N;
-      std::fill(yp, yp + N, bias ? bias[o] : 0.0f);
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        int64_t lo, hi;
-        valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
+  parallel_for(g.B * g.C, 1, [&](int64_t b0, int64_t e0) {
+    Padded xp(g);
+    for (int64_t bc = b0; bc < e0; ++bc) {
+      const int64_t b = bc / g.C, c = bc % g.C;
+      xp.load(g, x + bc * HW);
+      for (int64_t m = 0; m < g.Og; ++m) {
+        const int64_t o = c * g.Og + m;
+        const float* wo = w + o * g.KH * g.KW;
+        float* yp = y + (b * g.O + o) * N;
+        const float bv = bias ? bias[o] : 0.0f;
+        if (g.sw == 1) {
+          // Each 8-wide output chunk accumulates all taps in a register and is stored once.
+          // Loads past the row end stay inside the padded buffer and land in unused lanes.
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            float* yr = yp + oh * g.Wo;
+            for (int64_t ow = 0; ow < g.Wo; ow += 8) {
+              __m256 acc = _mm256_set1_ps(bv);
+              for (int64_t kh = 0; kh < g.KH; ++kh) {
+                const float* xr = xp.at(oh * g.sh + kh, ow);
+                for (int64_t kw = 0; kw < g.KW; ++kw)
+                  acc = _mm256_fmadd_ps(_mm256_set1_ps(wo[kh * g.KW + kw]), _mm256_loadu_ps(xr + kw), acc);
+              }
+              if (ow + 8 <= g.Wo) {
+                _mm256_storeu_ps(yr + ow, acc);
+              } else {
+                alignas(32) float t[8];
+                _mm256_store_ps(t, acc);
+                for (int64_t i = 0; i < g.Wo - ow; ++i) yr[ow + i] = t[i];
+              }
+            }
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
           float* yr = yp + oh * g.Wo;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] = bv;
           for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.sh - g.ph + kh;
-            if (ih < 0 || ih >= g.H) continue;
-            const float wv = wo[kh * g.KW + kw];
-            const float* xr = xc + ih * g.W - g.pw + kw;
-            if (g.sw == 1) {
-              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow];
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow * g.sw];
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const float wv = wo[kh * g.KW + kw];
+              const float* xr = xp.at(oh * g.sh + kh, kw);
+              if (g.sw == 1) {
+                for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] += wv * xr[ow];
+              } else {
+                for (int64_t ow = 0; ow < g.Wo; ++ow) yr[ow] += wv * xr[ow * g.sw];
+              }
             }
           }
         }
       }
     }
   });
-}
-
-// Forward on raw dense buffers (used by conv2d and by the stride-1 input gradient).
-void conv_forward_raw(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
-  const int64_t N = g.N(), K = g.K();
-  if (g.B * g.O * N == 0) return;
-  if (is_depthwise(g)) {
-    depthwise_forward(g, x, w, bias, y);
-    return;
-  }
-  float beta = 0.0f;
-  if (bias) {
-    parallel_for(g.B * g.O, 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) std::fill(y + i * N, y + (i + 1) * N, bias[i % g.O]);
-    });
-    beta = 1.0f;
-  }
-  const int64_t count = g.B * g.groups;
-  const double flops = 2.0 * g.Og * N * K;
-  const bool outer = count >= num_threads() && num_threads() > 1 && flops < 32e6;
-  auto one = [&](int64_t t, bool par) {
-    const int64_t b = t / g.groups, gi = t % g.groups;
-    const float* xb = x + (b * g.C + gi * g.Cg) * g.H * g.W;
-    const float* wg = w + gi * g.Og * K;
-    float* yb = y + (b * g.O + gi * g.Og) * N;
-    if (is_pointwise(g)) {
-      if (par)
-        sgemm(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
-      else
-        sgemm_st(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
-    } else {
-      Im2colB pb(xb, g);
-      sgemm_packed_b(false, g.Og, N, K, 1.0f, wg, K, pb, beta, yb, N, par);
-    }
-  };
-  if (outer) {
-    parallel_tasks(count, [&](int64_t t, int) { one(t, false); });
-  } else {
-    for (int64_t t = 0; t < count; ++t) one(t, true);
-  }
 }
 
 // Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
@@ -224,6 +249,54 @@ void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* 
       }
     }
   });
+}
+
+// Forward on raw dense buffers (used by conv2d and by the stride-1 input gradient).
+void conv_forward_raw(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t N = g.N(), K = g.K();
+  if (g.B * g.O * N == 0) return;
+  if (is_depthwise(g)) {
+    depthwise_forward(g, x, w, bias, y);
+    return;
+  }
+  float beta = 0.0f;
+  if (bias) {
+    parallel_for(g.B * g.O, 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) std::fill(y + i * N, y + (i + 1) * N, bias[i % g.O]);
+    });
+    beta = 1.0f;
+  }
+  const int64_t count = g.B * g.groups;
+  const double flops = 2.0 * g.Og * N * K;
+  const bool outer = count >= num_threads() && num_threads() > 1 && flops < 32e6;
+  // Strides above 2 (patch embeddings) gather element by element in the implicit packer; when the
+  // whole im2col matrix is small, build it once with strided row copies and run a plain GEMM.
+  const bool explicit_col = g.sw > 2 && K * N <= (int64_t(4) << 20) && !is_pointwise(g);
+  std::vector<float> colbuf;
+  if (explicit_col && !outer) colbuf.resize(static_cast<size_t>(K * N));
+  auto one = [&](int64_t t, bool par) {
+    const int64_t b = t / g.groups, gi = t % g.groups;
+    const float* xb = x + (b * g.C + gi * g.Cg) * g.H * g.W;
+    const float* wg = w + gi * g.Og * K;
+    float* yb = y + (b * g.O + gi * g.Og) * N;
+    if (explicit_col && par) {
+      im2col_tile(g, xb, 0, N, colbuf.data());
+      sgemm(false, false, g.Og, N, K, 1.0f, wg, K, colbuf.data(), N, beta, yb, N);
+    } else if (is_pointwise(g)) {
+      if (par)
+        sgemm(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+      else
+        sgemm_st(false, false, g.Og, N, K, 1.0f, wg, K, xb, N, beta, yb, N);
+    } else {
+      Im2colB pb(xb, g);
+      sgemm_packed_b(false, g.Og, N, K, 1.0f, wg, K, pb, beta, yb, N, par);
+    }
+  };
+  if (outer) {
+    parallel_tasks(count, [&](int64_t t, int) { one(t, false); });
+  } else {
+    for (int64_t t = 0; t < count; ++t) one(t, true);
+  }
 }
 
 // gx[b, channels of group] += col2im(gcol [K, nt]) for columns [n0, n0 + nt).
@@ -322,66 +395,84 @@ std::vector<Tensor> op_conv2d(const OpArgs& a) {
 
 void depthwise_backward(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw) {
   const int64_t HW = g.H * g.W, N = g.N();
-  // gx: per (b, c), scatter from the Og outputs of channel c.
+  const bool via_forward = g.Og == 1 && g.sh == 1 && g.sw == 1 && g.ph <= g.KH - 1 && g.pw <= g.KW - 1;
+  if (via_forward) {
+    // gx = depthwise correlation of gy with the flipped kernel and padding k - 1 - p.
+    std::vector<float> wf(static_cast<size_t>(g.O * g.KH * g.KW));
+    for (int64_t o = 0; o < g.O; ++o)
+      for (int64_t i = 0; i < g.KH; ++i)
+        for (int64_t j = 0; j < g.KW; ++j)
+          wf[(o * g.KH + i) * g.KW + j] = w[(o * g.KH + (g.KH - 1 - i)) * g.KW + (g.KW - 1 - j)];
+    Geom t = g;
+    t.H = g.Ho;
+    t.W = g.Wo;
+    t.ph = g.KH - 1 - g.ph;
+    t.pw = g.KW - 1 - g.pw;
+    t.Ho = g.H;
+    t.Wo = g.W;
+    depthwise_forward(t, gy, wf.data(), nullptr, gx);
+  }
+  if (!via_forward)
+  // gx: per (b, c), scatter the Og output planes of channel c into a padded plane, then crop.
   parallel_for(g.B * g.C, 1, [&](int64_t b0, int64_t e0) {
+    Padded gp(g);
     for (int64_t bc = b0; bc < e0; ++bc) {
       const int64_t b = bc / g.C, c = bc % g.C;
-      float* gc = gx + bc * HW;
-      std::fill(gc, gc + HW, 0.0f);
+      std::fill(gp.buf.begin(), gp.buf.end(), 0.0f);
       for (int64_t m = 0; m < g.Og; ++m) {
         const int64_t o = c * g.Og + m;
-        const float* gp = gy + (b * g.O + o) * N;
+        const float* gyo = gy + (b * g.O + o) * N;
         const float* wo = w + o * g.KH * g.KW;
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          int64_t lo, hi;
-          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const float* gr = gp + oh * g.Wo;
-            for (int64_t kh = 0; kh < g.KH; ++kh) {
-              const int64_t ih = oh * g.sh - g.ph + kh;
-              if (ih < 0 || ih >= g.H) continue;
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          const float* gr = gyo + oh * g.Wo;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
               const float wv = wo[kh * g.KW + kw];
-              float* xr = gc + ih * g.W - g.pw + kw;
+              float* xr = gp.at(oh * g.sh + kh, kw);
               if (g.sw == 1) {
-                for (int64_t ow = lo; ow < hi; ++ow) xr[ow] += wv * gr[ow];
+                for (int64_t ow = 0; ow < g.Wo; ++ow) xr[ow] += wv * gr[ow];
               } else {
-                for (int64_t ow = lo; ow < hi; ++ow) xr[ow * g.sw] += wv * gr[ow];
+                for (int64_t ow = 0; ow < g.Wo; ++ow) xr[ow * g.sw] += wv * gr[ow];
               }
             }
           }
         }
       }
+      float* gc = gx + bc * HW;
+      for (int64_t h = 0; h < g.H; ++h) std::memcpy(gc + h * g.W, gp.at(h + g.ph, g.pw), sizeof(float) * g.W);
     }
   });
-  // gw: per output channel, sum over images and positions.
-  parallel_for(g.O, 1, [&](int64_t ob, int64_t oe) {
-    for (int64_t o = ob; o < oe; ++o) {
-      const int64_t c = o / g.Og;
-      for (int64_t kh = 0; kh < g.KH; ++kh) {
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          int64_t lo, hi;
-          valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
-          double acc = 0.0;
-          for (int64_t b = 0; b < g.B; ++b) {
-            const float* gp = gy + (b * g.O + o) * N;
-            const float* xc = x + (b * g.C + c) * HW;
-            for (int64_t oh = 0; oh < g.Ho; ++oh) {
-              const int64_t ih = oh * g.sh - g.ph + kh;
-              if (ih < 0 || ih >= g.H) continue;
-              const float* gr = gp + oh * g.Wo;
-              const float* xr = xc + ih * g.W - g.pw + kw;
-              float s = 0.0f;
-              if (g.sw == 1) {
-                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow];
-              } else {
-                for (int64_t ow = lo; ow < hi; ++ow) s += gr[ow] * xr[ow * g.sw];
+  // gw: per input channel (so each padded plane is built once per image), all its outputs.
+  parallel_for(g.C, 1, [&](int64_t cb, int64_t ce) {
+    Padded xp(g);
+    const int64_t T = g.KH * g.KW;
+    std::vector<double> acc(static_cast<size_t>(g.Og * T));
+    for (int64_t c = cb; c < ce; ++c) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t b = 0; b < g.B; ++b) {
+        xp.load(g, x + (b * g.C + c) * HW);
+        for (int64_t m = 0; m < g.Og; ++m) {
+          const float* gyo = gy + (b * g.O + c * g.Og + m) * N;
+          for (int64_t kh = 0; kh < g.KH; ++kh)
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              double sum = 0.0;
+              for (int64_t oh = 0; oh < g.Ho; ++oh) {
+                const float* gr = gyo + oh * g.Wo;
+                const float* xr = xp.at(oh * g.sh + kh, kw);
+                float s = 0.0f;
+                if (g.sw == 1) {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) s += gr[ow] * xr[ow];
+                } else {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) s += gr[ow] * xr[ow * g.sw];
+                }
+                sum += s;
               }
-              acc += s;
+              acc[m * T + kh * g.KW + kw] += sum;
             }
-          }
-          gw[(o * g.KH + kh) * g.KW + kw] = static_cast<float>(acc);
         }
       }
+      for (int64_t m = 0; m < g.Og; ++m)
+        for (int64_t t = 0; t < T; ++t) gw[(c * g.Og + m) * T + t] = static_cast<float>(acc[m * T + t]);
     }
   });
 }

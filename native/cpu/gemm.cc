@@ -69,6 +69,12 @@ inline void store_row8(float* c, __m256 v, __m256 va, __m256 vb, bool read_c) {
 void kernel_avx2_6x16(int64_t kc, const float* __restrict A, const float* __restrict B, float* C, int64_t ldc,
                       float alpha, float beta, int mr, int nr) {
   alignas(32) float t[6 * 16];
+  // The C tile is read (beta != 0) or written after the k loop; start fetching it now so the
+  // misses overlap the FMAs instead of stalling the end of the tile.
+  for (int i = 0; i < mr; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + nr - 1), _MM_HINT_T0);
+  }
   int64_t k4 = kc / 4, k1 = kc % 4;
   float* tp = t;
   asm volatile(
@@ -307,6 +313,10 @@ class MatrixB final : public BPacker {
           const float* r = s + q * ldb_;
           int64_t k = 0;
           for (; k + 8 <= kc; k += 8) {
+            if ((k & 15) == 0) {
+              // 8 row streams at once defeat the hardware prefetcher: fetch 4 lines ahead.
+              for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(r + i * ldb_ + k + 64), _MM_HINT_T0);
+            }
             __m256 r0 = _mm256_loadu_ps(r + 0 * ldb_ + k), r1 = _mm256_loadu_ps(r + 1 * ldb_ + k);
             __m256 r2 = _mm256_loadu_ps(r + 2 * ldb_ + k), r3 = _mm256_loadu_ps(r + 3 * ldb_ + k);
             __m256 r4 = _mm256_loadu_ps(r + 4 * ldb_ + k), r5 = _mm256_loadu_ps(r + 5 * ldb_ + k);
@@ -355,14 +365,17 @@ void gemm_block(const Kernel& kd, bool ta, int64_t m0, int64_t m1, int64_t n0, i
                 const float* A, int64_t lda, const BPacker& pb, float beta, float* C, int64_t ldc) {
   const int nr = kd.nr;
   const int64_t nc_max = std::min<int64_t>(NC, ((n1 - n0) + nr - 1) / nr * nr);
-  const int64_t kc_max = std::min<int64_t>(KC, K);
+  // Equal K blocks (a multiple of 4, at most KC) so no block is a short, inefficient remainder.
+  const int64_t kblocks = (K + KC - 1) / KC;
+  const int64_t kstep = std::min<int64_t>(KC, ((K + kblocks - 1) / kblocks + 3) / 4 * 4);
+  const int64_t kc_max = std::min<int64_t>(kstep, K);
   const int64_t mc_max = std::min<int64_t>(MC, ((m1 - m0) + MR - 1) / MR * MR);
   float* bp = tls_b.get(static_cast<size_t>(nc_max * kc_max));
   float* ap = tls_a.get(static_cast<size_t>(mc_max * kc_max + 8));
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min<int64_t>(NC, n1 - jc);
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min<int64_t>(KC, K - pc);
+    for (int64_t pc = 0; pc < K; pc += kstep) {
+      const int64_t kc = std::min<int64_t>(kstep, K - pc);
       const float bet = pc == 0 ? beta : 1.0f;
       pb.pack(pc, kc, jc, nc, nr, bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
@@ -402,7 +415,7 @@ void gemm_driver(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const fl
       const int b = T / a;
       if (a > 1 && M < static_cast<int64_t>(a) * MR) continue;
       if (b > 1 && N < static_cast<int64_t>(b) * kd.nr) continue;
-      const double score = static_cast<double>(M) / a + static_cast<double>(N) / b;
+      const double score = static_cast<double>(M) / a + pb.cost() * static_cast<double>(N) / b;
       if (score < best) {
         best = score;
         tm = a;

@@ -37,6 +37,9 @@ class BPacker {
  public:
   virtual ~BPacker() = default;
   virtual void pack(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const = 0;
+  // Cost of packing one element relative to copying it from a plain matrix (guides the thread
+  // split: an expensive B is not packed redundantly by threads that split M).
+  virtual double cost() const { return 1.0; }
 };
 
 // C = alpha * op(A) * B + beta * C with B given by a packer. parallel=false keeps it on the caller.

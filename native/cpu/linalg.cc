@@ -347,8 +347,19 @@ std::vector<Tensor> op_linear_backward(const OpArgs& args) {
   return {gx, gw, gb};
 }
 
+// gemm_kernel() -> int32 [2]: [nr, avx512] of the sgemm micro-kernel in use (16/0 = AVX2/FMA,
+// 32/1 = AVX-512), for benchmarks and for tests of the MERGEVQ_SIMD override.
+std::vector<Tensor> op_gemm_kernel(const OpArgs&) {
+  Tensor t = empty({2}, DType::I32);
+  const bool avx512 = std::strcmp(sgemm_kernel_name(), "avx512") == 0;
+  t.data<int32_t>()[0] = avx512 ? 32 : 16;
+  t.data<int32_t>()[1] = avx512 ? 1 : 0;
+  return {t};
+}
+
 }  // namespace
 
+MVQ_REGISTER_OP("gemm_kernel", Device::CPU, op_gemm_kernel);
 MVQ_REGISTER_OP("matmul", Device::CPU, op_matmul);
 MVQ_REGISTER_OP("matmul_backward", Device::CPU, op_matmul_backward);
 MVQ_REGISTER_OP("linear", Device::CPU, op_linear);
