@@ -21,6 +21,10 @@ export interface NativeTensor {
   readonly isContiguous: boolean;
   /** An id of the underlying storage (equal for views of one allocation). */
   readonly storageId: number;
+  /** True after dispose(). */
+  readonly disposed: boolean;
+  /** Drops this handle's reference to the native memory now; later use throws. */
+  dispose(): void;
   /** Copies the elements, dense and row-major, into a new ArrayBuffer. */
   read(): ArrayBuffer;
   to(device: DeviceName): NativeTensor;

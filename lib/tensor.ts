@@ -144,6 +144,19 @@ export class Tensor {
     if (dtype === this.dtype) return this;
     return new Tensor(addon.runOp('cast', [this.native], { dtype })[0] as NativeTensor);
   }
+  /**
+   * Releases this handle's native memory now instead of at garbage collection (views and running
+   * async jobs keep the storage alive until they finish). Later use of this handle throws.
+   */
+  dispose(): void {
+    this.native.dispose();
+  }
+  get disposed(): boolean {
+    return this.native.disposed;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
   toString(): string {
     return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device})`;
   }

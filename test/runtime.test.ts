@@ -109,3 +109,15 @@ describe('runtime: threads, async safety, workers', () => {
     expect(r2).toEqual(r1);
   });
 });
+
+describe('tensor lifetime', () => {
+  it('dispose() releases a handle; views and later use behave', () => {
+    const t = Tensor.from(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3]);
+    const v = t.select(0, 1);
+    t.dispose();
+    expect(t.disposed).toBe(true);
+    expect(() => t.shape).toThrow(/disposed/);
+    expect(() => addon.runOp('contiguous', [t.native])).toThrow(TypeError);
+    expect(Array.from(v.toFloat32())).toEqual([4, 5, 6]);
+  });
+});

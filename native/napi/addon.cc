@@ -87,6 +87,7 @@ Napi::Function JsTensor::Init(Napi::Env env) {
                       InstanceAccessor<&JsTensor::DType>("dtype"), InstanceAccessor<&JsTensor::Device>("device"),
                       InstanceAccessor<&JsTensor::Numel>("numel"), InstanceAccessor<&JsTensor::IsContiguous>("isContiguous"),
                       InstanceAccessor<&JsTensor::StorageId>("storageId"),
+                      InstanceAccessor<&JsTensor::Disposed>("disposed"), InstanceMethod<&JsTensor::Dispose>("dispose"),
                       InstanceMethod<&JsTensor::Read>("read"), InstanceMethod<&JsTensor::To>("to"),
                       InstanceMethod<&JsTensor::View>("view"), InstanceMethod<&JsTensor::Permute>("permute"),
                       InstanceMethod<&JsTensor::Narrow>("narrow"), InstanceMethod<&JsTensor::Select>("select"),
@@ -100,6 +101,7 @@ JsTensor::JsTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTensor>(
   Napi::Env env = info.Env();
   if (info.Length() == 1 && info[0].IsExternal()) {
     t_ = *info[0].As<Napi::External<Tensor>>().Data();
+    account(env);
     return;
   }
   guarded(env, [&] {
@@ -133,7 +135,32 @@ JsTensor::JsTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTensor>(
     t_ = dev == mvq::Device::CPU ? host : mvq::to_device(host, dev);
     return 0;
   });
+  account(env);
 }
+
+void JsTensor::account(Napi::Env env) {
+  accounted_ = t_.defined() && t_.device() == mvq::Device::CPU ? static_cast<int64_t>(t_.nbytes()) : 0;
+  if (accounted_) Napi::MemoryManagement::AdjustExternalMemory(env, accounted_);
+}
+
+void JsTensor::Finalize(Napi::Env env) {
+  if (accounted_) Napi::MemoryManagement::AdjustExternalMemory(env, -accounted_);
+  accounted_ = 0;
+}
+
+const Tensor& JsTensor::live(Napi::Env env) const {
+  if (!t_.defined()) throw Napi::Error::New(env, "tensor was disposed");
+  return t_;
+}
+
+// dispose(): drops this handle's reference to the storage now (the memory is freed once no view
+// or running job holds it). Later use of the handle throws.
+Napi::Value JsTensor::Dispose(const Napi::CallbackInfo& info) {
+  Finalize(info.Env());
+  t_ = Tensor();
+  return info.Env().Undefined();
+}
+Napi::Value JsTensor::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !t_.defined()); }
 
 Napi::Object JsTensor::Wrap(Napi::Env env, Tensor t) {
   Tensor tmp = std::move(t);
@@ -146,19 +173,20 @@ static Napi::Array shape_array(Napi::Env env, const mvq::Shape& s) {
   return a;
 }
 
-Napi::Value JsTensor::Shape(const Napi::CallbackInfo& info) { return shape_array(info.Env(), t_.shape()); }
-Napi::Value JsTensor::Strides(const Napi::CallbackInfo& info) { return shape_array(info.Env(), t_.strides()); }
-Napi::Value JsTensor::DType(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mvq::dtype_name(t_.dtype())); }
-Napi::Value JsTensor::Device(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mvq::device_name(t_.device())); }
-Napi::Value JsTensor::Numel(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(t_.numel())); }
-Napi::Value JsTensor::IsContiguous(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), t_.is_contiguous()); }
+Napi::Value JsTensor::Shape(const Napi::CallbackInfo& info) { return shape_array(info.Env(), live(info.Env()).shape()); }
+Napi::Value JsTensor::Strides(const Napi::CallbackInfo& info) { return shape_array(info.Env(), live(info.Env()).strides()); }
+Napi::Value JsTensor::DType(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mvq::dtype_name(live(info.Env()).dtype())); }
+Napi::Value JsTensor::Device(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mvq::device_name(live(info.Env()).device())); }
+Napi::Value JsTensor::Numel(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(live(info.Env()).numel())); }
+Napi::Value JsTensor::IsContiguous(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), live(info.Env()).is_contiguous()); }
 Napi::Value JsTensor::StorageId(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(t_.storage().get()) & 0xFFFFFFFFFFFFull));
+  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(live(info.Env()).storage().get()) & 0xFFFFFFFFFFFFull));
 }
 
 // read(): a fresh ArrayBuffer holding the tensor's elements in dense row-major order.
 Napi::Value JsTensor::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   return guarded(env, [&]() -> Napi::Value {
     Tensor c = t_.device() == mvq::Device::CPU ? t_.contiguous() : mvq::to_device(t_, mvq::Device::CPU);
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, c.nbytes());
@@ -169,6 +197,7 @@ Napi::Value JsTensor::Read(const Napi::CallbackInfo& info) {
 
 Napi::Value JsTensor::To(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   mvq::Device dev = parse_device(info[0], "device");
   return guarded(env, [&]() -> Napi::Value {
     if (dev == t_.device()) return info.This();
@@ -178,6 +207,7 @@ Napi::Value JsTensor::To(const Napi::CallbackInfo& info) {
 
 Napi::Value JsTensor::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "shape must be an array of integers (one may be -1)");
   Napi::Array a = info[0].As<Napi::Array>();
   mvq::Shape s(a.Length());
@@ -191,6 +221,7 @@ Napi::Value JsTensor::View(const Napi::CallbackInfo& info) {
 
 Napi::Value JsTensor::Permute(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "dims must be an array of integers");
   Napi::Array a = info[0].As<Napi::Array>();
   std::vector<int> d(a.Length());
@@ -207,18 +238,21 @@ static int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* wha
 
 Napi::Value JsTensor::Narrow(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   int64_t d = int_arg(info, 0, "dim"), start = int_arg(info, 1, "start"), len = int_arg(info, 2, "length");
   return guarded(env, [&]() -> Napi::Value { return Wrap(env, t_.narrow(static_cast<int>(d), start, len)); });
 }
 
 Napi::Value JsTensor::Select(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   int64_t d = int_arg(info, 0, "dim"), index = int_arg(info, 1, "index");
   return guarded(env, [&]() -> Napi::Value { return Wrap(env, t_.select(static_cast<int>(d), index)); });
 }
 
 Napi::Value JsTensor::Contiguous(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  live(env);
   return guarded(env, [&]() -> Napi::Value {
     Tensor c = t_.contiguous();
     if (c.storage() == t_.storage()) return info.This();
@@ -231,7 +265,9 @@ const Tensor& unwrap_tensor(Napi::Value v, const std::string& what) {
   AddonData* d = data(env);
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(d->tensor_ctor.Value()))
     throw Napi::TypeError::New(env, what + " must be a mergevq Tensor");
-  return JsTensor::Unwrap(v.As<Napi::Object>())->tensor();
+  const Tensor& t = JsTensor::Unwrap(v.As<Napi::Object>())->tensor();
+  if (!t.defined()) throw Napi::TypeError::New(env, what + " was disposed");
+  return t;
 }
 
 mvq::Attrs to_attrs(Napi::Value v) {

@@ -19,6 +19,7 @@ class JsTensor : public Napi::ObjectWrap<JsTensor> {
   explicit JsTensor(const Napi::CallbackInfo& info);
   static Napi::Object Wrap(Napi::Env env, mvq::Tensor t);
   const mvq::Tensor& tensor() const { return t_; }
+  void Finalize(Napi::Env env) override;
 
  private:
   Napi::Value Shape(const Napi::CallbackInfo& info);
@@ -35,7 +36,14 @@ class JsTensor : public Napi::ObjectWrap<JsTensor> {
   Napi::Value Select(const Napi::CallbackInfo& info);
   Napi::Value Contiguous(const Napi::CallbackInfo& info);
   Napi::Value StorageId(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Disposed(const Napi::CallbackInfo& info);
+  // Tells V8 how much native memory this handle keeps alive, so garbage collection runs often
+  // enough for large tensors to be freed (and recycled by the allocation cache) promptly.
+  void account(Napi::Env env);
+  const mvq::Tensor& live(Napi::Env env) const;
   mvq::Tensor t_;
+  int64_t accounted_ = 0;
 };
 
 // Converts a core error (or any C++ exception) into the right JS error object.
