@@ -5,14 +5,11 @@
  * The entropy losses are computed exactly through the bit factorization of the reference's
  * softmax over all 2^d codes (SPEC 1.6), so memory stays O(N 2^(d/2) + 2^d), never O(N 2^d).
  */
+import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { checkInt, rangeError, typeError } from '../errors.js';
 
-function tensorArg(name: string, t: unknown): Tensor {
-  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  return t as Tensor;
-}
 function checkTemperature(t: number): number {
   if (typeof t !== 'number' || !(t > 0) || !Number.isFinite(t)) rangeError('temperature', 'a positive finite number', t);
   return t;

@@ -7,18 +7,11 @@
  * const [gx, gw, gb] = runSync(linearBackward(x, w, gy, { hasBias: true }));
  * ```
  */
+import { optTensor, tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { typeError, rangeError } from '../errors.js';
 
-function tensorArg(name: string, t: unknown): Tensor {
-  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  return t;
-}
-function optTensor(name: string, t: unknown): Tensor | null {
-  if (t === undefined || t === null) return null;
-  return tensorArg(name, t);
-}
 function boolArg(name: string, v: unknown, dflt: boolean): boolean {
   if (v === undefined) return dflt;
   if (typeof v !== 'boolean') typeError(name, 'a boolean', v);

@@ -12,14 +12,11 @@
  * full position l (L counts the class token position when there is one; it starts as arange(L)).
  * `mergeSourceDense` expands it to the reference's [B, n, L] 0/1 matrix.
  */
+import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { checkInt, typeError } from '../errors.js';
 
-function tensorArg(name: string, t: unknown): Tensor {
-  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  return t as Tensor;
-}
 
 /** Merge decisions of one bipartite soft matching step. */
 export interface MergeDecisions {

@@ -7,6 +7,7 @@
  * Backward ops take the saved forward inputs/statistics plus the upstream gradient and return the
  * input gradients; a gradient that was not requested is `null`.
  */
+import { optTensor, tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { rangeError, typeError } from '../errors.js';
@@ -16,14 +17,6 @@ export type FusedAct = 'none' | 'silu' | 'gelu' | 'gelu_tanh';
 /** Loss reduction, as torch. */
 export type Reduction = 'mean' | 'sum' | 'none';
 
-function tensorArg(name: string, t: unknown): Tensor {
-  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  return t;
-}
-function optTensor(name: string, t: unknown): Tensor | null {
-  if (t === undefined || t === null) return null;
-  return tensorArg(name, t);
-}
 function posInt(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) typeError(name, 'an integer', v);
   if (v <= 0) rangeError(name, 'a positive integer', v);

@@ -7,14 +7,11 @@
  * const y = runSync(add(x, bias));       // bias [1, C, 1, 1] broadcast over [B, C, H, W]
  * ```
  */
+import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { checkInt, rangeError, typeError } from '../errors.js';
 
-function tensorArg(name: string, t: unknown): Tensor {
-  if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  return t as Tensor;
-}
 function intArray(name: string, v: unknown): number[] {
   if (!Array.isArray(v)) typeError(name, 'an array of integers', v);
   for (const [i, d] of (v as unknown[]).entries()) checkInt(`${name}[${i}]`, d);

@@ -3,11 +3,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define MVQ_HD __host__ __device__ __forceinline__
-#else
-#define MVQ_HD inline
-#endif
+#include "hd.h"
 
 namespace mvq {
 

@@ -10,11 +10,7 @@
 #include <cstdint>
 
 #ifndef MVQ_HD
-#if defined(__CUDACC__)
-#define MVQ_HD __host__ __device__ __forceinline__
-#else
-#define MVQ_HD inline
-#endif
+#include "hd.h"
 #endif
 
 namespace mvq {

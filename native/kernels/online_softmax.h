@@ -17,11 +17,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MVQ_HD __host__ __device__ __forceinline__
-#else
-#define MVQ_HD inline
-#endif
+#include "hd.h"
 
 namespace mvq {
 
