@@ -26,6 +26,21 @@ export interface OpRequest {
 /** A program: yields op requests, receives each op's outputs, returns T. */
 export type Program<T> = Generator<OpRequest, T, Tensor[]>;
 
+/**
+ * The pseudo-op of `release`: the runner disposes these tensors at once, unless an observer (a
+ * recording autograd tape) is attached, in which case they stay alive for the backward pass.
+ */
+export const RELEASE = '__release';
+
+/**
+ * Declares that the program no longer needs these intermediates, so their memory is freed (and
+ * recycled by the native allocation cache) now rather than at garbage collection. Only release
+ * tensors the program itself produced.
+ */
+export function* release(...tensors: (Tensor | null | undefined)[]): Program<void> {
+  yield { op: RELEASE, inputs: tensors };
+}
+
 /** Yields one op call and returns all its outputs. */
 export function* call(op: string, inputs: readonly (Tensor | null | undefined)[], attrs?: Attrs): Program<Tensor[]> {
   return yield { op, inputs, attrs };
@@ -44,6 +59,10 @@ function wrap(out: NativeTensor[]): Tensor[] {
   return out.map((t) => (t ? new Tensor(t) : (null as unknown as Tensor)));
 }
 
+function disposeAll(ts: readonly (Tensor | null | undefined)[]): void {
+  for (const t of ts) if (t && !t.disposed) t.dispose();
+}
+
 /** Observes every op a program runs (used by autograd and profiling). */
 export type OpObserver = (req: OpRequest, outputs: Tensor[]) => void;
 
@@ -52,6 +71,11 @@ export function runSync<T>(program: Program<T>, observe?: OpObserver): T {
   let step = program.next();
   while (!step.done) {
     const req = step.value;
+    if (req.op === RELEASE) {
+      if (!observe) disposeAll(req.inputs);
+      step = program.next([]);
+      continue;
+    }
     let out: Tensor[];
     try {
       out = wrap(runOp(req.op, natives(req.inputs), req.attrs));
@@ -70,6 +94,11 @@ export async function runAsync<T>(program: Program<T>, observe?: OpObserver): Pr
   let step = program.next();
   while (!step.done) {
     const req = step.value;
+    if (req.op === RELEASE) {
+      if (!observe) disposeAll(req.inputs);
+      step = program.next([]);
+      continue;
+    }
     let out: Tensor[];
     try {
       out = wrap(await runOpAsync(req.op, natives(req.inputs), req.attrs));

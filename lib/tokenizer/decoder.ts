@@ -3,7 +3,7 @@
  * MixMlp -> per level AdaptiveGroupNorm (style = the decoder input), ResBlocks, depth-to-space
  * upsampler -> GN, SiLU, conv_out.
  */
-import { call1, type Program } from '../graph.js';
+import { call1, release, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
 import { Conv2d, GroupNorm, Linear, imageToTokens, reshape, tokensToImage } from '../nn/layers.js';
 import type { ParamStore } from '../nn/params.js';
@@ -32,7 +32,11 @@ export class AdaptiveGroupNorm {
     const m = yield* call1('mean', [style], { dims: [2, 3] });
     const bias = yield* reshape(yield* this.beta.forward(m), [B, C, 1, 1]);
     const n = yield* this.gn.forward(x);
-    return yield* call1('add', [yield* call1('mul', [n, scale]), bias]);
+    const sn = yield* call1('mul', [n, scale]);
+    yield* release(n);
+    const out = yield* call1('add', [sn, bias]);
+    yield* release(sn);
+    return out;
   }
 }
 
@@ -43,7 +47,10 @@ export class Upsampler {
     this.conv1 = new Conv2d(store, `${name}.conv1`, dim, 4 * dim, 3, { padding: 1 });
   }
   *forward(x: Tensor): Program<Tensor> {
-    return yield* call1('depth_to_space', [yield* this.conv1.forward(x)], { block: 2 });
+    const c = yield* this.conv1.forward(x);
+    const out = yield* call1('depth_to_space', [c], { block: 2 });
+    yield* release(c);
+    return out;
   }
 }
 
@@ -101,13 +108,19 @@ export class MergeVQDecoder {
     let t = yield* imageToTokens(x);
     for (const b of this.blocks) t = yield* b.forward(t);
     x = yield* tokensToImage(t);
+    const step = function* (next: Tensor): Program<void> {
+      yield* release(x);
+      x = next;
+    };
     for (let i = this.up.length - 1; i >= 0; --i) {
-      x = yield* this.adaptive[i]!.forward(x, style);
-      for (const b of this.up[i]!.blocks) x = yield* b.forward(x);
+      yield* step(yield* this.adaptive[i]!.forward(x, style));
+      for (const b of this.up[i]!.blocks) yield* step(yield* b.forward(x));
       const u = this.up[i]!.upsample;
-      if (u) x = yield* u.forward(x);
+      if (u) yield* step(yield* u.forward(x));
     }
-    x = yield* this.normOut.forward(x, 'silu');
-    return yield* this.convOut.forward(x);
+    yield* step(yield* this.normOut.forward(x, 'silu'));
+    const out = yield* this.convOut.forward(x);
+    yield* release(x);
+    return out;
   }
 }

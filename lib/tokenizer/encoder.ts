@@ -4,7 +4,7 @@
  * head (`dist_head` on the cls token). SPEC 1.2, 1.3, 1.5.
  */
 import { MergeVQError } from '../errors.js';
-import { call1, type Program } from '../graph.js';
+import { call1, release, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { Conv2d, GroupNorm, LayerNorm, Linear, imageToTokens, reshape } from '../nn/layers.js';
 import { W, type ParamStore } from '../nn/params.js';
@@ -26,12 +26,17 @@ export class ResBlock {
     this.shortcut = inC !== outC ? new Conv2d(store, `${name}.nin_shortcut`, inC, outC, 1, { bias: false }) : null;
   }
   *forward(x: Tensor): Program<Tensor> {
-    let h = yield* this.norm1.forward(x, 'silu');
-    h = yield* this.conv1.forward(h);
-    h = yield* this.norm2.forward(h, 'silu');
-    h = yield* this.conv2.forward(h);
+    const n1 = yield* this.norm1.forward(x, 'silu');
+    const c1 = yield* this.conv1.forward(n1);
+    yield* release(n1);
+    const n2 = yield* this.norm2.forward(c1, 'silu');
+    yield* release(c1);
+    const c2 = yield* this.conv2.forward(n2);
+    yield* release(n2);
     const res = this.shortcut ? yield* this.shortcut.forward(x) : x;
-    return yield* call1('add', [h, res]);
+    const out = yield* call1('add', [c2, res]);
+    yield* release(c2, res === x ? null : res);
+    return out;
   }
 }
 
@@ -154,10 +159,22 @@ export class MergeVQEncoder {
   /** CNN (or patch embedding) part: image [B, 3, R, R] -> [B, C, h, w]. */
   *forwardCnn(image: Tensor): Program<Tensor> {
     let x = yield* this.convIn.forward(image);
-    if (this.convInNorm) return yield* this.convInNorm.forward(x);
+    if (this.convInNorm) {
+      const n = yield* this.convInNorm.forward(x);
+      yield* release(x);
+      return n;
+    }
     for (const lvl of this.levels) {
-      for (const b of lvl.blocks) x = yield* b.forward(x);
-      if (lvl.downsample) x = yield* lvl.downsample.forward(x);
+      for (const b of lvl.blocks) {
+        const y = yield* b.forward(x);
+        yield* release(x);
+        x = y;
+      }
+      if (lvl.downsample) {
+        const y = yield* lvl.downsample.forward(x);
+        yield* release(x);
+        x = y;
+      }
     }
     return x;
   }
