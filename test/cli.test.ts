@@ -102,3 +102,21 @@ describe('mergevq CLI', () => {
     await expect(run('inspect', '-c', bad)).rejects.toThrow(/ddconfig/);
   });
 });
+
+describe('tokenizer API with image files and buffers', () => {
+  it('encode() accepts paths and buffers and equals encoding the loaded tensor', async () => {
+    const { MergeVQTokenizer } = await import('../lib/tokenizer/tokenizer.js');
+    const { loadImages } = await import('../lib/io/image.js');
+    const tok = MergeVQTokenizer.fromConfig(config);
+    const w = loadFixture('test/fixtures', 'tokenizer_weights.safetensors');
+    tok.loadWeights(new Map(w.names.map((n) => [n, w.tensor(n)])));
+    w.close();
+    const fromPath = await tok.encode(image);
+    const fromBuffers = await tok.encode([readFileSync(image), readFileSync(image)]);
+    const fromTensor = await tok.encode(await loadImages([image], 32));
+    expect(Array.from(fromPath.indices.toArray<'int64'>())).toEqual(Array.from(fromTensor.indices.toArray<'int64'>()));
+    expect(fromBuffers.indices.shape).toEqual([2, 36]);
+    expect(() => tok.encodeSync(image as never)).toThrow(TypeError);
+    await expect(tok.encode(Buffer.from('not an image'))).rejects.toMatchObject({ code: 'ERR_BAD_IMAGE' });
+  });
+});

@@ -6,6 +6,7 @@
 import { MergeVQError, checkInt, typeError } from '../errors.js';
 import { call, call1, runAsync, runSync, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
+import { loadImages, type ImageInput } from '../io/image.js';
 import { ParamStore, type LoadReport } from '../nn/params.js';
 import { reshape } from '../nn/layers.js';
 import { loadConfigFile, normalizeConfig, type TokenizerConfig } from './config.js';
@@ -115,7 +116,8 @@ export class MergeVQTokenizer {
   }
 
   private checkImages(images: Tensor): void {
-    if (!(images instanceof Tensor)) typeError('images', 'a float32 Tensor [B, 3, R, R]', images);
+    if (!(images instanceof Tensor))
+      typeError('images', 'a float32 Tensor [B, 3, R, R] (the async encode() also takes image files or buffers)', images);
     const dd = this.config.ddconfig;
     const s = images.shape;
     if (images.dtype !== 'float32' || s.length !== 4 || s[1] !== dd.in_channels || s[2] !== dd.resolution || s[3] !== dd.resolution)
@@ -188,9 +190,22 @@ export class MergeVQTokenizer {
     return { images, full };
   }
 
-  /** Encodes images [B, 3, R, R] in [-1, 1] to indices, codes and the source map. */
-  encode(images: Tensor, opts: { keep?: number } = {}): Promise<EncodeResult> {
-    return runAsync(this.encodeProgram(images, opts));
+  /**
+   * Turns image files or encoded buffers (PNG/JPEG/WebP) into a [B, 3, R, R] tensor at the
+   * model's resolution (shorter side resized, center crop, [-1, 1]); tensors pass through.
+   */
+  async toImageTensor(images: Tensor | ImageInput | readonly ImageInput[]): Promise<Tensor> {
+    if (images instanceof Tensor) return images;
+    const list = Array.isArray(images) ? (images as readonly ImageInput[]) : [images as ImageInput];
+    return loadImages(list, this.config.ddconfig.resolution);
+  }
+
+  /**
+   * Encodes images (a [B, 3, R, R] tensor in [-1, 1], or image files / buffers) to indices, codes
+   * and the source map.
+   */
+  async encode(images: Tensor | ImageInput | readonly ImageInput[], opts: { keep?: number } = {}): Promise<EncodeResult> {
+    return runAsync(this.encodeProgram(await this.toImageTensor(images), opts));
   }
   encodeSync(images: Tensor, opts: { keep?: number } = {}): EncodeResult {
     return runSync(this.encodeProgram(images, opts));
@@ -203,7 +218,10 @@ export class MergeVQTokenizer {
     return runSync(this.decodeProgram(input));
   }
   /** encode then decode with the encoder's own source (or 'learned'). */
-  async reconstruct(images: Tensor, opts: { keep?: number; source?: 'given' | 'learned' } = {}): Promise<DecodeResult & { encoded: EncodeResult }> {
+  async reconstruct(
+    images: Tensor | ImageInput | readonly ImageInput[],
+    opts: { keep?: number; source?: 'given' | 'learned' } = {},
+  ): Promise<DecodeResult & { encoded: EncodeResult }> {
     const encoded = await this.encode(images, opts);
     const dec = await this.decode({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
     return { ...dec, encoded };
