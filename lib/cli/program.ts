@@ -205,5 +205,5 @@ export function createProgram(): Command {
       process.stderr.write(`wrote ${keep.length || tensors.size} tensors to ${out}\n`);
     });
 
-    return program;
+  return program;
 }
