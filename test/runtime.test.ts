@@ -120,4 +120,17 @@ describe('tensor lifetime', () => {
     expect(() => addon.runOp('contiguous', [t.native])).toThrow(TypeError);
     expect(Array.from(v.toFloat32())).toEqual([4, 5, 6]);
   });
+
+  it('disposing an input while an async job reads it does not free the memory under the job', async () => {
+    const { runOpAsync } = await import('../lib/native.js');
+    const n = 1 << 20;
+    const data = Float32Array.from({ length: n }, (_, i) => (i % 1000) * 0.25);
+    const t = Tensor.from(data, [n]);
+    const job = runOpAsync('cast', [t.native], { dtype: 'bfloat16' });
+    t.dispose();
+    const [out] = await job;
+    const back = new Tensor(out!).toFloat32();
+    expect(back[999]).toBe(250); // 249.75 rounded to bfloat16 (8 significant bits)
+    expect(back[4]).toBe(1);
+  });
 });
