@@ -17,6 +17,11 @@ export { ParamStore, type LoadReport } from './nn/params.js';
 export { loadConfigFile, parseConfigYaml, normalizeConfig, type TokenizerConfig, type DDConfig, type K2LConfig } from './tokenizer/config.js';
 export { MergeVQTokenizer, type EncodeResult, type DecodeInput, type DecodeResult } from './tokenizer/tokenizer.js';
 export { loadTokenizer, readWeights, type LoadTokenizerOptions } from './tokenizer/load.js';
+export { parseR, checkParseR, generateProbList, mergeCandidates, MergeSchedulePicker, type MergeCandidates, type MergePick } from './tokenizer/schedule.js';
+export { tokenizerLoss, DEFAULT_LOSS_WEIGHTS, type LossWeights, type LossTerms } from './tokenizer/train.js';
+export { Tape, defineGrad, defineNonDifferentiable, type GradRule } from './autograd.js';
+export { release, RELEASE } from './graph.js';
+export * as ops from './ops/index.js';
 export * from './io/index.js';
 export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, type ImageInput, type ImageFormat } from './io/image.js';
 
