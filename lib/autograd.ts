@@ -277,3 +277,20 @@ defineGrad('lfq_entropy', function* (req, _o, gouts) {
   const zero = Tensor.zeros([]);
   return [yield* call1('lfq_entropy_backward', [z, gouts[0] ?? zero, gouts[1] ?? zero], A(req))];
 });
+defineGrad('embedding', function* (req, _o, [g]) {
+  const [w, idx] = req.inputs;
+  return [yield* call1('embedding_backward', [g!, idx], { num_embeddings: w!.shape[0]! }), null];
+});
+defineGrad('rms_norm', function* (req, outs, [g]) {
+  const [x, w] = req.inputs;
+  const [gx, gw] = yield* call('rms_norm_backward', [x, w, outs[1], g!]);
+  return [gx!, gw!];
+});
+defineGrad('rope', function* (req, _o, [g]) {
+  return [yield* call1('rope_backward', [g!, req.inputs[1]]), null];
+});
+defineGrad('swiglu', function* (req, _o, [g]) {
+  const [a, b] = req.inputs;
+  const [ga, gb] = yield* call('swiglu_backward', [a, b, g!]);
+  return [ga!, gb!];
+});

@@ -1,0 +1,264 @@
+/**
+ * MergeVQGPT: the LlamaGen-style class-conditional AR generator with token factorization (SPEC 3),
+ * parameter names as the reference's `taming.modules.transformer.gpt.GPT` state_dict.
+ *
+ * Sequence [cls_emb(label), e_0 .. e_{L-2}] (e_n = pre_emb(pre_n) + post_emb(post_n)); position n
+ * predicts token n. Spatial blocks are pre-norm Llama blocks (RMSNorm, 2D RoPE attention, SwiGLU).
+ * For every position n, the 2-token sequence [h_n, pre_emb(pre_n)] runs through the factorized
+ * blocks (RoPE rows 0 and 1); after the final RMSNorm head.0 reads slot 0 (the pre sub-token) and
+ * head.1 slot 1 (the post sub-token).
+ */
+import { call, call1, release, type Program } from '../graph.js';
+import { Linear, permuteView, reshape, select } from '../nn/layers.js';
+import { ParamStore, W, type LoadReport } from '../nn/params.js';
+import { precompute2dFreqs } from '../ops/tensor.js';
+import { Tensor } from '../tensor.js';
+import { ffnHidden, gridSize, normalizeGPTConfig, type GPTConfig } from './config.js';
+
+/** RMSNorm with a learned weight (reference `RMSNorm`). */
+export class RMSNorm {
+  readonly weight: string;
+  constructor(readonly store: ParamStore, name: string, dim: number, readonly eps: number) {
+    this.weight = store.declare(`${name}.weight`, [dim], W.ones);
+  }
+  *forward(x: Tensor): Program<Tensor> {
+    return yield* call1('rms_norm', [x, this.store.get(this.weight)], { eps: this.eps });
+  }
+}
+
+/** A KV cache of one attention layer: k, v [B, H, capacity, hd] (written in place). */
+export interface LayerCache {
+  k: Tensor;
+  v: Tensor;
+}
+
+/** Llama block: x += Attn(RMSNorm(x)); x += SwiGLU-FFN(RMSNorm(x)). No biases. */
+export class LlamaBlock {
+  readonly attentionNorm: RMSNorm;
+  readonly ffnNorm: RMSNorm;
+  readonly wqkv: Linear;
+  readonly wo: Linear;
+  readonly w1: Linear;
+  readonly w2: Linear;
+  readonly w3: Linear;
+  readonly headDim: number;
+  constructor(store: ParamStore, name: string, readonly cfg: GPTConfig) {
+    const D = cfg.dim;
+    const hidden = ffnHidden(cfg);
+    this.headDim = D / cfg.n_head;
+    this.wqkv = new Linear(store, `${name}.attention.wqkv`, D, 3 * D, false);
+    this.wo = new Linear(store, `${name}.attention.wo`, D, D, false);
+    this.w1 = new Linear(store, `${name}.feed_forward.w1`, D, hidden, false);
+    this.w3 = new Linear(store, `${name}.feed_forward.w3`, D, hidden, false);
+    this.w2 = new Linear(store, `${name}.feed_forward.w2`, hidden, D, false);
+    this.attentionNorm = new RMSNorm(store, `${name}.attention_norm`, D, cfg.norm_eps);
+    this.ffnNorm = new RMSNorm(store, `${name}.ffn_norm`, D, cfg.norm_eps);
+  }
+
+  /**
+   * x [B, N, D] at absolute positions pos..pos+N-1 with RoPE rows `freqs` [N, hd/2, 2].
+   * Without a cache: causal self-attention over the N tokens (pos must be 0). With a cache: the
+   * new keys/values are written at slots pos.. and every query attends causally to slots
+   * [0, pos+N).
+   */
+  *forward(x: Tensor, freqs: Tensor, cache: LayerCache | null = null, pos = 0): Program<Tensor> {
+    const [B, N, D] = x.shape as [number, number, number];
+    const H = this.cfg.n_head;
+    const hd = this.headDim;
+    const xn = yield* this.attentionNorm.forward(x);
+    const qkv = yield* this.wqkv.forward(xn);
+    const parts = yield* reshape(qkv, [B, N, 3, H, hd]);
+    const q = yield* call1('rope', [yield* select(parts, 2, 0), freqs]);
+    const k = yield* call1('rope', [yield* select(parts, 2, 1), freqs]);
+    const v = yield* select(parts, 2, 2);
+    const qh = yield* permuteView(q, [0, 2, 1, 3]);
+    let kh = yield* permuteView(k, [0, 2, 1, 3]);
+    let vh = yield* permuteView(v, [0, 2, 1, 3]);
+    let attrs: Record<string, number | boolean> = { causal: true };
+    if (cache) {
+      kh = yield* call1('kv_cache_write', [cache.k, kh], { pos });
+      vh = yield* call1('kv_cache_write', [cache.v, vh], { pos });
+      attrs = { causal: true, q_offset: pos, kv_len: pos + N };
+    }
+    const [o] = yield* call('attention', [qh, kh, vh, null, null], attrs);
+    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
+    const a = yield* this.wo.forward(merged);
+    const h = yield* call1('add', [x, a]);
+    const hn = yield* this.ffnNorm.forward(h);
+    const g = yield* call1('swiglu', [yield* this.w1.forward(hn), yield* this.w3.forward(hn)]);
+    const f = yield* this.w2.forward(g);
+    return yield* call1('add', [h, f]);
+  }
+}
+
+/** Teacher-forced logits: pre [B, N, 2^b0], post [B, N, 2^b1]. */
+export interface GPTLogits {
+  pre: Tensor;
+  post: Tensor;
+}
+
+export class MergeVQGPT {
+  readonly config: GPTConfig;
+  readonly store = new ParamStore();
+  readonly preEmb: string;
+  readonly postEmb: string;
+  readonly classTable: string;
+  readonly spatial: LlamaBlock[] = [];
+  readonly factorized: LlamaBlock[] = [];
+  readonly norm: RMSNorm;
+  readonly heads: Linear[];
+  /** RoPE table [cls_token_num + L, hd/2, 2] (rows of the cls prefix are zero). */
+  readonly freqs: Tensor;
+  readonly headDim: number;
+  private readonly rowCache = new Map<string, Tensor>();
+
+  constructor(config: Partial<GPTConfig> | Record<string, unknown>) {
+    const c = (this.config = normalizeGPTConfig(config));
+    const s = this.store;
+    this.headDim = c.dim / c.n_head;
+    this.preEmb = s.declare('pre_emb.weight', [2 ** c.factorized_bits[0]!, c.dim], W.normal(0.02));
+    this.postEmb = s.declare('post_emb.weight', [2 ** c.factorized_bits[1]!, c.dim], W.normal(0.02));
+    // LabelEmbedder is built with its default dropout_prob 0.1: class_num + 1 rows (the last = null class).
+    this.classTable = s.declare('class_emb.embedding_table.weight', [c.class_num + 1, c.dim], W.normal(0.02));
+    for (let i = 0; i < c.spatial_n_layer; ++i) this.spatial.push(new LlamaBlock(s, `spatial_blocks.${i}`, c));
+    for (let i = 0; i < c.factorized_n_layer; ++i) this.factorized.push(new LlamaBlock(s, `factorized_blocks.${i}`, c));
+    this.norm = new RMSNorm(s, 'norm', c.dim, c.norm_eps);
+    this.heads = c.factorized_bits.map((b, i) => new Linear(s, `head.${i}`, c.dim, 2 ** b, false));
+    this.freqs = precompute2dFreqs(gridSize(c), this.headDim, c.rope_base, c.cls_token_num);
+  }
+
+  /** Null-class label used for classifier-free guidance (= class_num). */
+  get nullClass(): number {
+    return this.config.class_num;
+  }
+  /** Sub-token vocabulary sizes [2^b0, 2^b1]. */
+  get subVocab(): [number, number] {
+    return [2 ** this.config.factorized_bits[0]!, 2 ** this.config.factorized_bits[1]!];
+  }
+
+  /** Loads reference state_dict tensors (names without the `transformer.` prefix; a prefix is stripped). */
+  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+    const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+    const m = new Map<string, Tensor>();
+    for (const [n, t] of entries) m.set(n.startsWith('transformer.') ? n.slice('transformer.'.length) : n, t);
+    return this.store.load(m, opts);
+  }
+
+  /** RoPE rows [start, start + n) of the table (cached constant tensors). */
+  freqRows(start: number, n: number): Tensor {
+    const key = `${start}:${n}`;
+    let t = this.rowCache.get(key);
+    if (!t) {
+      const rows = this.freqs.shape[0]!;
+      if (start < 0 || start + n > rows) throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${rows} rows: cls_token_num + block_size)`);
+      const w = this.freqs.shape[1]! * 2;
+      t = Tensor.from(this.freqs.toFloat32().slice(start * w, (start + n) * w), [n, this.freqs.shape[1]!, 2]);
+      this.rowCache.set(key, t);
+    }
+    return t;
+  }
+
+  /** pre_emb(pre) + post_emb(post): [..., D]. */
+  *tokenEmbedding(pre: Tensor, post: Tensor): Program<Tensor> {
+    const a = yield* call1('embedding', [this.store.get(this.preEmb), pre]);
+    const b = yield* call1('embedding', [this.store.get(this.postEmb), post]);
+    return yield* call1('add', [a, b]);
+  }
+  /** pre_emb(pre): [..., D]. */
+  *preEmbedding(pre: Tensor): Program<Tensor> {
+    return yield* call1('embedding', [this.store.get(this.preEmb), pre]);
+  }
+  /** Label embeddings: labels [B] -> [B, 1, D]. */
+  *classEmbedding(labels: Tensor): Program<Tensor> {
+    const e = yield* call1('embedding', [this.store.get(this.classTable), labels]);
+    return yield* reshape(e, [labels.shape[0]!, 1, this.config.dim]);
+  }
+
+  /** Final RMSNorm + head i. x [..., D]. */
+  *head(x: Tensor, i: number): Program<Tensor> {
+    return yield* this.heads[i]!.forward(yield* this.norm.forward(x));
+  }
+
+  /**
+   * Teacher-forced forward (eval: no dropout). idxPre, idxPost int64 [B, N] (N <= block_size),
+   * labels int64 [B]. Returns logits for every position: pre [B, N, 2^b0], post [B, N, 2^b1].
+   */
+  *forward(idxPre: Tensor, idxPost: Tensor, labels: Tensor): Program<GPTLogits> {
+    const c = this.config;
+    const [B, N] = idxPre.shape as [number, number];
+    if (idxPre.ndim !== 2 || idxPost.ndim !== 2 || idxPost.shape[0] !== B || idxPost.shape[1] !== N)
+      throw new RangeError(`forward: idxPre and idxPost must both be [B, N], got [${idxPre.shape}] and [${idxPost.shape}]`);
+    if (labels.ndim !== 1 || labels.shape[0] !== B) throw new RangeError(`forward: labels must be [${B}], got [${labels.shape}]`);
+    if (N > c.block_size) throw new RangeError(`forward: N = ${N} exceeds block_size ${c.block_size}`);
+    const D = c.dim;
+    const tok = yield* this.tokenEmbedding(idxPre, idxPost);
+    const cls = yield* this.classEmbedding(labels);
+    const parts = [cls];
+    if (N > 1) parts.push(yield* call1('slice', [tok], { dim: 1, start: 0, end: N - 1 }));
+    let h = parts.length === 1 ? cls : yield* call1('concat', parts, { dim: 1 });
+    const freqs = this.freqRows(0, N);
+    for (const blk of this.spatial) h = yield* blk.forward(h, freqs);
+    // Factorized blocks over [h_n, pre_emb(pre_n)] for every position n.
+    const ePre = yield* call1('embedding', [this.store.get(this.preEmb), idxPre]);
+    let ctx = yield* call1('concat', [yield* reshape(h, [B, N, 1, D]), yield* reshape(ePre, [B, N, 1, D])], { dim: 2 });
+    ctx = yield* reshape(ctx, [B * N, 2, D]);
+    const f2 = this.freqRows(0, 2);
+    for (const blk of this.factorized) ctx = yield* blk.forward(ctx, f2);
+    const out = yield* reshape(yield* this.norm.forward(ctx), [B, N, 2, D]);
+    const pre = yield* this.heads[0]!.forward(yield* select(out, 2, 0));
+    const post = yield* this.heads[1]!.forward(yield* select(out, 2, 1));
+    return { pre, post };
+  }
+
+  /**
+   * Training loss CE(pre) + CE(post) (mean over positions each), teacher-forced.
+   * Returns the scalar loss and the logits.
+   */
+  *loss(idxPre: Tensor, idxPost: Tensor, labels: Tensor): Program<{ loss: Tensor; logits: GPTLogits }> {
+    const logits = yield* this.forward(idxPre, idxPost, labels);
+    const [B, N] = idxPre.shape as [number, number];
+    const [V0, V1] = this.subVocab;
+    const l0 = yield* call1('cross_entropy', [yield* reshape(logits.pre, [B * N, V0]), yield* reshape(idxPre, [B * N])]);
+    const l1 = yield* call1('cross_entropy', [yield* reshape(logits.post, [B * N, V1]), yield* reshape(idxPost, [B * N])]);
+    return { loss: yield* call1('add', [l0, l1]), logits };
+  }
+
+  /** Fresh KV caches for the spatial blocks: batch B, `capacity` positions. */
+  newSpatialCaches(B: number, capacity: number): LayerCache[] {
+    const shape = [B, this.config.n_head, capacity, this.headDim];
+    return this.spatial.map(() => ({ k: Tensor.zeros(shape), v: Tensor.zeros(shape) }));
+  }
+  /** KV caches for the factorized blocks (2 slots). */
+  newFactorizedCaches(B: number): LayerCache[] {
+    const shape = [B, this.config.n_head, 2, this.headDim];
+    return this.factorized.map(() => ({ k: Tensor.zeros(shape), v: Tensor.zeros(shape) }));
+  }
+
+  /**
+   * One decoding step of the spatial blocks with KV caches: x [B, n, D] at positions pos..pos+n-1
+   * -> h [B, n, D].
+   */
+  *spatialStep(x: Tensor, caches: LayerCache[], pos: number): Program<Tensor> {
+    const n = x.shape[1]!;
+    const freqs = this.freqRows(pos, n);
+    let h = x;
+    for (let i = 0; i < this.spatial.length; ++i) {
+      const next = yield* this.spatial[i]!.forward(h, freqs, caches[i]!, pos);
+      if (h !== x) yield* release(h);
+      h = next;
+    }
+    return h;
+  }
+
+  /**
+   * One factorized sub-token step: x [B, 1, D] at slot `slot` (0: the context h, 1: pre_emb(pre))
+   * through the factorized blocks with their caches, final norm and head `slot`: logits [B, V].
+   */
+  *subTokenStep(x: Tensor, caches: LayerCache[], slot: number): Program<Tensor> {
+    const freqs = this.freqRows(slot, 1);
+    let h = x;
+    for (let i = 0; i < this.factorized.length; ++i) h = yield* this.factorized[i]!.forward(h, freqs, caches[i]!, slot);
+    const logits = yield* this.head(h, slot);
+    return yield* reshape(logits, [x.shape[0]!, logits.shape[2]!]);
+  }
+}

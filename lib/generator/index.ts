@@ -1,0 +1,4 @@
+/** The AR generator (SPEC 3): configuration, model, sampling. */
+export * from './config.js';
+export * from './gpt.js';
+export * from './sample.js';
