@@ -157,3 +157,19 @@ describe('guideLogits', () => {
     for (let i = 0; i < B * V; ++i) expect(two[i]).toBeCloseTo(l[B * V + i]! + 2.5 * (l[i]! - l[B * V + i]!), 5);
   });
 });
+
+describe('dropLabels', () => {
+  it('replaces labels by the null class at the requested rate, reproducibly', () => {
+    const m = new MergeVQGPT(tiny);
+    const n = 20000;
+    const labels = Tensor.from(BigInt64Array.from({ length: n }, (_, i) => BigInt(i % tiny.class_num)), [n]);
+    const a = Array.from(m.dropLabels(labels, (() => { const r = new SeededRandom(5); return () => r.next(); })()).toArray<'int64'>(), Number);
+    const b = Array.from(m.dropLabels(labels, (() => { const r = new SeededRandom(5); return () => r.next(); })()).toArray<'int64'>(), Number);
+    expect(a).toEqual(b);
+    const dropped = a.filter((l) => l === tiny.class_num).length;
+    expect(Math.abs(dropped / n - 0.1)).toBeLessThan(0.01);
+    a.forEach((l, i) => expect(l === tiny.class_num || l === i % tiny.class_num).toBe(true));
+    expect(Array.from(m.dropLabels(labels, () => 0.5, 0).toArray<'int64'>(), Number)).toEqual(Array.from({ length: n }, (_, i) => i % tiny.class_num));
+    expect(() => m.dropLabels(labels, () => 0.5, 2)).toThrow(/p must/);
+  });
+});

@@ -223,6 +223,20 @@ export class MergeVQGPT {
     return { loss: yield* call1('add', [l0, l1]), logits };
   }
 
+  /**
+   * Training-time label dropout for classifier-free guidance (the reference's LabelEmbedder
+   * `token_drop`): each label becomes the null class with probability `p` (default the config's
+   * token_drop), drawn from `uniform` (a [0, 1) generator, e.g. `SeededRandom.next`). Returns a new
+   * int64 [B] tensor.
+   */
+  dropLabels(labels: Tensor, uniform: () => number, p = this.config.token_drop): Tensor {
+    if (labels.ndim !== 1 || (labels.dtype !== 'int64' && labels.dtype !== 'int32'))
+      throw new TypeError(`dropLabels: labels must be an int64 [B] tensor, got ${labels.toString()}`);
+    if (!(p >= 0 && p <= 1)) throw new RangeError(`dropLabels: p must be in [0, 1], got ${p}`);
+    const src = labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
+    return Tensor.from(BigInt64Array.from(src, (l) => BigInt(uniform() < p ? this.nullClass : l)), [src.length]);
+  }
+
   /** Fresh KV caches for the spatial blocks: batch B, `capacity` positions. */
   newSpatialCaches(B: number, capacity: number): LayerCache[] {
     const shape = [B, this.config.n_head, capacity, this.headDim];
