@@ -24,6 +24,7 @@ export { release, RELEASE } from './graph.js';
 export * as ops from './ops/index.js';
 export * from './io/index.js';
 export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, type ImageInput, type ImageFormat } from './io/image.js';
+export { MergeVQGPT, generate, generateSync, sampleProgram, SeededRandom, loadGPTConfigFile, parseGPTConfigYaml, normalizeGPTConfig, type GPTConfig, type SampleOptions, type SampleResult, type GPTLogits } from './generator/index.js';
 
 import { addon } from './native.js';
 
