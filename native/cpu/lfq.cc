@@ -217,7 +217,7 @@ struct EntropyPlan {
   // Fills p1 for rows [r0, r0 + nr) and returns whether the chunk takes the sparse path: the
   // (lo, hi) pairs of nonzero table entries (at most 2^(free bits) per row) are far below the
   // dense work. For sparse chunks the capacity offsets are set too.
-  bool probs(int64_t r0, int64_t nr, ChunkRows& R) const {
+  bool probs(int64_t r0, int64_t nr, ChunkRows& R, double* hrow = nullptr) const {
     R.p1.resize(static_cast<size_t>(nr * L.d));
     R.off_lo.resize(static_cast<size_t>(nr + 1));
     R.off_hi.resize(static_cast<size_t>(nr + 1));
@@ -226,10 +226,18 @@ struct EntropyPlan {
       for (int64_t n = b; n < e; ++n) {
         double* pr = R.p1.data() + n * L.d;
         int kl = 0, kh = 0;
+        double h = 0.0;
         for (int64_t j = 0; j < L.d; ++j) {
-          pr[j] = lfq::sigmoid(scale * static_cast<double>(z[L.at(r0 + n, j)]));
+          // sigmoid and binary entropy (lfq_math.h) from one exp; exp(-m) is exactly 0 beyond
+          // m = 746, where libm takes its slow underflow path.
+          const double a = scale * static_cast<double>(z[L.at(r0 + n, j)]);
+          const double m = std::fabs(a);
+          const double ex = m > 746.0 ? 0.0 : std::exp(-m);
+          pr[j] = a >= 0 ? 1.0 / (1.0 + ex) : ex / (1.0 + ex);
+          if (hrow && ex != 0.0) h += std::log1p(ex) + m * ex / (1.0 + ex);
           if (free_bit(pr[j])) (j < lo ? kl : kh) += 1;
         }
+        if (hrow) hrow[n] = h;
         R.off_lo[n + 1] = int64_t(1) << kl;
         R.off_hi[n + 1] = int64_t(1) << kh;
         pairs[n] = int64_t(1) << (kl + kh);
@@ -265,9 +273,12 @@ struct EntropyPlan {
           float* vals = (half ? R.val_hi.data() + R.off_hi[n] : R.val_lo.data() + R.off_lo[n]);
           int k = 0;
           int32_t base = 0;
+          double f[2][32];
           for (int j = 0; j < nb; ++j) {
+            f[0][j] = 1.0 - pb[j];
+            f[1][j] = pb[j];
             if (free_bit(pb[j])) fb[k++] = j;
-            else if (pb[j] > 0.5) base |= int32_t(1) << j;
+            else base |= static_cast<int32_t>(pb[j] > 0.5) << j;
           }
           int32_t cnt = 0;
           for (int64_t m = 0; m < (int64_t(1) << k); ++m) {
@@ -275,7 +286,7 @@ struct EntropyPlan {
             for (int i = 0; i < k; ++i)
               if ((m >> i) & 1) c |= int32_t(1) << fb[i];
             double t = 1.0;
-            for (int j = 0; j < nb; ++j) t = ((c >> j) & 1) ? t * pb[j] : t * (1.0 - pb[j]);
+            for (int j = 0; j < nb; ++j) t *= f[(c >> j) & 1][j];
             if (t < lfq::kTableFloor) continue;
             cols[cnt] = c;
             vals[cnt] = static_cast<float>(t);
@@ -326,7 +337,7 @@ struct EntropyPlan {
     double hsum = 0.0;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t nr = std::min(chunk, N - r0);
-      if (probs(r0, nr, R)) {
+      if (probs(r0, nr, R, hrow.data())) {
         sparse_tables(nr, R);
         for (int64_t n = 0; n < nr; ++n) {
           const int32_t* cl = R.col_lo.data() + R.off_lo[n];
@@ -343,13 +354,6 @@ struct EntropyPlan {
         dense_tables(nr, R.p1.data(), Plo.data(), Phi.data());
         sgemm(true, false, Hb, La, nr, 1.0f, Phi.data(), Hp, Plo.data(), Lp, 1.0f, acc, La);
       }
-      parallel_for(nr, 64, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) {
-          double h = 0.0;
-          for (int64_t j = 0; j < L.d; ++j) h += lfq::binary_entropy(scale * static_cast<double>(z[L.at(r0 + n, j)]));
-          hrow[n] = h;
-        }
-      });
       for (int64_t n = 0; n < nr; ++n) hsum += hrow[n];
     }
     return hsum;
@@ -383,7 +387,7 @@ std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
   const int64_t K = int64_t(1) << L.d;
   Tensor avg = empty({K}, DType::F32);
   float* ap = avg.data<float>();
-  std::memset(ap, 0, static_cast<size_t>(K) * sizeof(float));
+  parallel_for(K, int64_t(1) << 14, [&](int64_t b, int64_t e) { std::memset(ap + b, 0, static_cast<size_t>(e - b) * sizeof(float)); });
   const double hsum = P.pbar_sum(ap);
   const int64_t nblk = (K + kCodeBlock - 1) / kCodeBlock;
   std::vector<double> part(static_cast<size_t>(nblk), 0.0);
@@ -392,6 +396,15 @@ std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
       double s = 0.0;
       const int64_t i1 = std::min(K, (blk + 1) * kCodeBlock);
       for (int64_t i = blk * kCodeBlock; i < i1; ++i) {
+        if ((i & 7) == 0 && i + 8 <= i1) {
+          // Skip runs of exact zeros (the sums are of non-negative terms: no -0) 8 at a time.
+          uint32_t any = 0;
+          for (int u = 0; u < 8; ++u) any |= ap[i + u] != 0.0f;
+          if (!any) {
+            i += 7;
+            continue;
+          }
+        }
         if (ap[i] == 0.0f) continue;
         const double pb = static_cast<double>(ap[i]) / N;
         ap[i] = static_cast<float>(pb);
@@ -472,6 +485,7 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
     }
     parallel_for(nr, 16, [&](int64_t b, int64_t e) {
       double sbit[kMaxEntropyBits];
+      std::vector<double> wbuf(g_cb != 0.0 && !sp ? static_cast<size_t>(std::max(P.La, P.Hb)) : 0);
       for (int64_t n = b; n < e; ++n) {
         const double* pr = R.p1.data() + n * L.d;
         std::fill(sbit, sbit + L.d, 0.0);
@@ -490,10 +504,8 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
               const int32_t hb = ch[k];
               const double w = pa * static_cast<double>(vh[k]) * gval(la + P.La * hb);
               sall += w;
-              for (int j = 0; j < P.lo; ++j)
-                if ((la >> j) & 1) sbit[j] += w;
-              for (int j = 0; j < P.hi; ++j)
-                if ((hb >> j) & 1) sbit[P.lo + j] += w;
+              for (int j = 0; j < P.lo; ++j) sbit[j] += ((la >> j) & 1) ? w : 0.0;
+              for (int j = 0; j < P.hi; ++j) sbit[P.lo + j] += ((hb >> j) & 1) ? w : 0.0;
             }
           }
           for (int64_t j = 0; j < L.d; ++j) sbit[j] -= pr[j] * sall;
@@ -503,22 +515,28 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
             const int nb = half ? P.hi : P.lo;
             const float* T_ = half ? Phi.data() + n * P.Hp : Plo.data() + n * P.Lp;
             const float* D_ = half ? dhi.data() + n * P.Hp : dlo.data() + n * P.Lp;
+            // sum_c w[c] [bit j of c] for every j by folding halves: the top bit's sum is the
+            // upper half's; adding the upper half onto the lower one drops that bit.
             const int64_t W = int64_t(1) << nb;
-            double sall = 0.0;
             double* sb = sbit + (half ? P.lo : 0);
-            for (int64_t c = 0; c < W; ++c) {
-              const double w = static_cast<double>(D_[c]) * static_cast<double>(T_[c]);
-              if (w == 0.0) continue;
-              sall += w;
-              for (int j = 0; j < nb; ++j)
-                if ((c >> j) & 1) sb[j] += w;
+            for (int64_t c = 0; c < W; ++c) wbuf[c] = static_cast<double>(D_[c]) * static_cast<double>(T_[c]);
+            for (int j = nb - 1; j >= 0; --j) {
+              const int64_t h = int64_t(1) << j;
+              double s = 0.0;
+              for (int64_t c = 0; c < h; ++c) {
+                s += wbuf[c + h];
+                wbuf[c] += wbuf[c + h];
+              }
+              sb[j] = s;
             }
+            const double sall = wbuf[0];
             for (int j = 0; j < nb; ++j) sb[j] -= pr[(half ? P.lo : 0) + j] * sall;
           }
         }
         for (int64_t j = 0; j < L.d; ++j) {
+          // lfq::binary_entropy_grad(a) = -a sigma(a) (1 - sigma(a)), with sigma(a) = p1.
           const double av = P.scale * static_cast<double>(P.z[L.at(r0 + n, j)]);
-          const double ga = sbit[j] + g_ps * invN * lfq::binary_entropy_grad(av);
+          const double ga = sbit[j] - g_ps * invN * av * pr[j] * (1.0 - pr[j]);
           gp[L.at(r0 + n, j)] = static_cast<float>(ga * P.scale);
         }
       }
