@@ -9,11 +9,18 @@
 //   pbar[c]    = (1/N) sum_n P_lo[n, c_lo] P_hi[n, c_hi]            (c = c_lo + 2^lo c_hi)
 //   codebook   = -sum_c pbar[c] log(pbar[c] + 1e-5)
 // P_lo / P_hi hold the products over the low / high half of the bits ([rows, 2^lo], [rows, 2^hi]);
-// pbar is their fp32 matrix product (sums of non-negative terms, so fp32 keeps ~1e-6 relative).
-// Rows are processed in chunks of kRowChunk so scratch memory does not grow with N:
-//   forward:  (2^lo + 2^hi) * 4 * kRowChunk (tables) + 2^d * 4 (pbar)          bytes
-//   backward: forward + 2 * 2^d * 4 (G, G^T) + (2^lo + 2^hi) * 4 * kRowChunk (dP tables)
-// (with 2^lo and 2^hi rounded up to multiples of 16).
+// pbar is their fp32 matrix product (sums of non-negative terms, so fp32 keeps ~1e-6 relative),
+// accumulated in place in the avg_probs output. At T = 0.01 most bits of a row are certain
+// (|a| = 400 |z|), so a chunk whose rows have few "free" bits is sparse: each row's nonzero table
+// entries are enumerated from its free bits and pbar gets their (lo, hi) pairs. Dense chunks
+// build full tables and use sgemm (gemm.h); the backward's dP_lo = P_hi G^T, dP_hi = P_lo G too.
+// Rows are processed in chunks of kRowChunk (R rows) so scratch memory does not grow with N:
+//   both:     R * d * 8 (p1) + R * 40 (row bookkeeping)
+//   sparse:   8 * sum over rows of (2^free_lo + 2^free_hi) (entry lists; the sparse test bounds
+//             the pairs, so at most ~R * (2^lo + 2^(d/2 + 3)) * 8)
+//   dense:    R * (Lp + Hp) * 4 (tables); backward + 2^d * 4 (G) + R * (Lp + Hp) * 4 (dP tables)
+//   backward without avg_probs: + 2^d * 4 (pbar)
+// bytes, with Lp, Hp = 2^lo, 2^hi rounded up to multiples of 16.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
