@@ -50,6 +50,8 @@ struct Layout {
     const int64_t p = row / post, q = row % post;
     return (p * d + j) * post + q;
   }
+  // Offset of (row, bit 0); bit j is at base(row) + j * post.
+  int64_t base(int64_t row) const { return post == 1 ? row * d : at(row, 0); }
 };
 
 Layout layout_of(const char* op, const Tensor& z, int64_t dim_attr) {
@@ -220,6 +222,25 @@ inline __m256d log_pd(__m256d x) {
   const __m256d lo = _mm256_fmadd_pd(e, _mm256_set1_pd(1.9082149292705877e-10), lm);
   return _mm256_fmadd_pd(e, _mm256_set1_pd(0.69314718036912381649), lo);
 }
+
+// exp(x) for x in [-708, 0] (normal results), 4 lanes: x = n ln2 + r, |r| <= ln2 / 2, Taylor
+// series of exp(r) through r^13 (truncation < 1e-17), times 2^n from the exponent bits.
+inline __m256d exp_neg_pd(__m256d x) {
+  const __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(0.69314718036912381649), x);
+  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.9082149292705877e-10), r);
+  __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);  // 1/13!
+  double f = 6227020800.0;
+  for (int k = 12; k >= 0; --k) {
+    f /= (k + 1);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / f));
+  }
+  // 2^n: n + 1.5 * 2^52 holds n in its low bits.
+  const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+  const __m256i ni = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n, magic)), _mm256_castpd_si256(magic));
+  const __m256d two_n = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
+  return _mm256_mul_pd(p, two_n);
+}
 #endif
 
 // Codebook entropy over avg [i0, i1): avg[i] = sum[i] / N in place (avg holds sums on entry),
@@ -305,21 +326,59 @@ struct EntropyPlan {
     R.off_hi.resize(static_cast<size_t>(nr + 1));
     std::vector<int64_t> pairs(static_cast<size_t>(nr));
     parallel_for(nr, 64, [&](int64_t b, int64_t e) {
+      // sigmoid and binary entropy (lfq_math.h) from one exp(-|a|) per (row, bit):
+      //   p1 = 1 / (1 + ex) (a >= 0) or ex / (1 + ex),  H = log1p(ex) + |a| ex / (1 + ex).
+      const int64_t cnt = (e - b) * L.d;
+      std::vector<double> av(static_cast<size_t>(cnt)), ex(static_cast<size_t>(cnt)), ht(hrow ? static_cast<size_t>(cnt) : 0);
       for (int64_t n = b; n < e; ++n) {
-        double* pr = R.p1.data() + n * L.d;
-        int kl = 0, kh = 0;
-        double h = 0.0;
-        for (int64_t j = 0; j < L.d; ++j) {
-          // sigmoid and binary entropy (lfq_math.h) from one exp; exp(-m) is exactly 0 beyond
-          // m = 746, where libm takes its slow underflow path.
-          const double a = scale * static_cast<double>(z[L.at(r0 + n, j)]);
-          const double m = std::fabs(a);
-          const double ex = m > 746.0 ? 0.0 : std::exp(-m);
-          pr[j] = a >= 0 ? 1.0 / (1.0 + ex) : ex / (1.0 + ex);
-          if (hrow && ex != 0.0) h += std::log1p(ex) + m * ex / (1.0 + ex);
-          if (free_bit(pr[j])) (j < lo ? kl : kh) += 1;
+        const float* zr = z + L.base(r0 + n);
+        for (int64_t j = 0; j < L.d; ++j) av[(n - b) * L.d + j] = scale * static_cast<double>(zr[j * L.post]);
+      }
+      double* pr = R.p1.data() + b * L.d;
+      int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
+      const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+      for (; i + 4 <= cnt; i += 4) {
+        const __m256d a = _mm256_loadu_pd(av.data() + i);
+        const __m256d m = _mm256_and_pd(a, absmask);
+        const __m256d tail = _mm256_cmp_pd(m, _mm256_set1_pd(708.0), _CMP_GT_OQ);
+        __m256d x = exp_neg_pd(_mm256_sub_pd(zero, _mm256_min_pd(m, _mm256_set1_pd(708.0))));
+        if (!_mm256_testz_pd(tail, tail)) {
+          // Results near or below the smallest normal: libm (exactly 0 beyond 746).
+          alignas(32) double xs[4], ms[4];
+          _mm256_store_pd(xs, x);
+          _mm256_store_pd(ms, m);
+          for (int u = 0; u < 4; ++u)
+            if (ms[u] > 708.0) xs[u] = ms[u] > 746.0 ? 0.0 : std::exp(-ms[u]);
+          x = _mm256_load_pd(xs);
         }
-        if (hrow) hrow[n] = h;
+        const __m256d den = _mm256_add_pd(one, x);
+        _mm256_storeu_pd(pr + i, _mm256_div_pd(_mm256_blendv_pd(x, one, _mm256_cmp_pd(a, zero, _CMP_GE_OQ)), den));
+        if (hrow) {
+          // log1p(x) = log(u) x / (u - 1), u = 1 + x (x when u rounds to 1).
+          const __m256d um1 = _mm256_sub_pd(den, one);
+          const __m256d l1p = _mm256_blendv_pd(_mm256_div_pd(_mm256_mul_pd(log_pd(den), x), um1), x, _mm256_cmp_pd(um1, zero, _CMP_EQ_OQ));
+          _mm256_storeu_pd(ht.data() + i, _mm256_add_pd(l1p, _mm256_div_pd(_mm256_mul_pd(m, x), den)));
+        }
+      }
+#endif
+      for (; i < cnt; ++i) {
+        const double a = av[i], m = std::fabs(a);
+        const double x = m > 746.0 ? 0.0 : std::exp(-m);
+        pr[i] = a >= 0 ? 1.0 / (1.0 + x) : x / (1.0 + x);
+        if (hrow) ht[i] = x == 0.0 ? 0.0 : std::log1p(x) + m * x / (1.0 + x);
+      }
+      for (int64_t n = b; n < e; ++n) {
+        const double* p = R.p1.data() + n * L.d;
+        int kl = 0, kh = 0;
+        for (int64_t j = 0; j < L.d; ++j)
+          if (free_bit(p[j])) (j < lo ? kl : kh) += 1;
+        if (hrow) {
+          double h = 0.0;
+          for (int64_t j = 0; j < L.d; ++j) h += ht[(n - b) * L.d + j];
+          hrow[n] = h;
+        }
         R.off_lo[n + 1] = int64_t(1) << kl;
         R.off_hi[n + 1] = int64_t(1) << kh;
         pairs[n] = int64_t(1) << (kl + kh);
@@ -596,11 +655,12 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
             for (int j = 0; j < nb; ++j) sb[j] -= pr[(half ? P.lo : 0) + j] * sall;
           }
         }
+        const int64_t o = L.base(r0 + n);
         for (int64_t j = 0; j < L.d; ++j) {
           // lfq::binary_entropy_grad(a) = -a sigma(a) (1 - sigma(a)), with sigma(a) = p1.
-          const double av = P.scale * static_cast<double>(P.z[L.at(r0 + n, j)]);
+          const double av = P.scale * static_cast<double>(P.z[o + j * L.post]);
           const double ga = sbit[j] - g_ps * invN * av * pr[j] * (1.0 - pr[j]);
-          gp[L.at(r0 + n, j)] = static_cast<float>(ga * P.scale);
+          gp[o + j * L.post] = static_cast<float>(ga * P.scale);
         }
       }
     });
