@@ -26,7 +26,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if (defined(__AVX2__) && defined(__FMA__)) || defined(__BMI2__)
 #include <immintrin.h>
 #endif
 
@@ -191,7 +191,7 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // A bit is "free" in a row when both of its factors reach the table floor; a table entry whose
 // code disagrees with a non-free bit's likely value holds a factor < kTableFloor, so it is zero.
-inline bool free_bit(double p1) { return p1 >= lfq::kTableFloor && 1.0 - p1 >= lfq::kTableFloor; }
+inline bool free_bit(double p1) { return (p1 >= lfq::kTableFloor) & (1.0 - p1 >= lfq::kTableFloor); }
 
 // The 2^d passes over pbar (codebook entropy, its gradient table) evaluate log(pbar + 1e-5) in
 // double, 4 lanes at a time where AVX2 is available. x >= 1e-5 is normal: x = 2^e m with
@@ -298,6 +298,7 @@ struct ChunkRows {
   std::vector<int32_t> cnt_lo, cnt_hi;  // [nr]: entries actually stored
   std::vector<int32_t> col_lo, col_hi;
   std::vector<float> val_lo, val_hi;
+  std::vector<uint32_t> fmask, dom;     // [nr]: free bits, and bits with p1 > 0.5
 };
 
 // Entropy machinery for one call: z rows, temperature, the bit split.
@@ -324,6 +325,8 @@ struct EntropyPlan {
     R.p1.resize(static_cast<size_t>(nr * L.d));
     R.off_lo.resize(static_cast<size_t>(nr + 1));
     R.off_hi.resize(static_cast<size_t>(nr + 1));
+    R.fmask.resize(static_cast<size_t>(nr));
+    R.dom.resize(static_cast<size_t>(nr));
     std::vector<int64_t> pairs(static_cast<size_t>(nr));
     parallel_for(nr, 64, [&](int64_t b, int64_t e) {
       // sigmoid and binary entropy (lfq_math.h) from one exp(-|a|) per (row, bit):
@@ -371,9 +374,14 @@ struct EntropyPlan {
       }
       for (int64_t n = b; n < e; ++n) {
         const double* p = R.p1.data() + n * L.d;
-        int kl = 0, kh = 0;
-        for (int64_t j = 0; j < L.d; ++j)
-          if (free_bit(p[j])) (j < lo ? kl : kh) += 1;
+        uint32_t fm = 0, dm = 0;
+        for (int64_t j = 0; j < L.d; ++j) {
+          fm |= static_cast<uint32_t>(free_bit(p[j])) << j;
+          dm |= static_cast<uint32_t>(p[j] > 0.5) << j;
+        }
+        R.fmask[n] = fm;
+        R.dom[n] = dm;
+        const int kl = __builtin_popcount(fm & ((uint32_t(1) << lo) - 1)), kh = __builtin_popcount(fm >> lo);
         if (hrow) {
           double h = 0.0;
           for (int64_t j = 0; j < L.d; ++j) h += ht[(n - b) * L.d + j];
@@ -405,27 +413,38 @@ struct EntropyPlan {
     R.col_hi.resize(static_cast<size_t>(R.off_hi[nr]));
     R.val_hi.resize(static_cast<size_t>(R.off_hi[nr]));
     parallel_for(nr, 64, [&](int64_t b, int64_t e) {
+#if !defined(__BMI2__)
       int fb[32];
+#endif
       for (int64_t n = b; n < e; ++n) {
         for (int half = 0; half < 2; ++half) {
           const int nb = half ? hi : lo;
           const double* pb = R.p1.data() + n * L.d + (half ? lo : 0);
           int32_t* cols = (half ? R.col_hi.data() + R.off_hi[n] : R.col_lo.data() + R.off_lo[n]);
           float* vals = (half ? R.val_hi.data() + R.off_hi[n] : R.val_lo.data() + R.off_lo[n]);
-          int k = 0;
-          int32_t base = 0;
+          const int sh = half ? lo : 0;
+          const uint32_t hmask = (uint32_t(1) << nb) - 1;
+          const uint32_t fm = (R.fmask[n] >> sh) & hmask;
+          const int32_t base = static_cast<int32_t>((R.dom[n] >> sh) & hmask & ~fm);
           double f[2][32];
           for (int j = 0; j < nb; ++j) {
             f[0][j] = 1.0 - pb[j];
             f[1][j] = pb[j];
-            if (free_bit(pb[j])) fb[k++] = j;
-            else base |= static_cast<int32_t>(pb[j] > 0.5) << j;
           }
+          const int k = __builtin_popcount(fm);
+#if !defined(__BMI2__)
+          for (int j = 0, i = 0; j < nb; ++j)
+            if ((fm >> j) & 1) fb[i++] = j;
+#endif
           int32_t cnt = 0;
           for (int64_t m = 0; m < (int64_t(1) << k); ++m) {
+#if defined(__BMI2__)
+            const int32_t c = base | static_cast<int32_t>(_pdep_u32(static_cast<uint32_t>(m), fm));
+#else
             int32_t c = base;
             for (int i = 0; i < k; ++i)
               if ((m >> i) & 1) c |= int32_t(1) << fb[i];
+#endif
             double t = 1.0;
             for (int j = 0; j < nb; ++j) t *= f[(c >> j) & 1][j];
             if (t < lfq::kTableFloor) continue;
