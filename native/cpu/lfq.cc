@@ -16,8 +16,8 @@
 // build full tables and use sgemm (gemm.h); the backward's dP_lo = P_hi G^T, dP_hi = P_lo G too.
 // Rows are processed in chunks of kRowChunk (R rows) so scratch memory does not grow with N:
 //   both:     R * d * 8 (p1) + R * 40 (row bookkeeping)
-//   sparse:   8 * sum over rows of (2^free_lo + 2^free_hi) (entry lists; the sparse test bounds
-//             the pairs, so at most ~R * (2^lo + 2^(d/2 + 3)) * 8)
+//   sparse:   8 * sum over rows of (2^free_lo + 2^free_hi) (entry lists; a chunk takes the
+//             sparse path only when that is at most the dense tables' R * (Lp + Hp) * 4)
 //   dense:    R * (Lp + Hp) * 4 (tables); backward + 2^d * 4 (G) + R * (Lp + Hp) * 4 (dP tables)
 //   backward without avg_probs: + 2^d * 4 (pbar)
 // bytes, with Lp, Hp = 2^lo, 2^hi rounded up to multiples of 16.
@@ -400,7 +400,8 @@ struct EntropyPlan {
       R.off_lo[n + 1] += R.off_lo[n];
       R.off_hi[n + 1] += R.off_hi[n];
     }
-    return true;
+    // The entry lists (8 bytes an entry) must not outgrow the dense tables (4 bytes an entry).
+    return (R.off_lo[nr] + R.off_hi[nr]) * 2 <= nr * (Lp + Hp);
   }
 
   // Sparse tables: the nonzero entries of each row's P_lo / P_hi, with the same values as the
