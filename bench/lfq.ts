@@ -24,17 +24,18 @@ function randn(n: number, scale: number, seed: number): Float32Array {
   return a;
 }
 
-/** Bytes of scratch the CPU kernels allocate for one forward + backward (see native/cpu/lfq.cc). */
+/** Bytes of scratch the CPU kernels allocate for one forward + backward on the dense path (the
+ * sparse path needs less; see native/cpu/lfq.cc). avg_probs (an output) holds the pbar sums. */
 function scratchBytes(N: number, d: number): number {
   const r16 = (v: number) => Math.ceil(v / 16) * 16;
   const lo = Math.floor(d / 2);
   const Lp = r16(2 ** lo);
   const Hp = r16(2 ** (d - lo));
-  const R = Math.ceil(Math.min(N, 1024) / 4) * 4;
-  const tables = R * (Lp + Hp) * 4 + R * d * 8;
-  const fwd = tables + Lp * Hp * 4 + 2 ** d * 4; // tables, pbar accumulator, avg_probs output
-  const bwd = tables + 2 * Lp * Hp * 4 + R * (Lp + Hp) * 4; // tables, G and G^T, dP tables
-  return Math.max(fwd, bwd + 2 ** d * 4);
+  const R = Math.min(N, 1024);
+  const tables = R * (Lp + Hp) * 4 + R * d * 8 + R * 40;
+  const fwd = tables;
+  const bwd = tables + 2 ** d * 4 + R * (Lp + Hp) * 4; // tables, G, dP tables
+  return Math.max(fwd, bwd);
 }
 
 export function run(ctx: BenchContext): void {
