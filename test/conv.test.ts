@@ -110,6 +110,7 @@ const configs: Cfg[] = [
   // K = 4608 / 9216 makes the backward column tiles (about 8 MB of im2col) smaller than N.
   cfg('C=512 3x3 s1 p1 (gw over 2 column tiles)', 1, 512, 24, 24, 4, 3, 1, 1),
   cfg('C=1024 3x3 s2 p1 (gx col2im and gw over 2 column tiles)', 1, 1024, 32, 32, 3, 3, 2, 1),
+  cfg('depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)', 2, 5, 3, 21, 5, 3, 1, 1, 5),
 ];
 
 describe('conv2d', () => {

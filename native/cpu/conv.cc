@@ -174,6 +174,43 @@ void depthwise_forward(const Geom& g, const float* x, const float* w, const floa
         const float* wo = w + o * g.KH * g.KW;
         float* yp = y + (b * g.O + o) * N;
         const float bv = bias ? bias[o] : 0.0f;
+        if (g.sw == 1 && g.KH == 3 && g.KW == 3) {
+          // 3x3: the 9 weights stay in registers and four 8-wide output chunks (anywhere in the
+          // plane) accumulate at once, so the 9-FMA dependency chains overlap. The last group
+          // repeats its final chunk, which rewrites the same values.
+          __m256 wv[9];
+          for (int t = 0; t < 9; ++t) wv[t] = _mm256_set1_ps(wo[t]);
+          const int64_t cw = (g.Wo + 7) / 8, nch = g.Ho * cw, Wp = xp.Wp;
+          for (int64_t i = 0; i < nch; i += 4) {
+            const float* src[4];
+            float* dst[4];
+            int64_t cnt[4];
+            __m256 acc[4];
+            for (int j = 0; j < 4; ++j) {
+              const int64_t id = std::min(i + j, nch - 1), oh = id / cw, ow = (id % cw) * 8;
+              src[j] = xp.at(oh * g.sh, ow);
+              dst[j] = yp + oh * g.Wo + ow;
+              cnt[j] = std::min<int64_t>(8, g.Wo - ow);
+              acc[j] = _mm256_set1_ps(bv);
+            }
+            for (int kh = 0; kh < 3; ++kh)
+              for (int kw = 0; kw < 3; ++kw) {
+                const __m256 wk = wv[kh * 3 + kw];
+                for (int j = 0; j < 4; ++j)
+                  acc[j] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(src[j] + kh * Wp + kw), acc[j]);
+              }
+            for (int j = 0; j < 4; ++j) {
+              if (cnt[j] == 8) {
+                _mm256_storeu_ps(dst[j], acc[j]);
+              } else {
+                alignas(32) float t[8];
+                _mm256_store_ps(t, acc[j]);
+                for (int64_t q = 0; q < cnt[j]; ++q) dst[j][q] = t[q];
+              }
+            }
+          }
+          continue;
+        }
         if (g.sw == 1) {
           // Each 8-wide output chunk accumulates all taps in a register and is stored once.
           // Loads past the row end stay inside the padded buffer and land in unused lanes.
