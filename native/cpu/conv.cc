@@ -351,11 +351,19 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
   const int64_t C = g.C, H = g.H, W = g.W, O = g.O, Ho = g.Ho, Wo = g.Wo, K = C * 9;
   const int64_t Wp = (Wo + 15) / 16 * 16 + 8;          // padded row: column iw at index iw + 1
   const int64_t CC = std::min<int64_t>(C, 64);  // channels per chunk
-  const int64_t rows_fit = (int64_t(384) << 10) / (4 * CC * Wp) - 2;
-  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(Ho, rows_fit));  // output rows per band
-  const int64_t nbands = (Ho + R - 1) / R;
-  const int64_t oblocks = (O + 5) / 6;
+  // Band rows: the padded input band (cc channels) within ~384 KB and the band's output (which later
+  // channel chunks add to) within ~256 KB, so both stay in L2.
+  const int64_t rows_fit =
+      std::min<int64_t>((int64_t(384) << 10) / (4 * CC * Wp) - 2, (int64_t(256) << 10) / (4 * O * Wo));
   const int T = num_threads();
+  // Output rows per band: as many as fit the budget, then evened out so the bands split equally
+  // over the threads (a short last band would leave one thread idle).
+  int64_t R = std::max<int64_t>(1, std::min<int64_t>(Ho, rows_fit));
+  int64_t nbands = (Ho + R - 1) / R;
+  if (nbands >= T) nbands = (nbands + T - 1) / T * T;
+  R = (Ho + nbands - 1) / nbands;
+  nbands = (Ho + R - 1) / R;
+  const int64_t oblocks = (O + 5) / 6;
   // Split the output channels too when there are too few bands to keep the threads busy.
   int64_t ogroups = 1;
   while (nbands * ogroups < 2 * T && ogroups * 2 <= oblocks) ogroups *= 2;
