@@ -204,6 +204,7 @@ describe('conv2d', () => {
     [1, 33, 6, 33, 13], // 33 channels, three tiles per row, 2 full + 1 partial channel block
     [1, 70, 23, 100, 12], // two channel chunks (64 + 6) and several row bands with a short last band
     [1, 130, 4, 16, 7], // three channel chunks, the last one of 2 channels; W = 16 exactly
+    [1, 8, 5, 12, 40], // weights outweigh the input band: output-channel blocks outermost
   ] as const) {
     it(`direct 3x3 path B=${B} C=${C} ${H}x${W} O=${O} (bias, poisoned output) vs float64`, () => {
       const rng = new Rng();

@@ -259,9 +259,9 @@ void depthwise_forward(const Geom& g, const float* x, const float* w, const floa
 // A 6-output-channel x 16-pixel register tile accumulates over input channels and the 9 taps,
 // reading 16 consecutive pixels of a zero-padded copy of the input rows (unaligned loads shifted
 // by the tap) and broadcasting the weights straight from w[O, C, 3, 3] (six rows at a constant
-// stride). No im2col panel is packed: a band of padded rows of 64 channels stays in L2, and each
-// 16-pixel tile of it (64 channels x 3 rows) is reused from L1 by every output-channel block while
-// the weights stream from L2.
+// stride). No im2col panel is packed: a band of padded rows of 64 channels stays in L2, and either
+// each 16-pixel tile of it (64 channels x 3 rows) is reused from L1 by every output-channel block,
+// or (when the weights outweigh the band) each block's weights are reused by every tile.
 
 // The k loop in assembly for the same reason as the sgemm kernel (15 live ymm registers).
 #define MVQ_D3(AO, B0, B1)                                \
@@ -404,36 +404,45 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
           }
         }
         const bool first = c0 == 0;
-        for (int64_t oh = r0; oh < r1; ++oh) {
+        auto tile = [&](int64_t oh, int64_t ow, int64_t ob) {
           const float* brow = buf.data() + (oh - r0) * Wp;
-          for (int64_t ow = 0; ow < Wo; ow += 16) {
-            const int n = static_cast<int>(std::min<int64_t>(16, Wo - ow));
-            for (int64_t ob = ob0; ob < ob1; ++ob) {
-              const int64_t o0 = ob * 6, m = std::min<int64_t>(6, O - o0);
-              const float* wa = (m < 6 ? wtail.data() : w + o0 * K) + c0 * 9;
-              direct3x3_6x16(cc, wa, K, brow + ow, Wp, ps, t);
-              for (int i = 0; i < m; ++i) {
-                float* yr = yb + ((o0 + i) * Ho + oh) * Wo + ow;
-                const float* s = t + i * 16;
-                if (n == 16) {
-                  __m256 v0 = _mm256_load_ps(s), v1 = _mm256_load_ps(s + 8);
-                  if (first) {
-                    const __m256 bv = _mm256_set1_ps(bias ? bias[o0 + i] : 0.0f);
-                    v0 = _mm256_add_ps(v0, bv);
-                    v1 = _mm256_add_ps(v1, bv);
-                  } else {
-                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yr));
-                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yr + 8));
-                  }
-                  _mm256_storeu_ps(yr, v0);
-                  _mm256_storeu_ps(yr + 8, v1);
-                } else {
-                  const float bv = first ? (bias ? bias[o0 + i] : 0.0f) : 0.0f;
-                  for (int j = 0; j < n; ++j) yr[j] = s[j] + (first ? bv : yr[j]);
-                }
+          const int n = static_cast<int>(std::min<int64_t>(16, Wo - ow));
+          const int64_t o0 = ob * 6, m = std::min<int64_t>(6, O - o0);
+          const float* wa = (m < 6 ? wtail.data() : w + o0 * K) + c0 * 9;
+          direct3x3_6x16(cc, wa, K, brow + ow, Wp, ps, t);
+          for (int i = 0; i < m; ++i) {
+            float* yr = yb + ((o0 + i) * Ho + oh) * Wo + ow;
+            const float* s = t + i * 16;
+            if (n == 16) {
+              __m256 v0 = _mm256_load_ps(s), v1 = _mm256_load_ps(s + 8);
+              if (first) {
+                const __m256 bv = _mm256_set1_ps(bias ? bias[o0 + i] : 0.0f);
+                v0 = _mm256_add_ps(v0, bv);
+                v1 = _mm256_add_ps(v1, bv);
+              } else {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yr));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yr + 8));
               }
+              _mm256_storeu_ps(yr, v0);
+              _mm256_storeu_ps(yr + 8, v1);
+            } else {
+              const float bv = first ? (bias ? bias[o0 + i] : 0.0f) : 0.0f;
+              for (int j = 0; j < n; ++j) yr[j] = s[j] + (first ? bv : yr[j]);
             }
           }
+        };
+        // Loop order: when this task's weights for the chunk outweigh its input band, each 6-row
+        // weight block stays in L1 across all pixel tiles of the band; otherwise each input tile
+        // stays in L1 across all output-channel blocks.
+        const bool ob_outer = (ob1 - ob0) * 6 * cc * 9 > cc * (r1 - r0 + 2) * Wp;
+        if (ob_outer) {
+          for (int64_t ob = ob0; ob < ob1; ++ob)
+            for (int64_t oh = r0; oh < r1; ++oh)
+              for (int64_t ow = 0; ow < Wo; ow += 16) tile(oh, ow, ob);
+        } else {
+          for (int64_t oh = r0; oh < r1; ++oh)
+            for (int64_t ow = 0; ow < Wo; ow += 16)
+              for (int64_t ob = ob0; ob < ob1; ++ob) tile(oh, ow, ob);
         }
       }
     });
