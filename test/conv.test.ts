@@ -110,6 +110,7 @@ const configs: Cfg[] = [
   // K = 4608 / 9216 makes the backward column tiles (about 8 MB of im2col) smaller than N.
   cfg('C=512 3x3 s1 p1 (gw over 2 column tiles)', 1, 512, 24, 24, 4, 3, 1, 1),
   cfg('C=1024 3x3 s2 p1 (gx col2im and gw over 2 column tiles)', 1, 1024, 32, 32, 3, 3, 2, 1),
+  cfg('depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)', 2, 5, 3, 21, 5, 3, 1, 1, 5),
 ];
 
 describe('conv2d', () => {
@@ -193,6 +194,42 @@ describe('conv2d', () => {
     const ref = refConvGrads(c, x, w, gy);
     expect(relErr(gx.toFloat32(), ref.gx), seedInfo(rng.seed)).toBeLessThan(2e-5);
     expect(relErr(gw.toFloat32(), ref.gw), seedInfo(rng.seed)).toBeLessThan(2e-5);
+  });
+
+  // 3x3 stride 1 pad 1 with groups = 1 and rows of >= 10 output pixels run the direct kernel
+  // (6 output channels x 16 pixels of one row, input channels in chunks of 64, bands of rows).
+  for (const [B, C, H, W, O] of [
+    [1, 1, 5, 10, 1], // W < 16, one input and one output channel (partial channel block)
+    [2, 7, 9, 21, 5], // odd width: a full and a partial 16-pixel tile
+    [1, 33, 6, 33, 13], // 33 channels, three tiles per row, 2 full + 1 partial channel block
+    [1, 70, 23, 100, 12], // two channel chunks (64 + 6) and several row bands with a short last band
+    [1, 130, 4, 16, 7], // three channel chunks, the last one of 2 channels; W = 16 exactly
+    [1, 8, 5, 12, 40], // weights outweigh the input band: output-channel blocks outermost
+  ] as const) {
+    it(`direct 3x3 path B=${B} C=${C} ${H}x${W} O=${O} (bias, poisoned output) vs float64`, () => {
+      const rng = new Rng();
+      const c = cfg('direct', B, C, H, W, O, 3, 1, 1);
+      const x = rng.randn(B * C * H * W), w = rng.randn(O * C * 9, 0.3), bias = rng.randn(O);
+      const y = withPoison(() =>
+        runSync(conv2d(Tensor.from(x, [B, C, H, W]), Tensor.from(w, [O, C, 3, 3]), Tensor.from(bias, [O]), { padding: 1 })),
+      );
+      expect(y.shape).toEqual([B, O, H, W]);
+      const yf = y.toFloat32();
+      expect(allFinite(yf), seedInfo(rng.seed)).toBe(true);
+      expect(relErr(yf, refConv(c, x, w, bias)), seedInfo(rng.seed)).toBeLessThan(2e-5);
+    });
+  }
+
+  it('direct 3x3 path on a non-contiguous (permuted) input of 33 channels', () => {
+    const rng = new Rng();
+    const c = cfg('direct nhwc', 2, 33, 7, 19, 8, 3, 1, 1);
+    const nhwc = rng.randn(2 * 7 * 19 * 33);
+    const xv = Tensor.from(nhwc, [2, 7, 19, 33]).permute(0, 3, 1, 2);
+    const xd = xv.contiguous().toFloat32();
+    const w = rng.randn(8 * 33 * 9, 0.3);
+    const y = withPoison(() => runSync(conv2d(xv, Tensor.from(w, [8, 33, 3, 3]), null, { padding: 1 })));
+    expect(allFinite(y.toFloat32()), seedInfo(rng.seed)).toBe(true);
+    expect(relErr(y.toFloat32(), refConv(c, xd, w)), seedInfo(rng.seed)).toBeLessThan(2e-5);
   });
 
   it('rejects bad arguments naming the op and argument', () => {

@@ -2,7 +2,8 @@
 //
 // Forward is an implicit GEMM per (image, group): Y[Og, Ho*Wo] = W[Og, Cg*KH*KW] * col, where the
 // im2col matrix `col` is never materialized: sgemm packs it panel by panel straight from the image
-// (Im2colB). 1x1 stride-1 unpadded convolutions are plain GEMMs on the image. Depthwise
+// (Im2colB). 1x1 stride-1 unpadded convolutions are plain GEMMs on the image. 3x3 stride-1 pad-1
+// convolutions (groups = 1, rows of >= 10 pixels) use a direct register-tiled kernel. Depthwise
 // convolutions (one input channel per output) use a direct kernel.
 //
 // Backward: gx for stride 1 is the forward convolution of gy with the flipped, transposed kernel;
@@ -173,6 +174,43 @@ void depthwise_forward(const Geom& g, const float* x, const float* w, const floa
         const float* wo = w + o * g.KH * g.KW;
         float* yp = y + (b * g.O + o) * N;
         const float bv = bias ? bias[o] : 0.0f;
+        if (g.sw == 1 && g.KH == 3 && g.KW == 3) {
+          // 3x3: the 9 weights stay in registers and four 8-wide output chunks (anywhere in the
+          // plane) accumulate at once, so the 9-FMA dependency chains overlap. The last group
+          // repeats its final chunk, which rewrites the same values.
+          __m256 wv[9];
+          for (int t = 0; t < 9; ++t) wv[t] = _mm256_set1_ps(wo[t]);
+          const int64_t cw = (g.Wo + 7) / 8, nch = g.Ho * cw, Wp = xp.Wp;
+          for (int64_t i = 0; i < nch; i += 4) {
+            const float* src[4];
+            float* dst[4];
+            int64_t cnt[4];
+            __m256 acc[4];
+            for (int j = 0; j < 4; ++j) {
+              const int64_t id = std::min(i + j, nch - 1), oh = id / cw, ow = (id % cw) * 8;
+              src[j] = xp.at(oh * g.sh, ow);
+              dst[j] = yp + oh * g.Wo + ow;
+              cnt[j] = std::min<int64_t>(8, g.Wo - ow);
+              acc[j] = _mm256_set1_ps(bv);
+            }
+            for (int kh = 0; kh < 3; ++kh)
+              for (int kw = 0; kw < 3; ++kw) {
+                const __m256 wk = wv[kh * 3 + kw];
+                for (int j = 0; j < 4; ++j)
+                  acc[j] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(src[j] + kh * Wp + kw), acc[j]);
+              }
+            for (int j = 0; j < 4; ++j) {
+              if (cnt[j] == 8) {
+                _mm256_storeu_ps(dst[j], acc[j]);
+              } else {
+                alignas(32) float t[8];
+                _mm256_store_ps(t, acc[j]);
+                for (int64_t q = 0; q < cnt[j]; ++q) dst[j][q] = t[q];
+              }
+            }
+          }
+          continue;
+        }
         if (g.sw == 1) {
           // Each 8-wide output chunk accumulates all taps in a register and is stored once.
           // Loads past the row end stay inside the padded buffer and land in unused lanes.
@@ -216,6 +254,201 @@ void depthwise_forward(const Geom& g, const float* x, const float* w, const floa
   });
 }
 
+// ---- Direct 3x3 stride-1 pad-1 forward (groups = 1) ----
+//
+// A 6-output-channel x 16-pixel register tile accumulates over input channels and the 9 taps,
+// reading 16 consecutive pixels of a zero-padded copy of the input rows (unaligned loads shifted
+// by the tap) and broadcasting the weights straight from w[O, C, 3, 3] (six rows at a constant
+// stride). No im2col panel is packed: a band of padded rows of 64 channels stays in L2, and either
+// each 16-pixel tile of it (64 channels x 3 rows) is reused from L1 by every output-channel block,
+// or (when the weights outweigh the band) each block's weights are reused by every tile.
+
+// The k loop in assembly for the same reason as the sgemm kernel (15 live ymm registers).
+#define MVQ_D3(AO, B0, B1)                                \
+  "vmovups " B0 ", %%ymm0\n\t"                            \
+  "vmovups " B1 ", %%ymm1\n\t"                            \
+  "vbroadcastss " #AO "(%[a0]), %%ymm2\n\t"               \
+  "vfmadd231ps %%ymm0, %%ymm2, %%ymm4\n\t"                \
+  "vfmadd231ps %%ymm1, %%ymm2, %%ymm5\n\t"                \
+  "vbroadcastss " #AO "(%[a0],%[ws],1), %%ymm3\n\t"       \
+  "vfmadd231ps %%ymm0, %%ymm3, %%ymm6\n\t"                \
+  "vfmadd231ps %%ymm1, %%ymm3, %%ymm7\n\t"                \
+  "vbroadcastss " #AO "(%[a0],%[ws],2), %%ymm2\n\t"       \
+  "vfmadd231ps %%ymm0, %%ymm2, %%ymm8\n\t"                \
+  "vfmadd231ps %%ymm1, %%ymm2, %%ymm9\n\t"                \
+  "vbroadcastss " #AO "(%[a3]), %%ymm3\n\t"               \
+  "vfmadd231ps %%ymm0, %%ymm3, %%ymm10\n\t"               \
+  "vfmadd231ps %%ymm1, %%ymm3, %%ymm11\n\t"               \
+  "vbroadcastss " #AO "(%[a3],%[ws],1), %%ymm2\n\t"       \
+  "vfmadd231ps %%ymm0, %%ymm2, %%ymm12\n\t"               \
+  "vfmadd231ps %%ymm1, %%ymm2, %%ymm13\n\t"               \
+  "vbroadcastss " #AO "(%[a3],%[ws],2), %%ymm3\n\t"       \
+  "vfmadd231ps %%ymm0, %%ymm3, %%ymm14\n\t"               \
+  "vfmadd231ps %%ymm1, %%ymm3, %%ymm15\n\t"
+
+// t[6][16] = sum over cc channels and 9 taps of w rows (a, row stride ws floats; a points at
+// [row 0][channel 0][tap 0]) times the padded input (b at [channel 0][row oh][col ow], row stride
+// rs floats, channel stride ps floats).
+void direct3x3_6x16(int64_t cc, const float* a, int64_t ws, const float* b, int64_t rs, int64_t ps, float* t) {
+  const float* a3 = a + 3 * ws;
+  int64_t wsb = ws * 4, rsb = rs * 4, psb = ps * 4;
+  asm volatile(
+      "vxorps %%ymm4, %%ymm4, %%ymm4\n\t"
+      "vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
+      "vxorps %%ymm6, %%ymm6, %%ymm6\n\t"
+      "vxorps %%ymm7, %%ymm7, %%ymm7\n\t"
+      "vxorps %%ymm8, %%ymm8, %%ymm8\n\t"
+      "vxorps %%ymm9, %%ymm9, %%ymm9\n\t"
+      "vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
+      "vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
+      "vxorps %%ymm12, %%ymm12, %%ymm12\n\t"
+      "vxorps %%ymm13, %%ymm13, %%ymm13\n\t"
+      "vxorps %%ymm14, %%ymm14, %%ymm14\n\t"
+      "vxorps %%ymm15, %%ymm15, %%ymm15\n\t"
+      ".p2align 5\n\t"
+      "1:\n\t"
+      MVQ_D3(0, "0(%[b])", "32(%[b])")
+      MVQ_D3(4, "4(%[b])", "36(%[b])")
+      MVQ_D3(8, "8(%[b])", "40(%[b])")
+      MVQ_D3(12, "0(%[b],%[rs],1)", "32(%[b],%[rs],1)")
+      MVQ_D3(16, "4(%[b],%[rs],1)", "36(%[b],%[rs],1)")
+      MVQ_D3(20, "8(%[b],%[rs],1)", "40(%[b],%[rs],1)")
+      MVQ_D3(24, "0(%[b],%[rs],2)", "32(%[b],%[rs],2)")
+      MVQ_D3(28, "4(%[b],%[rs],2)", "36(%[b],%[rs],2)")
+      MVQ_D3(32, "8(%[b],%[rs],2)", "40(%[b],%[rs],2)")
+      "add $36, %[a0]\n\t"
+      "add $36, %[a3]\n\t"
+      "add %[ps], %[b]\n\t"
+      "dec %[cc]\n\t"
+      "jnz 1b\n\t"
+      "vmovaps %%ymm4, 0(%[t])\n\t"
+      "vmovaps %%ymm5, 32(%[t])\n\t"
+      "vmovaps %%ymm6, 64(%[t])\n\t"
+      "vmovaps %%ymm7, 96(%[t])\n\t"
+      "vmovaps %%ymm8, 128(%[t])\n\t"
+      "vmovaps %%ymm9, 160(%[t])\n\t"
+      "vmovaps %%ymm10, 192(%[t])\n\t"
+      "vmovaps %%ymm11, 224(%[t])\n\t"
+      "vmovaps %%ymm12, 256(%[t])\n\t"
+      "vmovaps %%ymm13, 288(%[t])\n\t"
+      "vmovaps %%ymm14, 320(%[t])\n\t"
+      "vmovaps %%ymm15, 352(%[t])\n\t"
+      : [a0] "+r"(a), [a3] "+r"(a3), [b] "+r"(b), [cc] "+r"(cc)
+      : [ws] "r"(wsb), [rs] "r"(rsb), [ps] "r"(psb), [t] "r"(t)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "memory", "cc");
+}
+#undef MVQ_D3
+
+bool use_direct3x3(const Geom& g) {
+  if (!(g.KH == 3 && g.KW == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && g.groups == 1)) return false;
+  // Tiles are 16 pixels of one output row: skip widths that would waste much of the last tile.
+  const int64_t w16 = (g.Wo + 15) / 16 * 16;
+  return g.Wo * 10 >= w16 * 6;
+}
+
+void direct3x3_forward(const Geom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t C = g.C, H = g.H, W = g.W, O = g.O, Ho = g.Ho, Wo = g.Wo, K = C * 9;
+  const int64_t Wp = (Wo + 15) / 16 * 16 + 8;          // padded row: column iw at index iw + 1
+  const int64_t CC = std::min<int64_t>(C, 64);  // channels per chunk
+  // Band rows: the padded input band (cc channels) within ~384 KB and the band's output (which later
+  // channel chunks add to) within ~256 KB, so both stay in L2.
+  const int64_t rows_fit =
+      std::min<int64_t>((int64_t(384) << 10) / (4 * CC * Wp) - 2, (int64_t(256) << 10) / (4 * O * Wo));
+  const int T = num_threads();
+  // Output rows per band: as many as fit the budget, then evened out so the bands split equally
+  // over the threads (a short last band would leave one thread idle).
+  int64_t R = std::max<int64_t>(1, std::min<int64_t>(Ho, rows_fit));
+  int64_t nbands = (Ho + R - 1) / R;
+  if (nbands >= T) nbands = (nbands + T - 1) / T * T;
+  R = (Ho + nbands - 1) / nbands;
+  nbands = (Ho + R - 1) / R;
+  const int64_t oblocks = (O + 5) / 6;
+  // Split the output channels too when there are too few bands to keep the threads busy.
+  int64_t ogroups = 1;
+  while (nbands * ogroups < 2 * T && ogroups * 2 <= oblocks) ogroups *= 2;
+  const int64_t ob_per = (oblocks + ogroups - 1) / ogroups;
+  // The last, partial block of output channels reads zero-padded copies of its weight rows.
+  std::vector<float> wtail;
+  const int64_t otail = O % 6;
+  if (otail) {
+    wtail.assign(static_cast<size_t>(6 * K), 0.0f);
+    std::memcpy(wtail.data(), w + (O - otail) * K, sizeof(float) * otail * K);
+  }
+  const int64_t ps = (R + 2) * Wp;
+  for (int64_t bi = 0; bi < g.B; ++bi) {
+    const float* xb = x + bi * C * H * W;
+    float* yb = y + bi * O * Ho * Wo;
+    parallel_tasks(nbands * ogroups, [&](int64_t task, int) {
+      const int64_t band = task / ogroups, og = task % ogroups;
+      const int64_t r0 = band * R, r1 = std::min(Ho, r0 + R);
+      const int64_t ob0 = og * ob_per, ob1 = std::min(oblocks, ob0 + ob_per);
+      if (ob0 >= ob1) return;
+      thread_local std::vector<float> buf;
+      if (buf.size() < static_cast<size_t>(CC * ps + 16)) buf.assign(static_cast<size_t>(CC * ps + 16), 0.0f);
+      alignas(32) float t[6 * 16];
+      for (int64_t c0 = 0; c0 < C; c0 += CC) {
+        const int64_t cc = std::min(CC, C - c0);
+        // Padded rows r0 - 1 .. r1 of channels c0 .. c0 + cc.
+        for (int64_t c = 0; c < cc; ++c) {
+          for (int64_t lr = 0; lr < r1 - r0 + 2; ++lr) {
+            float* d = buf.data() + c * ps + lr * Wp;
+            const int64_t ih = r0 - 1 + lr;
+            if (ih < 0 || ih >= H) {
+              std::memset(d, 0, sizeof(float) * Wp);
+              continue;
+            }
+            d[0] = 0.0f;
+            std::memcpy(d + 1, xb + ((c0 + c) * H + ih) * W, sizeof(float) * W);
+            std::memset(d + 1 + W, 0, sizeof(float) * (Wp - 1 - W));
+          }
+        }
+        const bool first = c0 == 0;
+        auto tile = [&](int64_t oh, int64_t ow, int64_t ob) {
+          const float* brow = buf.data() + (oh - r0) * Wp;
+          const int n = static_cast<int>(std::min<int64_t>(16, Wo - ow));
+          const int64_t o0 = ob * 6, m = std::min<int64_t>(6, O - o0);
+          const float* wa = (m < 6 ? wtail.data() : w + o0 * K) + c0 * 9;
+          direct3x3_6x16(cc, wa, K, brow + ow, Wp, ps, t);
+          for (int i = 0; i < m; ++i) {
+            float* yr = yb + ((o0 + i) * Ho + oh) * Wo + ow;
+            const float* s = t + i * 16;
+            if (n == 16) {
+              __m256 v0 = _mm256_load_ps(s), v1 = _mm256_load_ps(s + 8);
+              if (first) {
+                const __m256 bv = _mm256_set1_ps(bias ? bias[o0 + i] : 0.0f);
+                v0 = _mm256_add_ps(v0, bv);
+                v1 = _mm256_add_ps(v1, bv);
+              } else {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yr));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yr + 8));
+              }
+              _mm256_storeu_ps(yr, v0);
+              _mm256_storeu_ps(yr + 8, v1);
+            } else {
+              const float bv = first ? (bias ? bias[o0 + i] : 0.0f) : 0.0f;
+              for (int j = 0; j < n; ++j) yr[j] = s[j] + (first ? bv : yr[j]);
+            }
+          }
+        };
+        // Loop order: when this task's weights for the chunk outweigh its input band, each 6-row
+        // weight block stays in L1 across all pixel tiles of the band; otherwise each input tile
+        // stays in L1 across all output-channel blocks.
+        const bool ob_outer = (ob1 - ob0) * 6 * cc * 9 > cc * (r1 - r0 + 2) * Wp;
+        if (ob_outer) {
+          for (int64_t ob = ob0; ob < ob1; ++ob)
+            for (int64_t oh = r0; oh < r1; ++oh)
+              for (int64_t ow = 0; ow < Wo; ow += 16) tile(oh, ow, ob);
+        } else {
+          for (int64_t oh = r0; oh < r1; ++oh)
+            for (int64_t ow = 0; ow < Wo; ow += 16)
+              for (int64_t ob = ob0; ob < ob1; ++ob) tile(oh, ow, ob);
+        }
+      }
+    });
+  }
+}
+
 // Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
 void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* dst) {
   const int64_t K = g.K();
@@ -257,6 +490,10 @@ void conv_forward_raw(const Geom& g, const float* x, const float* w, const float
   if (g.B * g.O * N == 0) return;
   if (is_depthwise(g)) {
     depthwise_forward(g, x, w, bias, y);
+    return;
+  }
+  if (use_direct3x3(g)) {
+    direct3x3_forward(g, x, w, bias, y);
     return;
   }
   float beta = 0.0f;
