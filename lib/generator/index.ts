@@ -2,3 +2,4 @@
 export * from './config.js';
 export * from './gpt.js';
 export * from './sample.js';
+export * from './mergear.js';
