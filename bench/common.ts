@@ -76,8 +76,13 @@ export async function timeAsync(fn: () => Promise<void>, opts: { reps?: number; 
 
 /** Measures the fp32 FMA peak with the native FMA loop, on `threads` threads. */
 export function measurePeak(threads: number): number {
-  const [out] = runOp('fma_peak', [], { iters: 30_000_000, threads });
-  return new Float32Array(out!.read())[0]!;
+  // Best of three: a single short loop can land on a clock ramp or a neighbour's burst.
+  let best = 0;
+  for (let i = 0; i < 3; ++i) {
+    const [out] = runOp('fma_peak', [], { iters: 30_000_000, threads });
+    best = Math.max(best, new Float32Array(out!.read())[0]!);
+  }
+  return best;
 }
 
 /** The python3 that has torch (Debian's python3-torch lands under /usr/bin/python3). */
