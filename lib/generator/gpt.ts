@@ -62,6 +62,23 @@ export class LlamaBlock {
    * [0, pos+N).
    */
   *forward(x: Tensor, freqs: Tensor, cache: LayerCache | null = null, pos = 0): Program<Tensor> {
+    const attrs: Record<string, number | boolean> = cache ? { causal: true, q_offset: pos, kv_len: pos + x.shape[1]! } : { causal: true };
+    return yield* this.forwardWith(x, freqs, null, attrs, cache, pos);
+  }
+
+  /**
+   * The block with explicit attention settings: `keep` [B, M] uint8 and `attrs` (causal, q_offset,
+   * kv_len, window) go to the attention op as they are; with a cache the new keys/values are
+   * written at `slot` (MergeAR addresses a compacted cache by slot, not by position).
+   */
+  *forwardWith(
+    x: Tensor,
+    freqs: Tensor,
+    keep: Tensor | null,
+    attrs: Record<string, number | boolean>,
+    cache: LayerCache | null,
+    slot: number,
+  ): Program<Tensor> {
     const [B, N, D] = x.shape as [number, number, number];
     const H = this.cfg.n_head;
     const hd = this.headDim;
@@ -74,13 +91,11 @@ export class LlamaBlock {
     const qh = yield* permuteView(q, [0, 2, 1, 3]);
     let kh = yield* permuteView(k, [0, 2, 1, 3]);
     let vh = yield* permuteView(v, [0, 2, 1, 3]);
-    let attrs: Record<string, number | boolean> = { causal: true };
     if (cache) {
-      kh = yield* call1('kv_cache_write', [cache.k, kh], { pos });
-      vh = yield* call1('kv_cache_write', [cache.v, vh], { pos });
-      attrs = { causal: true, q_offset: pos, kv_len: pos + N };
+      kh = yield* call1('kv_cache_write', [cache.k, kh], { pos: slot });
+      vh = yield* call1('kv_cache_write', [cache.v, vh], { pos: slot });
     }
-    const [o] = yield* call('attention', [qh, kh, vh, null, null], attrs);
+    const [o] = yield* call('attention', [qh, kh, vh, null, keep], attrs);
     const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
     const a = yield* this.wo.forward(merged);
     const h = yield* call1('add', [x, a]);

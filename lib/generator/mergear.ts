@@ -25,14 +25,14 @@
  * every live row is visible, nothing else. Rows of a batch can hold different numbers of live rows;
  * the cache length is the largest, and the shorter rows are padded with dead slots (keep 0).
  */
-import { call, call1, release, runSync, type Program } from '../graph.js';
-import { permuteView, reshape, select } from '../nn/layers.js';
+import { call1, release, runSync, type Program } from '../graph.js';
+import { reshape, select } from '../nn/layers.js';
 import { W } from '../nn/params.js';
 import { kvCacheCompact } from '../ops/attention.js';
 import { precompute2dFreqs } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { gridSize, type GPTConfig } from './config.js';
-import { MergeVQGPT, type GPTLogits, type LayerCache, type LlamaBlock } from './gpt.js';
+import { MergeVQGPT, type GPTLogits, type LayerCache } from './gpt.js';
 import { SeededRandom, guideLogits, sampleRow, type SampleOptions, type SampleResult } from './sample.js';
 
 /** Default MergeAR recent window w. */
@@ -92,42 +92,6 @@ export function maskVisibleKeys(q: number, P: number, first: ArrayLike<number>, 
 
 /** Decoding mode: MergeAR with compaction, MergeAR mask over the full cache, or plain causal decoding. */
 export type DecodeMode = 'compact' | 'masked' | 'full';
-
-/** One attention block of the spatial stack with an optional keep mask and cache (slot-addressed). */
-function* blockForward(
-  blk: LlamaBlock,
-  x: Tensor,
-  freqs: Tensor,
-  keep: Tensor | null,
-  attrs: Record<string, number | boolean>,
-  cache: LayerCache | null,
-  slot: number,
-): Program<Tensor> {
-  const [B, N, D] = x.shape as [number, number, number];
-  const H = blk.cfg.n_head;
-  const hd = blk.headDim;
-  const xn = yield* blk.attentionNorm.forward(x);
-  const qkv = yield* blk.wqkv.forward(xn);
-  const parts = yield* reshape(qkv, [B, N, 3, H, hd]);
-  const q = yield* call1('rope', [yield* select(parts, 2, 0), freqs]);
-  const k = yield* call1('rope', [yield* select(parts, 2, 1), freqs]);
-  const v = yield* select(parts, 2, 2);
-  const qh = yield* permuteView(q, [0, 2, 1, 3]);
-  let kh = yield* permuteView(k, [0, 2, 1, 3]);
-  let vh = yield* permuteView(v, [0, 2, 1, 3]);
-  if (cache) {
-    kh = yield* call1('kv_cache_write', [cache.k, kh], { pos: slot });
-    vh = yield* call1('kv_cache_write', [cache.v, vh], { pos: slot });
-  }
-  const [o] = yield* call('attention', [qh, kh, vh, null, keep], attrs);
-  const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
-  const a = yield* blk.wo.forward(merged);
-  const h = yield* call1('add', [x, a]);
-  const hn = yield* blk.ffnNorm.forward(h);
-  const g = yield* call1('swiglu', [yield* blk.w1.forward(hn), yield* blk.w3.forward(hn)]);
-  const f = yield* blk.w2.forward(g);
-  return yield* call1('add', [h, f]);
-}
 
 export interface MergeAROptions {
   /** Number of keep-count candidates (rows of `merge_emb.weight`). */
@@ -239,7 +203,7 @@ export class MergeARGPT extends MergeVQGPT {
     const masked = opts.mask ?? true;
     const keep = masked ? this.keepMask(idxPre, idxPost, P) : null;
     const attrs: Record<string, number | boolean> = masked ? { causal: true, window: this.window } : { causal: true };
-    for (const blk of this.spatial) h = yield* blockForward(blk, h, freqs, keep, attrs, null, 0);
+    for (const blk of this.spatial) h = yield* blk.forwardWith(h, freqs, keep, attrs, null, 0);
     if (P > 1) h = yield* call1('slice', [h], { dim: 1, start: P - 1, end: S });
     return yield* this.factorizedLogits(h, idxPre);
   }
@@ -331,7 +295,7 @@ export class MergeARDecoder {
     }
     let h = x;
     for (let i = 0; i < this.model.spatial.length; ++i) {
-      const next = yield* blockForward(this.model.spatial[i]!, h, freqs, keep, attrs, this.caches[i]!, slot);
+      const next = yield* this.model.spatial[i]!.forwardWith(h, freqs, keep, attrs, this.caches[i]!, slot);
       if (h !== x) yield* release(h);
       h = next;
     }
