@@ -1,13 +1,11 @@
 # PyTorch reference for bench/conv.ts: {"C","H","O","k","s","p","g","backward"} -> {"ms": median}.
 # backward times the input and weight gradients (and the bias sum) of one conv, like conv2d_backward.
 import json
-import os
 import sys
-import time
 
 import torch
 
-torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '2')))
+from common import median_ms
 a = json.loads(sys.argv[1])
 C, H, O, k, s, p, g = a['C'], a['H'], a['O'], a['k'], a['s'], a['p'], a['g']
 x = torch.randn(1, C, H, H)
@@ -28,14 +26,4 @@ else:
     def fn():
         with torch.no_grad():
             torch.nn.functional.conv2d(x, w, b, stride=s, padding=p, groups=g)
-fn()
-ts = []
-start = time.perf_counter()
-for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    ts.append((time.perf_counter() - t0) * 1e3)
-    if time.perf_counter() - start > 5 and len(ts) >= 3:
-        break
-ts.sort()
-print(json.dumps({'ms': ts[len(ts) // 2]}))
+print(json.dumps({'ms': median_ms(fn, reps=reps, warmup=1, budget=5.0)}))

@@ -11,23 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '2')))
-
-
-def median_ms(fn, reps=7, warmup=2, budget=3.0):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    start = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > budget and len(ts) >= 3:
-            break
-    ts.sort()
-    m = len(ts) // 2
-    return ts[m] if len(ts) % 2 else (ts[m - 1] + ts[m]) / 2
+from common import median_ms
 
 
 def main():
