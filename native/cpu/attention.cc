@@ -203,15 +203,23 @@ float finish_scores(const AttnParams& p, int64_t i, int64_t kb, int64_t ncols16,
   const int64_t lim_i = std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb));
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   __m256 mx = ninf;
-  if (!keepf && !p.bias && scale == 1.f && lim_i == ncols16) {
-    // every column is a visible key and needs no scale or bias: only the row max
+  if (!keepf && !p.bias && scale == 1.f) {
+    // no scale, bias or keep mask: columns below lim only feed the row max, the rest become -inf
     __m256 mx1 = ninf;
     int64_t c = 0;
-    for (; c + 16 <= ncols16; c += 16) {
+    for (; c + 16 <= lim_i; c += 16) {
       mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
       mx1 = _mm256_max_ps(mx1, _mm256_loadu_ps(s + c + 8));
     }
-    for (; c < ncols16; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
+    if (c < ncols16) {
+      const __m256 limv = _mm256_set1_ps(static_cast<float>(lim_i));
+      __m256 idx = _mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(static_cast<float>(c)));
+      for (; c < ncols16; c += 8, idx = _mm256_add_ps(idx, _mm256_set1_ps(8.f))) {
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + c), _mm256_cmp_ps(idx, limv, _CMP_LT_OQ));
+        _mm256_storeu_ps(s + c, x);
+        mx = _mm256_max_ps(mx, x);
+      }
+    }
     return hmax(_mm256_max_ps(mx, mx1));
   }
   const float lim = static_cast<float>(lim_i);
