@@ -185,10 +185,50 @@ void pack_rows(const float* src, int64_t srow, int64_t sd, int64_t nrows, int64_
 }
 
 // Packs keys [0, nkeys) of a strided [keys, hd] matrix as 16-key panels [hdp][16], zero padded.
+// r[t] = column t of the 8 x 8 block held by rows r[0..8).
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int64_t hd, float* dst, int64_t hdp) {
   const int64_t np = round_up(nkeys, PW) / PW;
-  std::memset(dst, 0, sizeof(float) * np * hdp * PW);
-  for (int64_t j = 0; j < nkeys; ++j) {
+  int64_t j0 = 0;
+  if (sd == 1 && hd % 8 == 0) {
+    // dense rows: whole 8-key groups by 8 x 8 register transposes (padding columns hd..hdp zeroed)
+    for (; j0 + 8 <= nkeys; j0 += 8) {
+      float* panel = dst + (j0 / PW) * hdp * PW + (j0 % PW);
+      for (int64_t c = 0; c < hd; c += 8) {
+        __m256 r[8];
+        for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (j0 + t) * srow + c);
+        transpose8(r);
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(panel + (c + t) * PW, r[t]);
+      }
+      for (int64_t c = hd; c < hdp; ++c) _mm256_storeu_ps(panel + c * PW, _mm256_setzero_ps());
+    }
+  }
+  // remaining keys and the zero padding of the last panel
+  float* tail = dst + (j0 / PW) * hdp * PW;
+  std::memset(tail, 0, sizeof(float) * (np * hdp * PW - (j0 / PW) * hdp * PW));
+  if (j0 % PW) {
+    // the first 8 keys of this panel were written above: rewrite them after the memset
+    j0 -= j0 % PW;
+  }
+  for (int64_t j = j0; j < nkeys; ++j) {
     float* panel = dst + (j / PW) * hdp * PW + (j % PW);
     const float* s = src + j * srow;
     for (int64_t c = 0; c < hd; ++c) panel[c * PW] = s[c * sd];
