@@ -124,10 +124,11 @@ inline void tile_nn_acc(const float* A, int64_t lda, const float* B, int64_t ldb
 // S[rows][ncols16] = A[rows][kdim] . panels (ncols16 / 16 panels of [kdim][16]).
 void gemm_panels(const float* A, int64_t lda, int64_t rows, const float* panels, int64_t kdim, int64_t ncols16, float* C,
                  int64_t ldc) {
-  for (int64_t r = 0; r < rows; r += RB) {
-    const int64_t nr = std::min<int64_t>(RB, rows - r);
-    for (int64_t c = 0; c < ncols16; c += PW) {
-      const float* Bp = panels + (c / PW) * kdim * PW;
+  // panel outer: one [kdim][16] panel stays in L1 while every row tile of A (a query block) uses it
+  for (int64_t c = 0; c < ncols16; c += PW) {
+    const float* Bp = panels + (c / PW) * kdim * PW;
+    for (int64_t r = 0; r < rows; r += RB) {
+      const int64_t nr = std::min<int64_t>(RB, rows - r);
       const float* a = A + r * lda;
       float* o = C + r * ldc + c;
       switch (nr) {
@@ -145,17 +146,23 @@ void gemm_panels(const float* A, int64_t lda, int64_t rows, const float* panels,
 // C[rows][ncols] += A[rows][kdim] . B[kdim][ncols].
 void gemm_nn_acc(const float* A, int64_t lda, int64_t rows, const float* B, int64_t ldb, int64_t kdim, float* C, int64_t ldc,
                  int64_t ncols) {
-  for (int64_t r = 0; r < rows; r += RB) {
-    const int64_t nr = std::min<int64_t>(RB, rows - r);
-    const float* a = A + r * lda;
-    float* o = C + r * ldc;
-    switch (nr) {
-      case 6: tile_nn_acc<6>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
-      case 5: tile_nn_acc<5>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
-      case 4: tile_nn_acc<4>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
-      case 3: tile_nn_acc<3>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
-      case 2: tile_nn_acc<2>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
-      default: tile_nn_acc<1>(a, lda, B, ldb, kdim, o, ldc, ncols); break;
+  // kdim in chunks of BK: a BK-row slice of B and the matching columns of A stay in L1 across
+  // every row tile
+  for (int64_t k0 = 0; k0 < kdim; k0 += BK) {
+    const int64_t kc = std::min<int64_t>(BK, kdim - k0);
+    const float* Bk = B + k0 * ldb;
+    for (int64_t r = 0; r < rows; r += RB) {
+      const int64_t nr = std::min<int64_t>(RB, rows - r);
+      const float* a = A + r * lda + k0;
+      float* o = C + r * ldc;
+      switch (nr) {
+        case 6: tile_nn_acc<6>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+        case 5: tile_nn_acc<5>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+        case 4: tile_nn_acc<4>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+        case 3: tile_nn_acc<3>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+        case 2: tile_nn_acc<2>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+        default: tile_nn_acc<1>(a, lda, Bk, ldb, kc, o, ldc, ncols); break;
+      }
     }
   }
 }
@@ -178,10 +185,50 @@ void pack_rows(const float* src, int64_t srow, int64_t sd, int64_t nrows, int64_
 }
 
 // Packs keys [0, nkeys) of a strided [keys, hd] matrix as 16-key panels [hdp][16], zero padded.
+// r[t] = column t of the 8 x 8 block held by rows r[0..8).
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int64_t hd, float* dst, int64_t hdp) {
   const int64_t np = round_up(nkeys, PW) / PW;
-  std::memset(dst, 0, sizeof(float) * np * hdp * PW);
-  for (int64_t j = 0; j < nkeys; ++j) {
+  int64_t j0 = 0;
+  if (sd == 1 && hd % 8 == 0) {
+    // dense rows: whole 8-key groups by 8 x 8 register transposes (padding columns hd..hdp zeroed)
+    for (; j0 + 8 <= nkeys; j0 += 8) {
+      float* panel = dst + (j0 / PW) * hdp * PW + (j0 % PW);
+      for (int64_t c = 0; c < hd; c += 8) {
+        __m256 r[8];
+        for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (j0 + t) * srow + c);
+        transpose8(r);
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(panel + (c + t) * PW, r[t]);
+      }
+      for (int64_t c = hd; c < hdp; ++c) _mm256_storeu_ps(panel + c * PW, _mm256_setzero_ps());
+    }
+  }
+  // remaining keys and the zero padding of the last panel
+  float* tail = dst + (j0 / PW) * hdp * PW;
+  std::memset(tail, 0, sizeof(float) * (np * hdp * PW - (j0 / PW) * hdp * PW));
+  if (j0 % PW) {
+    // the first 8 keys of this panel were written above: rewrite them after the memset
+    j0 -= j0 % PW;
+  }
+  for (int64_t j = j0; j < nkeys; ++j) {
     float* panel = dst + (j / PW) * hdp * PW + (j % PW);
     const float* s = src + j * srow;
     for (int64_t c = 0; c < hd; ++c) panel[c * PW] = s[c * sd];
@@ -192,15 +239,36 @@ void pack_panels(const float* src, int64_t srow, int64_t sd, int64_t nkeys, int6
 // row max. Columns c < ncols16 belong to keys kb + c. keepf (or null) holds 0 for kept keys and
 // -inf for duplicates, added only to keys older than the row's recent window.
 float finish_scores(const AttnParams& p, int64_t i, int64_t kb, int64_t ncols16, const float* biasv, const float* keepf,
-                    float* s) {
-  const float lim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb)));
+                    float* s, float scale) {
+  const int64_t lim_i = std::min<int64_t>(ncols16, std::max<int64_t>(0, p.key_limit(i) - kb));
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 mx = ninf;
+  if (!keepf && !p.bias && scale == 1.f) {
+    // no scale, bias or keep mask: columns below lim only feed the row max, the rest become -inf
+    __m256 mx1 = ninf;
+    int64_t c = 0;
+    for (; c + 16 <= lim_i; c += 16) {
+      mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + c));
+      mx1 = _mm256_max_ps(mx1, _mm256_loadu_ps(s + c + 8));
+    }
+    if (c < ncols16) {
+      const __m256 limv = _mm256_set1_ps(static_cast<float>(lim_i));
+      __m256 idx = _mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(static_cast<float>(c)));
+      for (; c < ncols16; c += 8, idx = _mm256_add_ps(idx, _mm256_set1_ps(8.f))) {
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + c), _mm256_cmp_ps(idx, limv, _CMP_LT_OQ));
+        _mm256_storeu_ps(s + c, x);
+        mx = _mm256_max_ps(mx, x);
+      }
+    }
+    return hmax(_mm256_max_ps(mx, mx1));
+  }
+  const float lim = static_cast<float>(lim_i);
   // keys j < qpos - window (column c < wlim) obey the keep mask
   const float wlim = static_cast<float>(std::min<int64_t>(ncols16, std::max<int64_t>(-1, p.q_offset + i - p.window - kb)));
-  const __m256 sc = _mm256_set1_ps(p.scale), ninf = _mm256_set1_ps(-INFINITY);
+  const __m256 sc = _mm256_set1_ps(scale);
   const __m256 limv = _mm256_set1_ps(lim), wlimv = _mm256_set1_ps(wlim);
   __m256 idx = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 eight = _mm256_set1_ps(8.f);
-  __m256 mx = ninf;
   for (int64_t c = 0; c < ncols16; c += 8, idx = _mm256_add_ps(idx, eight)) {
     __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(s + c), sc, _mm256_loadu_ps(biasv + kb + c));
     if (keepf) x = _mm256_add_ps(x, _mm256_and_ps(_mm256_loadu_ps(keepf + kb + c), _mm256_cmp_ps(idx, wlimv, _CMP_LT_OQ)));
@@ -239,7 +307,12 @@ void gather_key_extras(const AttnParams& p, int64_t b, int64_t n, std::vector<fl
 
 // ---------------------------------------------------------------- forward
 
-// Blocked path: query rows [i0, i1) of head (b, h).
+// Blocked path: query rows [i0, i1) of head (b, h). When every key a row may see fits in one key
+// block of at most kOnePassMaxKeys, the whole row of scores is finished at once (exact max, one exp
+// pass, one P.V product, no rescaling); longer rows stream BK-key blocks with the online update.
+// The softmax scale is folded into the packed queries.
+constexpr int64_t kOnePassMaxKeys = 512;
+
 void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, int64_t i1, float* o, float* lse) {
   const int64_t hd = p.hd, hdp = round_up(hd, PW);
   const int64_t jmax = p.key_limit(i1 - 1);  // keys any row of this task can see
@@ -247,10 +320,11 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
   const float* kh = p.k + b * p.ks[0] + h * p.ks[1];
   const float* vh = p.v + b * p.vs[0] + h * p.vs[1];
   const int64_t jpad = round_up(std::max<int64_t>(jmax, 1), PW);
+  const int64_t bk = jpad <= kOnePassMaxKeys ? jpad : BK;  // key block (S row stride)
   std::vector<float>& kt = scratch<float>(0, jpad * hdp);
   std::vector<float>& vp = scratch<float>(1, jpad * hdp);
   std::vector<float>& qb = scratch<float>(2, BQ * hdp);
-  std::vector<float>& S = scratch<float>(3, BQ * BK);
+  std::vector<float>& S = scratch<float>(3, BQ * bk);
   std::vector<float>& O = scratch<float>(4, BQ * hdp);
   std::vector<float>& m = scratch<float>(5, BQ);
   std::vector<float>& l = scratch<float>(6, BQ);
@@ -266,40 +340,45 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
   for (int64_t r0 = i0; r0 < i1; r0 += BQ) {
     const int64_t nr = std::min<int64_t>(BQ, i1 - r0);
     const int64_t nr6 = round_up(nr, RB);
-    pack_rows(qh + r0 * p.qs[2], p.qs[2], p.qs[3], nr, hd, qb.data(), nr6, hdp);
+    pack_rows(qh + r0 * p.qs[2], p.qs[2], p.qs[3], nr, hd, qb.data(), nr6, hdp, p.scale);
     std::fill(O.begin(), O.begin() + nr6 * hdp, 0.f);
     std::fill(m.begin(), m.end(), -INFINITY);
     std::fill(l.begin(), l.end(), 0.f);
     const int64_t blim = p.key_limit(r0 + nr - 1);
-    for (int64_t kb = 0; kb < blim; kb += BK) {
-      const int64_t nk = std::min<int64_t>(BK, blim - kb);
+    for (int64_t kb = 0; kb < blim; kb += bk) {
+      const int64_t nk = std::min<int64_t>(bk, blim - kb);
       const int64_t nk16 = round_up(nk, PW);
-      gemm_panels(qb.data(), hdp, nr6, kt.data() + (kb / PW) * hdp * PW, hdp, nk16, S.data(), BK);
+      gemm_panels(qb.data(), hdp, nr6, kt.data() + (kb / PW) * hdp * PW, hdp, nk16, S.data(), bk);
       for (int64_t r = 0; r < nr; ++r) {
-        float* s = S.data() + r * BK;
-        const float m_new = std::max(m[r], finish_scores(p, r0 + r, kb, nk16, biasv.data(), kv, s));
+        float* s = S.data() + r * bk;
+        const float m_new = std::max(m[r], finish_scores(p, r0 + r, kb, nk16, biasv.data(), kv, s, 1.f));
         if (m_new == -INFINITY) {
           std::memset(s, 0, sizeof(float) * nk16);
           continue;
         }
         const float alpha = attn_rescale(m[r], m_new);
         const __m256 mv = _mm256_set1_ps(m_new);
-        __m256 sum = _mm256_setzero_ps();
-        for (int64_t c = 0; c < nk16; c += 8) {
-          const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
-          _mm256_storeu_ps(s + c, e);
-          sum = _mm256_add_ps(sum, e);
+        __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c + 16 <= nk16; c += 16) {
+          const __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
+          const __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c + 8), mv));
+          _mm256_storeu_ps(s + c, e0);
+          _mm256_storeu_ps(s + c + 8, e1);
+          sum0 = _mm256_add_ps(sum0, e0);
+          sum1 = _mm256_add_ps(sum1, e1);
         }
-        l[r] = l[r] * alpha + hsum(sum);
-        m[r] = m_new;
-        if (alpha != 1.f) {
+        l[r] = l[r] * alpha + hsum(_mm256_add_ps(sum0, sum1));
+        // O is still zero before the first visible block (alpha = 0 then): no rescale needed
+        if (alpha != 1.f && m[r] != -INFINITY) {
           float* orow = O.data() + r * hdp;
           const __m256 av = _mm256_set1_ps(alpha);
-          for (int64_t c = 0; c < hdp; c += 8) _mm256_storeu_ps(orow + c, _mm256_mul_ps(_mm256_loadu_ps(orow + c), av));
+          for (int64_t cc = 0; cc < hdp; cc += 8) _mm256_storeu_ps(orow + cc, _mm256_mul_ps(_mm256_loadu_ps(orow + cc), av));
         }
+        m[r] = m_new;
       }
       // Padding rows (nr..nr6) hold scores of zero query rows: finite, and their O rows are dropped.
-      gemm_nn_acc(S.data(), BK, nr6, vp.data() + kb * hdp, hdp, nk16, O.data(), hdp, hdp);
+      gemm_nn_acc(S.data(), bk, nr6, vp.data() + kb * hdp, hdp, nk16, O.data(), hdp, hdp);
     }
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t i = r0 + r;
@@ -491,7 +570,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
         const int64_t i = r0 + r;
         float* s = S.data() + r * BK;
         float* dp = dP.data() + r * BK;
-        finish_scores(p, i, kb, nk16, biasv.data(), kv, s);
+        finish_scores(p, i, kb, nk16, biasv.data(), kv, s, p.scale);
         const float lse_i = L[i];
         if (lse_i == -INFINITY) {  // fully masked row: P = dS = 0
           std::memset(s, 0, sizeof(float) * nk16);
