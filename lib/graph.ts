@@ -59,8 +59,11 @@ function wrap(out: NativeTensor[]): Tensor[] {
   return out.map((t) => (t ? new Tensor(t) : (null as unknown as Tensor)));
 }
 
-function disposeAll(ts: readonly (Tensor | null | undefined)[]): void {
-  for (const t of ts) if (t && !t.disposed) t.dispose();
+/** Handles a `release` request (disposing unless a tape observes); false for real ops. */
+function released(req: OpRequest, observe: OpObserver | undefined): boolean {
+  if (req.op !== RELEASE) return false;
+  if (!observe) for (const t of req.inputs) if (t && !t.disposed) t.dispose();
+  return true;
 }
 
 /** Observes every op a program runs (used by autograd and profiling). */
@@ -71,8 +74,7 @@ export function runSync<T>(program: Program<T>, observe?: OpObserver): T {
   let step = program.next();
   while (!step.done) {
     const req = step.value;
-    if (req.op === RELEASE) {
-      if (!observe) disposeAll(req.inputs);
+    if (released(req, observe)) {
       step = program.next([]);
       continue;
     }
@@ -94,8 +96,7 @@ export async function runAsync<T>(program: Program<T>, observe?: OpObserver): Pr
   let step = program.next();
   while (!step.done) {
     const req = step.value;
-    if (req.op === RELEASE) {
-      if (!observe) disposeAll(req.inputs);
+    if (released(req, observe)) {
       step = program.next([]);
       continue;
     }

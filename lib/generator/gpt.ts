@@ -213,7 +213,15 @@ export class MergeVQGPT {
     let h = parts.length === 1 ? cls : yield* call1('concat', parts, { dim: 1 });
     const freqs = this.freqRows(0, N);
     for (const blk of this.spatial) h = yield* blk.forward(h, freqs);
-    // Factorized blocks over [h_n, pre_emb(pre_n)] for every position n.
+    return yield* this.factorizedLogits(h, idxPre);
+  }
+
+  /**
+   * The factorized blocks over [h_n, pre_emb(pre_n)] for every position n, the final norm and the
+   * two heads, from spatial outputs h [B, N, D] (position n predicts token n).
+   */
+  *factorizedLogits(h: Tensor, idxPre: Tensor): Program<GPTLogits> {
+    const [B, N, D] = h.shape as [number, number, number];
     const ePre = yield* call1('embedding', [this.store.get(this.preEmb), idxPre]);
     let ctx = yield* call1('concat', [yield* reshape(h, [B, N, 1, D]), yield* reshape(ePre, [B, N, 1, D])], { dim: 2 });
     ctx = yield* reshape(ctx, [B * N, 2, D]);

@@ -33,7 +33,7 @@ import { precompute2dFreqs } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { gridSize, type GPTConfig } from './config.js';
 import { MergeVQGPT, type GPTLogits, type LayerCache } from './gpt.js';
-import { SeededRandom, guideLogits, sampleRow, type SampleOptions, type SampleResult } from './sample.js';
+import { guideLogits, sampleRow, samplingSettings, type SampleOptions, type SampleResult } from './sample.js';
 
 /** Default MergeAR recent window w. */
 export const MERGEAR_WINDOW = 2;
@@ -163,20 +163,6 @@ export class MergeARGPT extends MergeVQGPT {
       for (let n = 0; n < N - 1; ++n) keep[b * S + P + n] = first[b * N + n]!;
     }
     return Tensor.from(keep, [B, S]);
-  }
-
-  /** The factorized blocks, final norm and heads over h [B, N, D] (position n predicts token n). */
-  *factorizedLogits(h: Tensor, idxPre: Tensor): Program<GPTLogits> {
-    const [B, N, D] = h.shape as [number, number, number];
-    const ePre = yield* call1('embedding', [this.store.get(this.preEmb), idxPre]);
-    let ctx = yield* call1('concat', [yield* reshape(h, [B, N, 1, D]), yield* reshape(ePre, [B, N, 1, D])], { dim: 2 });
-    ctx = yield* reshape(ctx, [B * N, 2, D]);
-    const f2 = this.freqRows(0, 2);
-    for (const blk of this.factorized) ctx = yield* blk.forward(ctx, f2);
-    const out = yield* reshape(yield* this.norm.forward(ctx), [B, N, 2, D]);
-    const pre = yield* this.heads[0]!.forward(yield* select(out, 2, 0));
-    const post = yield* this.heads[1]!.forward(yield* select(out, 2, 1));
-    return { pre, post };
   }
 
   /**
@@ -497,22 +483,7 @@ export function* sampleMergeARProgram(
   const B = lab.length;
   if (kidx.length !== B) throw new RangeError(`keepIndex must be [${B}], got ${kidx.length} values`);
   for (const l of lab) if (!Number.isInteger(l) || l < 0 || l > c.class_num) throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
-  const steps = opts.steps ?? c.block_size;
-  if (!Number.isInteger(steps) || steps < 1 || steps > c.block_size) throw new RangeError(`steps must be an integer in [1, ${c.block_size}], got ${steps}`);
-  const pair = <T>(name: string, v: T | readonly [T, T] | undefined, d: T): [T, T] => {
-    if (v === undefined) return [d, d];
-    if (Array.isArray(v)) {
-      if (v.length !== 2) throw new RangeError(`${name}: expected one value or [pre, post]`);
-      return [v[0], v[1]];
-    }
-    return [v as T, v as T];
-  };
-  const temperature = pair('temperature', opts.temperature, 1);
-  const topK = pair('topK', opts.topK, 0);
-  const topP = pair('topP', opts.topP, 1);
-  const cfg = opts.cfgScale === undefined || opts.cfgScale === null ? null : pair('cfgScale', opts.cfgScale, 1);
-  if (cfg) for (const s of cfg) if (!Number.isFinite(s)) throw new RangeError(`cfgScale must be finite, got ${s}`);
-  const rng = new SeededRandom(opts.seed ?? 0);
+  const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;
   const allKeep = cfg ? [...kidx, ...kidx] : kidx;

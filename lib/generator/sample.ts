@@ -132,6 +132,31 @@ export function guideLogits(logits: Float32Array, B: number, V: number, s: numbe
  * The sampling program: labels int64 [B] (class ids in [0, class_num)). Yields native ops; run it
  * with runSync/runAsync, or use {@link generate} / {@link generateSync}.
  */
+/** Sampling options resolved per sub-token and checked (shared by the plain and MergeAR samplers). */
+export interface SamplingSettings {
+  steps: number;
+  temperature: [number, number];
+  topK: [number, number];
+  topP: [number, number];
+  cfg: [number, number] | null;
+  rng: SeededRandom;
+}
+
+export function samplingSettings(opts: SampleOptions, blockSize: number): SamplingSettings {
+  const steps = opts.steps ?? blockSize;
+  if (!Number.isInteger(steps) || steps < 1 || steps > blockSize) throw new RangeError(`steps must be an integer in [1, ${blockSize}], got ${steps}`);
+  const cfg = opts.cfgScale === undefined || opts.cfgScale === null ? null : pair('cfgScale', opts.cfgScale, 1);
+  if (cfg) for (const s of cfg) if (!Number.isFinite(s)) throw new RangeError(`cfgScale must be finite, got ${s}`);
+  return {
+    steps,
+    temperature: pair('temperature', opts.temperature, 1),
+    topK: pair('topK', opts.topK, 0),
+    topP: pair('topP', opts.topP, 1),
+    cfg,
+    rng: new SeededRandom(opts.seed ?? 0),
+  };
+}
+
 export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOptions = {}): Program<SampleResult> {
   const c = model.config;
   if (!(labels instanceof Tensor) || labels.ndim !== 1 || (labels.dtype !== 'int64' && labels.dtype !== 'int32'))
@@ -139,14 +164,7 @@ export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOp
   const B = labels.shape[0]!;
   const lab = labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
   for (const l of lab) if (!Number.isInteger(l) || l < 0 || l > c.class_num) throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
-  const steps = opts.steps ?? c.block_size;
-  if (!Number.isInteger(steps) || steps < 1 || steps > c.block_size) throw new RangeError(`steps must be an integer in [1, ${c.block_size}], got ${steps}`);
-  const temperature = pair('temperature', opts.temperature, 1);
-  const topK = pair('topK', opts.topK, 0);
-  const topP = pair('topP', opts.topP, 1);
-  const cfg = opts.cfgScale === undefined || opts.cfgScale === null ? null : pair('cfgScale', opts.cfgScale, 1);
-  if (cfg) for (const s of cfg) if (!Number.isFinite(s)) throw new RangeError(`cfgScale must be finite, got ${s}`);
-  const rng = new SeededRandom(opts.seed ?? 0);
+  const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;
   const V = model.subVocab;
