@@ -275,13 +275,16 @@ describe('lfq_entropy against a float64 full-softmax reference', () => {
 describe('lfq_commitment', () => {
   it('matches float64 JS and finite differences', () => {
     const rng = new Rng();
-    const zd = rng.randn(3 * 5 * 7);
+    // |z| >= 0.01: the code sign(z) jumps at 0, and the step (1e-3) must not cross it.
+    const zd = Float32Array.from(rng.randn(3 * 5 * 7), (v) => (Math.abs(v) < 0.01 ? Math.sign(v || 1) * 0.5 : v));
     const z = Tensor.from(zd, [3, 5, 7]);
     const f = (x: Float32Array) => x.reduce((s, v) => s + (v - (v > 0 ? 1 : -1)) ** 2, 0) / x.length;
     expect(Math.abs(op1('lfq_commitment', [z]).item() - f(zd))).toBeLessThan(1e-6);
     const g = withPoison(() => op1('lfq_commitment_backward', [z, scalar(1)])).toFloat32();
+    // Away from 0 the loss is quadratic in each z, so central differences are exact up to float64
+    // rounding; what remains is the float32 rounding of the analytic gradient (~6e-8 relative).
     const fd = finiteDiffCheck(zd, f, g, { eps: 1e-3, rng });
-    expect(fd.maxRel, seedInfo(rng.seed)).toBeLessThan(1e-2);
+    expect(fd.maxRel, seedInfo(rng.seed)).toBeLessThan(1e-5);
   });
 });
 

@@ -64,8 +64,9 @@ export function mapRef(out: number[], inputs: { data: ArrayLike<number>; shape: 
  * A random float32 tensor of `shape`, non-contiguous when `strided` (a permuted view of a dense
  * tensor with the dims reversed) and its dense row-major values.
  */
-export function randTensor(rng: Rng, shape: number[], strided = false, scale = 1): { t: Tensor; data: Float32Array } {
-  const data = rng.randn(numel(shape), scale);
+export function randTensor(rng: Rng, shape: number[], strided = false, scale = 1, values?: Float32Array): { t: Tensor; data: Float32Array } {
+  const data = values ?? rng.randn(numel(shape), scale);
+  if (data.length !== numel(shape)) throw new RangeError(`randTensor: ${data.length} values for shape [${shape.join(', ')}]`);
   if (!strided || shape.length < 2) return { t: Tensor.from(data, shape), data };
   const rev = [...shape].reverse();
   const revData = new Float32Array(data.length);
@@ -79,6 +80,21 @@ export function randTensor(rng: Rng, shape: number[], strided = false, scale = 1
   const dims = rev.map((_, i) => rev.length - 1 - i);
   const t = Tensor.from(revData, rev).permute(...dims);
   return { t, data };
+}
+
+/**
+ * `n` distinct float32 values in random order whose pairwise gaps are all at least `gap`: a random
+ * permutation of the grid k * 2 * gap, each jittered by less than `gap`, centred on 0. Inputs for
+ * finite differences of piecewise functions (max, min, sort, top-k): a step below gap / 2 can never
+ * cross a tie.
+ */
+export function distinctValues(rng: Rng, n: number, gap: number): Float32Array {
+  const perm = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; --i) {
+    const j = rng.int(i + 1);
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  return Float32Array.from(perm, (k) => (k - n / 2) * 2 * gap + rng.next() * 0.9 * gap);
 }
 
 export function toNumbers(a: ArrayLike<number | bigint>): number[] {
