@@ -237,7 +237,9 @@ export class LPIPS {
     this.checkImage('x', x);
     this.checkLoaded();
     const s = this.store_;
-    let h = yield* T.div(yield* T.sub(x, s.get('scaling_layer.shift')), s.get('scaling_layer.scale'));
+    const centered = yield* T.sub(x, s.get('scaling_layer.shift'));
+    let h = yield* T.div(centered, s.get('scaling_layer.scale'));
+    yield* release(centered);
     const out: Tensor[] = [];
     for (let k = 0; k < 5; ++k) {
       if (k > 0) {
