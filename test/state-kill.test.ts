@@ -79,7 +79,7 @@ function runChild(script: string, file: string, killAfterMs: number): Promise<Ru
     });
     child.stderr.on('data', (d: Buffer) => (run.stderr += d.toString()));
     child.on('error', reject);
-    child.on('exit', (code, signal) => {
+    child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
       clearTimeout(guard);
       run.code = code;
