@@ -157,6 +157,11 @@ defineGrad('conv2d', function* (req, _o, [g]) {
   const a = A(req);
   return yield* call('conv2d_backward', [x, w, g!], { stride: a.stride, padding: a.padding, groups: a.groups, has_bias: Boolean(b) });
 });
+// The gradient goes to the element the forward chose (its first maximum on ties); indices get none.
+defineGrad('max_pool2d', function* (req, outs, [g]) {
+  if (!g) return [null];
+  return [yield* call1('max_pool2d_backward', [g, outs[1]], { shape: req.inputs[0]!.shape })];
+});
 defineGrad('group_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
