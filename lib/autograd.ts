@@ -53,15 +53,25 @@ export class Tape {
   /**
    * Gradients of `root` (a scalar unless `seed` is given) with respect to every recorded tensor
    * that influences it. Returns a map from Tensor handle to its gradient.
+   *
+   * With `opts.wrt`, only the recorded ops that depend on one of those tensors are differentiated
+   * (the others cannot carry gradient to them), so asking for the gradient of a loss with respect
+   * to one late tensor (a last layer's weight) does not backpropagate through the whole model.
+   * The map then holds the gradients of `wrt` (absent when `root` does not depend on one) and of
+   * the intermediates on the paths between them and `root`. Ops recorded while this program runs
+   * (its own gradient ops, when the tape observes it) are not visited.
    */
-  *backward(root: Tensor, seed?: Tensor): Program<Map<Tensor, Tensor>> {
+  *backward(root: Tensor, seed?: Tensor | null, opts: BackwardOptions = {}): Program<Map<Tensor, Tensor>> {
     const grads = new Map<Tensor, Tensor>();
     if (!seed) {
       if (root.numel !== 1) throw new RangeError(`backward: root must be a scalar, got shape [${root.shape.join(', ')}] (give a seed)`);
       seed = Tensor.from(new Float32Array([1]), root.shape);
     }
+    const end = this.entries.length;
+    const relevant = opts.wrt === undefined ? null : this.dependents(opts.wrt, end);
     grads.set(root, seed);
-    for (let i = this.entries.length - 1; i >= 0; --i) {
+    for (let i = end - 1; i >= 0; --i) {
+      if (relevant && !relevant[i]) continue;
       const { req, outs } = this.entries[i]!;
       const gouts = outs.map((o) => (o ? grads.get(o) ?? null : null));
       if (gouts.every((g) => g === null)) continue;
@@ -79,6 +89,34 @@ export class Tape {
     }
     return grads;
   }
+
+  /** Marks the first `end` entries that (transitively) take one of `wrt` as an input. */
+  private dependents(wrt: readonly Tensor[], end: number): boolean[] {
+    if (!Array.isArray(wrt)) throw new TypeError('backward: option \'wrt\' must be an array of Tensors');
+    const reached = new Set<Tensor>();
+    for (const [i, t] of wrt.entries()) {
+      if (!(t instanceof Tensor)) throw new TypeError(`backward: option 'wrt[${i}]' must be a Tensor`);
+      reached.add(t);
+    }
+    const marks = new Array<boolean>(end).fill(false);
+    for (let i = 0; i < end; ++i) {
+      const { req, outs } = this.entries[i]!;
+      if (nonDifferentiable.has(req.op)) continue;
+      if (!req.inputs.some((x) => x && reached.has(x))) continue;
+      marks[i] = true;
+      for (const o of outs) if (o) reached.add(o);
+    }
+    return marks;
+  }
+}
+
+/** Options of {@link Tape.backward}. */
+export interface BackwardOptions {
+  /**
+   * Prune the backward pass to the ops that depend on these tensors: only their gradients (and
+   * those of the intermediates between them and the root) are computed.
+   */
+  wrt?: readonly Tensor[];
 }
 
 // ------------------------------------------------------------------ rules
@@ -298,4 +336,26 @@ defineGrad('swiglu', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
   const [ga, gb] = yield* call('swiglu_backward', [a, b, g!]);
   return [ga!, gb!];
+});
+
+// ---- batch norm, activations and element-wise pieces of the GAN losses (discriminator training)
+
+defineGrad('batch_norm', function* (req, outs, [g]) {
+  const [x, w, b] = req.inputs;
+  if (!g) return [null, null, null, null, null];
+  const [gx, gw, gb] = yield* call('batch_norm_backward', [x, w, outs[1], outs[2], g], { training: A(req).training ?? false });
+  // The running statistics are buffers: no gradient flows into them.
+  return [gx!, w ? gw! : null, b ? gb! : null, null, null];
+});
+defineGrad('leaky_relu', function* (req, _o, [g]) {
+  return [yield* call1('leaky_relu_backward', [req.inputs[0], g!], { slope: A(req).slope ?? 0.2 })];
+});
+defineGrad('clamp', function* (req, _o, [g]) {
+  return [yield* call1('clamp_backward', [req.inputs[0], g!], { min: A(req).min, max: A(req).max })];
+});
+defineGrad('exp', function* (_req, outs, [g]) {
+  return [yield* call1('mul', [g!, outs[0]])];
+});
+defineGrad('neg', function* (_req, _o, [g]) {
+  return [yield* call1('neg', [g!])];
 });

@@ -290,3 +290,30 @@ export function precompute2dFreqs(gridSize: number, hd: number, base = 10000, cl
   }
   return Tensor.from(out, [rows, half, 2]);
 }
+
+// ---------------------------------------------------------------- creation and autograd
+
+/** Options of {@link randomNormal}. */
+export interface RandomNormalOpts {
+  /** Mean of the draws (default 0). */
+  mean?: number;
+  /** Standard deviation (default 1, >= 0). */
+  std?: number;
+  /** Non-negative integer seed; the same seed gives the same tensor on any thread count. */
+  seed: number;
+  /** Redraw outside mean +- truncate * std (0, the default, draws a plain normal; else >= 0.5). */
+  truncate?: number;
+}
+/** A new float32 tensor of `shape` filled with normal draws (counter-based, deterministic). */
+export function* randomNormal(shape: readonly number[], opts: RandomNormalOpts): Program<Tensor> {
+  const std = finite('std', opts.std ?? 1);
+  if (std < 0) rangeError('std', 'a number >= 0', std);
+  const truncate = finite('truncate', opts.truncate ?? 0);
+  if (truncate !== 0 && !(truncate >= 0.5)) rangeError('truncate', '0 or a number >= 0.5', truncate);
+  const seed = checkInt('seed', opts.seed, 0, 2 ** 53 - 1);
+  return yield* call1('random_normal', [], { shape: intArray('shape', shape), mean: finite('mean', opts.mean ?? 0), std, seed, truncate });
+}
+/** The same values as a new handle; autograd does not differentiate through it. */
+export function* detach(x: Tensor): Program<Tensor> {
+  return yield* call1('detach', [tensorArg('x', x)]);
+}
