@@ -18,6 +18,7 @@
       "native/cpu/loss.cc",
       "native/cpu/merge.cc",
       "native/cpu/norm.cc",
+      "native/cpu/optim.cc",
       "native/cpu/reduce.cc",
       "native/cpu/rope.cc",
       "native/cpu/softmax.cc",
