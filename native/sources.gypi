@@ -19,6 +19,7 @@
       "native/cpu/merge.cc",
       "native/cpu/norm.cc",
       "native/cpu/pool.cc",
+      "native/cpu/optim.cc",
       "native/cpu/reduce.cc",
       "native/cpu/rope.cc",
       "native/cpu/softmax.cc",
