@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { addon } from '../lib/native.js';
-import { op, runSync } from '../lib/graph.js';
+import { op, runAsync, runSync } from '../lib/graph.js';
 import { adamStep, clone, copyInto, emaUpdate, l2Norms, libmCos, scaleInplace } from '../lib/ops/optim.js';
 import { Tensor } from '../lib/tensor.js';
 import { Adam, AdamW, GradAccumulator, arParamGroups, clipGradNorm } from '../lib/train/optim.js';
@@ -359,6 +359,28 @@ describe('lib/train optimizers', () => {
     opt.stepSync(new Map([['a', rng.tensor([4, 3])]]));
     expect(Array.from(store.get('a').toFloat32())).toEqual(Array.from(a1));
     expect(opt.stepCount('a')).toBe(2);
+  });
+
+  it('step as an async program equals stepSync', async () => {
+    const rng = new Rng();
+    const mk = () => {
+      const st = new Store();
+      st.m.set('w', Tensor.from(init, [40, 30]));
+      st.m.set('b', Tensor.from(initB, [30]));
+      return st;
+    };
+    const init = rng.randn(1200);
+    const initB = rng.randn(30);
+    const grads = [0, 1, 2].map(() => new Map([['w', rng.tensor([40, 30])], ['b', rng.tensor([30])]]));
+    const sa = mk();
+    const sb = mk();
+    const a = new AdamW(sa, arParamGroups(['w', 'b'], { w: [40, 30], b: [30] }, 0.1), { lr: 0.01 });
+    const b = new AdamW(sb, arParamGroups(['w', 'b'], { w: [40, 30], b: [30] }, 0.1), { lr: 0.01 });
+    for (const g of grads) {
+      a.stepSync(g);
+      await runAsync(b.step(g));
+    }
+    for (const n of ['w', 'b']) expect(Array.from(sb.get(n).toFloat32())).toEqual(Array.from(sa.get(n).toFloat32()));
   });
 
   it('a bad gradient anywhere throws before any parameter changes', () => {

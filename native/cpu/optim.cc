@@ -19,9 +19,9 @@
 //   l2_norms(x_0, ..., x_{n-1}) -> float32 [n]
 //       sqrt(sum of squares) of each tensor, accumulated in float64 over fixed blocks (the result
 //       does not depend on the thread count). Not in place.
-//   scale_inplace(x_0, ..., x_{n-1}, {value})   x_i *= value (float32; any value, NaN included, as
-//       torch's mul_). Inputs that are the same
-//       view (same memory, shape and strides) are scaled once; other overlaps are refused.
+//   scale_inplace(x_0, ..., x_{n-1}, {value})   x_i *= value (float32, any strides; any value, NaN
+//       included, as torch's mul_). Inputs that are the same view (same memory, shape and
+//       strides) are scaled once; other overlaps are refused.
 //   copy_into(dst, src)                      dst[...] = src[...] (same shape and dtype, any strides).
 //   libm_cos({x: number[]}) -> int64 [n]      the C library's cos of each float64 x, returned as the
 //       IEEE-754 bit patterns (the core has no float64 dtype). Lr schedules use it so that their
