@@ -18,7 +18,9 @@ export { loadConfigFile, parseConfigYaml, normalizeConfig, type TokenizerConfig,
 export { MergeVQTokenizer, type EncodeResult, type DecodeInput, type DecodeResult } from './tokenizer/tokenizer.js';
 export { loadTokenizer, readWeights, type LoadTokenizerOptions } from './tokenizer/load.js';
 export { parseR, checkParseR, generateProbList, mergeCandidates, MergeSchedulePicker, type MergeCandidates, type MergePick } from './tokenizer/schedule.js';
-export { tokenizerLoss, DEFAULT_LOSS_WEIGHTS, type LossWeights, type LossTerms } from './tokenizer/train.js';
+export { tokenizerLoss, tokenizerForward, DEFAULT_LOSS_WEIGHTS, type LossWeights, type LossTerms, type ForwardTerms } from './tokenizer/train.js';
+export * as train from './train/index.js';
+export * as data from './data/index.js';
 export { Tape, defineGrad, defineNonDifferentiable, type GradRule } from './autograd.js';
 export { release, RELEASE } from './graph.js';
 export * as ops from './ops/index.js';

@@ -10,6 +10,7 @@
 import { call, call1, type Program } from '../graph.js';
 import { reshape } from '../nn/layers.js';
 import type { Tensor } from '../tensor.js';
+import type { EncoderOutput } from './encoder.js';
 import { keptSourceMap, unmergeGrid, type MergeVQTokenizer } from './tokenizer.js';
 
 export interface LossWeights {
@@ -48,14 +49,35 @@ function* weighted(terms: [Tensor, number][]): Program<Tensor> {
   return acc!;
 }
 
-/** The training loss of one batch (images [B, 3, R, R], integer labels [B] for the class loss). */
-export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: LossWeights = DEFAULT_LOSS_WEIGHTS): Program<LossTerms> {
+/** Everything one training forward pass produces, before the terms are weighted. */
+export interface ForwardTerms {
+  /** Decoded images (the decoder fed the true-source unmerge of the codes). */
+  decoded: Tensor;
+  /** Per-sample and codebook entropies of the LFQ aux loss, and aux = perSample - codebook. */
+  perSample: Tensor;
+  codebook: Tensor;
+  aux: Tensor;
+  /** mean (z - code)^2 (codes detached). */
+  commitment: Tensor;
+  /** Label-smoothed CE of dist_head(cls) on the labels (null without labels or a dist_head). */
+  cls: Tensor | null;
+  /** The learned recovery's loss (null without a recovery model or with weight 0). */
+  source: Tensor | null;
+  /** The encoder's outputs (z, source map, cls features ...). */
+  enc: EncoderOutput;
+}
+
+/**
+ * One training forward pass: encode with the merge schedule of `keep`, quantize, unmerge with the
+ * true source, decode; plus the quantizer, class and source-recovery terms. The reconstruction
+ * and adversarial terms are the caller's (see `tokenizerLoss`, or the full objective).
+ */
+export function* tokenizerForward(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: Pick<LossWeights, 'cls' | 'source' | 'labelSmoothing' | 'temperature'> = DEFAULT_LOSS_WEIGHTS): Program<ForwardTerms> {
   const enc = yield* tok.encoder.forward(images, tok.mergeSchedule(keep));
   const [codes] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
   const source = keptSourceMap(enc.sourceMap);
   const full = yield* unmergeGrid(codes!, source);
   const decoded = yield* tok.decoder.forward(full);
-  const recon = yield* call1(w.recon === 'l1' ? 'l1_loss' : 'mse_loss', [decoded, images], { reduction: 'mean' });
 
   const [B, d, s] = enc.z.shape as [number, number, number];
   const rows = yield* reshape(yield* call1('permute', [enc.z], { dims: [0, 2, 3, 1] }), [B * s * s, d]);
@@ -63,11 +85,9 @@ export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Te
   const aux = yield* call1('sub', [perSample!, codebook!]);
   const commitment = yield* call1('mse_loss', [enc.z, yield* call1('detach', [codes!])], { reduction: 'mean' });
 
-  const terms: [Tensor, number][] = [[recon, 1], [aux, w.aux], [commitment, w.commitment]];
   let cls: Tensor | null = null;
   if (labels && enc.clsHead && w.cls) {
     cls = yield* call1('cross_entropy', [enc.clsHead, labels], { label_smoothing: w.labelSmoothing, reduction: 'mean' });
-    terms.push([cls, w.cls]);
   }
   let src: Tensor | null = null;
   if (tok.recovery && w.source) {
@@ -80,8 +100,17 @@ export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Te
     const picked = yield* call1('gather', [probs, yield* reshape(source, [B * L, 1])], { dim: 1 });
     const logp = yield* call1('log', [yield* call1('scale', [picked], { mul: 1, add: 1e-12 })]);
     src = yield* call1('scale', [yield* call1('mean', [logp])], { mul: -1, add: 0 });
-    terms.push([src, w.source]);
   }
+  return { decoded, perSample: perSample!, codebook: codebook!, aux, commitment, cls, source: src, enc };
+}
+
+/** The training loss of one batch (images [B, 3, R, R], integer labels [B] for the class loss). */
+export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: LossWeights = DEFAULT_LOSS_WEIGHTS): Program<LossTerms> {
+  const f = yield* tokenizerForward(tok, images, labels, keep, w);
+  const recon = yield* call1(w.recon === 'l1' ? 'l1_loss' : 'mse_loss', [f.decoded, images], { reduction: 'mean' });
+  const terms: [Tensor, number][] = [[recon, 1], [f.aux, w.aux], [f.commitment, w.commitment]];
+  if (f.cls) terms.push([f.cls, w.cls]);
+  if (f.source) terms.push([f.source, w.source]);
   const loss = yield* weighted(terms);
-  return { loss, recon, aux, perSample: perSample!, codebook: codebook!, commitment, cls, source: src, decoded };
+  return { loss, recon, aux: f.aux, perSample: f.perSample, codebook: f.codebook, commitment: f.commitment, cls: f.cls, source: f.source, decoded: f.decoded };
 }

@@ -2,9 +2,35 @@
  * Training curves as pictures: a vega-lite line chart (one line per series, log-scale optional)
  * rendered to SVG by vega, then to PNG by sharp. No hand-written plotting.
  */
-import * as vega from 'vega';
-import * as vl from 'vega-lite';
 import sharp from 'sharp';
+
+// vega and vega-lite are ES modules only: loaded with import(), which both the ESM and the CJS
+// builds of this package can do.
+// The two calls used, typed here (the packages' types do not resolve in the CJS type-check).
+interface VegaLite {
+  compile(spec: Record<string, unknown>): { spec: unknown };
+}
+interface VegaView {
+  toSVG(): Promise<string>;
+  finalize(): void;
+}
+interface Vega {
+  parse(spec: unknown): unknown;
+  View: new (runtime: unknown, opts: { renderer: 'none' }) => VegaView;
+}
+// The CJS build compiles import() to require(), which cannot load these packages: there, a real
+// dynamic import created at run time takes over.
+async function importEsm(specifier: string): Promise<unknown> {
+  try {
+    return (await import(specifier)) as unknown;
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code !== 'ERR_REQUIRE_ESM' && code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
+    return (new Function('s', 'return import(s)') as (s: string) => Promise<unknown>)(specifier);
+  }
+}
+let libs: Promise<[Vega, VegaLite]> | null = null;
+const load = () => (libs ??= Promise.all([importEsm('vega') as Promise<Vega>, importEsm('vega-lite') as Promise<VegaLite>]));
 
 /** One named curve: (step, value) points. */
 export interface CurveSeries {
@@ -32,7 +58,8 @@ export async function curvesSvg(series: readonly CurveSeries[], opts: CurveOptio
       values.push({ step, value, series: s.name });
     }
   }
-  const spec: vl.TopLevelSpec = {
+  const [vega, vl] = await load();
+  const spec: Record<string, unknown> = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: opts.title ?? '',
     width: opts.width ?? 640,
