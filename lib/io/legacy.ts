@@ -20,11 +20,12 @@ import { ELEMENT_SIZE, badFile, makeResolver, storageRef, type TorchPickleOption
 export const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 const PROTOCOL_VERSION = 1001;
 
-/** Whether the first bytes of a file are the legacy format's magic-number pickle. */
+/**
+ * Whether a file may be in the legacy format: it starts with a pickle (PROTO). The first pickle
+ * must then hold the magic number, whatever protocol wrote it (checked when parsing).
+ */
 export function isLegacyHeader(head: Uint8Array): boolean {
-  // PROTO 2, LONG1 of 10 bytes: the magic number, little-endian.
-  const magic = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
-  return head.length >= 3 && head[0] === 0x80 && (head.length < magic.length || magic.every((b, i) => i === 1 || head[i] === b));
+  return head.length >= 2 && head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5;
 }
 
 function preadFully(fd: number, dst: Uint8Array, pos: number, label: string): void {
