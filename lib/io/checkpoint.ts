@@ -351,7 +351,7 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     } else if (top.get('state_dict') instanceof Map) sdKey = 'state_dict';
     else if (isTensorMap(top.get('model'))) sdKey = 'model';
     else if (top.size === 0 || [...top.values()].some((v) => v instanceof TorchTensorRef)) sdKey = '';
-    else badFile(label, `no state dict found (top-level keys: ${[...top.keys()].slice(0, 20).map(keyName).join(', ')}${top.size > 20 ? ', ...' : ''})`);
+    else badFile(label, `no state dict found (top-level keys: ${[...top.keys()].slice(0, 20).map((k) => describePickled(k, 60)).join(', ')}${top.size > 20 ? ', ...' : ''})`);
     const sd = (sdKey === '' ? top : top.get(sdKey)) as Map<unknown, unknown>;
 
     const dropped: string[] = [];
@@ -390,7 +390,9 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
       const byDotless = new Map<string, string[]>();
       for (const name of raw.keys()) {
         const s = name.replace(/\./g, '');
-        byDotless.set(s, [...(byDotless.get(s) ?? []), name]);
+        const list = byDotless.get(s);
+        if (list) list.push(name);
+        else byDotless.set(s, [name]);
       }
       for (const [s, v] of emaEntries) {
         const names = byDotless.get(s);
@@ -421,7 +423,7 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     }
 
     if (chosen.size === 0) {
-      badFile(label, `no tensors to load (the state dict${sdKey ? ` ${JSON.stringify(sdKey)}` : ''} has ${sd.size} entries${dropped.length ? `; left out: ${dropped.slice(0, 5).join(', ')}${dropped.length > 5 ? ', ...' : ''}` : ''})`);
+      badFile(label, `no tensors to load (the state dict${sdKey ? ` ${JSON.stringify(sdKey)}` : ''} has ${sd.size} entries${dropped.length ? `; left out: ${dropped.slice(0, 5).map((d) => describePickled(d, 60)).join(', ')}${dropped.length > 5 ? ', ...' : ''}` : ''})`);
     }
     // Check every view against its storage and the memory budget before reading any storage.
     const all = [...chosen.values(), ...emaScalars.values()];
