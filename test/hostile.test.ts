@@ -223,6 +223,20 @@ describe('unpickler budgets', () => {
     expect(() => unpickle(P('\x80\x02', ...dag200, P('j'), u32(200), '.'), { resolveGlobal: none })).not.toThrow();
   });
 
+  it('bounds the memory of the values built (a flood of small containers)', () => {
+    // [{}, {}, ...] by EMPTY_DICT + APPEND: 2 bytes of pickle per dict.
+    const n = 200_000 + randomInt(1000);
+    const flood = P('\x80\x02]', Buffer.alloc(2 * n, 0), '.');
+    for (let i = 0; i < n; i++) flood.write('}a', 3 + 2 * i, 'latin1');
+    refusedWith(flood, /limit maxObjectBytes/, { maxObjectBytes: 16 << 20 });
+    expect(unpickle(flood, { resolveGlobal: none })).toHaveLength(n);
+    // The default budget stops a big flood in bounded memory.
+    const big = 4_000_000;
+    const huge = P('\x80\x02]', Buffer.alloc(2 * big, 0), '.');
+    for (let i = 0; i < big; i++) huge.write('}a', 3 + 2 * i, 'latin1');
+    refusedWith(huge, /limit maxObjectBytes/);
+  });
+
   it('bounds what the allowed callables copy (memo references cannot multiply the pickle)', () => {
     // A list of 20k Nones in the memo, then builtins.list(it) 400 times: 8M copies from 10 KB.
     const reps = Buffer.concat(Array.from({ length: 400 }, () => P('h\x01h\x00\x85R0')));

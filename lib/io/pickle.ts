@@ -58,10 +58,16 @@ export interface PickleLimits {
    * cannot multiply the pickle's size.
    */
   maxCopy: number;
+  /**
+   * Estimated bytes of the containers the pickle builds (a dict, set or placeholder counts 200, a
+   * list or tuple 48, each element or item 8 or 16 more). Default: 64 MiB plus 16 per byte of
+   * pickle, so that memory stays a bounded multiple of the pickle's size.
+   */
+  maxObjectBytes: number;
 }
 
-/** The default budgets (`maxCopy` is computed from the pickle's size when not given). */
-export const DEFAULT_PICKLE_LIMITS: Readonly<Omit<PickleLimits, 'maxCopy'>> = Object.freeze({
+/** The default budgets (`maxCopy` and `maxObjectBytes` are computed from the pickle's size). */
+export const DEFAULT_PICKLE_LIMITS: Readonly<Omit<PickleLimits, 'maxCopy' | 'maxObjectBytes'>> = Object.freeze({
   maxOps: 64 * 1024 * 1024,
   maxStack: 1024 * 1024,
   maxMemo: 4 * 1024 * 1024,
@@ -230,7 +236,24 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   const bad = (msg: string): never => {
     throw new MergeVQError(`${label}: invalid pickle: ${msg}`, 'ERR_BAD_FILE');
   };
-  const lim: PickleLimits = { ...DEFAULT_PICKLE_LIMITS, maxCopy: 4 * (data.byteLength - start) + (1 << 20), ...(opts.limits ?? {}) };
+  const lim: PickleLimits = {
+    ...DEFAULT_PICKLE_LIMITS,
+    maxCopy: 4 * (data.byteLength - start) + (1 << 20),
+    maxObjectBytes: (64 << 20) + 16 * (data.byteLength - start),
+    ...(opts.limits ?? {}),
+  };
+  let objectBytes = 0;
+  const charge = (n: number) => {
+    objectBytes += n;
+    if (objectBytes > lim.maxObjectBytes) bad(`the values would take more than ${lim.maxObjectBytes} bytes (limit maxObjectBytes)`);
+  };
+  const made = <T>(v: T): T => {
+    if (Array.isArray(v)) charge(48 + 8 * v.length);
+    else if (v instanceof Map || v instanceof Set) charge(200 + 16 * v.size);
+    else if (v instanceof Uint8Array) charge(96 + v.byteLength);
+    else charge(200);
+    return v;
+  };
   const policy = unknownGlobalsPolicy(opts);
   const reported = new Set<string>();
   let copied = 0;
@@ -339,12 +362,13 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   const call = (fn: unknown, args: unknown, op: string): unknown => {
     if (!Array.isArray(args)) bad(`${op} arguments must be a tuple, got ${typeof args}`);
     const a = args as unknown[];
-    if (fn instanceof PickleCallable) return fn.call(a, ctx);
-    if (fn instanceof UnknownGlobal) return new PickleObject(fn.qualname, a);
+    if (fn instanceof PickleCallable) return made(fn.call(a, ctx));
+    if (fn instanceof UnknownGlobal) return made(new PickleObject(fn.qualname, a));
     return bad(`${op} on a value that is not callable (${fn instanceof Object ? fn.constructor.name : typeof fn})`);
   };
   const setItems = (target: unknown, kv: unknown[]) => {
     if (kv.length % 2 !== 0) bad('SETITEMS with an odd number of values');
+    charge(8 * kv.length);
     if (target instanceof Map) for (let i = 0; i < kv.length; i += 2) target.set(kv[i], kv[i + 1]);
     else if (target instanceof PickleObject) for (let i = 0; i < kv.length; i += 2) target.items.push([kv[i], kv[i + 1]]);
     else bad(`SETITEM(S) on a ${typeof target} that is not a dict`);
@@ -355,9 +379,10 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
     if (Array.isArray(target) && !Object.isFrozen(target)) dst = target;
     else if (target instanceof PickleObject) dst = target.list;
     else bad(`APPEND(S) on a value that is not a list`);
+    charge(8 * vs.length);
     for (const v of vs) dst!.push(v);
   };
-  const tuple = (vs: unknown[]) => Object.freeze(vs);
+  const tuple = (vs: unknown[]) => made(Object.freeze(vs));
 
   while (true) {
     const opPos = pos;
@@ -389,16 +414,16 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
         stack.push(top());
         break;
       case 0x7d: // EMPTY_DICT
-        stack.push(new Map());
+        stack.push(made(new Map()));
         break;
       case 0x5d: // EMPTY_LIST
-        stack.push([]);
+        stack.push(made([]));
         break;
       case 0x29: // EMPTY_TUPLE
         stack.push(tuple([]));
         break;
       case 0x8f: // EMPTY_SET
-        stack.push(new Set());
+        stack.push(made(new Set()));
         break;
       case 0x90: {
         // ADDITEMS
@@ -409,18 +434,18 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
         break;
       }
       case 0x91: // FROZENSET
-        stack.push(new Set(popMark()));
+        stack.push(made(new Set(popMark())));
         break;
       case 0x64: {
         // DICT
         const kv = popMark();
-        const m = new Map();
+        const m = made(new Map());
         setItems(m, kv);
         stack.push(m);
         break;
       }
       case 0x6c: // LIST
-        stack.push(popMark());
+        stack.push(made(popMark()));
         break;
       case 0x74: // TUPLE
         stack.push(tuple(popMark()));
@@ -617,7 +642,7 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
         const cls = pop();
         if (!(kwargs instanceof Map) || kwargs.size !== 0) {
           if (cls instanceof UnknownGlobal) {
-            stack.push(new PickleObject(cls.qualname, [...(Array.isArray(args) ? (args as unknown[]) : [args]), kwargs]));
+            stack.push(made(new PickleObject(cls.qualname, [...(Array.isArray(args) ? (args as unknown[]) : [args]), kwargs])));
             break;
           }
           bad('NEWOBJ_EX with keyword arguments');

@@ -129,6 +129,9 @@ export interface ZipArchive {
   close(): void;
 }
 
+/** Most entries an archive may have (torch writes one per storage plus a few). */
+const MAX_ENTRIES = 1 << 20;
+
 function bad(label: string, problem: string): never {
   throw new MergeVQError(`${label}: invalid checkpoint: ${problem}`, 'ERR_BAD_FILE');
 }
@@ -144,6 +147,10 @@ export async function openZip(fd: number, size: number, label: string, limits: Z
     })
     .catch((err: Error) => bad(label, `not a zip archive written by torch.save (${err.message})`));
   zip.on('error', (e: Error) => reader.fail(e));
+  if (zip.entryCount > MAX_ENTRIES) {
+    zip.close();
+    bad(label, `the archive declares ${zip.entryCount} entries (limit ${MAX_ENTRIES})`);
+  }
   const entries = new Map<string, yauzl.Entry>();
   await reader
     .guard<void>((resolve, reject) => {
