@@ -10,6 +10,7 @@ import { PickleCallable, describePickled, type PickleCallContext } from './pickl
 /** Element types of torch storages that this loader knows. */
 export type TorchDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
 
+/** Bytes per element of each torch dtype. */
 export const ELEMENT_SIZE: Readonly<Record<TorchDType, number>> = {
   float32: 4,
   float16: 2,
@@ -79,6 +80,7 @@ export class TorchTensorRef {
   }
 }
 
+/** The element type of each legacy storage class (`torch.FloatStorage`, ...). */
 export const STORAGE_DTYPES: Readonly<Record<string, TorchDType | 'untyped'>> = {
   FloatStorage: 'float32',
   HalfStorage: 'float16',
@@ -120,7 +122,8 @@ const ATTRIBUTE_DICTS = [
 ];
 
 /**
- * The globals a checkpoint pickle may name (everything else is refused): containers, tensor and
+ * The globals a checkpoint pickle may name and that are rebuilt as data (code-execution globals are
+ * refused, any other becomes an inert placeholder; see lib/io/pickle.ts): containers, tensor and
  * parameter rebuilders, storage classes, dtype objects, `torch.Size`, paths (as strings), Lightning's
  * AttributeDict (as a dict) and the `_codecs.encode` that protocol-2 pickles use for bytes.
  * Protocol-2 pickles spell `builtins` as `__builtin__`; both spellings are accepted.
