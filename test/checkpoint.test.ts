@@ -84,12 +84,18 @@ describe('loadCheckpoint', () => {
     expect(((opt.get('state') as Map<number, Map<string, unknown>>).get(0)!.get('exp_avg') as TorchTensorRef).shape).toEqual([2]);
   }, 60_000);
 
-  it('refuses hyper_parameters holding an unknown class unless skipUnknownGlobals', async () => {
+  it('reads hyper_parameters holding an unknown class as an inert placeholder, with a warning', async () => {
     // lightning.ckpt's hyper_parameters (a Lightning AttributeDict, read as a dict) hold an
-    // instance of a user class; the default refuses the file, naming that class.
-    await rejects(loadCheckpoint(ckpt('lightning.ckpt'), { convertF64: true }), 'ERR_UNSAFE_PICKLE', /taming\.modules\.losses\.vqperceptual\.LossConfig/);
-    await rejects(readCheckpointObject(ckpt('lightning.ckpt')), 'ERR_UNSAFE_PICKLE', /LossConfig/);
-    const top = (await readCheckpointObject(ckpt('lightning.ckpt'), { skipUnknownGlobals: true })) as Map<string, unknown>;
+    // instance of a user class: by default a placeholder, named in a warning; 'refuse' refuses it.
+    const warnings: string[] = [];
+    const r = await loadCheckpoint(ckpt('lightning.ckpt'), { convertF64: true, onWarning: (m) => warnings.push(m) });
+    expect(r.unknownGlobals).toEqual(['taming.modules.losses.vqperceptual.LossConfig']);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/1 global outside the allowlist, read as inert placeholders .*taming\.modules\.losses\.vqperceptual\.LossConfig/);
+    expect(r.tensors.size).toBe(RAW_KEYS.length);
+    await rejects(loadCheckpoint(ckpt('lightning.ckpt'), { convertF64: true, unknownGlobals: 'refuse' }), 'ERR_UNSAFE_PICKLE', /taming\.modules\.losses\.vqperceptual\.LossConfig/);
+    await rejects(readCheckpointObject(ckpt('lightning.ckpt'), { skipUnknownGlobals: false }), 'ERR_UNSAFE_PICKLE', /LossConfig/);
+    const top = (await readCheckpointObject(ckpt('lightning.ckpt'), { onWarning: () => undefined })) as Map<string, unknown>;
     const hp = top.get('hyper_parameters') as Map<string, unknown>;
     expect(hp).toBeInstanceOf(Map);
     expect(hp.get('lr')).toBe(1e-4);
@@ -141,21 +147,16 @@ describe('loadCheckpoint', () => {
     expect(sameBytes(r.tensors.get('encoder.proj.weight')!.toArray(), exp().array('raw.encoder.proj.weight'))).toBe(true);
   });
 
-  it('refuses a pickle naming os.system with ERR_UNSAFE_PICKLE', async () => {
-    await rejects(loadCheckpoint(ckpt('malicious_os_system.ckpt')), 'ERR_UNSAFE_PICKLE', /os\.system/);
-    // Even with placeholders the global is never called: the result is inert data.
-    const obj = await readCheckpointObject(ckpt('malicious_os_system.ckpt'), { skipUnknownGlobals: true });
-    expect(obj).toBeInstanceOf(PickleObject);
-    expect((obj as PickleObject).global).toBe('os.system');
-    expect((obj as PickleObject).args).toEqual(['echo pwned']);
+  it('refuses a pickle naming os.system with ERR_UNSAFE_PICKLE, whatever the options', async () => {
+    for (const o of [{}, { skipUnknownGlobals: true }, { unknownGlobals: 'placeholder' as const }, { unknownGlobals: 'refuse' as const }]) {
+      await rejects(loadCheckpoint(ckpt('malicious_os_system.ckpt'), o), 'ERR_UNSAFE_PICKLE', /os\.system, which can execute code/);
+      await rejects(readCheckpointObject(ckpt('malicious_os_system.ckpt'), o), 'ERR_UNSAFE_PICKLE', /os\.system/);
+    }
   });
 
-  it('refuses builtins.eval hidden inside a state_dict', async () => {
+  it('refuses builtins.eval hidden inside a state_dict, whatever the options', async () => {
     await rejects(loadCheckpoint(ckpt('malicious_reduce.ckpt')), 'ERR_UNSAFE_PICKLE', /(__builtin__|builtins)\.eval/);
-    // With placeholders, the eval call is inert data that is not a tensor: dropped, never run.
-    const r = await loadCheckpoint(ckpt('malicious_reduce.ckpt'), { skipUnknownGlobals: true });
-    expect(r.tensors.size).toBe(0);
-    expect(r.dropped).toEqual(['a', 'b']);
+    await rejects(loadCheckpoint(ckpt('malicious_reduce.ckpt'), { skipUnknownGlobals: true }), 'ERR_UNSAFE_PICKLE', /(__builtin__|builtins)\.eval/);
   });
 
   it('checks every tensor and storage description against the archive', async () => {
@@ -170,7 +171,7 @@ describe('loadCheckpoint', () => {
   it('rejects files that are not torch archives with ERR_BAD_FILE', async () => {
     const notZip = path.join(tmp, 'not.ckpt');
     fs.writeFileSync(notZip, Buffer.from('hello, this is not a zip archive at all'));
-    await rejects(loadCheckpoint(notZip), 'ERR_BAD_FILE', /not a zip/);
+    await rejects(loadCheckpoint(notZip), 'ERR_BAD_FILE', /not a torch\.save file \(neither a zip archive nor the legacy format/);
     const legacy = path.join(tmp, 'legacy.pt');
     fs.writeFileSync(legacy, Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e]));
     await rejects(loadCheckpoint(legacy), 'ERR_BAD_FILE', /legacy/);

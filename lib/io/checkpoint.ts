@@ -1,319 +1,123 @@
 /**
- * Loading PyTorch / Lightning checkpoints (`.ckpt`, `.pt`) without running Python code.
+ * Loading PyTorch / Lightning checkpoints (`.ckpt`, `.pt`, `.pth`) without running Python code.
  *
- * `torch.save` writes a zip archive: `<top>/data.pkl` (a pickle of the saved object, where each
- * tensor is a call to `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` and
- * each storage a persistent id `('storage', torch.FloatStorage, key, location, numel)`), plus one
- * entry `<top>/data/<key>` of raw little-endian bytes per storage. The folder name `<top>` varies
- * (`archive`, or the file's stem). The pickle is read with a restricted unpickler (lib/io/pickle.ts)
- * that only knows the data-only globals listed in `ALLOWED_GLOBALS`; any other global refuses the
- * file with `ERR_UNSAFE_PICKLE`.
+ * Two torch.save formats are read:
+ * - the zip archive (torch >= 1.6): `<top>/data.pkl` (a pickle of the saved object, where each
+ *   tensor is a call to `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` and
+ *   each storage a persistent id `('storage', torch.FloatStorage, key, location, numel)`), plus one
+ *   entry `<top>/data/<key>` of raw little-endian bytes per storage (lib/io/zip.ts);
+ * - the legacy stream (torch < 1.6, `_use_new_zipfile_serialization=False`; lib/io/legacy.ts).
+ *
+ * Both pickles are read by the restricted unpickler (lib/io/pickle.ts) with one policy: the
+ * data-only globals of `ALLOWED_GLOBALS` are rebuilt, a global that can execute code refuses the
+ * file with `ERR_UNSAFE_PICKLE`, any other global becomes an inert placeholder and is reported in a
+ * warning. Every size the file declares is checked against the file before memory is allocated.
  */
-import yauzl from 'yauzl';
 import * as fs from 'node:fs';
 import { MergeVQError, typeError } from '../errors.js';
-import type { DType } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { PickleCallable, PickleObject, unpickle } from './pickle.js';
+import { isLegacyHeader, openLegacy } from './legacy.js';
+import { PickleObject, describePickled, unknownGlobalsPolicy, unpickle } from './pickle.js';
+import {
+  ELEMENT_SIZE,
+  LOADS_AS,
+  TorchTensorRef,
+  badFile,
+  makeResolver,
+  storageRef,
+  type TorchPickleOptions,
+  type TorchSource,
+  type TorchStorageRef,
+} from './torch.js';
+import { openZip } from './zip.js';
 
-/** Element types of torch storages that this loader knows. */
-export type TorchDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
-
-const ELEMENT_SIZE: Readonly<Record<TorchDType, number>> = {
-  float32: 4,
-  float16: 2,
-  bfloat16: 2,
-  float64: 8,
-  int64: 8,
-  int32: 4,
-  int16: 2,
-  int8: 1,
-  uint8: 1,
-  bool: 1,
-};
-
-/** The mergevq dtype each torch dtype loads as (float64 only with `convertF64`). */
-const LOADS_AS: Partial<Record<TorchDType, DType>> = {
-  float32: 'float32',
-  float16: 'float16',
-  bfloat16: 'bfloat16',
-  int64: 'int64',
-  int32: 'int32',
-  uint8: 'uint8',
-  bool: 'uint8',
-};
-
-/** A storage class named by the pickle (`torch.FloatStorage`, ...): data, never called. */
-export class TorchStorageType {
-  constructor(readonly qualname: string, readonly dtype: TorchDType | 'untyped') {}
-}
-
-/** A dtype object named by the pickle (`torch.float32`, ...). */
-export class TorchDTypeRef {
-  constructor(readonly qualname: string, readonly dtype: TorchDType) {}
-}
-
-/** A storage of the archive, as referenced by the pickle; its bytes are read only when needed. */
-export interface TorchStorageRef {
-  readonly key: string;
-  readonly dtype: TorchDType | 'untyped';
-  /** Elements (bytes for untyped storages). */
-  readonly numel: number;
-  readonly location: string;
-}
-
-/** A tensor as the pickle describes it: a strided view of a storage. Not materialized. */
-export class TorchTensorRef {
-  constructor(
-    readonly storage: TorchStorageRef,
-    readonly dtype: TorchDType,
-    /** Offset into the storage, in elements. */
-    readonly offset: number,
-    readonly shape: readonly number[],
-    /** Strides in elements. */
-    readonly stride: readonly number[],
-    /** True when the pickle rebuilt it as an nn.Parameter. */
-    readonly isParameter = false,
-  ) {}
-  get numel(): number {
-    return this.shape.reduce((a, b) => a * b, 1);
-  }
-}
-
-const STORAGE_DTYPES: Readonly<Record<string, TorchDType | 'untyped'>> = {
-  FloatStorage: 'float32',
-  HalfStorage: 'float16',
-  BFloat16Storage: 'bfloat16',
-  DoubleStorage: 'float64',
-  LongStorage: 'int64',
-  IntStorage: 'int32',
-  ShortStorage: 'int16',
-  CharStorage: 'int8',
-  ByteStorage: 'uint8',
-  BoolStorage: 'bool',
-  UntypedStorage: 'untyped',
-};
-
-const DTYPE_OBJECTS: Readonly<Record<string, TorchDType>> = {
-  float32: 'float32',
-  float: 'float32',
-  float16: 'float16',
-  half: 'float16',
-  bfloat16: 'bfloat16',
-  float64: 'float64',
-  double: 'float64',
-  int64: 'int64',
-  long: 'int64',
-  int32: 'int32',
-  int: 'int32',
-  int16: 'int16',
-  short: 'int16',
-  int8: 'int8',
-  uint8: 'uint8',
-  bool: 'bool',
-};
-
-/** Lightning's `AttributeDict` (a dict with attribute access, for `hyper_parameters`), by module. */
-const ATTRIBUTE_DICTS = [
-  'pytorch_lightning.utilities.parsing.AttributeDict',
-  'lightning_fabric.utilities.data.AttributeDict',
-  'lightning.fabric.utilities.data.AttributeDict',
-];
-
-/**
- * The globals a checkpoint pickle may name (everything else is refused): containers, tensor and
- * parameter rebuilders, storage classes, dtype objects, `torch.Size`, paths (as strings), Lightning's
- * AttributeDict (as a dict) and the `_codecs.encode` that protocol-2 pickles use for bytes.
- * Protocol-2 pickles spell `builtins` as `__builtin__`; both spellings are accepted.
- */
-export const ALLOWED_GLOBALS: readonly string[] = Object.freeze([
-  'collections.OrderedDict',
-  'builtins.dict',
-  'builtins.set',
-  'builtins.frozenset',
-  'builtins.list',
-  'builtins.tuple',
-  '_codecs.encode',
-  'torch._utils._rebuild_tensor_v2',
-  'torch._utils._rebuild_tensor_v3',
-  'torch._utils._rebuild_parameter',
-  'torch._utils._rebuild_parameter_with_state',
-  'torch.Size',
-  'torch.device',
-  'pathlib.PosixPath',
-  'pathlib.PurePosixPath',
-  'pathlib.WindowsPath',
-  'pathlib.PureWindowsPath',
-  ...ATTRIBUTE_DICTS,
-  ...Object.keys(STORAGE_DTYPES).map((s) => `torch.${s}`),
-  ...Object.keys(DTYPE_OBJECTS).map((d) => `torch.${d}`),
-]);
-
-function badFile(label: string, problem: string): never {
-  throw new MergeVQError(`${label}: invalid checkpoint: ${problem}`, 'ERR_BAD_FILE');
-}
-
-const isNonNegInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-
-function intList(label: string, what: string, v: unknown): number[] {
-  if (!Array.isArray(v) || !v.every(isNonNegInt)) badFile(label, `${what} must be a tuple of non-negative integers`);
-  return v as number[];
-}
-
-function makeResolver(label: string): (module: string, name: string) => unknown {
-  const toMap = (args: readonly unknown[]): Map<unknown, unknown> => {
-    const m = new Map<unknown, unknown>();
-    const src = args[0];
-    if (src instanceof Map) for (const [k, v] of src) m.set(k, v);
-    else if (Array.isArray(src)) {
-      for (const pair of src) {
-        if (!Array.isArray(pair) || pair.length !== 2) badFile(label, 'dict() from items that are not pairs');
-        m.set(pair[0], pair[1]);
-      }
-    }
-    return m;
-  };
-  const rebuild = (args: readonly unknown[], v3: boolean): TorchTensorRef => {
-    const [storage, offset, size, stride] = args;
-    if (!isStorageRef(storage)) badFile(label, '_rebuild_tensor without a storage');
-    if (!isNonNegInt(offset)) badFile(label, '_rebuild_tensor storage offset must be a non-negative integer');
-    const shape = intList(label, 'tensor size', size);
-    const strides = intList(label, 'tensor stride', stride);
-    if (shape.length !== strides.length) badFile(label, `tensor size has ${shape.length} dims but stride has ${strides.length}`);
-    let dtype: TorchDType;
-    if (v3) {
-      const d = args[6];
-      if (!(d instanceof TorchDTypeRef)) badFile(label, '_rebuild_tensor_v3 without a dtype');
-      dtype = d.dtype;
-    } else {
-      if (storage.dtype === 'untyped') badFile(label, '_rebuild_tensor_v2 on an untyped storage');
-      dtype = storage.dtype;
-    }
-    return new TorchTensorRef(storage, dtype, offset, Object.freeze([...shape]), Object.freeze([...strides]));
-  };
-  const asParameter = (args: readonly unknown[]): TorchTensorRef => {
-    const t = args[0];
-    if (!(t instanceof TorchTensorRef)) badFile(label, '_rebuild_parameter of something that is not a tensor');
-    return new TorchTensorRef(t.storage, t.dtype, t.offset, t.shape, t.stride, true);
-  };
-  const path = (args: readonly unknown[]): string => args.map(String).join('/').replace(/\/+/g, '/');
-  const table: Record<string, unknown> = {
-    'collections.OrderedDict': new PickleCallable('collections.OrderedDict', toMap),
-    'builtins.dict': new PickleCallable('builtins.dict', toMap),
-    'builtins.set': new PickleCallable('builtins.set', (a) => new Set(Array.isArray(a[0]) ? a[0] : a[0] instanceof Set ? a[0] : [])),
-    'builtins.frozenset': new PickleCallable('builtins.frozenset', (a) => new Set(Array.isArray(a[0]) ? a[0] : a[0] instanceof Set ? a[0] : [])),
-    'builtins.list': new PickleCallable('builtins.list', (a) => (Array.isArray(a[0]) ? [...a[0]] : [])),
-    'builtins.tuple': new PickleCallable('builtins.tuple', (a) => Object.freeze(Array.isArray(a[0]) ? [...a[0]] : [])),
-    '_codecs.encode': new PickleCallable('_codecs.encode', (a) => {
-      const [s, enc] = a;
-      if (typeof s !== 'string' || (enc !== 'latin1' && enc !== 'latin-1')) badFile(label, '_codecs.encode other than latin1 of a string');
-      const out = new Uint8Array(s.length);
-      for (let i = 0; i < s.length; i++) {
-        const c = s.charCodeAt(i);
-        if (c > 255) badFile(label, '_codecs.encode: character outside latin1');
-        out[i] = c;
-      }
-      return out;
-    }),
-    'torch._utils._rebuild_tensor_v2': new PickleCallable('torch._utils._rebuild_tensor_v2', (a) => rebuild(a, false)),
-    'torch._utils._rebuild_tensor_v3': new PickleCallable('torch._utils._rebuild_tensor_v3', (a) => rebuild(a, true)),
-    'torch._utils._rebuild_parameter': new PickleCallable('torch._utils._rebuild_parameter', asParameter),
-    'torch._utils._rebuild_parameter_with_state': new PickleCallable('torch._utils._rebuild_parameter_with_state', asParameter),
-    'torch.Size': new PickleCallable('torch.Size', (a) => Object.freeze(intList(label, 'torch.Size', a[0] ?? []).slice())),
-    'torch.device': new PickleCallable('torch.device', (a) => (a.length > 1 && a[1] !== null ? `${String(a[0])}:${String(a[1])}` : String(a[0]))),
-  };
-  for (const q of ATTRIBUTE_DICTS) table[q] = new PickleCallable(q, toMap);
-  for (const p of ['PosixPath', 'PurePosixPath', 'WindowsPath', 'PureWindowsPath']) table[`pathlib.${p}`] = new PickleCallable(`pathlib.${p}`, path);
-  for (const [s, d] of Object.entries(STORAGE_DTYPES)) table[`torch.${s}`] = new TorchStorageType(`torch.${s}`, d);
-  for (const [s, d] of Object.entries(DTYPE_OBJECTS)) table[`torch.${s}`] = new TorchDTypeRef(`torch.${s}`, d);
-  return (module, name) => {
-    const q = `${module === '__builtin__' ? 'builtins' : module}.${name}`;
-    return Object.prototype.hasOwnProperty.call(table, q) ? table[q] : undefined;
-  };
-}
-
-function isStorageRef(v: unknown): v is TorchStorageRef {
-  return typeof v === 'object' && v !== null && (v as { __storage?: boolean }).__storage === true;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Zip access
-
-interface Archive {
-  zip: yauzl.ZipFile;
-  entries: Map<string, yauzl.Entry>;
-  /** The folder holding data.pkl, with a trailing slash. */
-  prefix: string;
-  label: string;
-}
+export {
+  ALLOWED_GLOBALS,
+  TorchDTypeRef,
+  TorchStorageType,
+  TorchTensorRef,
+  type TorchDType,
+  type TorchStorageRef,
+} from './torch.js';
 
 /** Largest data.pkl accepted: it holds only structure (tensor bytes live in separate entries). */
 const MAX_PICKLE_BYTES = 1 << 30;
+/** Default cap on an entry's uncompressed / compressed size (torch itself never compresses). */
+const DEFAULT_MAX_COMPRESSION_RATIO = 64;
+/** Materialized tensor bytes allowed beyond twice the storages' bytes (zero-stride views). */
+const EXPANSION_SLACK = 16 << 20;
 
-async function openArchive(path: string, label: string): Promise<Archive> {
-  const zip = await new Promise<yauzl.ZipFile>((resolve, reject) => {
-    yauzl.open(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false }, (err, z) => (err ? reject(err) : resolve(z)));
-  }).catch(async (err: Error) => {
-    const head = Buffer.alloc(2);
-    const fd = fs.openSync(path, 'r');
-    try {
-      fs.readSync(fd, head, 0, 2, 0);
-    } finally {
-      fs.closeSync(fd);
-    }
-    if (head[0] === 0x80) badFile(label, 'legacy (pre-zip, torch < 1.6) torch.save format is not supported; re-save it with a current torch');
-    return badFile(label, `not a zip archive written by torch.save (${err.message})`);
-  });
+async function openZipSource(fd: number, size: number, label: string, po: TorchPickleOptions, maxRatio: number): Promise<TorchSource> {
+  const zip = await openZip(fd, size, label, { maxCompressionRatio: maxRatio });
   try {
-    const entries = new Map<string, yauzl.Entry>();
-    await new Promise<void>((resolve, reject) => {
-      zip.on('entry', (e: yauzl.Entry) => {
-        entries.set(e.fileName, e);
-        zip.readEntry();
-      });
-      zip.on('end', () => resolve());
-      zip.on('error', reject);
-      zip.readEntry();
-    }).catch((err: Error) => badFile(label, `corrupt zip archive (${err.message})`));
-    const pkls = [...entries.keys()].filter((n) => /^[^/]+\/data\.pkl$/.test(n));
+    const pkls = [...zip.entries.keys()].filter((n) => /^[^/]+\/data\.pkl$/.test(n));
     if (pkls.length === 0) badFile(label, 'no <folder>/data.pkl entry (not a torch.save archive)');
-    if (pkls.length > 1) badFile(label, `several data.pkl entries (${pkls.join(', ')})`);
+    if (pkls.length > 1) badFile(label, `several data.pkl entries (${pkls.slice(0, 5).join(', ')})`);
     const prefix = pkls[0]!.slice(0, -'data.pkl'.length);
-    return { zip, entries, prefix, label };
+    let object: Promise<unknown> | undefined;
+    const read = async (): Promise<unknown> => {
+      const byteorder = zip.entries.get(`${prefix}byteorder`);
+      if (byteorder) {
+        const bo = new TextDecoder().decode(await zip.read(byteorder.fileName, { maxBytes: 64 })).trim();
+        if (bo !== 'little') badFile(label, `byte order ${describePickled(bo, 20)} is not supported (only little-endian)`);
+      }
+      const pkl = await zip.read(`${prefix}data.pkl`, { maxBytes: MAX_PICKLE_BYTES });
+      const storages = new Map<string, TorchStorageRef>();
+      return unpickle(pkl, {
+        label: `${label} (${prefix}data.pkl)`,
+        unknownGlobals: po.unknownGlobals,
+        onUnknownGlobal: po.onUnknownGlobal,
+        resolveGlobal: makeResolver(label),
+        persistentLoad: (pid) =>
+          storageRef(label, pid, storages, (key) => {
+            const entry = zip.entries.get(`${prefix}data/${key}`);
+            if (!entry) badFile(label, `storage ${key} has no zip entry ${prefix}data/${key}`);
+            return entry.uncompressedSize;
+          }),
+      });
+    };
+    return {
+      label,
+      fileSize: size,
+      format: 'zip',
+      readObject: () => (object ??= read()),
+      readStorage: (ref) => zip.read(`${prefix}data/${ref.key}`, { expectBytes: ref.nbytes }),
+      close: () => zip.close(),
+    };
   } catch (e) {
     zip.close();
     throw e;
   }
 }
 
-async function readEntry(a: Archive, name: string, expectBytes?: number): Promise<Uint8Array> {
-  const e = a.entries.get(name);
-  if (!e) badFile(a.label, `missing zip entry ${name}`);
-  if (expectBytes !== undefined && e.uncompressedSize !== expectBytes) {
-    badFile(a.label, `zip entry ${name} holds ${e.uncompressedSize} bytes, the pickle says ${expectBytes}`);
-  }
-  if (e.uncompressedSize > Math.max(expectBytes ?? 0, MAX_PICKLE_BYTES)) badFile(a.label, `zip entry ${name} is too large (${e.uncompressedSize} bytes)`);
-  const out = new Uint8Array(e.uncompressedSize);
-  await new Promise<void>((resolve, reject) => {
-    a.zip.openReadStream(e, (err, stream) => {
-      if (err) return reject(err);
-      let pos = 0;
-      stream.on('data', (chunk: Buffer) => {
-        if (pos + chunk.byteLength > out.byteLength) {
-          stream.destroy(new Error('entry longer than its declared size'));
-          return;
+/** Opens a torch.save file of either format; the source owns the file descriptor. */
+async function openSource(path: string, label: string, o: LoadCheckpointOptions, unknown: Set<string>): Promise<TorchSource> {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = new Uint8Array(Math.min(size, 16));
+    if (head.length > 0) fs.readSync(fd, head, 0, head.length, 0);
+    const po: TorchPickleOptions = { unknownGlobals: unknownGlobalsPolicy(o), onUnknownGlobal: (q) => unknown.add(q) };
+    const ratio = o.maxCompressionRatio ?? DEFAULT_MAX_COMPRESSION_RATIO;
+    let src: TorchSource;
+    if (head[0] === 0x50 && head[1] === 0x4b) src = await openZipSource(fd, size, label, po, ratio);
+    else if (isLegacyHeader(head)) src = openLegacy(fd, size, label, po);
+    else badFile(label, `not a torch.save file (neither a zip archive nor the legacy format; starts with ${Buffer.from(head.subarray(0, 4)).toString('hex')})`);
+    const close = src.close;
+    return {
+      ...src,
+      close: () => {
+        try {
+          close();
+        } finally {
+          fs.closeSync(fd);
         }
-        out.set(chunk, pos);
-        pos += chunk.byteLength;
-      });
-      stream.on('error', reject);
-      stream.on('end', () => (pos === out.byteLength ? resolve() : reject(new Error(`entry shorter than its declared size (${pos} of ${out.byteLength})`))));
-    });
-  }).catch((err: unknown) => {
-    if (err instanceof MergeVQError) throw err;
-    return badFile(a.label, `cannot read zip entry ${name} (${(err as Error).message})`);
-  });
-  return out;
+      },
+    };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,10 +134,27 @@ export interface LoadCheckpointOptions {
   /** Parameter names the caller expects; `missing` / `unexpected` are computed against them. */
   expected?: Iterable<string>;
   /**
-   * Replace globals outside the allowlist by inert placeholders (`PickleObject`) instead of refusing
-   * the file. Useful for Lightning `hyper_parameters` holding arbitrary objects. Default false.
+   * Globals that are neither on the allowlist nor code-execution globals (Lightning
+   * hyper-parameter classes, pathlib, ...): `'placeholder'` (default) reads them as inert
+   * `PickleObject`s and reports them through `onWarning`; `'refuse'` refuses the file with
+   * `ERR_UNSAFE_PICKLE`. Code-execution globals (`os.system`, `builtins.eval`, ...) are always
+   * refused.
    */
+  unknownGlobals?: 'placeholder' | 'refuse';
+  /** @deprecated Use `unknownGlobals`; `false` means `'refuse'`, `true` the default. */
   skipUnknownGlobals?: boolean;
+  /**
+   * Receives the warning listing the unknown globals read as placeholders. Default:
+   * `process.emitWarning` with type `MergeVQWarning` and code `MERGEVQ_UNKNOWN_GLOBALS`.
+   */
+  onWarning?: (message: string) => void;
+  /** Largest uncompressed / compressed size ratio of a zip entry over 1 MiB (default 64). */
+  maxCompressionRatio?: number;
+  /**
+   * Most bytes the returned tensors may take in all (default: twice the bytes of the storages
+   * they view plus 16 MiB, so that zero-stride views cannot expand a small file without bound).
+   */
+  maxTensorBytes?: number;
   /** Convert float64 tensors to float32 (otherwise they are an `ERR_UNSUPPORTED_DTYPE` error). */
   convertF64?: boolean;
   /** Keep `loss.*` entries (discriminator, LPIPS, ...). Default false: they are dropped. */
@@ -365,6 +186,10 @@ export interface LoadedCheckpoint {
   dropped: string[];
   /** `expected` names absent from `tensors` (empty without `expected`). */
   missing: string[];
+  /** Globals outside the allowlist that were read as inert placeholders (also in the warning). */
+  unknownGlobals: string[];
+  /** The file's torch.save format. */
+  format: 'zip' | 'legacy';
   /** Names in `tensors` that are not in `expected` (empty without `expected`). */
   unexpected: string[];
   /**
@@ -384,69 +209,72 @@ function checkOptions(opts: unknown): LoadCheckpointOptions {
   const o = opts as LoadCheckpointOptions;
   if (o.prefer !== undefined && o.prefer !== 'ema' && o.prefer !== 'raw') typeError('opts.prefer', "'ema' or 'raw'", o.prefer);
   if (o.key !== undefined && typeof o.key !== 'string') typeError('opts.key', 'a string', o.key);
+  if (o.unknownGlobals !== undefined && o.unknownGlobals !== 'placeholder' && o.unknownGlobals !== 'refuse') typeError('opts.unknownGlobals', "'placeholder' or 'refuse'", o.unknownGlobals);
+  if (o.onWarning !== undefined && typeof o.onWarning !== 'function') typeError('opts.onWarning', 'a function', o.onWarning);
+  for (const k of ['maxCompressionRatio', 'maxTensorBytes'] as const) {
+    const v = o[k];
+    if (v !== undefined && (typeof v !== 'number' || !(v > 0))) typeError(`opts.${k}`, 'a positive number', v);
+  }
   return o;
 }
 
-async function readObject(a: Archive, opts: LoadCheckpointOptions): Promise<unknown> {
-  const byteorder = a.entries.get(`${a.prefix}byteorder`);
-  if (byteorder) {
-    const bo = new TextDecoder().decode(await readEntry(a, byteorder.fileName)).trim();
-    if (bo !== 'little') badFile(a.label, `byte order ${JSON.stringify(bo)} is not supported (only little-endian)`);
-  }
-  const pkl = await readEntry(a, `${a.prefix}data.pkl`);
-  const storages = new Map<string, TorchStorageRef>();
-  return unpickle(pkl, {
-    label: `${a.label} (${a.prefix}data.pkl)`,
-    skipUnknownGlobals: opts.skipUnknownGlobals === true,
-    resolveGlobal: makeResolver(a.label),
-    persistentLoad: (pid) => {
-      if (!Array.isArray(pid) || pid.length < 5 || pid[0] !== 'storage') badFile(a.label, 'persistent id is not a (storage, type, key, location, numel) tuple');
-      const [, type, key, location, numel] = pid as unknown[];
-      if (!(type instanceof TorchStorageType)) badFile(a.label, `storage ${JSON.stringify(key)} has no storage class`);
-      if (typeof key !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(key) || key.includes('..')) badFile(a.label, `storage key ${JSON.stringify(key)} is not a plain name`);
-      if (!isNonNegInt(numel)) badFile(a.label, `storage ${key} size must be a non-negative integer`);
-      const seen = storages.get(key);
-      if (seen) {
-        if (seen.dtype !== type.dtype || seen.numel !== numel) badFile(a.label, `storage ${key} is described twice with different types or sizes`);
-        return seen;
-      }
-      const entry = a.entries.get(`${a.prefix}data/${key}`);
-      if (!entry) badFile(a.label, `storage ${key} has no zip entry ${a.prefix}data/${key}`);
-      const bytes = numel * (type.dtype === 'untyped' ? 1 : ELEMENT_SIZE[type.dtype]);
-      if (entry.uncompressedSize !== bytes) badFile(a.label, `storage ${key} entry holds ${entry.uncompressedSize} bytes but ${numel} elements of ${type.dtype} need ${bytes}`);
-      const ref = Object.freeze({ __storage: true, key, dtype: type.dtype, numel, location: typeof location === 'string' ? location : String(location) });
-      storages.set(key, ref);
-      return ref;
-    },
-  });
+function warnUnknown(label: string, unknown: Set<string>, o: LoadCheckpointOptions): void {
+  if (unknown.size === 0) return;
+  const list = [...unknown];
+  const msg = `${label}: the pickle names ${list.length} global${list.length > 1 ? 's' : ''} outside the allowlist, read as inert placeholders (nothing was run): ${list.slice(0, 20).join(', ')}${list.length > 20 ? ', ...' : ''}`;
+  if (o.onWarning) o.onWarning(msg);
+  else process.emitWarning(msg, { type: 'MergeVQWarning', code: 'MERGEVQ_UNKNOWN_GLOBALS' });
+}
+
+/** A state-dict key as a name: strings as they are, anything else by a bounded description. */
+function keyName(k: unknown): string {
+  if (typeof k === 'string') return k;
+  if (typeof k === 'number' || typeof k === 'bigint' || typeof k === 'boolean') return String(k);
+  return describePickled(k, 80);
 }
 
 /**
  * Reads the object a checkpoint pickled (dicts as Maps, tensors as unread `TorchTensorRef`s)
- * without loading tensor data. Refuses disallowed globals like `loadCheckpoint`.
+ * without loading tensor data, with the pickle policy of `loadCheckpoint`.
  */
-export async function readCheckpointObject(path: string, opts: Pick<LoadCheckpointOptions, 'skipUnknownGlobals' | 'label'> = {}): Promise<unknown> {
+export async function readCheckpointObject(path: string, opts: Pick<LoadCheckpointOptions, 'unknownGlobals' | 'skipUnknownGlobals' | 'onWarning' | 'maxCompressionRatio' | 'label'> = {}): Promise<unknown> {
   checkPath(path);
   const o = checkOptions(opts);
-  const a = await openArchive(path, o.label ?? path);
+  const label = o.label ?? path;
+  const unknown = new Set<string>();
+  const src = await openSource(path, label, o, unknown);
   try {
-    return await readObject(a, o);
+    const v = await src.readObject();
+    warnUnknown(label, unknown, o);
+    return v;
   } finally {
-    a.zip.close();
+    src.close();
   }
 }
 
 const isTensorMap = (v: unknown): v is Map<unknown, unknown> => v instanceof Map && v.size > 0 && [...v.values()].some((x) => x instanceof TorchTensorRef);
 
-/** Copies the strided view `t` out of its storage bytes into a dense row-major buffer. */
-function gather(label: string, name: string, t: TorchTensorRef, storage: Uint8Array): Uint8Array {
+/**
+ * Checks the view `t` against its storage (before any byte is read) and returns its dense size in
+ * bytes.
+ */
+function checkView(label: string, name: string, t: TorchTensorRef): number {
   const es = ELEMENT_SIZE[t.dtype];
   const n = t.numel;
-  const storageElems = Math.floor(storage.byteLength / es);
-  if (n === 0) return new Uint8Array(0);
+  if (!Number.isSafeInteger(n * es)) badFile(label, `tensor ${name} of size [${t.shape.join(', ')}] is too large`);
+  if (n === 0) return 0;
+  const storageElems = Math.floor(t.storage.nbytes / es);
   let last = t.offset;
   for (let d = 0; d < t.shape.length; d++) last += (t.shape[d]! - 1) * t.stride[d]!;
   if (!Number.isSafeInteger(last) || last >= storageElems) badFile(label, `tensor ${name} (offset ${t.offset}, size [${t.shape}], stride [${t.stride}]) reaches element ${last} of a storage of ${storageElems}`);
+  return n * es;
+}
+
+/** Copies the strided view `t` (checked by `checkView`) out of its storage bytes, densely. */
+function gather(t: TorchTensorRef, storage: Uint8Array): Uint8Array {
+  const es = ELEMENT_SIZE[t.dtype];
+  const n = t.numel;
+  if (n === 0) return new Uint8Array(0);
   // Contiguous: one slice.
   let expect = 1;
   let contiguous = true;
@@ -454,7 +282,8 @@ function gather(label: string, name: string, t: TorchTensorRef, storage: Uint8Ar
     if (t.shape[d]! !== 1 && t.stride[d]! !== expect) contiguous = false;
     expect *= t.shape[d]!;
   }
-  if (contiguous) return storage.slice(t.offset * es, (t.offset + n) * es);
+  // A view, not a copy: Tensor.from copies it once into the tensor.
+  if (contiguous) return storage.subarray(t.offset * es, (t.offset + n) * es);
   // Strided: copy element by element through a word view (4-byte words for 8-byte elements, so
   // that no value passes through a float and every bit pattern survives).
   const out = new Uint8Array(n * es);
@@ -496,9 +325,13 @@ function toTensor(label: string, name: string, t: TorchTensorRef, bytes: Uint8Ar
  * dict itself when it holds tensors (or `opts.key`). `loss.*` entries are dropped unless
  * `keepLoss`. With `prefer: 'ema'`, EMA weights replace the raw ones (see `LoadCheckpointOptions`).
  *
- * @throws MergeVQError `ERR_UNSAFE_PICKLE` when the pickle names a global outside
- *   `ALLOWED_GLOBALS` (without `skipUnknownGlobals`), `ERR_BAD_FILE` for a malformed archive or
- *   pickle, `ERR_UNSUPPORTED_DTYPE` for tensors mergevq cannot hold.
+ * Both torch.save formats are read (zip archives and the legacy pre-1.6 stream). Globals outside
+ * the allowlist follow `opts.unknownGlobals` (placeholders and a warning by default).
+ *
+ * @throws MergeVQError `ERR_UNSAFE_PICKLE` when the pickle names a code-execution global (or any
+ *   unknown global with `unknownGlobals: 'refuse'`), `ERR_BAD_FILE` for a malformed file, a
+ *   budget exceeded or a checkpoint without tensors, `ERR_UNSUPPORTED_DTYPE` for tensors mergevq
+ *   cannot hold.
  */
 export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): Promise<LoadedCheckpoint> {
   checkPath(path);
@@ -506,9 +339,10 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
   const label = o.label ?? path;
   const expected = o.expected === undefined ? undefined : [...o.expected];
   if (expected && !expected.every((e) => typeof e === 'string')) typeError('opts.expected', 'an iterable of strings', o.expected);
-  const a = await openArchive(path, label);
+  const unknown = new Set<string>();
+  const a = await openSource(path, label, o, unknown);
   try {
-    const top = await readObject(a, o);
+    const top = await a.readObject();
     if (!(top instanceof Map)) badFile(label, `the pickled object is not a dict (got ${top === null ? 'None' : top instanceof PickleObject ? top.global : typeof top})`);
     let sdKey: string;
     if (o.key !== undefined) {
@@ -517,14 +351,16 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     } else if (top.get('state_dict') instanceof Map) sdKey = 'state_dict';
     else if (isTensorMap(top.get('model'))) sdKey = 'model';
     else if (top.size === 0 || [...top.values()].some((v) => v instanceof TorchTensorRef)) sdKey = '';
-    else badFile(label, `no state dict found (top-level keys: ${[...top.keys()].map(String).join(', ')})`);
+    else badFile(label, `no state dict found (top-level keys: ${[...top.keys()].slice(0, 20).map((k) => describePickled(k, 60)).join(', ')}${top.size > 20 ? ', ...' : ''})`);
     const sd = (sdKey === '' ? top : top.get(sdKey)) as Map<unknown, unknown>;
 
     const dropped: string[] = [];
     const raw = new Map<string, TorchTensorRef>();
     const emaEntries = new Map<string, unknown>();
     for (const [k, v] of sd) {
-      const name = String(k);
+      // Python state dicts have string keys; anything else is refused (and only described, boundedly).
+      if (typeof k !== 'string') badFile(label, `state dict key ${describePickled(k, 60)} is not a string`);
+      const name = k;
       if (name.startsWith('model_ema.')) emaEntries.set(name.slice('model_ema.'.length), v);
       else if (!(v instanceof TorchTensorRef)) dropped.push(name);
       else raw.set(name, v);
@@ -547,14 +383,16 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     }
     if (o.prefer === 'ema' && topEma) {
       for (const [k, v] of topEma) {
-        if (v instanceof TorchTensorRef && chosen.has(String(k))) chosen.set(String(k), v);
+        if (v instanceof TorchTensorRef && chosen.has(keyName(k))) chosen.set(keyName(k), v);
       }
       ema.used = true;
     } else if (o.prefer === 'ema' && emaEntries.size > 0) {
       const byDotless = new Map<string, string[]>();
       for (const name of raw.keys()) {
         const s = name.replace(/\./g, '');
-        byDotless.set(s, [...(byDotless.get(s) ?? []), name]);
+        const list = byDotless.get(s);
+        if (list) list.push(name);
+        else byDotless.set(s, [name]);
       }
       for (const [s, v] of emaEntries) {
         const names = byDotless.get(s);
@@ -584,22 +422,37 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
       }
     }
 
+    if (chosen.size === 0) {
+      badFile(label, `no tensors to load (the state dict${sdKey ? ` ${JSON.stringify(sdKey)}` : ''} has ${sd.size} entries${dropped.length ? `; left out: ${dropped.slice(0, 5).map((d) => describePickled(d, 60)).join(', ')}${dropped.length > 5 ? ', ...' : ''}` : ''})`);
+    }
+    // Check every view against its storage and the memory budget before reading any storage.
+    const all = [...chosen.values(), ...emaScalars.values()];
+    const names = [...chosen.keys(), ...[...emaScalars.keys()].map((m) => `model_ema.${m}`)];
+    let dense = 0;
+    const storageBytes = new Map<string, number>();
+    all.forEach((t, i) => {
+      dense += checkView(label, names[i]!, t);
+      storageBytes.set(t.storage.key, t.storage.nbytes);
+    });
+    let stored = 0;
+    for (const b of storageBytes.values()) stored += b;
+    const maxBytes = o.maxTensorBytes ?? 2 * stored + EXPANSION_SLACK;
+    if (dense > maxBytes) badFile(label, `the tensors would take ${dense} bytes, more than the limit of ${maxBytes} (twice the ${stored} bytes of their storages plus ${EXPANSION_SLACK}: zero-stride or repeated views?)`);
+
     // Materialize, reading each storage once and releasing it after its last use.
     const uses = new Map<string, number>();
-    const all = [...chosen.values(), ...emaScalars.values()];
     for (const t of all) uses.set(t.storage.key, (uses.get(t.storage.key) ?? 0) + 1);
     const cache = new Map<string, Uint8Array>();
     const load = async (name: string, t: TorchTensorRef): Promise<Uint8Array> => {
       let bytes = cache.get(t.storage.key);
       if (!bytes) {
-        const es = t.storage.dtype === 'untyped' ? 1 : ELEMENT_SIZE[t.storage.dtype];
-        bytes = await readEntry(a, `${a.prefix}data/${t.storage.key}`, t.storage.numel * es);
+        bytes = await a.readStorage(t.storage);
         cache.set(t.storage.key, bytes);
       }
       const left = uses.get(t.storage.key)! - 1;
       uses.set(t.storage.key, left);
       if (left === 0) cache.delete(t.storage.key);
-      return gather(label, name, t, bytes);
+      return gather(t, bytes);
     };
     const tensors = new Map<string, Tensor>();
     for (const [name, t] of chosen) tensors.set(name, toTensor(label, name, t, await load(name, t), o.convertF64 === true));
@@ -613,10 +466,11 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     const expSet = new Set(expected ?? []);
     const unexpected = expected ? [...tensors.keys()].filter((k) => !expSet.has(k)) : [];
     const extra = new Map<string, unknown>();
-    if (sdKey !== '') for (const [k, v] of top) if (k !== sdKey) extra.set(String(k), v);
-    return { tensors, stateDictKey: sdKey, ema, dropped, missing, unexpected, extra };
+    if (sdKey !== '') for (const [k, v] of top) if (k !== sdKey) extra.set(keyName(k), v);
+    warnUnknown(label, unknown, o);
+    return { tensors, stateDictKey: sdKey, ema, dropped, missing, unexpected, unknownGlobals: [...unknown], format: a.format, extra };
   } finally {
-    a.zip.close();
+    a.close();
   }
 }
 

@@ -1,5 +1,6 @@
 /**
- * File IO for mergevq: safetensors reading/writing and PyTorch/Lightning checkpoint loading.
+ * File IO for mergevq: safetensors reading/writing and PyTorch/Lightning checkpoint loading (zip and
+ * legacy torch.save formats).
  * Pure TypeScript; the only native dependency is `Tensor` (lib/tensor.ts) for the loaded values.
  */
 export {
@@ -33,4 +34,18 @@ export {
   type TorchDType,
   type TorchStorageRef,
 } from './checkpoint.js';
-export { unpickle, PickleCallable, PickleObject, UnknownGlobal, type UnpickleOptions } from './pickle.js';
+export {
+  unpickle,
+  unpickleAt,
+  isCodeExecutionGlobal,
+  describePickled,
+  DEFAULT_PICKLE_LIMITS,
+  PickleCallable,
+  PickleObject,
+  PickleTruncatedError,
+  UnknownGlobal,
+  type PickleCallContext,
+  type PickleLimits,
+  type UnpickleOptions,
+} from './pickle.js';
+export { LEGACY_MAGIC } from './legacy.js';

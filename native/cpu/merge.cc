@@ -296,6 +296,16 @@ std::vector<Tensor> op_tome_source_update(const OpArgs& a) {
   const int64_t B = mp.size(0), L = mp.size(1);
   const int64_t n = a.attrs.i("n");
   MVQ_CHECK_RANGE(n >= 1, "tome_source_update: option 'n' (tokens before the merge) must be >= 1, got ", n);
+  // Every current token has at least one source position, so n <= L; checked (with the split the
+  // decisions imply) before the [B, n] table of destinations is allocated.
+  MVQ_CHECK_RANGE(n <= L, "tome_source_update: option 'n' (tokens before the merge) must be <= ", L,
+                  " (the positions of 'map' ", mp.shape_str(), "), got ", n);
+  {
+    const Tensor unm = a.input(1, "unm_idx", DType::I64, 2);
+    const Tensor src = a.input(2, "src_idx", DType::I64, 2);
+    MVQ_CHECK_RANGE(src.size(1) == 0 || unm.size(1) + src.size(1) == (n + 1) / 2, "tome_source_update: 'unm_idx' ", unm.shape_str(),
+                    " and 'src_idx' ", src.shape_str(), " must split the ", (n + 1) / 2, " even rows of n = ", n, " tokens");
+  }
   const Decisions d = decisions("tome_source_update", a, 1, B, n);
   Tensor out = empty({B, L}, DType::I64);
   const int64_t* ip = mp.data<int64_t>();
