@@ -128,7 +128,9 @@ export class MergeVQEncoder {
     }
     const C = g.embedDim;
     this.clsToken = store.declare(`${name}.attn.cls_token`, [1, 1, C], W.normal(1e-6));
-    for (let j = 0; j < dd.num_att_blocks; ++j) this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, C, g.heads));
+    // init_values: LayerScale's initial gamma (the reference's 1e-5 unless the config sets it)
+    const initValues = typeof dd.init_values === 'number' ? dd.init_values : undefined;
+    for (let j = 0; j < dd.num_att_blocks; ++j) this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, C, g.heads, { initValues }));
     this.normOut = new GroupNorm(store, `${name}.norm_out`, 32, C, 1e-6);
     this.convOut = new Conv2d(store, `${name}.conv_out`, C, dd.z_channels, 1);
     if (dd.dist_head) {
