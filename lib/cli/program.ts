@@ -1,5 +1,5 @@
 /**
- * The `mergevq` command line: reconstruct, encode, decode, inspect, source-map, convert.
+ * The `mergevq` command line: reconstruct, encode, decode, inspect, source-map, convert, train-tokenizer.
  * Every command has --help. Weights: --weights (.safetensors, .ckpt, .pt); config: --config (YAML).
  */
 import { Command, InvalidArgumentError } from 'commander';
@@ -10,6 +10,7 @@ import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
 import { loadTokenizer, readWeights } from '../tokenizer/load.js';
 import type { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
+import { addTrainCommands } from './train.js';
 
 function int(v: string): number {
   const n = Number(v);
@@ -205,5 +206,6 @@ export function createProgram(): Command {
       process.stderr.write(`wrote ${keep.length || tensors.size} tensors to ${out}\n`);
     });
 
+  addTrainCommands(program);
   return program;
 }

@@ -51,16 +51,16 @@ export async function loadImage(input: ImageInput, size: number): Promise<Tensor
 
 /** Converts image b of a [B, 3, H, W] tensor in [-1, 1] to interleaved RGB bytes (clamped). */
 export function toRgbBytes(images: Tensor, b = 0): { data: Uint8Array; width: number; height: number } {
-  if (!(images instanceof Tensor) || images.ndim !== 4 || images.shape[1] !== 3)
-    typeError('images', 'a float32 Tensor [B, 3, H, W]', images);
-  const [, , H, W] = images.shape as [number, number, number, number];
+  if (!(images instanceof Tensor) || images.ndim !== 4 || (images.shape[1] !== 3 && images.shape[1] !== 1))
+    typeError('images', 'a float32 Tensor [B, 3, H, W] (or [B, 1, H, W], drawn as gray)', images);
+  const [, C, H, W] = images.shape as [number, number, number, number];
   checkInt('b', b, 0, images.shape[0]! - 1);
   const all = images.toFloat32();
   const hw = H * W;
   const data = new Uint8Array(hw * 3);
   for (let p = 0; p < hw; ++p)
     for (let c = 0; c < 3; ++c) {
-      const v = all[(b * 3 + c) * hw + p]!;
+      const v = all[(b * C + (C === 1 ? 0 : c)) * hw + p]!;
       data[p * 3 + c] = Math.max(0, Math.min(255, Math.round((Math.max(-1, Math.min(1, v)) + 1) * 127.5)));
     }
   return { data, width: W, height: H };
@@ -86,8 +86,8 @@ export async function imageGrid(rows: readonly Tensor[], opts: { format?: ImageF
   const pad = opts.pad ?? 2;
   const [B, , H, W] = rows[0]!.shape as [number, number, number, number];
   for (const r of rows)
-    if (r.ndim !== 4 || r.shape[0] !== B || r.shape[2] !== H || r.shape[3] !== W)
-      throw new RangeError(`imageGrid: every row must be [${B}, 3, ${H}, ${W}], got [${r.shape.join(', ')}]`);
+    if (r.ndim !== 4 || r.shape[0] !== B || r.shape[2] !== H || r.shape[3] !== W || (r.shape[1] !== 1 && r.shape[1] !== 3))
+      throw new RangeError(`imageGrid: every row must be [${B}, 3 or 1, ${H}, ${W}], got [${r.shape.join(', ')}]`);
   const width = B * W + (B + 1) * pad;
   const height = rows.length * H + (rows.length + 1) * pad;
   const data = new Uint8Array(width * height * 3).fill(255);
