@@ -109,7 +109,12 @@ describe('activations', () => {
       expect(gw, info).toBeLessThan(2e-6);
       expect(maxRelElem(f64(gb!), gbr, 1e-6), info).toBeLessThan(2e-6);
       const loss = (aa: ArrayLike<number>, bb: ArrayLike<number>) => { let s = 0; for (let i = 0; i < n; ++i) s += aa[i]! * sigmoid(aa[i]!) * bb[i]! * gy[i]!; return s; };
-      expect(finiteDiffCheck(a, (aa) => loss(aa, b), gar, { eps: 1e-3, rng }).maxRel, info).toBeLessThan(1e-4);
+      // Finite differences away from silu's stationary point (a ~ -1.2785): there the derivative
+      // vanishes and the O(eps^2) truncation error is no longer small relative to it. At >= 0.1
+      // from it |silu'| >= 0.02 and the error is below eps^2 / 6 * |silu'''| / 0.02 ~ 3e-6 relative.
+      const aFd = Float32Array.from(a, (v) => (Math.abs(v + 1.2785) < 0.1 ? v + 0.3 : v));
+      const garFd = Float64Array.from(aFd, (v, i) => gy[i]! * b[i]! * actGrad('silu', v));
+      expect(finiteDiffCheck(aFd, (aa) => loss(aa, b), garFd, { eps: 1e-3, rng }).maxRel, info).toBeLessThan(1e-4);
       expect(finiteDiffCheck(b, (bb) => loss(a, bb), gbr, { eps: 1e-3, rng }).maxRel, info).toBeLessThan(1e-4);
     }
     expect(() => runSync(swiglu(Tensor.from(new Float32Array(3)), Tensor.from(new Float32Array(4))))).toThrow(/swiglu: b/);
