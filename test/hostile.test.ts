@@ -276,3 +276,15 @@ describe('native arguments', () => {
     expect(Array.from(out.toArray<'int64'>())).toEqual(Array.from(map.toArray<'int64'>()));
   });
 });
+
+describe('readWeights on an empty safetensors file', () => {
+  it('is an ERR_BAD_FILE error, not an empty map', async () => {
+    const { readWeights } = await import('../lib/tokenizer/load.js');
+    const { encodeSafetensors } = await import('../lib/io/safetensors.js');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mvq-empty-'));
+    const file = path.join(dir, 'empty.safetensors');
+    fs.writeFileSync(file, encodeSafetensors({}));
+    await expect(readWeights(file)).rejects.toMatchObject({ code: 'ERR_BAD_FILE' });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});

@@ -117,7 +117,17 @@ describe('tensor lifetime', () => {
     t.dispose();
     expect(t.disposed).toBe(true);
     expect(() => t.shape).toThrow(/disposed/);
-    expect(() => addon.runOp('contiguous', [t.native])).toThrow(TypeError);
+    // a disposed tensor is a MergeVQError with a code, wherever it is used
+    for (const use of [() => t.shape, () => addon.runOp('contiguous', [t.native])]) {
+      let err: unknown = null;
+      try {
+        use();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MergeVQError);
+      expect((err as MergeVQError).code).toBe('ERR_DISPOSED');
+    }
     expect(Array.from(v.toFloat32())).toEqual([4, 5, 6]);
   });
 

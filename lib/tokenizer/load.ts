@@ -3,7 +3,7 @@
  * reference's names, or a Lightning/PyTorch .ckpt read with the restricted unpickler).
  */
 import { extname } from 'node:path';
-import { typeError } from '../errors.js';
+import { MergeVQError, typeError } from '../errors.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
 import { readSafetensors } from '../io/safetensors.js';
 import type { LoadReport } from '../nn/params.js';
@@ -33,6 +33,7 @@ export async function readWeights(path: string, opts: { prefer?: 'ema' | 'raw'; 
     try {
       const out = new Map<string, Tensor>();
       for (const n of f.names) out.set(n, await f.tensorAsync(n));
+      if (out.size === 0) throw new MergeVQError(`${path}: the file holds no tensors`, 'ERR_BAD_FILE');
       return out;
     } finally {
       await f.closeAsync();

@@ -149,7 +149,7 @@ void JsTensor::Finalize(Napi::Env env) {
 }
 
 const Tensor& JsTensor::live(Napi::Env env) const {
-  if (!t_.defined()) throw Napi::Error::New(env, "tensor was disposed");
+  if (!t_.defined()) throw make_mvq_error(env, "ERR_DISPOSED", "tensor was disposed");
   return t_;
 }
 
@@ -266,7 +266,7 @@ const Tensor& unwrap_tensor(Napi::Value v, const std::string& what) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(d->tensor_ctor.Value()))
     throw Napi::TypeError::New(env, what + " must be a mergevq Tensor");
   const Tensor& t = JsTensor::Unwrap(v.As<Napi::Object>())->tensor();
-  if (!t.defined()) throw Napi::TypeError::New(env, what + " was disposed");
+  if (!t.defined()) throw make_mvq_error(env, "ERR_DISPOSED", what + " was disposed (dispose() ran before this call used it)");
   return t;
 }
 
