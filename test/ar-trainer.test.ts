@@ -205,9 +205,17 @@ describe('ARTrainer', () => {
       const d0 = f32(init.get(n)!);
       const da = f32(a.model.store.get(n)).map((v, i) => v - d0[i]!);
       const db = f32(b.model.store.get(n)).map((v, i) => v - d0[i]!);
-      expect(relErr(da, db), `${n} ${seedInfo(seed)}`).toBeLessThan(2e-3);
+      expect(da.some((v) => v !== 0), n).toBe(true);
+      // Adam's first update is lr * g / (|g| + eps): gradients equal up to rounding give equal updates
+      // except where |g| is near eps
+      expect(relErr(da, db), `${n} ${seedInfo(seed)}`).toBeLessThan(1e-4);
     }
     await expect(a.fit({ steps: 1 }).then(() => a.save(path.join(tmp, 'busy.state')))).rejects.toMatchObject({ code: 'ERR_BUSY' });
+    // an epoch's last batch ends an accumulation: 3 batches per epoch, accumulate 2
+    const odd = new ARTrainer(base(arModel(2), syntheticCodes(24, new Rng(seed)), { batchSize: 8, accumulate: 2 }));
+    const lo = await odd.fit({ steps: 6 });
+    expect(lo.map((l) => l.stepped)).toEqual([false, true, true, false, true, true]);
+    expect(lo.map((l) => l.step)).toEqual([0, 0, 1, 2, 2, 3]);
   });
 
   it('resumes exactly: k steps, save, a fresh trainer resumes -> the same losses and weights bit for bit', async () => {
@@ -289,10 +297,12 @@ describe('ARTrainer', () => {
     const w = new Map(names.map((n) => [n, f.tensor(n)]));
     m.loadWeights(w, { strict: true });
     for (const n of names) expect(sameBits(m.store.get(n), t.ema!.shadow(n)), n).toBe(true);
+    f.close();
     expect(names.some((n) => !sameBits(t.ema!.shadow(n), t.model.store.get(n)))).toBe(true);
     await t.exportWeights(file, { ema: false });
     const live = await readSafetensors(file);
     for (const n of names) expect(sameBits(live.tensor(n), t.model.store.get(n)), n).toBe(true);
+    live.close();
   });
 
   it('rejects unknown options and bad values with errors naming them', () => {
