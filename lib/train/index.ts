@@ -11,3 +11,4 @@ export * from './objective.js';
 export * from './codes.js';
 export * from './plot.js';
 export * from './tokenizer-trainer.js';
+export * from './ar-trainer.js';
