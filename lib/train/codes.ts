@@ -164,10 +164,15 @@ export async function readCodes(path: string): Promise<Codes> {
     if (info.dtype !== 'I64' || info.shape.length !== shape.length || info.shape.some((s, i) => s !== shape[i])) bad(`'${name}' must be int64 [${shape.join(', ')}]`);
     return BigInt64Array.from(await f.arrayAsync(name) as BigInt64Array);
   };
-  const indices = await get('indices', [N, L]);
-  const source = await get('source', [N, L]);
-  const keepIndex = await get('keep_index', [N]);
-  const labels = f.has('labels') ? await get('labels', [N]) : null;
+  let indices: BigInt64Array, source: BigInt64Array, keepIndex: BigInt64Array, labels: BigInt64Array | null;
+  try {
+    indices = await get('indices', [N, L]);
+    source = await get('source', [N, L]);
+    keepIndex = await get('keep_index', [N]);
+    labels = f.has('labels') ? await get('labels', [N]) : null;
+  } finally {
+    await f.closeAsync();
+  }
   const V = 2n ** BigInt(meta.bits);
   for (const v of indices) if (v < 0n || v >= V) bad(`index ${v} outside [0, 2^${meta.bits})`);
   for (const v of keepIndex) if (v < 0n || v >= BigInt(meta.keepCandidates.length)) bad(`keep_index ${v} outside the ${meta.keepCandidates.length} candidates`);

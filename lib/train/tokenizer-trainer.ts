@@ -238,7 +238,6 @@ export class TokenizerTrainer {
         });
         let total = g.loss;
         if (f.source) total = yield* add(total, yield* scale(f.source, self.opts.sourceWeight));
-        if (acc > 1) total = yield* scale(total, 1 / acc);
         return { f, total, log: g.log };
       })(this),
       tape.observe,
@@ -249,8 +248,9 @@ export class TokenizerTrainer {
     // discriminator pass (reconstructions detached inside)
     const dtape = new Tape();
     const dres = await this.run(this.objective.discriminatorPass({ inputs: batch.images, reconstructions: fwd.f.decoded, globalStep: step, training: true }), dtape.observe);
-    const dloss = acc > 1 ? await this.run(scale(dres.loss, 1 / acc)) : dres.loss;
-    const gradsD = await this.run(dtape.backward(dloss));
+    // accumulated gradients are averaged by the accumulator (the reference divides each loss by
+    // the count and sums: the same mean)
+    const gradsD = await this.run(dtape.backward(dres.loss));
     const disc = this.objective.discriminator;
     await this.run(this.accDisc.add(this.namedGrads(this.discNames, { get: (n) => disc.store.get(n) }, gradsD)));
 
