@@ -27,6 +27,18 @@ model:
 data: { dataset: fashion-mnist, batch_size: 4, size: 16, mode: resize, channels: 1 }
 `;
 
+const GPT_YAML = `
+trainer: { max_epochs: 5 }
+model:
+  init_args:
+    learning_rate: 1e-3
+    weight_decay: 5e-2
+    transformer_config:
+      params: { vocab_size: 256, block_size: 16, spatial_n_layer: 1, factorized_n_layer: 1, factorized_bits: [4, 4], n_head: 2, dim: 32, token_drop: 0.1, class_num: 10, multiple_of: 32 }
+mergear: { enabled: true, window: 2 }
+data: { dataset: fashion-mnist, batch_size: 8 }
+`;
+
 async function run(...args: string[]): Promise<void> {
   await createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
 }
@@ -46,6 +58,17 @@ describe.skipIf(!haveFashion)('mergevq train-tokenizer', () => {
     await run('train-tokenizer', '-c', cfg, '-o', out, '--steps', '2', '--resume');
     expect(steps()).toEqual([0, 1, 2, 3, 4]);
     expect(fs.readFileSync(cfg).equals(before)).toBe(true);
+
+    // stage 2 on codes of the tokenizer just trained: extraction, a few MergeAR steps, resume
+    const gcfg = path.join(dir, 'gpt.yaml');
+    fs.writeFileSync(gcfg, GPT_YAML);
+    const gout = path.join(dir, 'gen');
+    await run('train-generator', '-c', gcfg, '-o', gout, '--tokenizer-config', cfg, '--tokenizer', path.join(out, 'tokenizer.safetensors'), '--limit', '24', '--steps', '3', '--save-every', '2');
+    for (const f of ['codes.safetensors', 'state.safetensors', 'generator.safetensors', 'log.jsonl', 'loss.png']) expect(fs.existsSync(path.join(gout, f)), f).toBe(true);
+    await expect(run('train-generator', '-c', gcfg, '-o', gout, '--steps', '1')).rejects.toThrow(/--resume/);
+    await run('train-generator', '-c', gcfg, '-o', gout, '--steps', '2', '--resume');
+    const gsteps = fs.readFileSync(path.join(gout, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+    expect(gsteps).toEqual([0, 1, 2, 3, 4]);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -1,5 +1,5 @@
 /**
- * `mergevq train-tokenizer`: stage-1 training from a YAML file in the reference's format (the
+ * `mergevq train-tokenizer` and `mergevq train-generator` (stage 2, below): stage-1 training from a YAML file in the reference's format (the
  * model's `ddconfig` / `k2lconfig` / `lossconfig.params` / learning_rate / lr_drop_epoch /
  * use_ema / accumulate_grad_batches, `trainer.max_epochs`) plus a `data:` section for local data.
  *
@@ -22,6 +22,12 @@ import { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
 import { DataLoader, fashionMnistDataset, type Dataset } from '../data/loader.js';
 import { ImageFolderDataset } from '../data/folder.js';
 import { TokenizerTrainer, type TokenizerStepLog } from '../train/tokenizer-trainer.js';
+import { ARTrainer, type ARStepLog } from '../train/ar-trainer.js';
+import { extractCodes, readCodes, writeCodes } from '../train/codes.js';
+import { MergeVQGPT } from '../generator/gpt.js';
+import { MergeARGPT } from '../generator/mergear.js';
+import { parseGPTConfigYaml } from '../generator/config.js';
+import { loadTokenizer } from '../tokenizer/load.js';
 import { writeCurvesPng } from '../train/plot.js';
 
 function int(v: string): number {
@@ -134,7 +140,7 @@ async function drawCurves(logPath: string, out: string): Promise<void> {
   await writeCurvesPng(out, series.filter((s) => s.points.length > 0), { title: 'tokenizer training (running mean of 20 steps)', logY: true, yTitle: 'loss' });
 }
 
-/** Adds `train-tokenizer` to the program. */
+/** Adds `train-tokenizer` and `train-generator` to the program. */
 export function addTrainCommands(program: Command): void {
   program
     .command('train-tokenizer')
@@ -231,5 +237,112 @@ export function addTrainCommands(program: Command): void {
       await trainer.close();
       process.off('SIGINT', onSigint);
       process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'tokenizer.safetensors')}, ${logPath}, ${join(out, 'loss.png')}\n`);
+    });
+
+  program
+    .command('train-generator')
+    .description('train the class-conditional AR generator (MergeAR by default) on codes of a trained tokenizer; resumable, Ctrl-C saves')
+    .requiredOption('-c, --config <yaml>', 'generator config (the reference stage-2 layout plus mergear: and data:)')
+    .requiredOption('-o, --out <dir>', 'run folder (codes, state, logs, curves, exported weights)')
+    .option('--tokenizer-config <yaml>', 'the tokenizer config (to extract codes)')
+    .option('--tokenizer <weights>', 'the trained tokenizer weights (to extract codes)')
+    .option('--codes <file>', 'pre-extracted codes (safetensors from an earlier run) instead of extracting')
+    .option('--limit <n>', 'extract codes of the first n training images only', int)
+    .option('--steps <n>', 'stop after this many more steps (default: the config epochs)', int)
+    .option('--resume', 'continue the run in --out from its saved state')
+    .option('--save-every <n>', 'save the state every n steps', int, 500)
+    .option('--seed <n>', 'seed of initialization, order, label dropout and keep draws', int, 0)
+    .option('--async', 'run every op as its own job on the libuv pool')
+    .action(async (o: { config: string; out: string; tokenizerConfig?: string; tokenizer?: string; codes?: string; limit?: number; steps?: number; resume?: boolean; saveEvery: number; seed: number; async?: boolean }) => {
+      if (!existsSync(o.config) || !statSync(o.config).isFile()) throw new MergeVQError(`--config: no such file: ${o.config}`, 'ERR_NOT_FOUND');
+      const text = readFileSync(o.config, 'utf8');
+      const gcfg = parseGPTConfigYaml(text, o.config);
+      const doc = obj(parseYaml(text));
+      const args = obj(obj(doc.model).init_args);
+      const mer = obj(doc.mergear);
+      const data = obj(doc.data);
+      const num = (v: unknown, d: number) => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'string' && Number.isFinite(Number(v)) ? Number(v) : d);
+      const out = resolve(o.out);
+      const statePath = join(out, 'state.safetensors');
+      if (existsSync(statePath) && !o.resume) throw new MergeVQError(`--out ${out} holds a run already: add --resume to continue it, or choose another folder`, 'ERR_EXISTS');
+      if (o.resume && !existsSync(statePath) && !existsSync(`${statePath}.prev`)) throw new MergeVQError(`--resume: no saved state in ${out}`, 'ERR_NOT_FOUND');
+      mkdirSync(out, { recursive: true });
+      const codesPath = o.codes ?? join(out, 'codes.safetensors');
+      if (!existsSync(codesPath)) {
+        if (!o.tokenizerConfig || !o.tokenizer) throw new MergeVQError('give --codes, or --tokenizer-config and --tokenizer to extract them', 'ERR_BAD_ARGUMENT');
+        const { tokenizer } = await loadTokenizer({ config: o.tokenizerConfig, weights: o.tokenizer, strict: true });
+        const dd = tokenizer.config.ddconfig;
+        const spec = { dataset: typeof data.dataset === 'string' ? data.dataset : 'fashion-mnist', batchSize: 64, size: dd.resolution, mode: (data.mode === 'resize' || (data.mode !== 'pad' && dd.resolution < 28) ? 'resize' : 'pad') as 'pad' | 'resize', channels: (dd.in_channels === 1 ? 1 : 3) as 1 | 3, flip: false };
+        const ds = await openDataset(spec, 'train');
+        const loader = new DataLoader(ds, { batchSize: 64, seed: o.seed, shuffle: false });
+        const t0 = performance.now();
+        const codes = await extractCodes(tokenizer, loader, { seed: o.seed, ...(o.limit ? { limit: o.limit } : {}), onProgress: (d, t) => process.stderr.isTTY && process.stderr.write(`\rextracting codes ${d}/${t}`) });
+        await loader.close();
+        await writeCodes(codesPath, codes);
+        process.stderr.write(`\nextracted ${codes.meta.count} code sequences in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${codesPath}\n`);
+      }
+      const codes = await readCodes(codesPath);
+      const useMergeAR = mer.enabled !== false;
+      const model = useMergeAR ? new MergeARGPT(gcfg, { numCandidates: codes.meta.keepCandidates.length, window: Math.trunc(num(mer.window, 2)) }) : new MergeVQGPT(gcfg);
+      model.store.initRandom(o.seed);
+      const trainer = new ARTrainer({
+        model, codes, batchSize: Math.max(1, Math.trunc(num(data.batch_size, 64))), seed: o.seed,
+        learningRate: num(args.learning_rate, 3e-4), weightDecay: num(args.weight_decay, 0.05), twde: num(args.twde, 0),
+        wp: num(args.wp, 0), wp0: num(args.wp0, 0.005), wpe: num(args.wpe, 0.01), maxEpochs: Math.max(1, Math.trunc(num(obj(doc.trainer).max_epochs, 1))),
+        labelDropout: gcfg.token_drop, sync: !o.async,
+      });
+      if (o.resume) {
+        const r = await trainer.resume(statePath);
+        process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
+      }
+      const logPath = join(out, 'log.jsonl');
+      const ac = new AbortController();
+      const onSigint = () => {
+        if (ac.signal.aborted) process.exit(130);
+        process.stderr.write('\ninterrupted: finishing the step and saving (Ctrl-C again to quit without saving)\n');
+        ac.abort();
+      };
+      process.on('SIGINT', onSigint);
+      const save = async () => {
+        await trainer.save(statePath);
+        await trainer.exportWeights(join(out, 'generator.safetensors'));
+      };
+      const curves = async () => {
+        const pts = readFileSync(logPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as ARStepLog);
+        const smooth = (key: 'loss' | 'lossPre' | 'lossPost') => {
+          const w: number[] = [];
+          return pts.map((p) => {
+            w.push(p[key]);
+            if (w.length > 20) w.shift();
+            return [p.step, w.reduce((a, b) => a + b, 0) / w.length] as [number, number];
+          });
+        };
+        await writeCurvesPng(join(out, 'loss.png'), [{ name: 'CE(pre) + CE(post)', points: smooth('loss') }, { name: 'CE(pre)', points: smooth('lossPre') }, { name: 'CE(post)', points: smooth('lossPost') }], { title: 'generator training (running mean of 20 steps)', yTitle: 'cross-entropy' });
+      };
+      const steps = o.steps ?? Number.MAX_SAFE_INTEGER;
+      const t0 = performance.now();
+      let n = 0;
+      await trainer.fit({
+        steps,
+        signal: ac.signal,
+        onStep: async (l) => {
+          ++n;
+          appendFileSync(logPath, `${JSON.stringify(l)}\n`);
+          if (n % 50 === 0 || process.stderr.isTTY) {
+            const rate = n / ((performance.now() - t0) / 1000);
+            const line = `step ${l.step} epoch ${l.epoch} loss ${l.loss.toFixed(4)} (pre ${l.lossPre.toFixed(3)}, post ${l.lossPost.toFixed(3)}) lr ${l.lr.toExponential(2)} ${rate.toFixed(2)} steps/s`;
+            process.stderr.write(process.stderr.isTTY ? `\r${line}` : `${line}\n`);
+          }
+          if (n % o.saveEvery === 0) {
+            await save();
+            await curves();
+          }
+          await new Promise<void>((r) => setImmediate(r));
+        },
+      });
+      await save();
+      if (n > 0) await curves();
+      process.off('SIGINT', onSigint);
+      process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'generator.safetensors')}, ${logPath}\n`);
     });
 }
