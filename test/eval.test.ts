@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { codebookUsage, psnr, ssim } from '../lib/eval/metrics.js';
+import { trainLinearProbe, trainLinearProbeAsync } from '../lib/eval/probe.js';
 import { Tensor } from '../lib/tensor.js';
 import { Rng, seedInfo } from './helpers.js';
 
@@ -121,5 +122,53 @@ describe('codebookUsage', () => {
     expect(() => codebookUsage(new BigInt64Array(0), 3)).toThrow(/empty/);
     expect(() => codebookUsage(Tensor.from(new Float32Array(2), [2]), 3)).toThrow(TypeError);
     expect(() => codebookUsage([1, 2] as unknown as Int32Array, 3)).toThrow(TypeError);
+  });
+});
+
+/** Gaussian clusters around random class means (separated by ~`gap` within-class stds), with an offset and scale per dimension the probe must standardize away. */
+function clusters(rng: Rng, n: number, d: number, k: number, gap: number, means?: Float64Array[]) {
+  const mu = means ?? Array.from({ length: k }, () => Float64Array.from({ length: d }, () => rng.normal() * gap));
+  const x = new Float32Array(n * d);
+  const y = new Int32Array(n);
+  for (let i = 0; i < n; ++i) {
+    y[i] = i % k;
+    for (let j = 0; j < d; ++j) x[i * d + j] = (mu[y[i]!]![j]! + rng.normal()) * (1 + j) + 10 * j;
+  }
+  return { x, y, mu };
+}
+
+describe('linear probe', () => {
+  it('separates Gaussian clusters (> 95% test accuracy), deterministically from the seed', async () => {
+    const rng = new Rng();
+    const D = 8;
+    const K = 4;
+    const train = clusters(rng, 400, D, K, 2.5);
+    const test = clusters(rng, 400, D, K, 2.5, train.mu);
+    const opts = { classes: K, epochs: 15, lr: 0.05, weightDecay: 1e-4, batchSize: 64, seed: 7 };
+    const probe = trainLinearProbe(train.x, train.y, opts);
+    const acc = probe.accuracy(test.x, test.y);
+    expect(acc, seedInfo(rng.seed)).toBeGreaterThan(0.95);
+    expect(probe.losses.length).toBe(15);
+    expect(probe.losses[14]!).toBeLessThan(probe.losses[0]!);
+    expect(probe.predict(test.x).length).toBe(400);
+    const again = await trainLinearProbeAsync(train.x, train.y, opts);
+    expect(Array.from(again.weight)).toEqual(Array.from(probe.weight));
+    expect(Array.from(again.bias)).toEqual(Array.from(probe.bias));
+    const other = trainLinearProbe(train.x, train.y, { ...opts, seed: 8 });
+    expect(Array.from(other.weight)).not.toEqual(Array.from(probe.weight));
+    // Labels carry the signal: shuffled labels give chance-level test accuracy.
+    const shuffled = Int32Array.from(train.y, (_, i) => train.y[(i * 7 + 3) % 400]! === train.y[i]! ? (train.y[i]! + 1) % K : train.y[(i * 7 + 3) % 400]!);
+    expect(trainLinearProbe(train.x, shuffled, opts).accuracy(test.x, test.y)).toBeLessThan(0.6);
+  });
+  it('rejects bad arguments', () => {
+    const x = new Float32Array(12);
+    expect(() => trainLinearProbe(x, [0, 1, 2], { classes: 2 })).toThrow(/labels\[2\]/);
+    expect(() => trainLinearProbe(x, [0, 1, 1, 0, 1], { classes: 2 })).toThrow(/features must hold/);
+    expect(() => trainLinearProbe([1, 2] as unknown as Float32Array, [0, 1], { classes: 2 })).toThrow(TypeError);
+    expect(() => trainLinearProbe(x, [0, 1, 0], { classes: 1 })).toThrow(/classes/);
+    expect(() => trainLinearProbe(x, [0, 1, 0], { classes: 2, lr: -1 })).toThrow(/lr/);
+    const p = trainLinearProbe(x, [0, 1, 0], { classes: 2, epochs: 1 });
+    expect(() => p.predict(new Float32Array(5))).toThrow(/M \* 4/);
+    expect(() => p.accuracy(new Float32Array(8), [0])).toThrow(/labels must hold 2/);
   });
 });
