@@ -1,11 +1,21 @@
 // Evaluation: PSNR / SSIM / codebook usage against float64 references (SSIM against skimage when
 // available), the linear probe, evaluateTokenizer and the `mergevq eval` command.
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import { existsSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { codebookUsage, psnr, ssim } from '../lib/eval/metrics.js';
 import { trainLinearProbe, trainLinearProbeAsync } from '../lib/eval/probe.js';
 import { Tensor } from '../lib/tensor.js';
+import { evaluateTokenizer } from '../lib/eval/index.js';
+import { Uint8ImageDataset } from '../lib/data/loader.js';
+import { FASHION_MNIST_DIR } from '../lib/data/idx.js';
+import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
+import { writeSafetensors } from '../lib/io/safetensors.js';
+import { createProgram } from '../lib/cli/program.js';
+import { vi } from 'vitest';
 import { Rng, seedInfo } from './helpers.js';
 
 const PY = '/usr/bin/python3';
@@ -170,5 +180,124 @@ describe('linear probe', () => {
     const p = trainLinearProbe(x, [0, 1, 0], { classes: 2, epochs: 1 });
     expect(() => p.predict(new Float32Array(5))).toThrow(/M \* 4/);
     expect(() => p.accuracy(new Float32Array(8), [0])).toThrow(/labels must hold 2/);
+  });
+});
+
+const TINY_ARGS = {
+  ddconfig: { z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1,
+    num_att_blocks: 3, num_heads: 2, dist_head: 'layer3', num_classes: 10, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1 },
+  k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
+  n_embed: 256,
+  embed_dim: 8,
+};
+
+function tinyTokenizer(seed: number): MergeVQTokenizer {
+  const tok = MergeVQTokenizer.fromConfig(TINY_ARGS);
+  tok.store.initRandom(seed);
+  return tok;
+}
+
+/** n random 16x16 byte images with labels 0..2 (a brighter square marks the class). */
+function tinyDataset(rng: Rng, n: number): Uint8ImageDataset {
+  const img = new Uint8Array(n * 256);
+  const lab = new Uint8Array(n);
+  for (let i = 0; i < n; ++i) {
+    lab[i] = i % 3;
+    for (let p = 0; p < 256; ++p) img[i * 256 + p] = rng.int(100) + ((p >> 4) >= 5 * lab[i]! && (p >> 4) < 5 * lab[i]! + 5 ? 150 : 0);
+  }
+  return new Uint8ImageDataset(img, lab, 16, 16, { size: 16, channels: 1 });
+}
+
+describe('evaluateTokenizer', () => {
+  it('scores every keep count (given and learned source), codebook usage and the probe; matches direct computation', async () => {
+    const rng = new Rng();
+    const tok = tinyTokenizer(rng.seed);
+    const train = tinyDataset(rng, 24);
+    const test = tinyDataset(rng, 10);
+    const progress: string[] = [];
+    const r = await evaluateTokenizer(tok, { train, test, limit: 8, batchSize: 5, probe: { epochs: 5 }, onProgress: (p) => progress.push(p.stage) });
+    expect(JSON.parse(JSON.stringify(r))).toEqual(r);
+    expect(r.samples).toEqual({ train: 8, test: 8 });
+    expect(r.keeps.map((k) => k.keep)).toEqual(tok.candidates.keep);
+    for (const k of r.keeps) {
+      for (const sc of [k.given, k.learned!]) {
+        expect(Number.isFinite(sc.psnr) && sc.psnr > 0).toBe(true);
+        expect(sc.ssim).toBeGreaterThan(-1);
+        expect(sc.ssim).toBeLessThan(1);
+      }
+      expect(k.codebook.count).toBe(8 * k.keep);
+      expect(k.codebook.used).toBeGreaterThan(0);
+      expect(k.codebook.perplexity).toBeLessThanOrEqual(k.codebook.used + 1e-9);
+    }
+    // the default keep's given-source PSNR / SSIM, recomputed from reconstructSync on the same images
+    const imgs = new Float32Array(8 * 256);
+    const trng = new (await import('../lib/train/rng.js')).TrainRng(0);
+    for (let i = 0; i < 8; ++i) imgs.set(test.getSync(i, trng).image, i * 256);
+    const x = Tensor.from(imgs, [8, 1, 16, 16]);
+    const ki = r.keeps.findIndex((k) => k.keep === tok.defaultKeep);
+    expect(ki).toBeGreaterThanOrEqual(0);
+    const rec = tok.reconstructSync(x, { keep: tok.defaultKeep });
+    const y = Tensor.from(Float32Array.from(rec.images.toArray<'float32'>(), (v) => Math.max(-1, Math.min(1, v))), [8, 1, 16, 16]);
+    expect(r.keeps[ki]!.given.psnr).toBeCloseTo(psnr(x, y).mean, 4);
+    expect(r.keeps[ki]!.given.ssim).toBeCloseTo(ssim(x, y).mean, 4);
+    expect(r.keeps[ki]!.codebook).toEqual(codebookUsage(rec.encoded.indices, 8));
+    expect(r.probe).not.toBeNull();
+    expect(r.probe!).toMatchObject({ keep: tok.defaultKeep, classes: 3, trainSamples: 8, testSamples: 8, dim: rec.encoded.cls.shape[1] });
+    for (const a of [r.probe!.trainAccuracy, r.probe!.testAccuracy]) expect(a >= 0 && a <= 1).toBe(true);
+    expect(progress).toContain('reconstruct');
+    expect(progress).toContain('probe-train');
+  });
+  it('rejects bad options and stops on an aborted signal', async () => {
+    const rng = new Rng();
+    const tok = tinyTokenizer(1);
+    const ds = tinyDataset(rng, 4);
+    await expect(evaluateTokenizer(tok, { train: ds, test: {} as Uint8ImageDataset })).rejects.toThrow(/opts.test/);
+    await expect(evaluateTokenizer(tok, { train: ds, test: ds, keeps: [999] })).rejects.toThrow(/keeps\[0\]/);
+    await expect(evaluateTokenizer(tok, { train: ds, test: ds, limit: 0 })).rejects.toThrow(/limit/);
+    const ac = new AbortController();
+    ac.abort(new Error('stop now'));
+    await expect(evaluateTokenizer(tok, { train: ds, test: ds, signal: ac.signal })).rejects.toThrow(/stop now/);
+  });
+});
+
+const haveFashion = fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'));
+if (!haveFashion) console.warn(`SKIPPED mergevq eval CLI test: no Fashion-MNIST in ${FASHION_MNIST_DIR}`);
+
+describe.skipIf(!haveFashion)('mergevq eval', () => {
+  it('prints a table and JSON for a tiny random-weight tokenizer', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mvq-cli-eval-'));
+    const cfg = path.join(dir, 'tiny.yaml');
+    fs.writeFileSync(cfg, `model:\n  init_args: ${JSON.stringify(TINY_ARGS)}\ndata: { dataset: fashion-mnist, size: 16, mode: resize, channels: 1 }\n`);
+    const w = path.join(dir, 'tok.safetensors');
+    await writeSafetensors(w, Object.fromEntries(tinyTokenizer(3).store.stateDict()));
+    let out = '';
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      out += String(chunk);
+      return true;
+    });
+    const run = (...args: string[]) => createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
+    try {
+      await run('eval', '-c', cfg, '-w', w, '--limit', '6', '--json');
+      const r = JSON.parse(out) as import('../lib/eval/index.js').TokenizerEvaluation;
+      expect(r.samples).toEqual({ train: 6, test: 6 });
+      expect(r.keeps.length).toBeGreaterThan(0);
+      for (const k of r.keeps) {
+        expect(Number.isFinite(k.given.psnr)).toBe(true);
+        expect(k.given.ssim > -1 && k.given.ssim < 1).toBe(true);
+        expect(k.learned!.ssim > -1 && k.learned!.ssim < 1).toBe(true);
+        expect(k.codebook.fraction > 0 && k.codebook.fraction <= 1).toBe(true);
+      }
+      expect(r.probe!.classes).toBeLessThanOrEqual(10);
+      expect(r.probe!.testAccuracy >= 0 && r.probe!.testAccuracy <= 1).toBe(true);
+      out = '';
+      await run('eval', '-c', cfg, '-w', w, '--limit', '4', '--keeps', String(r.keeps[0]!.keep));
+      expect(out).toMatch(/PSNR\(learned\)/);
+      expect(out).toMatch(/linear probe .*test \d+\.\d+%/);
+      expect(out.trim().split('\n').filter((l) => /^\s*\d+\s/.test(l)).length).toBe(1);
+      await expect(run('eval', '-c', cfg, '-w', path.join(dir, 'none.safetensors'))).rejects.toThrow();
+    } finally {
+      spy.mockRestore();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -11,6 +11,7 @@ import { Tensor } from '../tensor.js';
 import { loadTokenizer, readWeights } from '../tokenizer/load.js';
 import type { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
 import { addTrainCommands } from './train.js';
+import { addEvalCommands } from './eval.js';
 
 function int(v: string): number {
   const n = Number(v);
@@ -207,5 +208,6 @@ export function createProgram(): Command {
     });
 
   addTrainCommands(program);
+  addEvalCommands(program);
   return program;
 }
