@@ -28,6 +28,7 @@ export * from './io/index.js';
 export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, type ImageInput, type ImageFormat } from './io/image.js';
 export { MergeVQGPT, generate, generateSync, sampleProgram, SeededRandom, loadGPTConfigFile, parseGPTConfigYaml, normalizeGPTConfig, type GPTConfig, type SampleOptions, type SampleResult, type GPTLogits } from './generator/index.js';
 export { MergeARGPT, MergeARDecoder, codeGroups, maskVisibleKeys, decodeReplay, mergeARDecodeStats, sampleMergeARProgram, generateMergeARSync, MERGEAR_WINDOW, type MergeAROptions, type DecodeMode, type DecodeStepStats, type DecodeReport } from './generator/mergear.js';
+export { evaluateTokenizer, psnr, ssim, codebookUsage, trainLinearProbe, trainLinearProbeAsync, trainLinearProbeProgram, type TokenizerEvaluation, type EvaluateOptions, type KeepEvaluation, type ProbeEvaluation, type LinearProbe, type LinearProbeOptions, type CodebookUsage } from './eval/index.js';
 
 import { addon } from './native.js';
 
