@@ -61,7 +61,8 @@ describe('activations', () => {
         const gv = f64(gx!);
         let gworst = 0;
         for (let i = 0; i < n; ++i) gworst = Math.max(gworst, Math.abs(gv[i]! - gr[i]!) / Math.max(Math.abs(gr[i]!), 0.1 * Math.abs(gy[i]!), 1e-30) / cond(x[i]!));
-        expect(gworst, info).toBeLessThan(2e-6);
+        // ~50 float32 ulps: the derivative chains about ten rounded operations, each conditioned by cond(x)
+        expect(gworst, info).toBeLessThan(3e-6);
         // the reference derivative against finite differences (points away from leaky_relu's kink)
         const xs = Float32Array.from(x, (v) => (Math.abs(v) < 0.01 ? 0.5 : Math.max(-30, Math.min(30, v))));
         const grs = Float64Array.from(xs, (v, i) => r.g(v) * gy[i]!);
