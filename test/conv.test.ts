@@ -110,6 +110,10 @@ const configs: Cfg[] = [
   // K = 4608 / 9216 makes the backward column tiles (about 8 MB of im2col) smaller than N.
   cfg('C=512 3x3 s1 p1 (gw over 2 column tiles)', 1, 512, 24, 24, 4, 3, 1, 1),
   cfg('C=1024 3x3 s2 p1 (gx col2im and gw over 2 column tiles)', 1, 1024, 32, 32, 3, 3, 2, 1),
+  // Training shapes (small images, batch of >= 2 images per thread): the direct 3x3 kernel runs
+  // one task per (image, band) over the whole batch, forward and the stride-1 input gradient.
+  cfg('3x3 s1 p1 batch 5 at 16x16 (batch-wide direct kernel)', 5, 6, 16, 16, 7, 3, 1, 1),
+  cfg('3x3 s1 p1 batch 4 at 32x32, 13 output channels (batch-wide direct kernel, partial channel block)', 4, 5, 32, 32, 13, 3, 1, 1),
   cfg('depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)', 2, 5, 3, 21, 5, 3, 1, 1, 5),
 ];
 
