@@ -463,11 +463,30 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
 // Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
 void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* dst) {
   const int64_t K = g.K();
+  // Stride 1 over whole images with rows of a multiple of 8 columns (at least 8 input columns).
+  const bool fast = g.sh == 1 && g.sw == 1 && n0 == 0 && nt == g.N() && g.Wo % 8 == 0 && g.W >= 8;
   parallel_for(K, 8, [&](int64_t kb, int64_t ke) {
     for (int64_t k = kb; k < ke; ++k) {
       const int64_t c = k / (g.KH * g.KW), r = k % (g.KH * g.KW), kh = r / g.KW, kw = r % g.KW;
       const float* xc = xb + c * g.H * g.W;
       float* o = dst + k * nt;
+      if (fast) {
+        // Whole rows of 8-float chunks: each chunk is one masked, shifted vector load.
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          float* orow = o + oh * g.Wo;
+          const int64_t ih = oh - g.ph + kh;
+          if (ih < 0 || ih >= g.H) {
+            for (int64_t ow = 0; ow < g.Wo; ow += 8) _mm256_storeu_ps(orow + ow, _mm256_setzero_ps());
+            continue;
+          }
+          const float* xr = xc + ih * g.W;
+          for (int64_t ow = 0; ow < g.Wo; ow += 8) {
+            const int64_t iw0 = ow - g.pw + kw;
+            _mm256_storeu_ps(orow + ow, iw0 >= 0 && iw0 + 8 <= g.W ? _mm256_loadu_ps(xr + iw0) : edge_chunk(xr, iw0, g.W));
+          }
+        }
+        continue;
+      }
       int64_t lo, hi;
       valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
       int64_t n = n0;
