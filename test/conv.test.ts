@@ -110,6 +110,14 @@ const configs: Cfg[] = [
   // K = 4608 / 9216 makes the backward column tiles (about 8 MB of im2col) smaller than N.
   cfg('C=512 3x3 s1 p1 (gw over 2 column tiles)', 1, 512, 24, 24, 4, 3, 1, 1),
   cfg('C=1024 3x3 s2 p1 (gx col2im and gw over 2 column tiles)', 1, 1024, 32, 32, 3, 3, 2, 1),
+  // Training shapes (small images, batch of >= 2 images per thread): the direct 3x3 kernel runs
+  // one task per (image, band) over the whole batch, forward and the stride-1 input gradient.
+  cfg('3x3 s1 p1 batch 5 at 16x16 (batch-wide direct kernel)', 5, 6, 16, 16, 7, 3, 1, 1),
+  cfg('3x3 s1 p1 batch 4 at 32x32, 13 output channels (batch-wide direct kernel, partial channel block)', 4, 5, 32, 32, 13, 3, 1, 1),
+  // Stride 1 with output rows of a multiple of 8 columns: gw's im2col is built by masked vector loads.
+  cfg('5x5 s1 p2 at 16x16 (vector im2col, 2 padding columns)', 2, 3, 16, 16, 4, 5, 1, 2),
+  cfg('3x3 s1 p0 at 10x10 (vector im2col, no padding)', 2, 3, 10, 10, 4, 3, 1, 0),
+  cfg('3x3 s1 p1 at 8x8 (vector im2col, 8-column input rows)', 3, 2, 8, 8, 5, 3, 1, 1),
   cfg('depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)', 2, 5, 3, 21, 5, 3, 1, 1, 5),
 ];
 

@@ -358,15 +358,19 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
   const int T = num_threads();
   // Output rows per band: as many as fit the budget, then evened out so the bands split equally
   // over the threads (a short last band would leave one thread idle).
+  // With a batch of at least two images per thread the tasks span the whole batch instead: one
+  // parallel region per call rather than a join per image (on a shared machine a descheduled
+  // thread then stalls only its own tasks), each image's bands as large as fit, no channel split.
+  const bool flat = T > 1 && g.B >= 2 * T;
   int64_t R = std::max<int64_t>(1, std::min<int64_t>(Ho, rows_fit));
   int64_t nbands = (Ho + R - 1) / R;
-  if (nbands >= T) nbands = (nbands + T - 1) / T * T;
+  if (nbands >= T && !flat) nbands = (nbands + T - 1) / T * T;
   R = (Ho + nbands - 1) / nbands;
   nbands = (Ho + R - 1) / R;
   const int64_t oblocks = (O + 5) / 6;
   // Split the output channels too when there are too few bands to keep the threads busy.
   int64_t ogroups = 1;
-  while (nbands * ogroups < 2 * T && ogroups * 2 <= oblocks) ogroups *= 2;
+  while (!flat && nbands * ogroups < 2 * T && ogroups * 2 <= oblocks) ogroups *= 2;
   const int64_t ob_per = (oblocks + ogroups - 1) / ogroups;
   // The last, partial block of output channels reads zero-padded copies of its weight rows.
   std::vector<float> wtail;
@@ -376,10 +380,11 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
     std::memcpy(wtail.data(), w + (O - otail) * K, sizeof(float) * otail * K);
   }
   const int64_t ps = (R + 2) * Wp;
-  for (int64_t bi = 0; bi < g.B; ++bi) {
+  // One task: output rows of band `task / ogroups`, channel group `task % ogroups`, of image bi.
+  auto work = [&](int64_t bi, int64_t task) {
     const float* xb = x + bi * C * H * W;
     float* yb = y + bi * O * Ho * Wo;
-    parallel_tasks(nbands * ogroups, [&](int64_t task, int) {
+    {
       const int64_t band = task / ogroups, og = task % ogroups;
       const int64_t r0 = band * R, r1 = std::min(Ho, r0 + R);
       const int64_t ob0 = og * ob_per, ob1 = std::min(oblocks, ob0 + ob_per);
@@ -445,18 +450,43 @@ void direct3x3_forward(const Geom& g, const float* x, const float* w, const floa
               for (int64_t ob = ob0; ob < ob1; ++ob) tile(oh, ow, ob);
         }
       }
-    });
+    }
+  };
+  const int64_t per_image = nbands * ogroups;
+  if (flat) {
+    parallel_tasks(g.B * per_image, [&](int64_t t, int) { work(t / per_image, t % per_image); });
+  } else {
+    for (int64_t bi = 0; bi < g.B; ++bi) parallel_tasks(per_image, [&](int64_t t, int) { work(bi, t); });
   }
 }
 
 // Explicit im2col of columns [n0, n0 + nt) into dst [K, nt].
 void im2col_tile(const Geom& g, const float* xb, int64_t n0, int64_t nt, float* dst) {
   const int64_t K = g.K();
+  // Stride 1 over whole images with rows of a multiple of 8 columns (at least 8 input columns).
+  const bool fast = g.sh == 1 && g.sw == 1 && n0 == 0 && nt == g.N() && g.Wo % 8 == 0 && g.W >= 8;
   parallel_for(K, 8, [&](int64_t kb, int64_t ke) {
     for (int64_t k = kb; k < ke; ++k) {
       const int64_t c = k / (g.KH * g.KW), r = k % (g.KH * g.KW), kh = r / g.KW, kw = r % g.KW;
       const float* xc = xb + c * g.H * g.W;
       float* o = dst + k * nt;
+      if (fast) {
+        // Whole rows of 8-float chunks: each chunk is one masked, shifted vector load.
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          float* orow = o + oh * g.Wo;
+          const int64_t ih = oh - g.ph + kh;
+          if (ih < 0 || ih >= g.H) {
+            for (int64_t ow = 0; ow < g.Wo; ow += 8) _mm256_storeu_ps(orow + ow, _mm256_setzero_ps());
+            continue;
+          }
+          const float* xr = xc + ih * g.W;
+          for (int64_t ow = 0; ow < g.Wo; ow += 8) {
+            const int64_t iw0 = ow - g.pw + kw;
+            _mm256_storeu_ps(orow + ow, iw0 >= 0 && iw0 + 8 <= g.W ? _mm256_loadu_ps(xr + iw0) : edge_chunk(xr, iw0, g.W));
+          }
+        }
+        continue;
+      }
       int64_t lo, hi;
       valid_cols(g.W, g.Wo, g.sw, g.pw, kw, &lo, &hi);
       int64_t n = n0;
