@@ -12,6 +12,9 @@
 import { call, call1, type OpRequest, type Program } from './graph.js';
 import { MergeVQError } from './errors.js';
 import { Tensor } from './tensor.js';
+import { batchNormBackward, leakyReluBackward } from './ops/nn.js';
+import { maxPool2dBackward } from './ops/pool.js';
+import { clampBackward, mul, unary } from './ops/tensor.js';
 
 /** Input gradients for one recorded op, given the gradients of its outputs (null = none). */
 export type GradRule = (req: OpRequest, outs: Tensor[], gouts: (Tensor | null)[]) => Program<(Tensor | null)[]>;
@@ -160,7 +163,7 @@ defineGrad('conv2d', function* (req, _o, [g]) {
 // The gradient goes to the element the forward chose (its first maximum on ties); indices get none.
 defineGrad('max_pool2d', function* (req, outs, [g]) {
   if (!g) return [null];
-  return [yield* call1('max_pool2d_backward', [g, outs[1]], { shape: req.inputs[0]!.shape })];
+  return [yield* maxPool2dBackward(g, outs[1]!, { inputShape: req.inputs[0]!.shape })];
 });
 defineGrad('group_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
@@ -343,19 +346,19 @@ defineGrad('swiglu', function* (req, _o, [g]) {
 defineGrad('batch_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   if (!g) return [null, null, null, null, null];
-  const [gx, gw, gb] = yield* call('batch_norm_backward', [x, w, outs[1], outs[2], g], { training: A(req).training ?? false });
+  const [gx, gw, gb] = yield* batchNormBackward(x!, w, outs[1]!, outs[2]!, g, { training: Boolean(A(req).training ?? false) });
   // The running statistics are buffers: no gradient flows into them.
   return [gx!, w ? gw! : null, b ? gb! : null, null, null];
 });
 defineGrad('leaky_relu', function* (req, _o, [g]) {
-  return [yield* call1('leaky_relu_backward', [req.inputs[0], g!], { slope: A(req).slope ?? 0.2 })];
+  return [yield* leakyReluBackward(req.inputs[0]!, g!, { slope: (A(req).slope as number | undefined) ?? 0.2 })];
 });
 defineGrad('clamp', function* (req, _o, [g]) {
-  return [yield* call1('clamp_backward', [req.inputs[0], g!], { min: A(req).min, max: A(req).max })];
+  return [yield* clampBackward(req.inputs[0]!, g!, { min: A(req).min as number | undefined, max: A(req).max as number | undefined })];
 });
 defineGrad('exp', function* (_req, outs, [g]) {
-  return [yield* call1('mul', [g!, outs[0]])];
+  return [yield* mul(g!, outs[0]!)];
 });
 defineGrad('neg', function* (_req, _o, [g]) {
-  return [yield* call1('neg', [g!])];
+  return [yield* unary('neg', g!)];
 });
