@@ -140,6 +140,21 @@ async function drawCurves(logPath: string, out: string): Promise<void> {
   await writeCurvesPng(out, series.filter((s) => s.points.length > 0), { title: 'tokenizer training (running mean of 20 steps)', logY: true, yTitle: 'loss' });
 }
 
+/**
+ * Ctrl-C finishes the current step and saves (the signal aborts); a second Ctrl-C quits at once.
+ * `dispose()` removes the handler.
+ */
+function stopOnSigint(): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const onSigint = () => {
+    if (ac.signal.aborted) process.exit(130);
+    process.stderr.write('\ninterrupted: finishing the step and saving (Ctrl-C again to quit without saving)\n');
+    ac.abort();
+  };
+  process.on('SIGINT', onSigint);
+  return { signal: ac.signal, dispose: () => process.off('SIGINT', onSigint) };
+}
+
 /** Adds `train-tokenizer` and `train-generator` to the program. */
 export function addTrainCommands(program: Command): void {
   program
@@ -193,13 +208,7 @@ export function addTrainCommands(program: Command): void {
       const totalMicro = cfg.maxEpochs * perEpoch;
       const doneMicro = trainer.globalStep * cfg.accumulate;
       const steps = o.steps ?? Math.max(0, totalMicro - doneMicro);
-      const ac = new AbortController();
-      const onSigint = () => {
-        if (ac.signal.aborted) process.exit(130);
-        process.stderr.write('\ninterrupted: finishing the step and saving (Ctrl-C again to quit without saving)\n');
-        ac.abort();
-      };
-      process.on('SIGINT', onSigint);
+      const stop = stopOnSigint();
       const logPath = join(out, 'log.jsonl');
       const report = reporter(steps, cfg.data.batchSize);
       let n = 0;
@@ -219,7 +228,7 @@ export function addTrainCommands(program: Command): void {
       };
       await trainer.fit({
         steps,
-        signal: ac.signal,
+        signal: stop.signal,
         onStep: async (l) => {
           ++n;
           appendFileSync(logPath, `${JSON.stringify(l)}\n`);
@@ -235,7 +244,7 @@ export function addTrainCommands(program: Command): void {
       await save();
       await sample(String(trainer.globalStep).padStart(6, '0'));
       await trainer.close();
-      process.off('SIGINT', onSigint);
+      stop.dispose();
       process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'tokenizer.safetensors')}, ${logPath}, ${join(out, 'loss.png')}\n`);
     });
 
@@ -296,13 +305,7 @@ export function addTrainCommands(program: Command): void {
         process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
       }
       const logPath = join(out, 'log.jsonl');
-      const ac = new AbortController();
-      const onSigint = () => {
-        if (ac.signal.aborted) process.exit(130);
-        process.stderr.write('\ninterrupted: finishing the step and saving (Ctrl-C again to quit without saving)\n');
-        ac.abort();
-      };
-      process.on('SIGINT', onSigint);
+      const stop = stopOnSigint();
       const save = async () => {
         await trainer.save(statePath);
         await trainer.exportWeights(join(out, 'generator.safetensors'));
@@ -324,7 +327,7 @@ export function addTrainCommands(program: Command): void {
       let n = 0;
       await trainer.fit({
         steps,
-        signal: ac.signal,
+        signal: stop.signal,
         onStep: async (l) => {
           ++n;
           appendFileSync(logPath, `${JSON.stringify(l)}\n`);
@@ -342,7 +345,7 @@ export function addTrainCommands(program: Command): void {
       });
       await save();
       if (n > 0) await curves();
-      process.off('SIGINT', onSigint);
+      stop.dispose();
       process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'generator.safetensors')}, ${logPath}\n`);
     });
 }
