@@ -135,9 +135,23 @@ describe('codebookUsage', () => {
   });
 });
 
-/** Gaussian clusters around random class means (separated by ~`gap` within-class stds), with an offset and scale per dimension the probe must standardize away. */
+/**
+ * Gaussian clusters (unit within-class std) with an offset and scale per dimension the probe must
+ * standardize away. Class c's mean is `gap` times a random sign on its own random axis (k <= d
+ * distinct axes), so every pair of means is exactly gap * sqrt(2) apart for every seed: the Bayes
+ * error is bounded whatever the draw (with gap 4, each pairwise error is Phi(-2 sqrt 2) ~ 0.23%).
+ */
 function clusters(rng: Rng, n: number, d: number, k: number, gap: number, means?: Float64Array[]) {
-  const mu = means ?? Array.from({ length: k }, () => Float64Array.from({ length: d }, () => rng.normal() * gap));
+  const axes = Array.from({ length: d }, (_, j) => j);
+  for (let j = d - 1; j > 0; --j) {
+    const r = rng.int(j + 1);
+    [axes[j], axes[r]] = [axes[r]!, axes[j]!];
+  }
+  const mu = means ?? Array.from({ length: k }, (_, c) => {
+    const m = new Float64Array(d);
+    m[axes[c]!] = (rng.next() < 0.5 ? -1 : 1) * gap;
+    return m;
+  });
   const x = new Float32Array(n * d);
   const y = new Int32Array(n);
   for (let i = 0; i < n; ++i) {
@@ -152,8 +166,8 @@ describe('linear probe', () => {
     const rng = new Rng();
     const D = 8;
     const K = 4;
-    const train = clusters(rng, 400, D, K, 2.5);
-    const test = clusters(rng, 400, D, K, 2.5, train.mu);
+    const train = clusters(rng, 400, D, K, 4);
+    const test = clusters(rng, 400, D, K, 4, train.mu);
     const opts = { classes: K, epochs: 15, lr: 0.05, weightDecay: 1e-4, batchSize: 64, seed: 7 };
     const probe = trainLinearProbe(train.x, train.y, opts);
     const acc = probe.accuracy(test.x, test.y);
