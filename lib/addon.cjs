@@ -4,22 +4,7 @@
 const path = require('node:path');
 const fs = require('node:fs');
 
-function packageRoot() {
-  let dir = __dirname;
-  for (;;) {
-    const pj = path.join(dir, 'package.json');
-    if (fs.existsSync(pj)) {
-      try {
-        if (JSON.parse(fs.readFileSync(pj, 'utf8')).name === 'mergevq') return dir;
-      } catch {
-        /* keep looking */
-      }
-    }
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`mergevq: cannot find the package root above ${__dirname}`);
-    dir = up;
-  }
-}
+const packageRoot = require('./root.cjs');
 
 function load() {
   const explicit = process.env.MERGEVQ_ADDON;

@@ -6,4 +6,6 @@ writeFileSync('dist/cjs/package.json', JSON.stringify({ type: 'commonjs' }) + '\
 for (const dir of ['dist/esm', 'dist/cjs']) {
   copyFileSync('lib/addon.cjs', `${dir}/addon.cjs`);
   copyFileSync('lib/addon.d.cts', `${dir}/addon.d.cts`);
+  copyFileSync('lib/root.cjs', `${dir}/root.cjs`);
+  copyFileSync('lib/root.d.cts', `${dir}/root.d.cts`);
 }

@@ -12,6 +12,7 @@ import { loadTokenizer, readWeights } from '../tokenizer/load.js';
 import type { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
 import { addTrainCommands } from './train.js';
 import { addEvalCommands } from './eval.js';
+import { addGenerateCommands } from './generate.js';
 
 function int(v: string): number {
   const n = Number(v);
@@ -209,5 +210,6 @@ export function createProgram(): Command {
 
   addTrainCommands(program);
   addEvalCommands(program);
+  addGenerateCommands(program);
   return program;
 }

@@ -14,6 +14,7 @@ import { trainLinearProbeAsync, type LinearProbeOptions } from './probe.js';
 
 export * from './metrics.js';
 export * from './probe.js';
+export * from './generation.js';
 
 /** Options of {@link evaluateTokenizer}. */
 export interface EvaluateOptions {

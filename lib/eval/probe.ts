@@ -95,6 +95,24 @@ function* recorded<T>(p: Program<T>, tape: Tape): Program<T> {
   return step.value;
 }
 
+/**
+ * A probe from stored parameters (e.g. one saved with its `mean`, `std`, `weight` [classes, dim]
+ * and `bias`); the arrays are copied and checked against `dim` and `classes`.
+ */
+export function linearProbeFromArrays(p: { dim: number; classes: number; mean: Float32Array; std: Float32Array; weight: Float32Array; bias: Float32Array }): LinearProbe {
+  if (!p || typeof p !== 'object') typeError('p', '{ dim, classes, mean, std, weight, bias }', p);
+  const dim = checkInt('p.dim', p.dim, 1);
+  const classes = checkInt('p.classes', p.classes, 2);
+  const arr = (name: string, v: unknown, n: number): Float32Array => {
+    if (!(v instanceof Float32Array)) typeError(`p.${name}`, `a Float32Array of ${n} values`, v);
+    if (v.length !== n) throw new RangeError(`p.${name} must hold ${n} values, got ${v.length}`);
+    return Float32Array.from(v);
+  };
+  const std = arr('std', p.std, dim);
+  if (std.some((v) => !(v > 0))) throw new RangeError('p.std must be positive everywhere');
+  return new TrainedProbe(dim, classes, arr('mean', p.mean, dim), std, arr('weight', p.weight, classes * dim), arr('bias', p.bias, classes), []);
+}
+
 class TrainedProbe implements LinearProbe {
   constructor(
     readonly dim: number,

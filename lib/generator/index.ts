@@ -3,3 +3,4 @@ export * from './config.js';
 export * from './gpt.js';
 export * from './sample.js';
 export * from './mergear.js';
+export * from './images.js';

@@ -503,6 +503,7 @@ export function* sampleMergeARProgram(
   let prevPre: number[] = [];
   let prevPost: number[] = [];
   for (let n = 0; n < steps; ++n) {
+    opts.signal?.throwIfAborted();
     const h = n === 0 ? yield* dec.prefix(i64(allLabels, [Bt]), i64(allKeep, [Bt])) : yield* dec.step(both(prevPre), both(prevPost));
     const fc = model.newFactorizedCaches(Bt);
     const l0 = yield* model.subTokenStep(h, fc, 0);
@@ -516,6 +517,7 @@ export function* sampleMergeARProgram(
       outPre[b * steps + n] = BigInt(prevPre[b]!);
       outPost[b * steps + n] = BigInt(prevPost[b]!);
     }
+    opts.onStep?.(n + 1, steps);
   }
   return { pre: Tensor.from(outPre, [B, steps]), post: Tensor.from(outPost, [B, steps]), stats: dec.stats };
 }

@@ -29,6 +29,10 @@ export interface SampleOptions {
   cfgScale?: PerSubToken<number> | null;
   /** Seed of the sampler (default 0). */
   seed?: number;
+  /** Checked before every token; an aborted signal stops sampling with its reason. */
+  signal?: AbortSignal;
+  /** Called after every generated token with (tokens done, tokens in all). */
+  onStep?: (done: number, total: number) => void;
 }
 
 export interface SampleResult {
@@ -189,6 +193,7 @@ export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOp
   };
 
   for (let n = 0; n < steps; ++n) {
+    opts.signal?.throwIfAborted();
     const x =
       n === 0
         ? yield* model.classEmbedding(Tensor.from(BigInt64Array.from(allLabels, (v) => BigInt(v)), [Bt]))
@@ -206,6 +211,7 @@ export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOp
       outPre[b * steps + n] = BigInt(prevPre[b]!);
       outPost[b * steps + n] = BigInt(prevPost[b]!);
     }
+    opts.onStep?.(n + 1, steps);
   }
   return { pre: Tensor.from(outPre, [B, steps]), post: Tensor.from(outPost, [B, steps]) };
 }

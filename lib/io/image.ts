@@ -102,13 +102,8 @@ export async function imageGrid(rows: readonly Tensor[], opts: { format?: ImageF
   return encode(data, width, height, opts.format ?? 'png');
 }
 
-/**
- * The picture the paper uses to explain merging: the image with every full-grid cell painted by
- * its merge group (cells of one kept token share a color), blended over the image.
- */
-export async function sourceMapImage(image: Tensor, source: Tensor, opts: { alpha?: number; index?: number } = {}): Promise<Buffer> {
-  const b = opts.index ?? 0;
-  const alpha = opts.alpha ?? 0.55;
+/** Image b of `image` with every full-grid cell painted by its merge group, as RGB bytes. */
+function sourceMapPixels(image: Tensor, source: Tensor, b: number, alpha: number): { data: Uint8Array; width: number; height: number } {
   const { data, width, height } = toRgbBytes(image, b);
   const L = source.shape[1]!;
   const g = Math.round(Math.sqrt(L));
@@ -136,5 +131,52 @@ export async function sourceMapImage(image: Tensor, source: Tensor, opts: { alph
         data[p] = onEdge ? 255 : Math.round((1 - alpha) * data[p]! + alpha * c[ch]!);
       }
     }
+  return { data, width, height };
+}
+
+function checkSourceMap(image: Tensor, source: Tensor): void {
+  if (!(image instanceof Tensor) || image.ndim !== 4) typeError('image', 'a [B, C, H, W] Tensor', image);
+  if (!(source instanceof Tensor) || source.ndim !== 2 || source.shape[0] !== image.shape[0]) typeError('source', `an int64 [${image.shape[0]}, L] Tensor`, source);
+  const g = Math.round(Math.sqrt(source.shape[1]!));
+  if (g * g !== source.shape[1]) throw new RangeError(`source: L must be a square, got ${source.shape[1]}`);
+}
+
+/**
+ * The picture the paper uses to explain merging: the image with every full-grid cell painted by
+ * its merge group (cells of one kept token share a color), blended over the image.
+ */
+export async function sourceMapImage(image: Tensor, source: Tensor, opts: { alpha?: number; index?: number } = {}): Promise<Buffer> {
+  checkSourceMap(image, source);
+  const { data, width, height } = sourceMapPixels(image, source, opts.index ?? 0, opts.alpha ?? 0.55);
   return encode(data, width, height, 'png');
+}
+
+/** {@link sourceMapImage} for every image of the batch, as a [B, 3, H, W] tensor in [-1, 1] (for {@link imageGrid}). */
+export function sourceMapTensor(images: Tensor, source: Tensor, opts: { alpha?: number } = {}): Tensor {
+  checkSourceMap(images, source);
+  const [B, , H, W] = images.shape as [number, number, number, number];
+  const out = new Float32Array(B * 3 * H * W);
+  for (let b = 0; b < B; ++b) {
+    const { data } = sourceMapPixels(images, source, b, opts.alpha ?? 0.55);
+    for (let p = 0; p < H * W; ++p) for (let c = 0; c < 3; ++c) out[((b * 3 + c) * H * W) + p] = data[p * 3 + c]! / 127.5 - 1;
+  }
+  return Tensor.from(out, [B, 3, H, W]);
+}
+
+/** Nearest-neighbour upscaling of [B, C, H, W] images by an integer factor (for viewing small images). */
+export function upscaleNearest(images: Tensor, factor: number): Tensor {
+  if (!(images instanceof Tensor) || images.ndim !== 4) typeError('images', 'a [B, C, H, W] Tensor', images);
+  if (!Number.isInteger(factor) || factor < 1 || factor > 64) throw new RangeError(`factor must be an integer in [1, 64], got ${factor}`);
+  const [B, C, H, W] = images.shape as [number, number, number, number];
+  const src = images.toFloat32();
+  const Ho = H * factor;
+  const Wo = W * factor;
+  const out = new Float32Array(B * C * Ho * Wo);
+  for (let bc = 0; bc < B * C; ++bc)
+    for (let y = 0; y < Ho; ++y) {
+      const row = bc * H * W + Math.floor(y / factor) * W;
+      const o = (bc * Ho + y) * Wo;
+      for (let x = 0; x < Wo; ++x) out[o + x] = src[row + Math.floor(x / factor)]!;
+    }
+  return Tensor.from(out, [B, C, Ho, Wo]);
 }

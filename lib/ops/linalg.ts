@@ -8,7 +8,7 @@
  * ```
  */
 import { optTensor, tensorArg } from './args.js';
-import { call, call1, type Program } from '../graph.js';
+import { call, call1, runSync, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { typeError, rangeError } from '../errors.js';
 
@@ -129,4 +129,12 @@ export function* conv2dBackward(
     has_bias: boolArg('opts.hasBias', opts.hasBias, false),
   });
   return [out[0]!, out[1]!, out[2] ?? null];
+}
+
+/** The sgemm micro-kernel this process runs: 'avx512' (6x32) or 'avx2' (6x16; forced by MERGEVQ_SIMD=avx2). */
+export function gemmKernel(): { name: 'avx512' | 'avx2'; nr: number } {
+  const t = runSync(call1('gemm_kernel', []));
+  const [nr, avx512] = t.toArray<'int32'>();
+  t.dispose();
+  return { name: avx512 ? 'avx512' : 'avx2', nr: nr! };
 }

@@ -1,0 +1,3 @@
+/** The mergevq package's root folder. */
+declare function packageRoot(): string;
+export = packageRoot;
