@@ -54,6 +54,19 @@ export class Tape {
   }
 
   /**
+   * Frees the recorded ops' outputs (the forward pass's intermediates) and forgets them, so their
+   * memory returns to the allocator's cache at once instead of when the GC finds the handles.
+   * Tensors in `keep` (parameters, updated running statistics, results still needed) are left
+   * alone, and so is anything already disposed. The tape is empty afterwards. Views share their
+   * storage by reference count, so freeing a view of a kept tensor leaves that tensor intact.
+   */
+  dispose(keep: Iterable<Tensor> = []): void {
+    const kept = new Set(keep);
+    for (const { outs } of this.entries) for (const o of outs) if (o && !kept.has(o) && !o.disposed) o.dispose();
+    this.entries.length = 0;
+  }
+
+  /**
    * Gradients of `root` (a scalar unless `seed` is given) with respect to every recorded tensor
    * that influences it. Returns a map from Tensor handle to its gradient.
    *
@@ -66,30 +79,81 @@ export class Tape {
    */
   *backward(root: Tensor, seed?: Tensor | null, opts: BackwardOptions = {}): Program<Map<Tensor, Tensor>> {
     const grads = new Map<Tensor, Tensor>();
+    const userSeed = seed ?? null;
     if (!seed) {
       if (root.numel !== 1) throw new RangeError(`backward: root must be a scalar, got shape [${root.shape.join(', ')}] (give a seed)`);
       seed = Tensor.from(new Float32Array([1]), root.shape);
     }
     const end = this.entries.length;
     const relevant = opts.wrt === undefined ? null : this.dependents(opts.wrt, end);
+    // With `free`: how many map keys hold each gradient handle (rules may pass one handle through
+    // to several inputs), and which handles the pass itself made (never the caller's seed, nor a
+    // forward value a rule might hand back).
+    const free = opts.free === true;
+    const refs = new Map<Tensor, number>();
+    let forward: Set<Tensor> | null = null;
+    const produced = new Set<Tensor>();
+    if (free) {
+      forward = new Set<Tensor>();
+      for (let i = 0; i < end; ++i) {
+        const { req, outs } = this.entries[i]!;
+        for (const t of req.inputs) if (t) forward.add(t);
+        for (const t of outs) if (t) forward.add(t), produced.add(t);
+      }
+    }
+    const hold = (g: Tensor) => free && refs.set(g, (refs.get(g) ?? 0) + 1);
+    const drop = (g: Tensor) => {
+      if (!free) return;
+      const n = (refs.get(g) ?? 0) - 1;
+      if (n > 0) return void refs.set(g, n);
+      refs.delete(g);
+      if (g !== userSeed && !forward!.has(g) && !g.disposed) g.dispose();
+    };
     grads.set(root, seed);
+    hold(seed);
     for (let i = end - 1; i >= 0; --i) {
       if (relevant && !relevant[i]) continue;
       const { req, outs } = this.entries[i]!;
       const gouts = outs.map((o) => (o ? grads.get(o) ?? null : null));
       if (gouts.every((g) => g === null)) continue;
-      if (nonDifferentiable.has(req.op)) continue;
-      const rule = rules.get(req.op);
-      if (!rule) throw new MergeVQError(`backward: op '${req.op}' has no gradient rule`, 'ERR_NO_GRAD');
-      const gins = yield* rule(req, outs, gouts);
-      for (let j = 0; j < req.inputs.length; ++j) {
-        const x = req.inputs[j];
-        const g = gins[j];
-        if (!x || !g) continue;
-        const prev = grads.get(x);
-        grads.set(x, prev ? yield* call1('add', [prev, g]) : g);
+      if (!nonDifferentiable.has(req.op)) {
+        const rule = rules.get(req.op);
+        if (!rule) throw new MergeVQError(`backward: op '${req.op}' has no gradient rule`, 'ERR_NO_GRAD');
+        const gins = yield* rule(req, outs, gouts);
+        for (let j = 0; j < req.inputs.length; ++j) {
+          const x = req.inputs[j];
+          const g = gins[j];
+          if (!x || !g) continue;
+          const prev = grads.get(x);
+          if (!prev) {
+            grads.set(x, g);
+            hold(g);
+            continue;
+          }
+          const sum = yield* call1('add', [prev, g]);
+          grads.set(x, sum);
+          hold(sum);
+          drop(prev);
+          // g itself is now unreferenced unless another key holds it
+          if (free && !refs.has(g) && g !== userSeed && !forward!.has(g) && !g.disposed) g.dispose();
+        }
       }
+      // every output's gradient is complete once its producer is reached: free it
+      if (free)
+        for (const o of outs) {
+          const g = o ? grads.get(o) : undefined;
+          if (!o || !g) continue;
+          grads.delete(o);
+          drop(g);
+        }
     }
+    // outputs of ops the wrt pruning skipped may still hold a gradient: free those too
+    if (free)
+      for (const [t, g] of [...grads]) {
+        if (!produced.has(t)) continue;
+        grads.delete(t);
+        drop(g);
+      }
     return grads;
   }
 
@@ -120,6 +184,13 @@ export interface BackwardOptions {
    * those of the intermediates between them and the root) are computed.
    */
   wrt?: readonly Tensor[];
+  /**
+   * Free each recorded output's gradient as soon as its op's rule has used it (and every gradient
+   * handle no map key holds any more): the returned map then holds only the gradients of tensors
+   * no recorded op produced (parameters and other inputs). Peak memory drops from every
+   * intermediate's gradient at once to the live frontier of the backward pass.
+   */
+  free?: boolean;
 }
 
 // ------------------------------------------------------------------ rules

@@ -71,6 +71,11 @@ export interface TokenizerTrainOptions {
 }
 
 /** The logged values of one step. */
+/** Frees every tensor of a gradient map (each once). */
+function disposeValues(m: ReadonlyMap<unknown, Tensor>): void {
+  for (const t of m.values()) if (!t.disposed) t.dispose();
+}
+
 export interface TokenizerStepLog {
   step: number;
   epoch: number;
@@ -242,17 +247,19 @@ export class TokenizerTrainer {
       })(this),
       tape.observe,
     );
-    const gradsG = await this.run(tape.backward(fwd.total));
+    const gradsG = await this.run(tape.backward(fwd.total, null, { free: true }));
     await this.run(this.accGen.add(this.namedGrads(this.genNames, tok.store, gradsG)));
+    disposeValues(gradsG);
 
     // discriminator pass (reconstructions detached inside)
     const dtape = new Tape();
     const dres = await this.run(this.objective.discriminatorPass({ inputs: batch.images, reconstructions: fwd.f.decoded, globalStep: step, training: true }), dtape.observe);
     // accumulated gradients are averaged by the accumulator (the reference divides each loss by
     // the count and sums: the same mean)
-    const gradsD = await this.run(dtape.backward(dres.loss));
+    const gradsD = await this.run(dtape.backward(dres.loss, null, { free: true }));
     const disc = this.objective.discriminator;
     await this.run(this.accDisc.add(this.namedGrads(this.discNames, { get: (n) => disc.store.get(n) }, gradsD)));
+    disposeValues(gradsD);
 
     ++this.microInEpoch;
     const values: Record<string, number> = { ...scalars(fwd.log), ...scalars(dres.log, 'disc/') };
@@ -266,11 +273,18 @@ export class TokenizerTrainer {
       }
       await this.run(this.optGen.step(gG));
       await this.run(this.optDisc.step(gD));
+      disposeValues(gG);
+      disposeValues(gD);
       this.accGen.reset();
       this.accDisc.reset();
       if (this.ema) await this.run(this.ema.update(this.params));
       ++this.globalStep;
     }
+    // Both passes' intermediates go back to the allocator now (not when the GC finds them); the
+    // weights and the discriminator's updated running statistics stay.
+    const live = [...tok.store.stateDict().values(), ...disc.stateDict().values()];
+    tape.dispose(live);
+    dtape.dispose(live);
     return { step, epoch: batch.epoch, keep, lr, values, ms: performance.now() - t0 };
   }
 
