@@ -46,15 +46,14 @@ function checkOut(path: string, force: boolean | undefined): void {
   if (existsSync(path) && !statSync(path).isFile()) throw new MergeVQError(`--out ${path} is not a file`, 'ERR_EXISTS');
 }
 
-async function models(o: { tokenizer?: string; tokenizerConfig?: string; generator?: string; generatorConfig?: string; window?: number; mergear: boolean }): Promise<{ tokenizer: MergeVQTokenizer; generator: MergeVQGPT }> {
+async function models(o: { tokenizer?: string; tokenizerConfig?: string; generator?: string; generatorConfig?: string; window?: number }): Promise<{ tokenizer: MergeVQTokenizer; generator: MergeVQGPT }> {
   const custom = [o.tokenizer, o.tokenizerConfig, o.generator, o.generatorConfig].filter((v) => v !== undefined).length;
   if (custom === 0) {
-    const m = await loadDefaultModels({ window: o.window, plain: !o.mergear });
-    return m;
+    return loadDefaultModels({ window: o.window });
   }
   if (custom !== 4) throw new MergeVQError('give all four of --tokenizer, --tokenizer-config, --generator and --generator-config, or none (the shipped models)', 'ERR_BAD_ARGUMENT');
   const { tokenizer } = await loadTokenizer({ config: o.tokenizerConfig!, weights: o.tokenizer!, strict: true });
-  const { generator } = await loadGenerator({ config: o.generatorConfig!, weights: o.generator!, window: o.window, plain: !o.mergear });
+  const { generator } = await loadGenerator({ config: o.generatorConfig!, weights: o.generator!, window: o.window });
   return { tokenizer, generator };
 }
 
