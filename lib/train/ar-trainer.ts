@@ -272,11 +272,6 @@ export class ARTrainer {
 
     const step = this.globalStep;
     const tape = new Tape();
-    const produced: Tensor[] = [];
-    const observe: OpObserver = (req, outs) => {
-      tape.observe(req, outs);
-      for (const t of outs) if (t) produced.push(t);
-    };
     const keepIndex = this.mergeAR ? batch.keepIndex : null;
     const fwd = await this.run(
       (function* (self: ARTrainer): Program<{ loss: Tensor; lossPre: Tensor }> {
@@ -285,18 +280,20 @@ export class ARTrainer {
           : yield* model.loss(batch.pre, batch.post, labels);
         return { loss, lossPre: yield* self.preTerm(logits, batch.pre) };
       })(this),
-      observe,
+      tape.observe,
     );
     const loss = fwd.loss.item();
     const lossPre = fwd.lossPre.item();
-    const grads = await this.run(tape.backward(fwd.loss));
+    const grads = await this.run(tape.backward(fwd.loss, null, { free: true }));
     const named = new Map<string, Tensor>();
     for (const n of this.names) {
       const g = grads.get(model.store.get(n));
       if (g) named.set(n, g);
     }
     await this.run(this.acc.add(named));
-    this.free(produced, grads);
+    // the step's intermediates and gradients go back to the allocator now (never a parameter)
+    for (const g of grads.values()) if (!g.disposed) g.dispose();
+    tape.dispose(this.names.map((n) => model.store.get(n)));
 
     let stepped = false;
     let gradNorm: number | null = null;
@@ -333,21 +330,6 @@ export class ARTrainer {
     const [B, N] = pre.shape as [number, number];
     const V0 = this.model.subVocab[0];
     return yield* crossEntropy(yield* reshape(logits.pre, [B * N, V0]), yield* reshape(pre, [B * N]));
-  }
-
-  /** Frees the step's intermediates and gradients now (never a parameter). */
-  private free(produced: Tensor[], grads: Map<Tensor, Tensor>): void {
-    const keep = new Set<unknown>();
-    for (const n of this.names) {
-      const t = this.model.store.get(n);
-      keep.add(t);
-      keep.add(t.native);
-    }
-    const drop = (t: Tensor) => {
-      if (!keep.has(t) && !keep.has(t.native) && !t.disposed) t.dispose();
-    };
-    for (const t of produced) drop(t);
-    for (const t of grads.values()) drop(t);
   }
 
   /**
