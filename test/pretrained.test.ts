@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it, vi } from 'vitest';
 import { createProgram } from '../lib/cli/program.js';
-import { DEFAULT_SAMPLING, runDemo } from '../lib/cli/generate.js';
+import { DEFAULT_SAMPLING, parseClassArg, runDemo } from '../lib/cli/generate.js';
 import { generateImages } from '../lib/generator/images.js';
 import { MergeARGPT } from '../lib/generator/mergear.js';
 import { gemmKernel } from '../lib/ops/linalg.js';
@@ -95,6 +95,9 @@ describe('shipped models', () => {
     await expect(cli('generate', '--class', '10', '--out', join(dir, 'x.png'))).rejects.toThrow(/--class/);
     expect(existsSync(join(dir, 'x.png'))).toBe(false);
     await expect(cli('generate', '--keep', '30', '--out', join(dir, 'y.png'))).rejects.toThrow(/keep candidates/);
+    expect(await cli('generate', '--class', 'sneaker', '--count', '1', '--out', join(dir, 'sneaker.png'))).toMatch(/class 7/);
+    expect(() => parseClassArg('hat')).toThrow(/class id or one of/);
+    expect([parseClassArg('Ankle boot'), parseClassArg('boot'), parseClassArg('T-shirt'), parseClassArg('3')]).toEqual([9, 9, 0, 3]);
     const full = await cli('generate', '--count', '2', '--no-mergear', '--out', join(dir, 'full.png'));
     expect(full).toMatch(/full cache/);
     expect(DEFAULT_SAMPLING.cfgScale).toBeGreaterThan(1);

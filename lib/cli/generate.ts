@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Uint8ImageDataset } from '../data/loader.js';
+import { FASHION_MNIST_CLASSES } from '../data/idx.js';
 import { MergeVQError } from '../errors.js';
 import { loadPixelClassifier } from '../eval/generation.js';
 import { psnr, ssim } from '../eval/metrics.js';
@@ -35,6 +36,15 @@ function realArg(min: number, max: number, open = false) {
     if (!Number.isFinite(n) || n < min || n > max || (open && n === min)) throw new InvalidArgumentError(`expected a number in ${open ? '(' : '['}${min}, ${max}], got '${v}'`);
     return n;
   };
+}
+
+/** A class id, or a Fashion-MNIST class name (case-insensitive; 'boot', 't-shirt', 'bag', ...). */
+export function parseClassArg(v: string): number {
+  if (/^\d+$/.test(v)) return Number(v);
+  const key = v.trim().toLowerCase();
+  const i = FASHION_MNIST_CLASSES.findIndex((c) => c.toLowerCase() === key || c.toLowerCase().split(/[\s/]/).includes(key));
+  if (i < 0) throw new InvalidArgumentError(`expected a class id or one of ${FASHION_MNIST_CLASSES.map((c) => `'${c}'`).join(', ')}, got '${v}'`);
+  return i;
 }
 
 /** Sampling defaults of the shipped generator (used by `generate`, `demo` and the README). */
@@ -202,7 +212,7 @@ export function addGenerateCommands(program: Command): void {
   program
     .command('generate')
     .description('generate class-conditional images with MergeAR (the shipped models unless given) and write them as a grid')
-    .option('--class <n>', 'class id (Fashion-MNIST: 0 T-shirt, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 boot)', intArg(0), 0)
+    .option('--class <n>', 'class id or Fashion-MNIST name (0 T-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 ankle boot)', parseClassArg, 0)
     .option('--count <n>', 'number of images', intArg(1, 4096), 8)
     .option('--cfg <s>', 'classifier-free guidance scale (1 = none)', realArg(0, 100), DEFAULT_SAMPLING.cfgScale)
     .option('--top-k <k>', 'keep the k most likely sub-tokens (0 = all)', intArg(0), DEFAULT_SAMPLING.topK)
