@@ -29,7 +29,7 @@ export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, sourceMa
 export { generateImages, generateImagesSync, generateImagesProgram, type GenerateImagesOptions, type GeneratedImages, type KVCacheUse } from './generator/images.js';
 export { loadDefaultModels, loadGenerator, modelFiles, DEFAULT_MODEL, type DefaultModels, type ModelFiles, type LoadGeneratorOptions } from './pretrained.js';
 export { MergeVQGPT, generate, generateSync, sampleProgram, SeededRandom, loadGPTConfigFile, parseGPTConfigYaml, normalizeGPTConfig, type GPTConfig, type SampleOptions, type SampleResult, type GPTLogits } from './generator/index.js';
-export { MergeARGPT, MergeARDecoder, codeGroups, maskVisibleKeys, decodeReplay, mergeARDecodeStats, sampleMergeARProgram, generateMergeARSync, MERGEAR_WINDOW, type MergeAROptions, type DecodeMode, type DecodeStepStats, type DecodeReport } from './generator/mergear.js';
+export { MergeARGPT, MergeARDecoder, codeGroups, maskVisibleKeys, decodeReplay, mergeARDecodeStats, sampleMergeARProgram, generateMergeAR, generateMergeARSync, MERGEAR_WINDOW, type MergeAROptions, type DecodeMode, type DecodeStepStats, type DecodeReport } from './generator/mergear.js';
 export { evaluateTokenizer, psnr, ssim, codebookUsage, trainLinearProbe, trainLinearProbeAsync, trainLinearProbeProgram, linearProbeFromArrays, evaluateGeneration, trainPixelClassifier, savePixelClassifier, loadPixelClassifier, type GenerationEvaluation, type GenerationEvalOptions, type GenerationKeepScores, type PixelClassifier, type TokenizerEvaluation, type EvaluateOptions, type KeepEvaluation, type ProbeEvaluation, type LinearProbe, type LinearProbeOptions, type CodebookUsage } from './eval/index.js';
 
 import { addon } from './native.js';

@@ -142,6 +142,13 @@ export class MergeVQGPT {
     this.freqs = precompute2dFreqs(gridSize(c), this.headDim, c.rope_base, c.cls_token_num);
   }
 
+  /** Frees the weights and cached RoPE rows now; later use is a MergeVQError ERR_DISPOSED until weights are loaded again. */
+  dispose(): void {
+    this.store.dispose();
+    for (const t of this.rowCache.values()) if (!t.disposed) t.dispose();
+    this.rowCache.clear();
+  }
+
   /** Null-class label used for classifier-free guidance (= class_num). */
   get nullClass(): number {
     return this.config.class_num;

@@ -25,7 +25,7 @@
  * every live row is visible, nothing else. Rows of a batch can hold different numbers of live rows;
  * the cache length is the largest, and the shorter rows are padded with dead slots (keep 0).
  */
-import { call1, release, runSync, type Program } from '../graph.js';
+import { call1, release, runAsync, runSync, type Program } from '../graph.js';
 import { reshape, select } from '../nn/layers.js';
 import { W } from '../nn/params.js';
 import { kvCacheCompact } from '../ops/attention.js';
@@ -119,6 +119,15 @@ export class MergeARGPT extends MergeVQGPT {
     this.window = w;
     this.numCandidates = opts.numCandidates;
     this.mergeEmb = this.store.declare('merge_emb.weight', [opts.numCandidates, this.config.dim], W.normal(0.02));
+  }
+
+  /** Frees the weights and the cached RoPE tables and rows (see {@link MergeVQGPT.dispose}). */
+  override dispose(): void {
+    super.dispose();
+    for (const m of [this.tables, this.rows]) {
+      for (const t of m.values()) if (!t.disposed) t.dispose();
+      m.clear();
+    }
   }
 
   /** RoPE rows [start, start + n) for a prefix of P tokens (P zero rows, then the grid cells). */
@@ -520,6 +529,11 @@ export function* sampleMergeARProgram(
     opts.onStep?.(n + 1, steps);
   }
   return { pre: Tensor.from(outPre, [B, steps]), post: Tensor.from(outPost, [B, steps]), stats: dec.stats };
+}
+
+/** {@link sampleMergeARProgram} as a Promise: every op a short native job off the main thread (`signal`, `onStep` as in SampleOptions). */
+export function generateMergeAR(model: MergeARGPT, labels: Tensor, keepIndex: Tensor, opts: SampleOptions & { mode?: DecodeMode } = {}) {
+  return runAsync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }
 
 /** {@link sampleMergeARProgram} on the calling thread. */

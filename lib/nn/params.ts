@@ -51,11 +51,30 @@ export class ParamStore {
     return this.values.has(name);
   }
 
+  private freed = false;
+
+  /** True after {@link dispose} until weights are loaded or initialized again. */
+  get disposed(): boolean {
+    return this.freed;
+  }
+
+  /**
+   * Frees every parameter's native memory now (instead of when the GC finds the handles). Later
+   * use of the model is a MergeVQError ERR_DISPOSED naming the weight; `load` or `initRandom`
+   * make it usable again.
+   */
+  dispose(): void {
+    for (const t of this.values.values()) if (!t.disposed) t.dispose();
+    this.values.clear();
+    this.freed = true;
+  }
+
   /** The loaded tensor for `name`; a MergeVQError ERR_MISSING_WEIGHT when it was never loaded. */
   get(name: string): Tensor {
     const t = this.values.get(name);
     if (t) return t;
     if (!this.shapes.has(name)) throw new Error(`parameter ${name} was never declared`);
+    if (this.freed) throw new MergeVQError(`the model was disposed (weight '${name}'); load weights or call initRandom() to use it again`, 'ERR_DISPOSED');
     throw new MergeVQError(`weight '${name}' is not loaded (load a checkpoint or call initRandom())`, 'ERR_MISSING_WEIGHT');
   }
 
@@ -93,6 +112,7 @@ export class ParamStore {
     if (opts.strict && missing.length)
       throw new MergeVQError(`missing ${missing.length} weights, e.g. ${missing.slice(0, 3).join(', ')}`, 'ERR_MISSING_WEIGHT');
     for (const [n, t] of staged) this.values.set(n, t);
+    if (staged.size) this.freed = false;
     return { missing, unexpected };
   }
 
@@ -101,6 +121,7 @@ export class ParamStore {
    * constants), natively and deterministically from `seed`.
    */
   initRandom(seed = 0): void {
+    this.freed = false;
     let k = 0;
     for (const [name, shape] of this.shapes) {
       const init = this.inits.get(name)!;

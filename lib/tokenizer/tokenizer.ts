@@ -110,6 +110,11 @@ export class MergeVQTokenizer {
     return this.store.load(tensors, opts);
   }
 
+  /** Frees the weights now; later use is a MergeVQError ERR_DISPOSED until weights are loaded again. */
+  dispose(): void {
+    this.store.dispose();
+  }
+
   /** The per-block merge counts for keep count K (sum = L - K). */
   mergeSchedule(keep: number): number[] {
     return mergeScheduleFor(this.encoder.blocks.length, this.fullNum, keep);
