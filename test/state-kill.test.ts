@@ -30,6 +30,7 @@ function buildChild(entry: string, out: string): string {
     if (src.endsWith('.cjs')) {
       fs.mkdirSync(path.dirname(path.join(out, rel)), { recursive: true });
       fs.writeFileSync(path.join(out, rel), text);
+      for (const m of text.matchAll(/require\('(\.{1,2}\/[^']+)'\)/g)) todo.push(path.resolve(path.dirname(src), m[1]!));
       continue;
     }
     for (const m of text.matchAll(/(?:from|import)\s+'(\.{1,2}\/[^']+)'/g)) {
