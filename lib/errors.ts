@@ -42,3 +42,14 @@ export function checkInt(name: string, v: unknown, min = -Infinity, max = Infini
   if (v < min || v > max) rangeError(name, `an integer in [${min}, ${max}]`, v);
   return v;
 }
+
+/**
+ * Throws a RangeError naming the first key of the options object `opts` that is not in `known`
+ * (a misspelt option would otherwise be ignored silently), listing the known ones.
+ */
+export function checkKeys(name: string, opts: object | null | undefined, known: readonly string[]): void {
+  if (opts === null || opts === undefined) return;
+  for (const k of Object.keys(opts)) {
+    if (!known.includes(k)) throw new RangeError(`${name}: unknown option '${k}' (known: ${known.join(', ')})`);
+  }
+}

@@ -117,6 +117,14 @@ describe('generateImages', () => {
     const other = new MergeARGPT({ ...GPT, block_size: 64 }, { numCandidates: 3 });
     other.store.initRandom(0);
     await expect(generateImages(tok, other, { classes: [0] })).rejects.toThrow(/block_size 64/);
+    // a misspelt option is an error naming it, not silently ignored
+    await expect(generateImages(tok, gen, { classes: [0], sead: 3 } as never)).rejects.toThrow(/unknown option 'sead'.*known: classes, keep, mergear/);
+    await expect(generateImages(tok, gen, { classes: [0], topk: 3 } as never)).rejects.toThrow(/unknown option 'topk'/);
+    const x = Tensor.from(new Float32Array(16 * 16), [1, 1, 16, 16]);
+    expect(() => tok.encodeSync(x, { kepp: 9 } as never)).toThrow(/encode options: unknown option 'kepp' \(known: keep\)/);
+    expect(() => tok.reconstructSync(x, { keep: 9, sorce: 'learned' } as never)).toThrow(/unknown option 'sorce'/);
+    const enc = tok.encodeSync(x);
+    expect(() => tok.decodeSync({ indices: enc.indices, source: enc.source, keep: 9 } as never)).toThrow(/decode input: unknown option 'keep'/);
     const bits = new MergeARGPT({ ...GPT, factorized_bits: [4, 5], vocab_size: 512 }, { numCandidates: 3 });
     bits.store.initRandom(0);
     await expect(generateImages(tok, bits, { classes: [0] })).rejects.toThrow(/factorized_bits/);

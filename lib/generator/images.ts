@@ -3,14 +3,14 @@
  * sub-token pairs (MergeAR: conditioned on a keep count, with its compacted KV cache), the pairs
  * become LFQ indices and the tokenizer's decoder turns them into images.
  */
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, checkKeys, typeError } from '../errors.js';
 import { runAsync, runSync, type Program } from '../graph.js';
 import { lfqUnfactorize } from '../ops/lfq.js';
 import { Tensor } from '../tensor.js';
 import type { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
 import type { MergeVQGPT } from './gpt.js';
 import { MergeARGPT, sampleMergeARProgram } from './mergear.js';
-import { sampleProgram, type SampleOptions } from './sample.js';
+import { SAMPLE_OPTION_KEYS, sampleProgram, type SampleOptions } from './sample.js';
 
 /** Options of {@link generateImages}: the sampler's, plus what to generate. */
 export interface GenerateImagesOptions extends Omit<SampleOptions, 'steps'> {
@@ -57,13 +57,15 @@ function checkModels(tok: MergeVQTokenizer, gen: MergeVQGPT): void {
 export function* generateImagesProgram(tok: MergeVQTokenizer, gen: MergeVQGPT, opts: GenerateImagesOptions): Program<GeneratedImages> {
   checkModels(tok, gen);
   if (!opts || typeof opts !== 'object') typeError('opts', '{ classes, ... }', opts);
+  checkKeys('generateImages options', opts, ['classes', 'keep', 'mergear', ...SAMPLE_OPTION_KEYS.filter((k) => k !== 'steps' && k !== 'mode')]);
   if (!Array.isArray(opts.classes) || opts.classes.length === 0) typeError('opts.classes', 'a non-empty array of class ids', opts.classes);
   const nClass = gen.config.class_num;
   opts.classes.forEach((c, i) => checkInt(`opts.classes[${i}]`, c, 0, nClass));
   const B = opts.classes.length;
   const labels = Tensor.from(BigInt64Array.from(opts.classes, (c) => BigInt(c)), [B]);
   const L = tok.fullNum;
-  const sampleOpts: SampleOptions = { ...opts, steps: L };
+  const { classes: _c, keep: _k, mergear: _m, ...rest } = opts;
+  const sampleOpts: SampleOptions = { ...rest, steps: L };
   let r: { pre: Tensor; post: Tensor };
   let keep: number | null = null;
   let kv: KVCacheUse | null = null;

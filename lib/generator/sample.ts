@@ -11,6 +11,7 @@
  */
 import { runAsync, runSync, release, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
+import { checkKeys } from '../errors.js';
 import type { MergeVQGPT } from './gpt.js';
 
 /** A value for both sub-tokens, or [pre, post]. */
@@ -146,7 +147,11 @@ export interface SamplingSettings {
   rng: SeededRandom;
 }
 
+/** The keys SampleOptions (and MergeAR's `mode`) may hold. */
+export const SAMPLE_OPTION_KEYS = ['steps', 'temperature', 'topK', 'topP', 'cfgScale', 'seed', 'signal', 'onStep', 'mode'] as const;
+
 export function samplingSettings(opts: SampleOptions, blockSize: number): SamplingSettings {
+  checkKeys('sampling options', opts, SAMPLE_OPTION_KEYS);
   const steps = opts.steps ?? blockSize;
   if (!Number.isInteger(steps) || steps < 1 || steps > blockSize) throw new RangeError(`steps must be an integer in [1, ${blockSize}], got ${steps}`);
   const cfg = opts.cfgScale === undefined || opts.cfgScale === null ? null : pair('cfgScale', opts.cfgScale, 1);

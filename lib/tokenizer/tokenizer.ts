@@ -3,7 +3,7 @@
  * decoder. Every method has a Promise form (each native op runs as its own short job off the
  * main thread) and a synchronous `...Sync` form.
  */
-import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, typeError } from '../errors.js';
 import { call, call1, runAsync, runSync, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { loadImages, type ImageInput } from '../io/image.js';
@@ -140,6 +140,7 @@ export class MergeVQTokenizer {
 
   /** Program form of `encode`. */
   *encodeProgram(images: Tensor, opts: { keep?: number } = {}): Program<EncodeResult> {
+    checkKeys('encode options', opts, ['keep']);
     this.checkImages(images);
     const keep = this.checkKeep(opts.keep ?? this.defaultKeep);
     const enc = yield* this.encoder.forward(images, this.mergeSchedule(keep));
@@ -162,6 +163,7 @@ export class MergeVQTokenizer {
   /** Program form of `decode`. */
   *decodeProgram(input: DecodeInput): Program<DecodeResult> {
     if (typeof input !== 'object' || input === null) typeError('input', '{ indices | codes, source }', input);
+    checkKeys('decode input', input, ['indices', 'codes', 'source']);
     let codes = input.codes;
     const d = this.config.embed_dim;
     if (!codes) {
@@ -227,12 +229,14 @@ export class MergeVQTokenizer {
     images: Tensor | ImageInput | readonly ImageInput[],
     opts: { keep?: number; source?: 'given' | 'learned' } = {},
   ): Promise<DecodeResult & { encoded: EncodeResult }> {
-    const encoded = await this.encode(images, opts);
+    checkKeys('reconstruct options', opts, ['keep', 'source']);
+    const encoded = await this.encode(images, opts.keep === undefined ? {} : { keep: opts.keep });
     const dec = await this.decode({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
     return { ...dec, encoded };
   }
   reconstructSync(images: Tensor, opts: { keep?: number; source?: 'given' | 'learned' } = {}): DecodeResult & { encoded: EncodeResult } {
-    const encoded = this.encodeSync(images, opts);
+    checkKeys('reconstruct options', opts, ['keep', 'source']);
+    const encoded = this.encodeSync(images, opts.keep === undefined ? {} : { keep: opts.keep });
     const dec = this.decodeSync({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
     return { ...dec, encoded };
   }
