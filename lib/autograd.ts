@@ -9,12 +9,22 @@
  * (ToMe matching, argmax, LFQ indices) are not differentiated; LFQ codes pass gradients straight
  * through to z (the straight-through estimator); `detach` stops gradients.
  */
-import { call, call1, type OpRequest, type Program } from './graph.js';
+import type { OpRequest, Program } from './graph.js';
 import { MergeVQError } from './errors.js';
 import { Tensor } from './tensor.js';
-import { batchNormBackward, leakyReluBackward } from './ops/nn.js';
+import { attentionBackward, type AttentionOptions } from './ops/attention.js';
+import { lfqEntropyBackward } from './ops/lfq.js';
+import { conv2dBackward, linearBackward, matmulBackward } from './ops/linalg.js';
+import { mergeWavgBackward, unmergeBackward } from './ops/merge.js';
+import {
+  batchNormBackward, crossEntropyBackward, geluBackward, groupNormBackward, l1LossBackward, layerNormBackward, leakyReluBackward,
+  mseLossBackward, rmsNormBackward, siluBackward, softmaxBackward, swigluBackward, type CrossEntropyOptions, type FusedAct, type Reduction,
+} from './ops/nn.js';
 import { maxPool2dBackward } from './ops/pool.js';
-import { clampBackward, mul, unary } from './ops/tensor.js';
+import {
+  add, clampBackward, concat, div, embeddingBackward, expand, gatherBackward, mean, mul, narrow, permute, permuteView, reshape, ropeBackward,
+  scale, spaceToDepth, sub, sumTo as sumToOp, unary,
+} from './ops/tensor.js';
 
 /** Input gradients for one recorded op, given the gradients of its outputs (null = none). */
 export type GradRule = (req: OpRequest, outs: Tensor[], gouts: (Tensor | null)[]) => Program<(Tensor | null)[]>;
@@ -130,7 +140,7 @@ export class Tape {
             hold(g);
             continue;
           }
-          const sum = yield* call1('add', [prev, g]);
+          const sum = yield* add(prev, g);
           grads.set(x, sum);
           hold(sum);
           drop(prev);
@@ -203,7 +213,7 @@ const inv = (dims: readonly number[]) => {
 };
 function* sumTo(g: Tensor, shape: readonly number[]): Program<Tensor> {
   if (g.shape.length === shape.length && g.shape.every((s, i) => s === shape[i])) return g;
-  return yield* call1('sum_to', [g], { shape });
+  return yield* sumToOp(g, shape);
 }
 /** Places g into zeros of `shape` at [start, start + g.shape[dim]) along dim. */
 function* embedAlong(g: Tensor, shape: readonly number[], dim: number, start: number): Program<Tensor> {
@@ -214,22 +224,42 @@ function* embedAlong(g: Tensor, shape: readonly number[], dim: number, start: nu
   parts.push(g);
   const after = shape[d]! - start - len;
   if (after > 0) parts.push(Tensor.zeros(shape.map((s, i) => (i === d ? after : s))));
-  return parts.length === 1 ? g : yield* call1('concat', parts, { dim: d });
+  return parts.length === 1 ? g : yield* concat(parts, d);
 }
 const shapeOf = (t: Tensor | null | undefined) => (t ? t.shape : []);
+/** The attention wrappers' options from a recorded request's native attributes. */
+function attentionOptions(a: Record<string, unknown>): AttentionOptions {
+  return {
+    scale: a.scale as number | undefined,
+    causal: a.causal as boolean | undefined,
+    qOffset: a.q_offset as number | undefined,
+    window: a.window as number | undefined,
+    kvLen: a.kv_len as number | undefined,
+  };
+}
+/** The cross-entropy wrappers' options from a recorded request's native attributes. */
+function crossEntropyOptions(a: Record<string, unknown>): CrossEntropyOptions {
+  return {
+    labelSmoothing: a.label_smoothing as number | undefined,
+    ignoreIndex: a.ignore_index as number | undefined,
+    reduction: a.reduction as Reduction | undefined,
+  };
+}
 
 defineGrad('linear', function* (req, _o, [g]) {
   const [x, w, b] = req.inputs;
-  return yield* call('linear_backward', [x, w, g!], { has_bias: Boolean(b) });
+  return yield* linearBackward(x!, w!, g!, { hasBias: Boolean(b) });
 });
 defineGrad('matmul', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
-  return yield* call('matmul_backward', [a, b, g!], { trans_a: A(req).trans_a, trans_b: A(req).trans_b });
+  const at = A(req);
+  return yield* matmulBackward(a!, b!, g!, { transA: at.trans_a as boolean | undefined, transB: at.trans_b as boolean | undefined, alpha: at.alpha as number | undefined });
 });
 defineGrad('conv2d', function* (req, _o, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
-  return yield* call('conv2d_backward', [x, w, g!], { stride: a.stride, padding: a.padding, groups: a.groups, has_bias: Boolean(b) });
+  type Pair = number | [number, number];
+  return yield* conv2dBackward(x!, w!, g!, { stride: a.stride as Pair | undefined, padding: a.padding as Pair | undefined, groups: a.groups as number | undefined, hasBias: Boolean(b) });
 });
 // The gradient goes to the element the forward chose (its first maximum on ties); indices get none.
 defineGrad('max_pool2d', function* (req, outs, [g]) {
@@ -239,62 +269,62 @@ defineGrad('max_pool2d', function* (req, outs, [g]) {
 defineGrad('group_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
-  return yield* call('group_norm_backward', [x, w, outs[1], outs[2], g!, b], {
-    groups: a.groups, eps: a.eps, act: a.act ?? 'none', has_weight: Boolean(w), has_bias: Boolean(b),
+  return yield* groupNormBackward(x!, w, b, outs[1]!, outs[2]!, g!, {
+    groups: a.groups as number, act: (a.act as FusedAct | undefined) ?? 'none', hasWeight: Boolean(w), hasBias: Boolean(b),
   });
 });
 defineGrad('layer_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
-  return yield* call('layer_norm_backward', [x, w, outs[1], outs[2], g!], { eps: A(req).eps, has_weight: Boolean(w), has_bias: Boolean(b) });
+  return yield* layerNormBackward(x!, w, outs[1]!, outs[2]!, g!, { hasWeight: Boolean(w), hasBias: Boolean(b) });
 });
 defineGrad('gelu', function* (req, _o, [g]) {
-  return [yield* call1('gelu_backward', [req.inputs[0], g!], { approximate: A(req).approximate ?? 'none' })];
+  return [yield* geluBackward(req.inputs[0]!, g!, { approximate: (A(req).approximate as 'none' | 'tanh' | undefined) ?? 'none' })];
 });
 defineGrad('silu', function* (req, _o, [g]) {
-  return [yield* call1('silu_backward', [req.inputs[0], g!])];
+  return [yield* siluBackward(req.inputs[0]!, g!)];
 });
 defineGrad('softmax', function* (req, outs, [g]) {
-  return [yield* call1('softmax_backward', [outs[0], g!], { dim: A(req).dim ?? -1 })];
+  return [yield* softmaxBackward(outs[0]!, g!, { dim: (A(req).dim as number | undefined) ?? -1 })];
 });
 defineGrad('add', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
   const alpha = (A(req).alpha as number | undefined) ?? 1;
-  const gb = alpha === 1 ? g! : yield* call1('scale', [g!], { mul: alpha, add: 0 });
+  const gb = alpha === 1 ? g! : yield* scale(g!, alpha, 0);
   return [yield* sumTo(g!, shapeOf(a)), yield* sumTo(gb, shapeOf(b))];
 });
 defineGrad('sub', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
   const alpha = (A(req).alpha as number | undefined) ?? 1;
-  return [yield* sumTo(g!, shapeOf(a)), yield* sumTo(yield* call1('scale', [g!], { mul: -alpha, add: 0 }), shapeOf(b))];
+  return [yield* sumTo(g!, shapeOf(a)), yield* sumTo(yield* scale(g!, -alpha, 0), shapeOf(b))];
 });
 defineGrad('mul', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
-  return [yield* sumTo(yield* call1('mul', [g!, b]), shapeOf(a)), yield* sumTo(yield* call1('mul', [g!, a]), shapeOf(b))];
+  return [yield* sumTo(yield* mul(g!, b!), shapeOf(a)), yield* sumTo(yield* mul(g!, a!), shapeOf(b))];
 });
 defineGrad('div', function* (req, outs, [g]) {
   const [a, b] = req.inputs;
-  const ga = yield* call1('div', [g!, b]);
-  const gb = yield* call1('neg', [yield* call1('mul', [ga, outs[0]])]);
+  const ga = yield* div(g!, b!);
+  const gb = yield* unary('neg', yield* mul(ga, outs[0]!));
   return [yield* sumTo(ga, shapeOf(a)), yield* sumTo(gb, shapeOf(b))];
 });
 defineGrad('scale', function* (req, _o, [g]) {
-  return [yield* call1('scale', [g!], { mul: (A(req).mul as number | undefined) ?? 1, add: 0 })];
+  return [yield* scale(g!, (A(req).mul as number | undefined) ?? 1, 0)];
 });
 defineGrad('sqrt', function* (_req, outs, [g]) {
-  return [yield* call1('scale', [yield* call1('div', [g!, outs[0]])], { mul: 0.5, add: 0 })];
+  return [yield* scale(yield* div(g!, outs[0]!), 0.5, 0)];
 });
 defineGrad('log', function* (req, _o, [g]) {
-  return [yield* call1('div', [g!, req.inputs[0]])];
+  return [yield* div(g!, req.inputs[0]!)];
 });
 defineGrad('mean', function* (req, outs, [g]) {
   const x = req.inputs[0]!;
   const dims = ((A(req).dims as number[] | undefined) ?? x.shape.map((_, i) => i)).map((d) => (d < 0 ? d + x.ndim : d));
   const n = dims.reduce((p, d) => p * x.shape[d]!, 1);
   const keepShape = x.shape.map((s, i) => (dims.includes(i) ? 1 : s));
-  const gk = yield* call1('reshape', [g!], { shape: keepShape });
-  const e = yield* call1('expand', [gk], { shape: x.shape });
+  const gk = yield* reshape(g!, keepShape); // the reduced dims as size 1
+  const e = yield* expand(gk, x.shape);
   void outs;
-  return [yield* call1('scale', [e], { mul: 1 / n, add: 0 })];
+  return [yield* scale(e, 1 / n, 0)];
 });
 defineGrad('var', function* (req, _o, [g]) {
   const x = req.inputs[0]!;
@@ -302,20 +332,20 @@ defineGrad('var', function* (req, _o, [g]) {
   const n = dims.reduce((p, d) => p * x.shape[d]!, 1);
   const unbiased = A(req).unbiased !== false;
   const keepShape = x.shape.map((s, i) => (dims.includes(i) ? 1 : s));
-  const m = yield* call1('mean', [x], { dims, keepdim: true });
-  const xc = yield* call1('sub', [x, m]);
-  const gk = yield* call1('reshape', [g!], { shape: keepShape });
-  const gx = yield* call1('mul', [xc, gk]);
-  return [yield* call1('scale', [gx], { mul: 2 / (unbiased ? n - 1 : n), add: 0 })];
+  const m = yield* mean(x, { dims, keepdim: true });
+  const xc = yield* sub(x, m);
+  const gk = yield* reshape(g!, keepShape);
+  const gx = yield* mul(xc, gk);
+  return [yield* scale(gx, 2 / (unbiased ? n - 1 : n), 0)];
 });
 defineGrad('permute', function* (req, _o, [g]) {
-  return [yield* call1('permute', [g!], { dims: inv(A(req).dims as number[]) })];
+  return [yield* permute(g!, inv(A(req).dims as number[]))];
 });
 defineGrad('permute_view', function* (req, _o, [g]) {
-  return [yield* call1('permute_view', [g!], { dims: inv(A(req).dims as number[]) })];
+  return [yield* permuteView(g!, inv(A(req).dims as number[]))];
 });
 defineGrad('reshape', function* (req, _o, [g]) {
-  return [yield* call1('reshape', [g!], { shape: req.inputs[0]!.shape })];
+  return [yield* reshape(g!, req.inputs[0]!.shape)];
 });
 defineGrad('contiguous', function* (_req, _o, [g]) {
   return [g];
@@ -324,7 +354,7 @@ defineGrad('select', function* (req, _o, [g]) {
   const x = req.inputs[0]!;
   const dim = (A(req).dim as number) < 0 ? (A(req).dim as number) + x.ndim : (A(req).dim as number);
   const index = (A(req).index as number) < 0 ? (A(req).index as number) + x.shape[dim]! : (A(req).index as number);
-  const g1 = yield* call1('reshape', [g!], { shape: x.shape.map((s, i) => (i === dim ? 1 : s)) });
+  const g1 = yield* reshape(g!, x.shape.map((s, i) => (i === dim ? 1 : s)));
   return [yield* embedAlong(g1, x.shape, dim, index)];
 });
 defineGrad('narrow', function* (req, _o, [g]) {
@@ -346,32 +376,32 @@ defineGrad('concat', function* (req, _o, [g]) {
   let start = 0;
   for (const x of req.inputs) {
     const len = x!.shape[dim]!;
-    out.push(yield* call1('narrow', [g!], { dim, start, length: len }));
+    out.push(yield* narrow(g!, dim, start, len));
     start += len;
   }
   return out;
 });
 defineGrad('gather', function* (req, _o, [g]) {
   const [x, idx] = req.inputs;
-  return [yield* call1('gather_backward', [g!, idx], { dim: A(req).dim, shape: x!.shape }), null];
+  return [yield* gatherBackward(g!, idx!, A(req).dim as number, x!.shape), null];
 });
 defineGrad('depth_to_space', function* (req, _o, [g]) {
-  return [yield* call1('space_to_depth', [g!], { block: A(req).block })];
+  return [yield* spaceToDepth(g!, A(req).block as number)];
 });
 defineGrad('attention', function* (req, outs, gouts) {
   const [q, k, v, bias, keep] = req.inputs;
-  const [gq, gk, gv, gb] = yield* call('attention_backward', [q, k, v, bias, keep, outs[0], outs[1], gouts[0]!], A(req));
-  return [gq!, gk!, gv!, bias ? gb! : null, null];
+  const [gq, gk, gv, gb] = yield* attentionBackward(q!, k!, v!, bias, keep, outs[0]!, outs[1]!, gouts[0]!, attentionOptions(A(req)));
+  return [gq, gk, gv, bias ? gb : null, null];
 });
 defineGrad('tome_merge', function* (req, _o, gouts) {
   const [x, size, unm, src, dst] = req.inputs;
   if (!gouts[0]) return [null, null, null, null, null];
-  const [gx] = yield* call('tome_merge_backward', [x, size, unm, src, dst, gouts[0]]);
-  return [gx!, null, null, null, null];
+  const gx = yield* mergeWavgBackward(x!, size ?? null, { unmIdx: unm!, srcIdx: src!, dstIdx: dst! }, gouts[0]);
+  return [gx, null, null, null, null];
 });
 defineGrad('unmerge', function* (req, _o, [g]) {
   const [kept, map] = req.inputs;
-  return [yield* call1('unmerge_backward', [g!, map], { k: kept!.shape[1]! }), null];
+  return [yield* unmergeBackward(g!, map!, kept!.shape[1]!), null];
 });
 // Straight-through estimator: codes = z + stopgrad(sign(z) - z).
 defineGrad('lfq_quantize', function* (_req, _o, gouts) {
@@ -379,37 +409,38 @@ defineGrad('lfq_quantize', function* (_req, _o, gouts) {
 });
 defineGrad('l1_loss', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
-  return yield* call('l1_loss_backward', [a, b, g!], A(req));
+  return yield* l1LossBackward(a!, b!, g!, { reduction: A(req).reduction as Reduction | undefined });
 });
 defineGrad('mse_loss', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
-  return yield* call('mse_loss_backward', [a, b, g!], A(req));
+  return yield* mseLossBackward(a!, b!, g!, { reduction: A(req).reduction as Reduction | undefined });
 });
 defineGrad('cross_entropy', function* (req, _o, [g]) {
   const [logits, target] = req.inputs;
-  return [yield* call1('cross_entropy_backward', [logits, target, g!], A(req)), null];
+  return [yield* crossEntropyBackward(logits!, target!, g!, crossEntropyOptions(A(req))), null];
 });
 defineGrad('lfq_entropy', function* (req, _o, gouts) {
   const z = req.inputs[0]!;
   const zero = Tensor.zeros([]);
-  return [yield* call1('lfq_entropy_backward', [z, gouts[0] ?? zero, gouts[1] ?? zero], A(req))];
+  const a = A(req);
+  return [yield* lfqEntropyBackward(z, gouts[0] ?? zero, gouts[1] ?? zero, { temperature: a.temperature as number | undefined, dim: a.dim as number | undefined })];
 });
 defineGrad('embedding', function* (req, _o, [g]) {
   const [w, idx] = req.inputs;
-  return [yield* call1('embedding_backward', [g!, idx], { num_embeddings: w!.shape[0]! }), null];
+  return [yield* embeddingBackward(g!, idx!, w!.shape[0]!), null];
 });
 defineGrad('rms_norm', function* (req, outs, [g]) {
   const [x, w] = req.inputs;
-  const [gx, gw] = yield* call('rms_norm_backward', [x, w, outs[1], g!]);
-  return [gx!, gw!];
+  const [gx, gw] = yield* rmsNormBackward(x!, w!, outs[1]!, g!);
+  return [gx, gw];
 });
 defineGrad('rope', function* (req, _o, [g]) {
-  return [yield* call1('rope_backward', [g!, req.inputs[1]]), null];
+  return [yield* ropeBackward(g!, req.inputs[1]!), null];
 });
 defineGrad('swiglu', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
-  const [ga, gb] = yield* call('swiglu_backward', [a, b, g!]);
-  return [ga!, gb!];
+  const [ga, gb] = yield* swigluBackward(a!, b!, g!);
+  return [ga, gb];
 });
 
 // ---- batch norm, activations and element-wise pieces of the GAN losses (discriminator training)

@@ -4,10 +4,12 @@
  * (`runAsync`), so long work never blocks the event loop and there is one implementation of
  * every model.
  *
+ * Programs call the typed wrappers of lib/ops (only those name native ops, through `call`):
+ *
  * ```ts
  * function* mlp(x: Tensor): Program<Tensor> {
- *   const h = yield* call1('linear', [x, w1, b1]);
- *   return yield* call1('gelu', [h]);
+ *   const h = yield* linalg.linear(x, w1, b1);
+ *   return yield* nn.gelu(h);
  * }
  * const y = runSync(mlp(x));          // blocks the caller
  * const z = await runAsync(mlp(x));   // one libuv job per op

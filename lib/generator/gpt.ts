@@ -8,10 +8,12 @@
  * blocks (RoPE rows 0 and 1); after the final RMSNorm head.0 reads slot 0 (the pre sub-token) and
  * head.1 slot 1 (the post sub-token).
  */
-import { call, call1, release, type Program } from '../graph.js';
-import { Linear, permuteView, reshape, select } from '../nn/layers.js';
+import { release, type Program } from '../graph.js';
+import { Linear } from '../nn/layers.js';
 import { ParamStore, W, type LoadReport } from '../nn/params.js';
-import { precompute2dFreqs } from '../ops/tensor.js';
+import { attention, kvCacheWrite, mergeHeads, splitHeads, type AttentionOptions } from '../ops/attention.js';
+import { crossEntropy, rmsNorm, swiglu } from '../ops/nn.js';
+import { add, concat, embedding, precompute2dFreqs, reshape, rope, select, slice } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { ffnHidden, gridSize, normalizeGPTConfig, type GPTConfig } from './config.js';
 
@@ -22,7 +24,8 @@ export class RMSNorm {
     this.weight = store.declare(`${name}.weight`, [dim], W.ones);
   }
   *forward(x: Tensor): Program<Tensor> {
-    return yield* call1('rms_norm', [x, this.store.get(this.weight)], { eps: this.eps });
+    const [y] = yield* rmsNorm(x, this.store.get(this.weight), { eps: this.eps }); // y [..., D] (rstd unused)
+    return y;
   }
 }
 
@@ -62,47 +65,51 @@ export class LlamaBlock {
    * [0, pos+N).
    */
   *forward(x: Tensor, freqs: Tensor, cache: LayerCache | null = null, pos = 0): Program<Tensor> {
-    const attrs: Record<string, number | boolean> = cache ? { causal: true, q_offset: pos, kv_len: pos + x.shape[1]! } : { causal: true };
-    return yield* this.forwardWith(x, freqs, null, attrs, cache, pos);
+    const opts: AttentionOptions = cache ? { causal: true, qOffset: pos, kvLen: pos + x.shape[1]! } : { causal: true };
+    return yield* this.forwardWith(x, freqs, null, opts, cache, pos);
   }
 
   /**
-   * The block with explicit attention settings: `keep` [B, M] uint8 and `attrs` (causal, q_offset,
-   * kv_len, window) go to the attention op as they are; with a cache the new keys/values are
-   * written at `slot` (MergeAR addresses a compacted cache by slot, not by position).
+   * The block with explicit attention settings: `keep` [B, M] uint8 and `opts` (causal, qOffset,
+   * kvLen, window; an option left out is not passed, the attention op's default) go to
+   * {@link attention} as they are; with a cache the new keys/values are written at `slot` (MergeAR
+   * addresses a compacted cache by slot, not by position).
    */
   *forwardWith(
     x: Tensor,
     freqs: Tensor,
     keep: Tensor | null,
-    attrs: Record<string, number | boolean>,
+    opts: AttentionOptions,
     cache: LayerCache | null,
     slot: number,
   ): Program<Tensor> {
-    const [B, N, D] = x.shape as [number, number, number];
+    const [B, N] = x.shape as [number, number, number]; // x [B, N, D]
     const H = this.cfg.n_head;
     const hd = this.headDim;
     const xn = yield* this.attentionNorm.forward(x);
     const qkv = yield* this.wqkv.forward(xn);
-    const parts = yield* reshape(qkv, [B, N, 3, H, hd]);
-    const q = yield* call1('rope', [yield* select(parts, 2, 0), freqs]);
-    const k = yield* call1('rope', [yield* select(parts, 2, 1), freqs]);
-    const v = yield* select(parts, 2, 2);
-    const qh = yield* permuteView(q, [0, 2, 1, 3]);
-    let kh = yield* permuteView(k, [0, 2, 1, 3]);
-    let vh = yield* permuteView(v, [0, 2, 1, 3]);
+    // RoPE rotates in the token-major layout, so q and k are split off the fused qkv first and
+    // only then viewed head-major.
+    const parts = yield* reshape(qkv, [B, N, 3, H, hd]); // [B, N, 3, H, hd]
+    const q = yield* rope(yield* select(parts, 2, 0), freqs); // [B, N, H, hd]
+    const k = yield* rope(yield* select(parts, 2, 1), freqs); // [B, N, H, hd]
+    const v = yield* select(parts, 2, 2); // [B, N, H, hd] view
+    const qh = yield* splitHeads(q); // [B, H, N, hd] views
+    let kh = yield* splitHeads(k);
+    let vh = yield* splitHeads(v);
     if (cache) {
-      kh = yield* call1('kv_cache_write', [cache.k, kh], { pos: slot });
-      vh = yield* call1('kv_cache_write', [cache.v, vh], { pos: slot });
+      // IN PLACE; kh, vh become the caches [B, H, capacity, hd]
+      kh = yield* kvCacheWrite(cache.k, kh, slot);
+      vh = yield* kvCacheWrite(cache.v, vh, slot);
     }
-    const [o] = yield* call('attention', [qh, kh, vh, null, keep], attrs);
-    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
+    const [o] = yield* attention(qh, kh, vh, null, keep, opts); // [B, H, N, hd]
+    const merged = yield* mergeHeads(o); // [B, N, D]
     const a = yield* this.wo.forward(merged);
-    const h = yield* call1('add', [x, a]);
+    const h = yield* add(x, a);
     const hn = yield* this.ffnNorm.forward(h);
-    const g = yield* call1('swiglu', [yield* this.w1.forward(hn), yield* this.w3.forward(hn)]);
+    const g = yield* swiglu(yield* this.w1.forward(hn), yield* this.w3.forward(hn)); // [B, N, hidden]
     const f = yield* this.w2.forward(g);
-    return yield* call1('add', [h, f]);
+    return yield* add(h, f);
   }
 }
 
@@ -168,31 +175,40 @@ export class MergeVQGPT {
 
   /** RoPE rows [start, start + n) of the table (cached constant tensors). */
   freqRows(start: number, n: number): Tensor {
-    const key = `${start}:${n}`;
-    let t = this.rowCache.get(key);
+    return this.cachedRopeRows(this.rowCache, `${start}:${n}`, this.freqs, start, n, ': cls_token_num + block_size');
+  }
+
+  /**
+   * Rows [start, start + n) of a RoPE `table` [R, hd/2, 2] as a constant float32 tensor
+   * [n, hd/2, 2] (a copy), made once and kept in `cache` under `key` (the caller disposes the
+   * cache's tensors). `note` follows the row count in the out-of-range error. Shared by
+   * {@link freqRows} and MergeAR's prefix tables.
+   */
+  protected cachedRopeRows(cache: Map<string, Tensor>, key: string, table: Tensor, start: number, n: number, note: string): Tensor {
+    let t = cache.get(key);
     if (!t) {
-      const rows = this.freqs.shape[0]!;
-      if (start < 0 || start + n > rows) throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${rows} rows: cls_token_num + block_size)`);
-      const w = this.freqs.shape[1]! * 2;
-      t = Tensor.from(this.freqs.toFloat32().slice(start * w, (start + n) * w), [n, this.freqs.shape[1]!, 2]);
-      this.rowCache.set(key, t);
+      const rows = table.shape[0]!;
+      if (start < 0 || start + n > rows) throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${rows} rows${note})`);
+      const w = table.shape[1]! * 2; // floats per row: hd/2 (cos, sin) pairs
+      t = Tensor.from(table.toFloat32().slice(start * w, (start + n) * w), [n, table.shape[1]!, 2]);
+      cache.set(key, t);
     }
     return t;
   }
 
   /** pre_emb(pre) + post_emb(post): [..., D]. */
   *tokenEmbedding(pre: Tensor, post: Tensor): Program<Tensor> {
-    const a = yield* call1('embedding', [this.store.get(this.preEmb), pre]);
-    const b = yield* call1('embedding', [this.store.get(this.postEmb), post]);
-    return yield* call1('add', [a, b]);
+    const a = yield* embedding(this.store.get(this.preEmb), pre);
+    const b = yield* embedding(this.store.get(this.postEmb), post);
+    return yield* add(a, b);
   }
   /** pre_emb(pre): [..., D]. */
   *preEmbedding(pre: Tensor): Program<Tensor> {
-    return yield* call1('embedding', [this.store.get(this.preEmb), pre]);
+    return yield* embedding(this.store.get(this.preEmb), pre);
   }
   /** Label embeddings: labels [B] -> [B, 1, D]. */
   *classEmbedding(labels: Tensor): Program<Tensor> {
-    const e = yield* call1('embedding', [this.store.get(this.classTable), labels]);
+    const e = yield* embedding(this.store.get(this.classTable), labels); // [B, D]
     return yield* reshape(e, [labels.shape[0]!, 1, this.config.dim]);
   }
 
@@ -213,11 +229,11 @@ export class MergeVQGPT {
     if (labels.ndim !== 1 || labels.shape[0] !== B) throw new RangeError(`forward: labels must be [${B}], got [${labels.shape}]`);
     if (N > c.block_size) throw new RangeError(`forward: N = ${N} exceeds block_size ${c.block_size}`);
     const D = c.dim;
-    const tok = yield* this.tokenEmbedding(idxPre, idxPost);
-    const cls = yield* this.classEmbedding(labels);
+    const tok = yield* this.tokenEmbedding(idxPre, idxPost); // [B, N, D]
+    const cls = yield* this.classEmbedding(labels); // [B, 1, D]
     const parts = [cls];
-    if (N > 1) parts.push(yield* call1('slice', [tok], { dim: 1, start: 0, end: N - 1 }));
-    let h = parts.length === 1 ? cls : yield* call1('concat', parts, { dim: 1 });
+    if (N > 1) parts.push(yield* slice(tok, 1, 0, N - 1)); // e_0 .. e_{N-2}: [B, N-1, D]
+    let h = parts.length === 1 ? cls : yield* concat(parts, 1); // [B, N, D]
     const freqs = this.freqRows(0, N);
     for (const blk of this.spatial) h = yield* blk.forward(h, freqs);
     return yield* this.factorizedLogits(h, idxPre);
@@ -229,9 +245,9 @@ export class MergeVQGPT {
    */
   *factorizedLogits(h: Tensor, idxPre: Tensor): Program<GPTLogits> {
     const [B, N, D] = h.shape as [number, number, number];
-    const ePre = yield* call1('embedding', [this.store.get(this.preEmb), idxPre]);
-    let ctx = yield* call1('concat', [yield* reshape(h, [B, N, 1, D]), yield* reshape(ePre, [B, N, 1, D])], { dim: 2 });
-    ctx = yield* reshape(ctx, [B * N, 2, D]);
+    const ePre = yield* embedding(this.store.get(this.preEmb), idxPre); // [B, N, D]
+    let ctx = yield* concat([yield* reshape(h, [B, N, 1, D]), yield* reshape(ePre, [B, N, 1, D])], 2); // [B, N, 2, D]
+    ctx = yield* reshape(ctx, [B * N, 2, D]); // one 2-token sequence per position
     const f2 = this.freqRows(0, 2);
     for (const blk of this.factorized) ctx = yield* blk.forward(ctx, f2);
     const out = yield* reshape(yield* this.norm.forward(ctx), [B, N, 2, D]);
@@ -248,9 +264,9 @@ export class MergeVQGPT {
     const logits = yield* this.forward(idxPre, idxPost, labels);
     const [B, N] = idxPre.shape as [number, number];
     const [V0, V1] = this.subVocab;
-    const l0 = yield* call1('cross_entropy', [yield* reshape(logits.pre, [B * N, V0]), yield* reshape(idxPre, [B * N])]);
-    const l1 = yield* call1('cross_entropy', [yield* reshape(logits.post, [B * N, V1]), yield* reshape(idxPost, [B * N])]);
-    return { loss: yield* call1('add', [l0, l1]), logits };
+    const l0 = yield* crossEntropy(yield* reshape(logits.pre, [B * N, V0]), yield* reshape(idxPre, [B * N])); // scalar
+    const l1 = yield* crossEntropy(yield* reshape(logits.post, [B * N, V1]), yield* reshape(idxPost, [B * N]));
+    return { loss: yield* add(l0, l1), logits };
   }
 
   /**

@@ -4,8 +4,8 @@
  *
  * Groups: g(i) = the first position j <= i whose (pre, post) code equals token i's code; token i is
  * a first occurrence when g(i) = i. Visibility of a content key j for a content query i (j <= i):
- * j = i, or i - w <= j (recent window, default w = 2), or g(j) = j. Prefix tokens are always
- * visible.
+ * j = i, or i - w <= j (recent window, default w = {@link MERGEAR_WINDOW} = 2), or g(j) = j.
+ * Prefix tokens are always visible.
  *
  * Sequence layout: [C, M, e_0 .. e_{N-2}], C = class embedding, M = merge instruction (the learned
  * embedding `merge_emb.weight[keepIndex]` of the keep count's index in the candidate list). Sequence
@@ -25,11 +25,11 @@
  * every live row is visible, nothing else. Rows of a batch can hold different numbers of live rows;
  * the cache length is the largest, and the shorter rows are padded with dead slots (keep 0).
  */
-import { call1, release, runAsync, runSync, type Program } from '../graph.js';
-import { reshape, select } from '../nn/layers.js';
+import { release, runAsync, runSync, type Program } from '../graph.js';
 import { W } from '../nn/params.js';
-import { kvCacheCompact } from '../ops/attention.js';
-import { precompute2dFreqs } from '../ops/tensor.js';
+import { kvCacheCompact, type AttentionOptions } from '../ops/attention.js';
+import { crossEntropy } from '../ops/nn.js';
+import { add, concat, embedding, precompute2dFreqs, reshape, slice } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { gridSize, type GPTConfig } from './config.js';
 import { MergeVQGPT, type GPTLogits, type LayerCache } from './gpt.js';
@@ -96,7 +96,7 @@ export type DecodeMode = 'compact' | 'masked' | 'full';
 export interface MergeAROptions {
   /** Number of keep-count candidates (rows of `merge_emb.weight`). */
   numCandidates: number;
-  /** Recent window w (default 2). */
+  /** Recent window w (default {@link MERGEAR_WINDOW}). */
   window?: number;
 }
 
@@ -132,21 +132,12 @@ export class MergeARGPT extends MergeVQGPT {
 
   /** RoPE rows [start, start + n) for a prefix of P tokens (P zero rows, then the grid cells). */
   prefixFreqRows(P: number, start: number, n: number): Tensor {
-    const key = `${P}:${start}:${n}`;
-    let t = this.rows.get(key);
-    if (!t) {
-      let table = this.tables.get(P);
-      if (!table) {
-        table = precompute2dFreqs(gridSize(this.config), this.headDim, this.config.rope_base, P);
-        this.tables.set(P, table);
-      }
-      const total = table.shape[0]!;
-      if (start < 0 || start + n > total) throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${total} rows)`);
-      const w = table.shape[1]! * 2;
-      t = Tensor.from(table.toFloat32().slice(start * w, (start + n) * w), [n, table.shape[1]!, 2]);
-      this.rows.set(key, t);
+    let table = this.tables.get(P); // [P + L, hd/2, 2]
+    if (!table) {
+      table = precompute2dFreqs(gridSize(this.config), this.headDim, this.config.rope_base, P);
+      this.tables.set(P, table);
     }
-    return t;
+    return this.cachedRopeRows(this.rows, `${P}:${start}:${n}`, table, start, n, '');
   }
 
   /** Merge-instruction embeddings: keepIndex int64 [B] (candidate indices) -> [B, 1, D]. */
@@ -154,7 +145,7 @@ export class MergeARGPT extends MergeVQGPT {
     for (const k of ints(keepIndex)) {
       if (!Number.isInteger(k) || k < 0 || k >= this.numCandidates) throw new RangeError(`keepIndex: ${k} outside [0, ${this.numCandidates})`);
     }
-    const e = yield* call1('embedding', [this.store.get(this.mergeEmb), keepIndex]);
+    const e = yield* embedding(this.store.get(this.mergeEmb), keepIndex); // [B, D]
     return yield* reshape(e, [keepIndex.shape[0]!, 1, this.config.dim]);
   }
 
@@ -189,17 +180,17 @@ export class MergeARGPT extends MergeVQGPT {
     if (keepIndex && (keepIndex.ndim !== 1 || keepIndex.shape[0] !== B)) throw new RangeError(`forwardAR: keepIndex must be [${B}], got [${keepIndex.shape}]`);
     if (N > c.block_size) throw new RangeError(`forwardAR: N = ${N} exceeds block_size ${c.block_size}`);
     const P = keepIndex ? 2 : 1;
-    const parts = [yield* this.classEmbedding(labels)];
-    if (keepIndex) parts.push(yield* this.mergeEmbedding(keepIndex));
-    if (N > 1) parts.push(yield* call1('slice', [yield* this.tokenEmbedding(idxPre, idxPost)], { dim: 1, start: 0, end: N - 1 }));
-    let h = parts.length === 1 ? parts[0]! : yield* call1('concat', parts, { dim: 1 });
+    const parts = [yield* this.classEmbedding(labels)]; // [B, 1, D]
+    if (keepIndex) parts.push(yield* this.mergeEmbedding(keepIndex)); // [B, 1, D]
+    if (N > 1) parts.push(yield* slice(yield* this.tokenEmbedding(idxPre, idxPost), 1, 0, N - 1)); // e_0 .. e_{N-2}: [B, N-1, D]
+    let h = parts.length === 1 ? parts[0]! : yield* concat(parts, 1); // [B, S, D]
     const S = P + N - 1;
     const freqs = this.prefixFreqRows(P, 0, S);
     const masked = opts.mask ?? true;
-    const keep = masked ? this.keepMask(idxPre, idxPost, P) : null;
-    const attrs: Record<string, number | boolean> = masked ? { causal: true, window: this.window } : { causal: true };
-    for (const blk of this.spatial) h = yield* blk.forwardWith(h, freqs, keep, attrs, null, 0);
-    if (P > 1) h = yield* call1('slice', [h], { dim: 1, start: P - 1, end: S });
+    const keep = masked ? this.keepMask(idxPre, idxPost, P) : null; // uint8 [B, S]
+    const attn: AttentionOptions = masked ? { causal: true, window: this.window } : { causal: true };
+    for (const blk of this.spatial) h = yield* blk.forwardWith(h, freqs, keep, attn, null, 0);
+    if (P > 1) h = yield* slice(h, 1, P - 1, S); // positions M, e_0 .. e_{N-2}: [B, N, D]
     return yield* this.factorizedLogits(h, idxPre);
   }
 
@@ -208,9 +199,9 @@ export class MergeARGPT extends MergeVQGPT {
     const logits = yield* this.forwardAR(idxPre, idxPost, labels, keepIndex);
     const [B, N] = idxPre.shape as [number, number];
     const [V0, V1] = this.subVocab;
-    const l0 = yield* call1('cross_entropy', [yield* reshape(logits.pre, [B * N, V0]), yield* reshape(idxPre, [B * N])]);
-    const l1 = yield* call1('cross_entropy', [yield* reshape(logits.post, [B * N, V1]), yield* reshape(idxPost, [B * N])]);
-    return { loss: yield* call1('add', [l0, l1]), logits };
+    const l0 = yield* crossEntropy(yield* reshape(logits.pre, [B * N, V0]), yield* reshape(idxPre, [B * N])); // scalar
+    const l1 = yield* crossEntropy(yield* reshape(logits.post, [B * N, V1]), yield* reshape(idxPost, [B * N]));
+    return { loss: yield* add(l0, l1), logits };
   }
 }
 
@@ -280,17 +271,18 @@ export class MergeARDecoder {
     const kvLen = slot + n;
     const freqs = this.model.prefixFreqRows(this.P, q0, n);
     let keep: Tensor | null = null;
-    let attrs: Record<string, number | boolean>;
-    if (this.mode === 'full') attrs = { causal: true, q_offset: q0, kv_len: kvLen };
+    let attn: AttentionOptions;
+    if (this.mode === 'full') attn = { causal: true, qOffset: q0, kvLen };
     else {
-      keep = Tensor.from(Uint8Array.from(this.live), [B, this.cap]);
-      // Window 0: a key is visible iff its slot is live for this batch row (dead padding slots sit
-      // below the new slot <= q0, so the qpos == j clause never reaches them).
-      attrs = { causal: true, q_offset: q0, kv_len: kvLen, window: 0 };
+      keep = Tensor.from(Uint8Array.from(this.live), [B, this.cap]); // uint8 [B, cap]
+      // Window 0 (not the model's window: eviction already applied it): a key is visible iff its
+      // slot is live for this batch row (dead padding slots sit below the new slot <= q0, so the
+      // qpos == j clause never reaches them).
+      attn = { causal: true, qOffset: q0, kvLen, window: 0 };
     }
     let h = x;
     for (let i = 0; i < this.model.spatial.length; ++i) {
-      const next = yield* this.model.spatial[i]!.forwardWith(h, freqs, keep, attrs, this.caches[i]!, slot);
+      const next = yield* this.model.spatial[i]!.forwardWith(h, freqs, keep, attn, this.caches[i]!, slot);
       if (h !== x) yield* release(h);
       h = next;
     }
@@ -372,9 +364,9 @@ export class MergeARDecoder {
   /** Runs the prefix [C, M]: labels, keepIndex int64 [B]. Returns h [B, 1, D] of position 1 (predicts token 0). */
   *prefix(labels: Tensor, keepIndex: Tensor): Program<Tensor> {
     if (this.nextPos !== 0) throw new RangeError('MergeARDecoder.prefix: the prefix was already run');
-    const x = yield* call1('concat', [yield* this.model.classEmbedding(labels), yield* this.model.mergeEmbedding(keepIndex)], { dim: 1 });
-    const h = yield* this.run(x);
-    return yield* call1('slice', [h], { dim: 1, start: 1, end: 2 });
+    const x = yield* concat([yield* this.model.classEmbedding(labels), yield* this.model.mergeEmbedding(keepIndex)], 1); // [C, M]: [B, 2, D]
+    const h = yield* this.run(x); // [B, 2, D]
+    return yield* slice(h, 1, 1, 2); // position 1 (M): [B, 1, D]
   }
 
   /**

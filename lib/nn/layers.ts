@@ -2,7 +2,10 @@
  * Layers: thin declarations of parameters (by reference name) plus programs that run them with
  * native ops. Layouts: images NCHW, token sequences [B, N, C].
  */
-import { call, call1, type Program } from '../graph.js';
+import type { Program } from '../graph.js';
+import { conv2d, linear } from '../ops/linalg.js';
+import { groupNorm, layerNorm } from '../ops/nn.js';
+import { add, mul, permute, permuteView, reshape, select } from '../ops/tensor.js';
 import type { Tensor } from '../tensor.js';
 import { W, type ParamStore } from './params.js';
 
@@ -21,7 +24,7 @@ export class Linear {
   }
   /** x [..., in] -> [..., out] */
   *forward(x: Tensor): Program<Tensor> {
-    return yield* call1('linear', [x, this.store.get(this.weight), this.bias ? this.store.get(this.bias) : null]);
+    return yield* linear(x, this.store.get(this.weight), this.bias ? this.store.get(this.bias) : null);
   }
 }
 
@@ -41,7 +44,7 @@ export class Conv2d {
     this.bias = opts.bias === false ? null : store.declare(`${name}.bias`, [outChannels], W.zeros);
   }
   *forward(x: Tensor): Program<Tensor> {
-    return yield* call1('conv2d', [x, this.store.get(this.weight), this.bias ? this.store.get(this.bias) : null], {
+    return yield* conv2d(x, this.store.get(this.weight), this.bias ? this.store.get(this.bias) : null, {
       stride: this.opts.stride ?? 1,
       padding: this.opts.padding ?? 0,
       groups: this.opts.groups ?? 1,
@@ -68,12 +71,12 @@ export class GroupNorm {
   /** GroupNorm, optionally fused with the activation that follows it. */
   *forward(x: Tensor, act: Activation = 'none'): Program<Tensor> {
     const s = this.store;
-    const [y] = yield* call('group_norm', [x, this.weight ? s.get(this.weight) : null, this.bias ? s.get(this.bias) : null], {
+    const [y] = yield* groupNorm(x, this.weight ? s.get(this.weight) : null, this.bias ? s.get(this.bias) : null, {
       groups: this.groups,
       eps: this.eps,
       act,
     });
-    return y!;
+    return y;
   }
 }
 
@@ -90,41 +93,31 @@ export class LayerNorm {
     this.bias = store.declare(`${name}.bias`, [dim], W.zeros);
   }
   *forward(x: Tensor): Program<Tensor> {
-    const [y] = yield* call('layer_norm', [x, this.store.get(this.weight), this.store.get(this.bias)], { eps: this.eps });
-    return y!;
+    const [y] = yield* layerNorm(x, this.store.get(this.weight), this.store.get(this.bias), { eps: this.eps });
+    return y;
   }
 }
 
 /** x + gamma * y (LayerScale residual), gamma [C] broadcast over the last dim. */
 export function* residualScaled(x: Tensor, gamma: Tensor, y: Tensor): Program<Tensor> {
-  const gy = yield* call1('mul', [y, gamma]);
-  return yield* call1('add', [x, gy]);
+  const gy = yield* mul(y, gamma);
+  return yield* add(x, gy);
 }
 
-/** Reshape as a recorded op (a view when x is contiguous). */
-export function* reshape(x: Tensor, shape: readonly number[]): Program<Tensor> {
-  return yield* call1('reshape', [x], { shape });
-}
-/** Strided permuted view as a recorded op. */
-export function* permuteView(x: Tensor, dims: readonly number[]): Program<Tensor> {
-  return yield* call1('permute_view', [x], { dims });
-}
-/** Strided view at `index` along `dim` (dim removed), as a recorded op. */
-export function* select(x: Tensor, dim: number, index: number): Program<Tensor> {
-  return yield* call1('select', [x], { dim, index });
-}
+// The layout views live with the other tensor ops; re-exported for the layer code that uses them.
+export { permuteView, reshape, select };
 
 /** [B, N, C] tokens -> [B, C, s, s] image (s = sqrt(N)). */
 export function* tokensToImage(x: Tensor): Program<Tensor> {
   const [B, N, C] = x.shape as [number, number, number];
   const s = Math.round(Math.sqrt(N));
   if (s * s !== N) throw new RangeError(`tokensToImage: token count ${N} is not a square`);
-  const t = yield* call1('permute', [x], { dims: [0, 2, 1] });
+  const t = yield* permute(x, [0, 2, 1]); // [B, C, N]
   return yield* reshape(t, [B, C, s, s]);
 }
 
 /** [B, C, H, W] image -> [B, H*W, C] tokens. */
 export function* imageToTokens(x: Tensor): Program<Tensor> {
   const [B, C, H, Wd] = x.shape as [number, number, number, number];
-  return yield* call1('permute', [yield* reshape(x, [B, C, H * Wd])], { dims: [0, 2, 1] });
+  return yield* permute(yield* reshape(x, [B, C, H * Wd]), [0, 2, 1]);
 }

@@ -3,9 +3,13 @@
  * merging block of the encoder, the MixMlp block of the decoder and the cross-attention block of
  * the learned source recovery. Parameter names follow the reference.
  */
-import { call, call1, type Program } from '../graph.js';
+import type { Program } from '../graph.js';
+import { attention, mergeHeads, splitFusedHeads, splitHeads } from '../ops/attention.js';
+import { bipartiteMatch, mergeSource, mergeWavg } from '../ops/merge.js';
+import { gelu } from '../ops/nn.js';
+import { log, mean } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
-import { Conv2d, LayerNorm, Linear, imageToTokens, permuteView, reshape, residualScaled, select, tokensToImage } from './layers.js';
+import { Conv2d, LayerNorm, Linear, imageToTokens, residualScaled, tokensToImage } from './layers.js';
 import { W, type ParamStore } from './params.js';
 
 /** Multi-head self-attention with a fused qkv projection (bias), optional per-key additive bias. */
@@ -29,14 +33,10 @@ export class SelfAttention {
    * keyBias [B, N] is added to every query's scores (ToMe's log(size)).
    */
   *forward(x: Tensor, keyBias: Tensor | null = null): Program<{ out: Tensor; k: Tensor }> {
-    const [B, N, C] = x.shape as [number, number, number];
-    const qkv = yield* this.qkv.forward(x);
-    const heads = yield* permuteView(yield* reshape(qkv, [B, N, 3, this.heads, this.headDim]), [2, 0, 3, 1, 4]);
-    const q = yield* select(heads, 0, 0);
-    const k = yield* select(heads, 0, 1);
-    const v = yield* select(heads, 0, 2);
-    const [o] = yield* call('attention', [q, k, v, keyBias, null], { scale: 1 / Math.sqrt(this.headDim) });
-    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, C]);
+    const qkv = yield* this.qkv.forward(x); // [B, N, 3C]
+    const [q, k, v] = yield* splitFusedHeads(qkv, { parts: 3, heads: this.heads }); // each [B, H, N, hd] (views)
+    const [o] = yield* attention(q!, k!, v!, keyBias, null, { scale: 1 / Math.sqrt(this.headDim) }); // [B, H, N, hd]
+    const merged = yield* mergeHeads(o); // [B, N, C]
     const out = yield* this.proj.forward(merged);
     return { out, k };
   }
@@ -52,7 +52,7 @@ export class Mlp {
   }
   *forward(x: Tensor): Program<Tensor> {
     const h = yield* this.fc1.forward(x);
-    const a = yield* call1('gelu', [h], { approximate: 'none' });
+    const a = yield* gelu(h, { approximate: 'none' });
     return yield* this.fc2.forward(a);
   }
 }
@@ -71,8 +71,8 @@ export class MixMlp {
     const h = yield* this.fc1.forward(x);
     const img = yield* tokensToImage(h);
     const c = yield* this.dwconv.forward(img);
-    const t = yield* imageToTokens(c);
-    const a = yield* call1('gelu', [t], { approximate: 'none' });
+    const t = yield* imageToTokens(c); // [B, N, hidden]
+    const a = yield* gelu(t, { approximate: 'none' });
     return yield* this.fc2.forward(a);
   }
 }
@@ -127,19 +127,19 @@ export class Block {
    */
   *forwardToMe(x: Tensor, r: number, state: MergeState): Program<{ x: Tensor; state: MergeState }> {
     const n1 = yield* this.norm1.forward(x);
-    const bias = state.size ? yield* call1('log', [state.size]) : null;
+    const bias = state.size ? yield* log(state.size) : null; // [B, N]
     const { out, k } = yield* this.attn.forward(n1, bias);
     let x1 = yield* residualScaled(x, this.store.get(this.ls1), out);
     let next = state;
     if (r > 0) {
       const N = x1.shape[1]!;
-      const metric = yield* call1('mean', [k], { dims: [1] });
-      const [unm, src, dst] = yield* call('tome_match', [metric], { r, class_token: true });
-      const map = yield* call1('tome_source_update', [state.map, unm!, src!, dst!], { n: N });
+      const metric = yield* mean(k, { dims: [1] }); // keys averaged over heads: [B, N, hd]
+      const d = yield* bipartiteMatch(metric, { r, classToken: true });
+      const map = yield* mergeSource(state.map, d, N); // [B, L_full]
       const size = state.size ?? Tensor.from(new Float32Array(x1.shape[0]! * N).fill(1), [x1.shape[0]!, N]);
-      const [xm, sm] = yield* call('tome_merge', [x1, size, unm!, src!, dst!]);
-      x1 = xm!;
-      next = { size: sm!, map };
+      const merged = yield* mergeWavg(x1, size, d); // x [B, N - r', C], size [B, N - r']
+      x1 = merged.x;
+      next = { size: merged.size, map };
     }
     const n2 = yield* this.norm2.forward(x1);
     const m = yield* this.mlp.forward(n2);
@@ -177,14 +177,12 @@ export class CrossAttentionBlock {
 
   /** q [B, N, D] (queries), kv [B, M, D] -> [B, N, D]. */
   *forward(q: Tensor, kv: Tensor): Program<Tensor> {
-    const [B, N, D] = q.shape as [number, number, number];
-    const M = kv.shape[1]!;
     const hd = this.headDim;
     const nq = yield* this.norm1.forward(q);
-    const qp = yield* permuteView(yield* reshape(yield* this.q.forward(nq), [B, N, this.heads, hd]), [0, 2, 1, 3]);
-    const kvp = yield* permuteView(yield* reshape(yield* this.kv.forward(kv), [B, M, 2, this.heads, hd]), [2, 0, 3, 1, 4]);
-    const [o] = yield* call('attention', [qp, yield* select(kvp, 0, 0), yield* select(kvp, 0, 1), null, null], { scale: 1 / Math.sqrt(hd) });
-    const merged = yield* reshape(yield* call1('permute', [o!], { dims: [0, 2, 1, 3] }), [B, N, D]);
+    const qp = yield* splitHeads(yield* this.q.forward(nq), { heads: this.heads }); // [B, H, N, hd] view
+    const [kp, vp] = yield* splitFusedHeads(yield* this.kv.forward(kv), { parts: 2, heads: this.heads }); // each [B, H, M, hd] (views)
+    const [o] = yield* attention(qp, kp!, vp!, null, null, { scale: 1 / Math.sqrt(hd) }); // [B, H, N, hd]
+    const merged = yield* mergeHeads(o); // [B, N, D]
     const a = yield* this.proj.forward(merged);
     const q1 = yield* residualScaled(q, this.store.get(this.gamma1), a);
     const m = yield* this.mlp.forward(yield* this.norm2.forward(q1));

@@ -16,9 +16,11 @@
  *   own position is always visible.
  * A query that sees no key gets o = 0 and lse = -Infinity (never NaN).
  */
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, rangeError, typeError } from '../errors.js';
 import { call, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
+import { tensorArg } from './args.js';
+import { permute, permuteView, reshape, select } from './tensor.js';
 
 /** Options shared by {@link attention} and {@link attentionBackward}. */
 export interface AttentionOptions {
@@ -134,4 +136,82 @@ export function* kvCacheCompact(cache: Tensor, keepIdx: Tensor, len: number): Pr
   checkTensor('keepIdx', keepIdx, 2, 'int32');
   const out = yield* call('kv_cache_compact', [cache, keepIdx], { len: checkInt('len', len, 0) });
   return out[0]!;
+}
+
+// ---------------------------------------------------------------- head layout (splitHeads / mergeHeads)
+// Layout helpers around attention: token-major [B, N, H*hd] <-> head-major [B, H, N, hd]. They
+// only compose the layout ops of ./tensor.js, in a fixed order (the autograd tape records each).
+
+function checkRank(name: string, t: unknown, ranks: readonly number[], what: string): Tensor {
+  const x = tensorArg(name, t);
+  if (!ranks.includes(x.ndim)) typeError(name, what, x.toString());
+  return x;
+}
+
+/** Options of {@link splitHeads}. */
+export interface SplitHeadsOptions {
+  /**
+   * Number of heads H. Required for a [B, N, H*hd] input (must divide its last dim); for a
+   * [B, N, H, hd] input it may be omitted and must equal shape[2] when given.
+   */
+  heads?: number;
+}
+
+/**
+ * Head split as a strided view (no copy): `x` [B, N, H*hd] (any dtype) is reshaped to
+ * [B, N, H, hd], then `permute_view(0, 2, 1, 3)` gives [B, H, N, hd]. An `x` that is already
+ * [B, N, H, hd] (e.g. a RoPE output) gets only the `permute_view`.
+ */
+export function* splitHeads(x: Tensor, opts: SplitHeadsOptions = {}): Program<Tensor> {
+  checkRank('x', x, [3, 4], 'a [B, N, H*hd] or [B, N, H, hd] Tensor');
+  const heads = opts.heads === undefined ? undefined : checkInt('opts.heads', opts.heads, 1);
+  let t = x;
+  if (x.ndim === 3) {
+    const [B, N, D] = x.shape as [number, number, number];
+    if (heads === undefined) typeError('opts.heads', 'an integer (x is [B, N, H*hd])', heads);
+    if (D % heads !== 0) rangeError('opts.heads', `a divisor of x's last dim ${D}`, heads);
+    t = yield* reshape(x, [B, N, heads, D / heads]); // [B, N, H, hd] (view when x is contiguous)
+  } else if (heads !== undefined && x.shape[2] !== heads) {
+    rangeError('opts.heads', `x.shape[2] = ${x.shape[2]} for a [B, N, H, hd] x`, heads);
+  }
+  return yield* permuteView(t, [0, 2, 1, 3]); // [B, H, N, hd]
+}
+
+/** Options of {@link splitFusedHeads}. */
+export interface SplitFusedHeadsOptions {
+  /** Number of fused projections P (3 for qkv, 2 for kv). */
+  parts: number;
+  /** Number of heads H. */
+  heads: number;
+}
+
+/**
+ * Head split of a fused projection as strided views (no copy): `x` [B, N, P*H*hd] (any dtype) is
+ * reshaped to [B, N, P, H, hd], `permute_view(2, 0, 3, 1, 4)` gives [P, B, H, N, hd], and
+ * `select(0, p)` for p = 0..P-1 returns P views [B, H, N, hd] (timm's
+ * `qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)` then `unbind(0)`).
+ */
+export function* splitFusedHeads(x: Tensor, opts: SplitFusedHeadsOptions): Program<Tensor[]> {
+  checkRank('x', x, [3], 'a [B, N, P*H*hd] Tensor');
+  const parts = checkInt('opts.parts', opts?.parts, 1);
+  const heads = checkInt('opts.heads', opts.heads, 1);
+  const [B, N, D] = x.shape as [number, number, number];
+  if (D % (parts * heads) !== 0) rangeError('opts', `parts * heads dividing x's last dim ${D}`, parts * heads);
+  const r = yield* reshape(x, [B, N, parts, heads, D / (parts * heads)]); // [B, N, P, H, hd]
+  const p = yield* permuteView(r, [2, 0, 3, 1, 4]); // [P, B, H, N, hd]
+  const out: Tensor[] = [];
+  for (let i = 0; i < parts; ++i) out.push(yield* select(p, 0, i)); // [B, H, N, hd]
+  return out;
+}
+
+/**
+ * Head merge (the inverse of {@link splitHeads}): `o` [B, H, N, hd] (any dtype, e.g. an
+ * {@link attention} output) is permuted to [B, N, H, hd] as a dense copy (`permute`, not a view),
+ * then reshaped (a view of that copy) to [B, N, H*hd].
+ */
+export function* mergeHeads(o: Tensor): Program<Tensor> {
+  checkRank('o', o, [4], 'a [B, H, N, hd] Tensor');
+  const [B, H, N, hd] = o.shape as [number, number, number, number];
+  const t = yield* permute(o, [0, 2, 1, 3]); // [B, N, H, hd] dense
+  return yield* reshape(t, [B, N, H * hd]); // [B, N, H*hd]
 }

@@ -245,6 +245,25 @@ export function* flip(x: Tensor, dims: readonly number[]): Program<Tensor> {
   return yield* call1('flip', [tensorArg('x', x)], { dims: intArray('dims', dims) });
 }
 
+// ---------------------------------------------------------------- views (recorded ops)
+
+/** x with a new shape of the same element count: a view when x is contiguous, else a copy. */
+export function* reshape(x: Tensor, shape: readonly number[]): Program<Tensor> {
+  return yield* call1('reshape', [tensorArg('x', x)], { shape: intArray('shape', shape) });
+}
+/** Strided view of x with dims permuted (no copy; see {@link permute} for a dense copy). */
+export function* permuteView(x: Tensor, dims: readonly number[]): Program<Tensor> {
+  return yield* call1('permute_view', [tensorArg('x', x)], { dims: intArray('dims', dims) });
+}
+/** Strided view of x[start : start + length] along `dim` (no copy). */
+export function* narrow(x: Tensor, dim: number, start: number, length: number): Program<Tensor> {
+  return yield* call1('narrow', [tensorArg('x', x)], { dim: checkInt('dim', dim), start: checkInt('start', start, 0), length: checkInt('length', length, 0) });
+}
+/** Strided view of x at `index` along `dim`, that dim removed (no copy). */
+export function* select(x: Tensor, dim: number, index: number): Program<Tensor> {
+  return yield* call1('select', [tensorArg('x', x)], { dim: checkInt('dim', dim), index: checkInt('index', index) });
+}
+
 // ---------------------------------------------------------------- RoPE
 
 /** Rotates adjacent channel pairs of x [B, N, H, hd] by freqs [N, hd/2, 2] (cos, sin). */

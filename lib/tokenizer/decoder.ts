@@ -3,7 +3,8 @@
  * MixMlp -> per level AdaptiveGroupNorm (style = the decoder input), ResBlocks, depth-to-space
  * upsampler -> GN, SiLU, conv_out.
  */
-import { call1, release, type Program } from '../graph.js';
+import { release, type Program } from '../graph.js';
+import { add, depthToSpace, mean, mul, scale, sqrt, variance } from '../ops/tensor.js';
 import type { Tensor } from '../tensor.js';
 import { Conv2d, GroupNorm, Linear, imageToTokens, reshape, tokensToImage } from '../nn/layers.js';
 import type { ParamStore } from '../nn/params.js';
@@ -26,15 +27,16 @@ export class AdaptiveGroupNorm {
   }
   *forward(x: Tensor, style: Tensor): Program<Tensor> {
     const [B, C] = x.shape as [number, number];
-    const v = yield* call1('var', [style], { dims: [2, 3], unbiased: true });
-    const sd = yield* call1('sqrt', [yield* call1('scale', [v], { mul: 1, add: 1e-6 })]);
-    const scale = yield* reshape(yield* this.gamma.forward(sd), [B, C, 1, 1]);
-    const m = yield* call1('mean', [style], { dims: [2, 3] });
+    // style [B, z, h, w] -> per-channel statistics over H*W: [B, z]
+    const v = yield* variance(style, { dims: [2, 3], unbiased: true });
+    const sd = yield* sqrt(yield* scale(v, 1, 1e-6));
+    const gain = yield* reshape(yield* this.gamma.forward(sd), [B, C, 1, 1]);
+    const m = yield* mean(style, { dims: [2, 3] });
     const bias = yield* reshape(yield* this.beta.forward(m), [B, C, 1, 1]);
     const n = yield* this.gn.forward(x);
-    const sn = yield* call1('mul', [n, scale]);
+    const sn = yield* mul(n, gain);
     yield* release(n);
-    const out = yield* call1('add', [sn, bias]);
+    const out = yield* add(sn, bias);
     yield* release(sn);
     return out;
   }
@@ -48,7 +50,7 @@ export class Upsampler {
   }
   *forward(x: Tensor): Program<Tensor> {
     const c = yield* this.conv1.forward(x);
-    const out = yield* call1('depth_to_space', [c], { block: 2 });
+    const out = yield* depthToSpace(c, 2); // [B, 4C, H, W] -> [B, C, 2H, 2W]
     yield* release(c);
     return out;
   }
@@ -105,7 +107,7 @@ export class MergeVQDecoder {
     const style = z;
     let x = yield* this.convIn.forward(z);
     const pe = yield* this.posEmbed.forward(x);
-    x = yield* call1('add', [x, pe]);
+    x = yield* add(x, pe);
     let t = yield* imageToTokens(x);
     for (const b of this.blocks) t = yield* b.forward(t);
     x = yield* tokensToImage(t);

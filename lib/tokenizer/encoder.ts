@@ -4,7 +4,9 @@
  * head (`dist_head` on the cls token). SPEC 1.2, 1.3, 1.5.
  */
 import { MergeVQError } from '../errors.js';
-import { call1, release, type Program } from '../graph.js';
+import { release, type Program } from '../graph.js';
+import { gelu } from '../ops/nn.js';
+import { add, concat, permute, slice } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { Conv2d, GroupNorm, LayerNorm, Linear, imageToTokens, reshape } from '../nn/layers.js';
 import { W, type ParamStore } from '../nn/params.js';
@@ -34,7 +36,7 @@ export class ResBlock {
     const c2 = yield* this.conv2.forward(n2);
     yield* release(n2);
     const res = this.shortcut ? yield* this.shortcut.forward(x) : x;
-    const out = yield* call1('add', [c2, res]);
+    const out = yield* add(c2, res); // [B, outC, H, W]
     yield* release(c2, res === x ? null : res);
     return out;
   }
@@ -186,10 +188,10 @@ export class MergeVQEncoder {
     const h = this.distHead;
     if (!h) return null;
     let y = yield* h.layers[0]!.forward(cls);
-    y = yield* call1('gelu', [y], { approximate: 'none' });
+    y = yield* gelu(y, { approximate: 'none' }); // [B, 4C]
     if (h.kind === 'layer3') {
       y = yield* h.layers[1]!.forward(y);
-      y = yield* call1('gelu', [y], { approximate: 'none' });
+      y = yield* gelu(y, { approximate: 'none' }); // [B, 4C]
       return yield* h.layers[2]!.forward(y);
     }
     y = yield* h.norm!.forward(y);
@@ -206,8 +208,9 @@ export class MergeVQEncoder {
     const L = h * w;
     const tokens = yield* imageToTokens(encCnn);
     const cls = this.store.get(this.clsToken);
-    const clsB = B === 1 ? cls : yield* call1('concat', Array.from({ length: B }, () => cls), { dim: 0 });
-    let x = yield* call1('concat', [clsB, tokens], { dim: 1 });
+    // cls [1, 1, C] repeated to [B, 1, C]; tokens [B, L, C] -> x [B, 1 + L, C]
+    const clsB = B === 1 ? cls : yield* concat(Array.from({ length: B }, () => cls), 0);
+    let x = yield* concat([clsB, tokens], 1);
     const ident = new BigInt64Array(B * (L + 1));
     for (let b = 0; b < B; ++b) for (let l = 0; l <= L; ++l) ident[b * (L + 1) + l] = BigInt(l);
     let state: MergeState = { size: null, map: Tensor.from(ident, [B, L + 1]) };
@@ -220,9 +223,10 @@ export class MergeVQEncoder {
     const K = N - 1;
     const s = Math.round(Math.sqrt(K));
     if (s * s !== K) throw new MergeVQError(`the merge schedule left ${K} tokens, which is not a square`, 'ERR_SCHEDULE');
-    const clsOut = yield* reshape(yield* call1('slice', [x], { dim: 1, start: 0, end: 1 }), [B, C]);
-    const kept = yield* call1('slice', [x], { dim: 1, start: 1, end: N });
-    const img = yield* reshape(yield* call1('permute', [kept], { dims: [0, 2, 1] }), [B, C, s, s]);
+    // x [B, 1 + K, C]: cls row [B, 1, C] -> [B, C]; kept rows [B, K, C] -> [B, C, K] -> [B, C, s, s]
+    const clsOut = yield* reshape(yield* slice(x, 1, 0, 1), [B, C]);
+    const kept = yield* slice(x, 1, 1, N);
+    const img = yield* reshape(yield* permute(kept, [0, 2, 1]), [B, C, s, s]);
     const g = yield* this.normOut.forward(img, 'silu');
     const z = yield* this.convOut.forward(g);
     const clsHead = yield* this.forwardHead(clsOut);

@@ -4,7 +4,11 @@
  * scores every (full position, kept token) pair; softmax over kept tokens gives S_hat [B, L, K];
  * the hard assignment (argmax) unmerges the kept tokens.
  */
-import { call1, type Program } from '../graph.js';
+import type { Program } from '../graph.js';
+import { matmul } from '../ops/linalg.js';
+import { unmerge } from '../ops/merge.js';
+import { softmax } from '../ops/nn.js';
+import { argmax, concat, permute } from '../ops/tensor.js';
 import type { Tensor } from '../tensor.js';
 import { LayerNorm, Linear } from '../nn/layers.js';
 import { W, type ParamStore } from '../nn/params.js';
@@ -55,15 +59,16 @@ export class SourceRecovery {
     const B = kept.shape[0]!;
     const kv = yield* this.normIn.forward(yield* this.recEmbed.forward(kept));
     const rec = this.store.get(this.recTokens);
-    let q = B === 1 ? rec : yield* call1('concat', Array.from({ length: B }, () => rec), { dim: 0 });
+    // rec_tokens [1, L, D] repeated to queries [B, L, D]; kv [B, K, D]
+    let q = B === 1 ? rec : yield* concat(Array.from({ length: B }, () => rec), 0);
     for (const blk of this.blocks) q = yield* blk.forward(q, kv);
-    const qh = yield* this.recHead.forward(q);
-    const kh = yield* this.recHead.forward(kv);
-    const logits = yield* call1('matmul', [qh, kh], { trans_b: true });
-    const s = yield* call1('softmax', [logits], { dim: -1 });
-    const map = yield* call1('argmax', [s], { dim: -1 });
-    const tokens = yield* call1('unmerge', [kept, map]);
-    const sourceT = yield* call1('permute', [s], { dims: [0, 2, 1] });
+    const qh = yield* this.recHead.forward(q); // [B, L, D]
+    const kh = yield* this.recHead.forward(kv); // [B, K, D]
+    const logits = yield* matmul(qh, kh, { transB: true }); // qh kh^T [B, L, K]
+    const s = yield* softmax(logits, { dim: -1 }); // S_hat [B, L, K]
+    const map = yield* argmax(s, -1); // [B, L] int64
+    const tokens = yield* unmerge(kept, map); // [B, L, d]
+    const sourceT = yield* permute(s, [0, 2, 1]); // [B, K, L]
     return { tokens, sourceT, map, logits };
   }
 }

@@ -4,7 +4,10 @@
  * main thread) and a synchronous `...Sync` form.
  */
 import { MergeVQError, checkInt, checkKeys, typeError } from '../errors.js';
-import { call, call1, runAsync, runSync, type Program } from '../graph.js';
+import { runAsync, runSync, type Program } from '../graph.js';
+import { lfqIndicesToCodes, lfqQuantize } from '../ops/lfq.js';
+import { unmerge } from '../ops/merge.js';
+import { permute } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { loadImages, type ImageInput } from '../io/image.js';
 import { ParamStore, type LoadReport } from '../nn/params.js';
@@ -61,9 +64,9 @@ export function* unmergeGrid(codes: Tensor, map: Tensor): Program<Tensor> {
   const K = codes.numel / (B * d);
   const L = map.shape[1]!;
   const h = Math.round(Math.sqrt(L));
-  const kept = yield* call1('permute', [yield* reshape(codes, [B, d, K])], { dims: [0, 2, 1] });
-  const full = yield* call1('unmerge', [kept, map]);
-  return yield* reshape(yield* call1('permute', [full], { dims: [0, 2, 1] }), [B, d, h, h]);
+  const kept = yield* permute(yield* reshape(codes, [B, d, K]), [0, 2, 1]); // [B, K, d]
+  const full = yield* unmerge(kept, map); // [B, L, d]
+  return yield* reshape(yield* permute(full, [0, 2, 1]), [B, d, h, h]); // [B, d, L] -> [B, d, h, h]
 }
 
 /** Drops the cls entry of an encoder source map [B, 1+L] (cls -> 0) and shifts to kept indices. */
@@ -145,11 +148,12 @@ export class MergeVQTokenizer {
     const keep = this.checkKeep(opts.keep ?? this.defaultKeep);
     const enc = yield* this.encoder.forward(images, this.mergeSchedule(keep));
     if (enc.keep !== keep) throw new MergeVQError(`the merge schedule kept ${enc.keep} tokens instead of ${keep}`, 'ERR_SCHEDULE');
-    const [codes, idx] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
+    // codes [B, d, s, s] (+1/-1), idx [B, s, s] int64
+    const { codes, indices: idx } = yield* lfqQuantize(enc.z, { dim: 1 });
     const B = images.shape[0]!;
     return {
-      indices: yield* reshape(idx!, [B, keep]),
-      codes: codes!,
+      indices: yield* reshape(idx, [B, keep]),
+      codes,
       source: keptSourceMap(enc.sourceMap),
       keep,
       cls: enc.cls,
@@ -172,7 +176,7 @@ export class MergeVQTokenizer {
       const [B, K] = idx.shape as [number, number];
       const s = Math.round(Math.sqrt(K));
       if (idx.shape.length !== 2 || s * s !== K) throw new RangeError(`input.indices must be [B, K] with K square, got [${idx.shape.join(', ')}]`);
-      const c = yield* call1('lfq_indices_to_codes', [idx], { bits: d, dim: 1 });
+      const c = yield* lfqIndicesToCodes(idx, { bits: d, dim: 1 }); // [B, d, K]
       codes = yield* reshape(c, [B, d, s, s]);
     } else if (!(codes instanceof Tensor)) {
       typeError('input.codes', `a float32 Tensor [B, ${d}, s, s]`, codes);
@@ -181,10 +185,11 @@ export class MergeVQTokenizer {
     const K = codes.numel / (B * d);
     if (input.source === 'learned') {
       if (!this.recovery) throw new MergeVQError("source 'learned' needs a config with k2lconfig.learn_source: true", 'ERR_NO_RECOVERY');
-      const kept = yield* call1('permute', [yield* reshape(codes, [B, d, K])], { dims: [0, 2, 1] });
+      const kept = yield* permute(yield* reshape(codes, [B, d, K]), [0, 2, 1]); // [B, K, d]
       const rec = yield* this.recovery.forward(kept);
       const h = Math.round(Math.sqrt(this.fullNum));
-      const full = yield* reshape(yield* call1('permute', [rec.tokens], { dims: [0, 2, 1] }), [B, d, h, h]);
+      // rec.tokens [B, L, d] -> [B, d, L] -> [B, d, h, h]
+      const full = yield* reshape(yield* permute(rec.tokens, [0, 2, 1]), [B, d, h, h]);
       const images = yield* this.decoder.forward(full);
       return { images, full, recovered: rec };
     }

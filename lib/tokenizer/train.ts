@@ -7,7 +7,10 @@
  * group(l) the kept token that holds position l in the encoder's true source.
  * (Perceptual and GAN terms need user-supplied networks and are added by the caller.)
  */
-import { call, call1, type Program } from '../graph.js';
+import type { Program } from '../graph.js';
+import { lfqEntropy, lfqQuantize } from '../ops/lfq.js';
+import { crossEntropy, l1Loss, mseLoss, softmax } from '../ops/nn.js';
+import { add, detach, gather, log, mean, permute, scale, sub } from '../ops/tensor.js';
 import { reshape } from '../nn/layers.js';
 import type { Tensor } from '../tensor.js';
 import type { EncoderOutput } from './encoder.js';
@@ -43,8 +46,8 @@ export interface LossTerms {
 function* weighted(terms: [Tensor, number][]): Program<Tensor> {
   let acc: Tensor | null = null;
   for (const [t, w] of terms) {
-    const s = w === 1 ? t : yield* call1('scale', [t], { mul: w, add: 0 });
-    acc = acc ? yield* call1('add', [acc, s]) : s;
+    const s = w === 1 ? t : yield* scale(t, w, 0);
+    acc = acc ? yield* add(acc, s) : s;
   }
   return acc!;
 }
@@ -74,40 +77,41 @@ export interface ForwardTerms {
  */
 export function* tokenizerForward(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: Pick<LossWeights, 'cls' | 'source' | 'labelSmoothing' | 'temperature'> = DEFAULT_LOSS_WEIGHTS): Program<ForwardTerms> {
   const enc = yield* tok.encoder.forward(images, tok.mergeSchedule(keep));
-  const [codes] = yield* call('lfq_quantize', [enc.z], { dim: 1 });
-  const source = keptSourceMap(enc.sourceMap);
-  const full = yield* unmergeGrid(codes!, source);
+  const { codes } = yield* lfqQuantize(enc.z, { dim: 1 }); // [B, d, s, s]
+  const source = keptSourceMap(enc.sourceMap); // [B, L] int64
+  const full = yield* unmergeGrid(codes, source);
   const decoded = yield* tok.decoder.forward(full);
 
   const [B, d, s] = enc.z.shape as [number, number, number];
-  const rows = yield* reshape(yield* call1('permute', [enc.z], { dims: [0, 2, 3, 1] }), [B * s * s, d]);
-  const [perSample, codebook] = yield* call('lfq_entropy', [rows], { temperature: w.temperature });
-  const aux = yield* call1('sub', [perSample!, codebook!]);
-  const commitment = yield* call1('mse_loss', [enc.z, yield* call1('detach', [codes!])], { reduction: 'mean' });
+  // z [B, d, s, s] -> [B, s, s, d] -> rows [B*s*s, d]; the entropies are scalars []
+  const rows = yield* reshape(yield* permute(enc.z, [0, 2, 3, 1]), [B * s * s, d]);
+  const { perSample, codebook } = yield* lfqEntropy(rows, { temperature: w.temperature });
+  const aux = yield* sub(perSample, codebook);
+  const commitment = yield* mseLoss(enc.z, yield* detach(codes), { reduction: 'mean' });
 
   let cls: Tensor | null = null;
   if (labels && enc.clsHead && w.cls) {
-    cls = yield* call1('cross_entropy', [enc.clsHead, labels], { label_smoothing: w.labelSmoothing, reduction: 'mean' });
+    cls = yield* crossEntropy(enc.clsHead, labels, { labelSmoothing: w.labelSmoothing, reduction: 'mean' });
   }
   let src: Tensor | null = null;
   if (tok.recovery && w.source) {
     const K = keep;
-    const kept = yield* call1('permute', [yield* reshape(codes!, [B, d, K])], { dims: [0, 2, 1] });
+    const kept = yield* permute(yield* reshape(codes, [B, d, K]), [0, 2, 1]); // [B, K, d]
     const rec = yield* tok.recovery.forward(kept);
     const L = tok.fullNum;
     // -mean log(S_hat[group(l), l] + 1e-12), S_hat = softmax over the kept tokens (as the fixtures define it)
-    const probs = yield* call1('softmax', [yield* reshape(rec.logits, [B * L, K])], { dim: -1 });
-    const picked = yield* call1('gather', [probs, yield* reshape(source, [B * L, 1])], { dim: 1 });
-    const logp = yield* call1('log', [yield* call1('scale', [picked], { mul: 1, add: 1e-12 })]);
-    src = yield* call1('scale', [yield* call1('mean', [logp])], { mul: -1, add: 0 });
+    const probs = yield* softmax(yield* reshape(rec.logits, [B * L, K]), { dim: -1 }); // [B*L, K]
+    const picked = yield* gather(probs, yield* reshape(source, [B * L, 1]), 1); // [B*L, 1]
+    const logp = yield* log(yield* scale(picked, 1, 1e-12));
+    src = yield* scale(yield* mean(logp), -1, 0); // scalar []
   }
-  return { decoded, perSample: perSample!, codebook: codebook!, aux, commitment, cls, source: src, enc };
+  return { decoded, perSample, codebook, aux, commitment, cls, source: src, enc };
 }
 
 /** The training loss of one batch (images [B, 3, R, R], integer labels [B] for the class loss). */
 export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: LossWeights = DEFAULT_LOSS_WEIGHTS): Program<LossTerms> {
   const f = yield* tokenizerForward(tok, images, labels, keep, w);
-  const recon = yield* call1(w.recon === 'l1' ? 'l1_loss' : 'mse_loss', [f.decoded, images], { reduction: 'mean' });
+  const recon = w.recon === 'l1' ? yield* l1Loss(f.decoded, images, { reduction: 'mean' }) : yield* mseLoss(f.decoded, images, { reduction: 'mean' });
   const terms: [Tensor, number][] = [[recon, 1], [f.aux, w.aux], [f.commitment, w.commitment]];
   if (f.cls) terms.push([f.cls, w.cls]);
   if (f.source) terms.push([f.source, w.source]);
