@@ -7,5 +7,7 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 120_000,
+    // The native side checks, after every op, that each option it read is one its declaration lists.
+    env: { MERGEVQ_CHECK_ATTRS: '1' },
   },
 });

@@ -51,6 +51,8 @@ export interface Addon {
   setPoison(on: boolean): void;
   supports(op: string, device: DeviceName): boolean;
   listOps(): string[];
+  /** The option keys `op` accepts (any other key is refused with a RangeError before it runs). */
+  opAttrs(op: string): string[];
   deviceAvailable(device: DeviceName): { available: boolean; reason: string | null };
   /** Frees the CPU allocation cache; returns the bytes released. */
   releaseCpuCache(): number;

@@ -81,7 +81,7 @@ function vitest(list, batch) {
       pool: 'forks',
       testTimeout: 120_000,
       hookTimeout: 120_000,
-      env: seed === null ? {} : { MERGEVQ_SEED: String(seed) },
+      env: seed === null ? { MERGEVQ_CHECK_ATTRS: '1' } : { MERGEVQ_CHECK_ATTRS: '1', MERGEVQ_SEED: String(seed) },
     },
   }));
   fs.writeFileSync(config, `export default ${JSON.stringify({ test: { root, projects } }, null, 1)};\n`);

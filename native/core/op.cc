@@ -1,5 +1,7 @@
 #include "op.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <mutex>
 
 namespace mvq {
@@ -22,6 +24,7 @@ const char* kind_name(const AttrValue& v) {
 }  // namespace
 
 const AttrValue& Attrs::get(const std::string& k) const {
+  note(k);
   auto it = m_.find(k);
   if (it == m_.end()) throw_type("missing required option '", k, "'");
   return it->second;
@@ -94,6 +97,31 @@ const Tensor& OpArgs::input(size_t i, const char* name, DType dtype, int rank) c
 
 void register_op(const char* name, Device device, OpFn fn) { registry()[name].fn[static_cast<int>(device)] = fn; }
 
+void declare_attrs(const char* name, std::initializer_list<const char*> keys) {
+  auto& v = registry()[name].attrs;
+  for (const char* k : keys) v.emplace_back(k);
+  std::sort(v.begin(), v.end());
+}
+
+namespace {
+bool declares(const OpEntry& e, const std::string& k) { return std::binary_search(e.attrs.begin(), e.attrs.end(), k); }
+std::string known_list(const OpEntry& e) {
+  if (e.attrs.empty()) return "it takes no options";
+  std::string s = "known: ";
+  for (size_t i = 0; i < e.attrs.size(); ++i) s += (i ? ", " : "") + e.attrs[i];
+  return s;
+}
+// MERGEVQ_CHECK_ATTRS=1 (the test suite sets it): after each op, every key it asked for must be
+// declared, so a declaration cannot silently fall behind its implementation.
+bool audit_attrs() {
+  static const bool on = [] {
+    const char* v = std::getenv("MERGEVQ_CHECK_ATTRS");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
+}
+}  // namespace
+
 const OpEntry* find_op(const std::string& name) {
   auto it = registry().find(name);
   return it == registry().end() ? nullptr : &it->second;
@@ -117,6 +145,10 @@ std::vector<Tensor> run_op(const std::string& name, std::vector<Tensor> inputs, 
   a.op = name;
   a.in = std::move(inputs);
   a.attrs = std::move(attrs);
+  for (const auto& kv : a.attrs.all()) {
+    if (kv.first != "device" && !declares(*e, kv.first))
+      throw_range(name, ": unknown option '", kv.first, "' (", known_list(*e), ")");
+  }
   bool have = false;
   for (size_t i = 0; i < a.in.size(); ++i) {
     if (!a.in[i].defined()) continue;
@@ -139,7 +171,16 @@ std::vector<Tensor> run_op(const std::string& name, std::vector<Tensor> inputs, 
     if (!device_available(a.device, &why)) throw_runtime("ERR_NO_DEVICE", why);
     throw_runtime("ERR_UNSUPPORTED", "op '", name, "' has no ", device_name(a.device), " implementation");
   }
-  return fn(a);
+  if (!audit_attrs()) return fn(a);
+  std::vector<std::string> reads;
+  a.attrs.record_reads(&reads);
+  std::vector<Tensor> out = fn(a);
+  a.attrs.record_reads(nullptr);
+  for (const std::string& k : reads) {
+    if (k != "device" && !declares(*e, k))
+      throw_runtime("ERR_INTERNAL", name, ": reads option '", k, "', which its MVQ_OP_ATTRS declaration lacks");
+  }
+  return out;
 }
 
 }  // namespace mvq

@@ -157,11 +157,15 @@ std::vector<Tensor> op_swiglu_backward(const OpArgs& args) {
 }  // namespace
 
 MVQ_REGISTER_OP("gelu", Device::CPU, op_gelu);
+MVQ_OP_ATTRS("gelu", "approximate");
 MVQ_REGISTER_OP("gelu_backward", Device::CPU, op_gelu_backward);
+MVQ_OP_ATTRS("gelu_backward", "approximate");
 MVQ_REGISTER_OP("silu", Device::CPU, op_silu);
 MVQ_REGISTER_OP("silu_backward", Device::CPU, op_silu_backward);
 MVQ_REGISTER_OP("leaky_relu", Device::CPU, op_leaky_relu);
+MVQ_OP_ATTRS("leaky_relu", "slope");
 MVQ_REGISTER_OP("leaky_relu_backward", Device::CPU, op_leaky_relu_backward);
+MVQ_OP_ATTRS("leaky_relu_backward", "slope");
 MVQ_REGISTER_OP("swiglu", Device::CPU, op_swiglu);
 MVQ_REGISTER_OP("swiglu_backward", Device::CPU, op_swiglu_backward);
 

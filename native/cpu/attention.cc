@@ -654,6 +654,8 @@ std::vector<Tensor> op_attention_backward(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("attention", Device::CPU, op_attention);
+MVQ_OP_ATTRS("attention", "causal", "kv_len", "q_offset", "scale", "window");
 MVQ_REGISTER_OP("attention_backward", Device::CPU, op_attention_backward);
+MVQ_OP_ATTRS("attention_backward", "causal", "kv_len", "q_offset", "scale", "window");
 
 }  // namespace mvq

@@ -44,5 +44,6 @@ std::vector<Tensor> op_fma_peak(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("fma_peak", Device::CPU, op_fma_peak);
+MVQ_OP_ATTRS("fma_peak", "iters", "threads");
 
 }  // namespace mvq

@@ -862,6 +862,8 @@ std::vector<Tensor> op_conv2d_backward(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("conv2d", Device::CPU, op_conv2d);
+MVQ_OP_ATTRS("conv2d", "groups", "padding", "stride");
 MVQ_REGISTER_OP("conv2d_backward", Device::CPU, op_conv2d_backward);
+MVQ_OP_ATTRS("conv2d_backward", "groups", "has_bias", "padding", "stride");
 
 }  // namespace mvq

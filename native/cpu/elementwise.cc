@@ -219,13 +219,17 @@ std::vector<Tensor> op_where(const OpArgs& args) {
 }  // namespace
 
 MVQ_REGISTER_OP("add", Device::CPU, op_add);
+MVQ_OP_ATTRS("add", "alpha");
 MVQ_REGISTER_OP("sub", Device::CPU, op_sub);
+MVQ_OP_ATTRS("sub", "alpha");
 MVQ_REGISTER_OP("mul", Device::CPU, op_mul);
 MVQ_REGISTER_OP("div", Device::CPU, op_div);
 MVQ_REGISTER_OP("maximum", Device::CPU, op_maximum);
 MVQ_REGISTER_OP("minimum", Device::CPU, op_minimum);
 MVQ_REGISTER_OP("scale", Device::CPU, op_scale);
+MVQ_OP_ATTRS("scale", "add", "mul");
 MVQ_REGISTER_OP("pow_scalar", Device::CPU, op_pow_scalar);
+MVQ_OP_ATTRS("pow_scalar", "p");
 MVQ_REGISTER_OP("neg", Device::CPU, op_neg);
 MVQ_REGISTER_OP("exp", Device::CPU, op_exp);
 MVQ_REGISTER_OP("log", Device::CPU, op_log);
@@ -236,11 +240,14 @@ MVQ_REGISTER_OP("sign", Device::CPU, op_sign);
 MVQ_REGISTER_OP("tanh", Device::CPU, op_tanh);
 MVQ_REGISTER_OP("sigmoid", Device::CPU, op_sigmoid);
 MVQ_REGISTER_OP("clamp", Device::CPU, op_clamp);
+MVQ_OP_ATTRS("clamp", "max", "min");
 MVQ_REGISTER_OP("addcmul", Device::CPU, op_addcmul);
+MVQ_OP_ATTRS("addcmul", "value");
 MVQ_REGISTER_OP("where", Device::CPU, op_where);
 MVQ_REGISTER_OP("sigmoid_backward", Device::CPU, op_sigmoid_backward);
 MVQ_REGISTER_OP("tanh_backward", Device::CPU, op_tanh_backward);
 MVQ_REGISTER_OP("clamp_backward", Device::CPU, op_clamp_backward);
+MVQ_OP_ATTRS("clamp_backward", "max", "min");
 MVQ_REGISTER_OP("abs_backward", Device::CPU, op_abs_backward);
 
 }  // namespace mvq

@@ -302,12 +302,19 @@ std::vector<Tensor> op_scatter_reduce_backward(const OpArgs& a) {
 }  // namespace cpu
 
 MVQ_REGISTER_OP("index_select", Device::CPU, cpu::op_index_select);
+MVQ_OP_ATTRS("index_select", "dim");
 MVQ_REGISTER_OP("index_select_backward", Device::CPU, cpu::op_index_select_backward);
+MVQ_OP_ATTRS("index_select_backward", "dim", "size");
 MVQ_REGISTER_OP("embedding", Device::CPU, cpu::op_embedding);
 MVQ_REGISTER_OP("embedding_backward", Device::CPU, cpu::op_embedding_backward);
+MVQ_OP_ATTRS("embedding_backward", "num_embeddings");
 MVQ_REGISTER_OP("gather", Device::CPU, cpu::op_gather);
+MVQ_OP_ATTRS("gather", "dim");
 MVQ_REGISTER_OP("gather_backward", Device::CPU, cpu::op_gather_backward);
+MVQ_OP_ATTRS("gather_backward", "dim", "shape");
 MVQ_REGISTER_OP("scatter_reduce", Device::CPU, cpu::op_scatter_reduce);
+MVQ_OP_ATTRS("scatter_reduce", "dim", "include_self", "reduce");
 MVQ_REGISTER_OP("scatter_reduce_backward", Device::CPU, cpu::op_scatter_reduce_backward);
+MVQ_OP_ATTRS("scatter_reduce_backward", "dim", "include_self", "reduce");
 
 }  // namespace mvq

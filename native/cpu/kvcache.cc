@@ -71,6 +71,8 @@ std::vector<Tensor> op_kv_cache_compact(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("kv_cache_write", Device::CPU, op_kv_cache_write);
+MVQ_OP_ATTRS("kv_cache_write", "pos");
 MVQ_REGISTER_OP("kv_cache_compact", Device::CPU, op_kv_cache_compact);
+MVQ_OP_ATTRS("kv_cache_compact", "len");
 
 }  // namespace mvq

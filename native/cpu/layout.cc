@@ -307,13 +307,22 @@ std::vector<Tensor> op_space_to_depth(const OpArgs& a) {
 }  // namespace cpu
 
 MVQ_REGISTER_OP("permute", Device::CPU, cpu::op_permute);
+MVQ_OP_ATTRS("permute", "dims");
 MVQ_REGISTER_OP("expand", Device::CPU, cpu::op_expand);
+MVQ_OP_ATTRS("expand", "shape");
 MVQ_REGISTER_OP("concat", Device::CPU, cpu::op_concat);
+MVQ_OP_ATTRS("concat", "dim");
 MVQ_REGISTER_OP("split", Device::CPU, cpu::op_split);
+MVQ_OP_ATTRS("split", "dim", "sizes");
 MVQ_REGISTER_OP("slice", Device::CPU, cpu::op_slice);
+MVQ_OP_ATTRS("slice", "dim", "end", "start", "step");
 MVQ_REGISTER_OP("flip", Device::CPU, cpu::op_flip);
+MVQ_OP_ATTRS("flip", "dims");
 MVQ_REGISTER_OP("pad2d", Device::CPU, cpu::op_pad2d);
+MVQ_OP_ATTRS("pad2d", "pad", "value");
 MVQ_REGISTER_OP("depth_to_space", Device::CPU, cpu::op_depth_to_space);
+MVQ_OP_ATTRS("depth_to_space", "block");
 MVQ_REGISTER_OP("space_to_depth", Device::CPU, cpu::op_space_to_depth);
+MVQ_OP_ATTRS("space_to_depth", "block");
 
 }  // namespace mvq

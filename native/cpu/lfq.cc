@@ -718,11 +718,17 @@ std::vector<Tensor> op_lfq_commitment_backward(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("lfq_quantize", Device::CPU, op_lfq_quantize);
+MVQ_OP_ATTRS("lfq_quantize", "dim");
 MVQ_REGISTER_OP("lfq_indices_to_codes", Device::CPU, op_lfq_indices_to_codes);
+MVQ_OP_ATTRS("lfq_indices_to_codes", "bits", "dim");
 MVQ_REGISTER_OP("lfq_factorize", Device::CPU, op_lfq_factorize);
+MVQ_OP_ATTRS("lfq_factorize", "bits");
 MVQ_REGISTER_OP("lfq_unfactorize", Device::CPU, op_lfq_unfactorize);
+MVQ_OP_ATTRS("lfq_unfactorize", "bits");
 MVQ_REGISTER_OP("lfq_entropy", Device::CPU, op_lfq_entropy);
+MVQ_OP_ATTRS("lfq_entropy", "dim", "temperature");
 MVQ_REGISTER_OP("lfq_entropy_backward", Device::CPU, op_lfq_entropy_backward);
+MVQ_OP_ATTRS("lfq_entropy_backward", "dim", "temperature");
 MVQ_REGISTER_OP("lfq_commitment", Device::CPU, op_lfq_commitment);
 MVQ_REGISTER_OP("lfq_commitment_backward", Device::CPU, op_lfq_commitment_backward);
 

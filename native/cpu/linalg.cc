@@ -361,8 +361,11 @@ std::vector<Tensor> op_gemm_kernel(const OpArgs&) {
 
 MVQ_REGISTER_OP("gemm_kernel", Device::CPU, op_gemm_kernel);
 MVQ_REGISTER_OP("matmul", Device::CPU, op_matmul);
+MVQ_OP_ATTRS("matmul", "alpha", "trans_a", "trans_b");
 MVQ_REGISTER_OP("matmul_backward", Device::CPU, op_matmul_backward);
+MVQ_OP_ATTRS("matmul_backward", "alpha", "trans_a", "trans_b");
 MVQ_REGISTER_OP("linear", Device::CPU, op_linear);
 MVQ_REGISTER_OP("linear_backward", Device::CPU, op_linear_backward);
+MVQ_OP_ATTRS("linear_backward", "has_bias");
 
 }  // namespace mvq

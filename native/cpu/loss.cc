@@ -378,14 +378,24 @@ std::vector<Tensor> op_mse_loss_backward(const OpArgs& a) { return pointwise_los
 }  // namespace
 
 MVQ_REGISTER_OP("cross_entropy", Device::CPU, op_cross_entropy);
+MVQ_OP_ATTRS("cross_entropy", "ignore_index", "label_smoothing", "reduction");
 MVQ_REGISTER_OP("cross_entropy_backward", Device::CPU, op_cross_entropy_backward);
+MVQ_OP_ATTRS("cross_entropy_backward", "ignore_index", "label_smoothing", "reduction");
 MVQ_REGISTER_OP("soft_cross_entropy", Device::CPU, op_soft_cross_entropy);
+MVQ_OP_ATTRS("soft_cross_entropy", "reduction");
 MVQ_REGISTER_OP("soft_cross_entropy_backward", Device::CPU, op_soft_cross_entropy_backward);
+MVQ_OP_ATTRS("soft_cross_entropy_backward", "reduction");
 MVQ_REGISTER_OP("kl_div_softmax", Device::CPU, op_kl_div_softmax);
+MVQ_OP_ATTRS("kl_div_softmax", "temperature");
 MVQ_REGISTER_OP("kl_div_softmax_backward", Device::CPU, op_kl_div_softmax_backward);
+MVQ_OP_ATTRS("kl_div_softmax_backward", "temperature");
 MVQ_REGISTER_OP("l1_loss", Device::CPU, op_l1_loss);
+MVQ_OP_ATTRS("l1_loss", "reduction");
 MVQ_REGISTER_OP("l1_loss_backward", Device::CPU, op_l1_loss_backward);
+MVQ_OP_ATTRS("l1_loss_backward", "reduction");
 MVQ_REGISTER_OP("mse_loss", Device::CPU, op_mse_loss);
+MVQ_OP_ATTRS("mse_loss", "reduction");
 MVQ_REGISTER_OP("mse_loss_backward", Device::CPU, op_mse_loss_backward);
+MVQ_OP_ATTRS("mse_loss_backward", "reduction");
 
 }  // namespace mvq

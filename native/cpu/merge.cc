@@ -383,11 +383,15 @@ std::vector<Tensor> op_unmerge_backward(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("tome_match", Device::CPU, op_tome_match);
+MVQ_OP_ATTRS("tome_match", "class_token", "r");
 MVQ_REGISTER_OP("tome_merge", Device::CPU, op_tome_merge);
 MVQ_REGISTER_OP("tome_merge_backward", Device::CPU, op_tome_merge_backward);
 MVQ_REGISTER_OP("tome_source_update", Device::CPU, op_tome_source_update);
+MVQ_OP_ATTRS("tome_source_update", "n");
 MVQ_REGISTER_OP("tome_source_dense", Device::CPU, op_tome_source_dense);
+MVQ_OP_ATTRS("tome_source_dense", "n");
 MVQ_REGISTER_OP("unmerge", Device::CPU, op_unmerge);
 MVQ_REGISTER_OP("unmerge_backward", Device::CPU, op_unmerge_backward);
+MVQ_OP_ATTRS("unmerge_backward", "k");
 
 }  // namespace mvq

@@ -488,12 +488,19 @@ std::vector<Tensor> op_batch_norm_backward(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("group_norm", Device::CPU, op_group_norm);
+MVQ_OP_ATTRS("group_norm", "act", "eps", "groups");
 MVQ_REGISTER_OP("group_norm_backward", Device::CPU, op_group_norm_backward);
+MVQ_OP_ATTRS("group_norm_backward", "act", "groups", "has_bias", "has_weight");
 MVQ_REGISTER_OP("layer_norm", Device::CPU, op_layer_norm);
+MVQ_OP_ATTRS("layer_norm", "eps");
 MVQ_REGISTER_OP("layer_norm_backward", Device::CPU, op_layer_norm_backward);
+MVQ_OP_ATTRS("layer_norm_backward", "has_bias", "has_weight");
 MVQ_REGISTER_OP("rms_norm", Device::CPU, op_rms_norm);
+MVQ_OP_ATTRS("rms_norm", "eps");
 MVQ_REGISTER_OP("rms_norm_backward", Device::CPU, op_rms_norm_backward);
 MVQ_REGISTER_OP("batch_norm", Device::CPU, op_batch_norm);
+MVQ_OP_ATTRS("batch_norm", "eps", "momentum", "training");
 MVQ_REGISTER_OP("batch_norm_backward", Device::CPU, op_batch_norm_backward);
+MVQ_OP_ATTRS("batch_norm_backward", "training");
 
 }  // namespace mvq

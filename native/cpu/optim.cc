@@ -360,10 +360,14 @@ std::vector<Tensor> op_libm_cos(const OpArgs& a) {
 }  // namespace
 
 MVQ_REGISTER_OP("libm_cos", Device::CPU, op_libm_cos);
+MVQ_OP_ATTRS("libm_cos", "x");
 MVQ_REGISTER_OP("adam_step", Device::CPU, op_adam_step);
+MVQ_OP_ATTRS("adam_step", "beta1", "beta2", "decoupled", "eps", "lr", "step", "weight_decay");
 MVQ_REGISTER_OP("ema_update", Device::CPU, op_ema_update);
+MVQ_OP_ATTRS("ema_update", "decay");
 MVQ_REGISTER_OP("l2_norms", Device::CPU, op_l2_norms);
 MVQ_REGISTER_OP("scale_inplace", Device::CPU, op_scale_inplace);
+MVQ_OP_ATTRS("scale_inplace", "value");
 MVQ_REGISTER_OP("copy_into", Device::CPU, op_copy_into);
 
 }  // namespace mvq

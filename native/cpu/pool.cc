@@ -169,6 +169,8 @@ std::vector<Tensor> op_max_pool2d_backward(const OpArgs& a) {
 }  // namespace cpu
 
 MVQ_REGISTER_OP("max_pool2d", Device::CPU, cpu::op_max_pool2d);
+MVQ_OP_ATTRS("max_pool2d", "kernel", "padding", "stride");
 MVQ_REGISTER_OP("max_pool2d_backward", Device::CPU, cpu::op_max_pool2d_backward);
+MVQ_OP_ATTRS("max_pool2d_backward", "shape");
 
 }  // namespace mvq

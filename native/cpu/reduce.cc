@@ -359,12 +359,20 @@ Tensor reduce_sum_keepdim(const Tensor& x, const std::vector<bool>& reduce) {
 }  // namespace cpu
 
 MVQ_REGISTER_OP("sum", Device::CPU, cpu::op_sum);
+MVQ_OP_ATTRS("sum", "dims", "keepdim");
 MVQ_REGISTER_OP("mean", Device::CPU, cpu::op_mean);
+MVQ_OP_ATTRS("mean", "dims", "keepdim");
 MVQ_REGISTER_OP("var", Device::CPU, cpu::op_var);
+MVQ_OP_ATTRS("var", "dims", "keepdim", "unbiased");
 MVQ_REGISTER_OP("amax", Device::CPU, cpu::op_amax);
+MVQ_OP_ATTRS("amax", "dims", "keepdim");
 MVQ_REGISTER_OP("amin", Device::CPU, cpu::op_amax);
+MVQ_OP_ATTRS("amin", "dims", "keepdim");
 MVQ_REGISTER_OP("argmax", Device::CPU, cpu::op_argmax);
+MVQ_OP_ATTRS("argmax", "dim", "keepdim");
 MVQ_REGISTER_OP("sum_to", Device::CPU, cpu::op_sum_to);
+MVQ_OP_ATTRS("sum_to", "shape");
 MVQ_REGISTER_OP("amax_backward", Device::CPU, cpu::op_amax_backward);
+MVQ_OP_ATTRS("amax_backward", "dims", "keepdim");
 
 }  // namespace mvq

@@ -167,8 +167,12 @@ std::vector<Tensor> op_log_softmax_backward(const OpArgs& a) { return softmax_bw
 }  // namespace
 
 MVQ_REGISTER_OP("softmax", Device::CPU, op_softmax);
+MVQ_OP_ATTRS("softmax", "dim");
 MVQ_REGISTER_OP("log_softmax", Device::CPU, op_log_softmax);
+MVQ_OP_ATTRS("log_softmax", "dim");
 MVQ_REGISTER_OP("softmax_backward", Device::CPU, op_softmax_backward);
+MVQ_OP_ATTRS("softmax_backward", "dim");
 MVQ_REGISTER_OP("log_softmax_backward", Device::CPU, op_log_softmax_backward);
+MVQ_OP_ATTRS("log_softmax_backward", "dim");
 
 }  // namespace mvq

@@ -142,17 +142,23 @@ std::vector<Tensor> op_detach(const OpArgs& a) { return {a.input(0, "x")}; }
 }  // namespace
 
 MVQ_REGISTER_OP("random_normal", Device::CPU, op_random_normal);
+MVQ_OP_ATTRS("random_normal", "mean", "seed", "shape", "std", "truncate");
 MVQ_REGISTER_OP("detach", Device::CPU, op_detach);
 MVQ_REGISTER_OP("detach", Device::CUDA, op_detach);
 MVQ_REGISTER_OP("reshape", Device::CPU, op_reshape);
+MVQ_OP_ATTRS("reshape", "shape");
 MVQ_REGISTER_OP("reshape", Device::CUDA, op_reshape);
 MVQ_REGISTER_OP("permute_view", Device::CPU, op_permute_view);
+MVQ_OP_ATTRS("permute_view", "dims");
 MVQ_REGISTER_OP("permute_view", Device::CUDA, op_permute_view);
 MVQ_REGISTER_OP("select", Device::CPU, op_select);
+MVQ_OP_ATTRS("select", "dim", "index");
 MVQ_REGISTER_OP("select", Device::CUDA, op_select);
 MVQ_REGISTER_OP("narrow", Device::CPU, op_narrow);
+MVQ_OP_ATTRS("narrow", "dim", "length", "start");
 MVQ_REGISTER_OP("narrow", Device::CUDA, op_narrow);
 MVQ_REGISTER_OP("contiguous", Device::CPU, op_contiguous);
 MVQ_REGISTER_OP("cast", Device::CPU, op_cast);
+MVQ_OP_ATTRS("cast", "dtype");
 
 }  // namespace mvq

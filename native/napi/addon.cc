@@ -443,6 +443,16 @@ static Napi::Value ListOps(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < names.size(); ++i) a.Set(static_cast<uint32_t>(i), names[i]);
   return a;
 }
+// The option keys an op accepts (its MVQ_OP_ATTRS declaration); TypeError for an unknown op.
+static Napi::Value OpAttrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "opAttrs: op must be a string");
+  const mvq::OpEntry* e = mvq::find_op(info[0].As<Napi::String>());
+  if (!e) throw Napi::TypeError::New(env, "opAttrs: unknown op '" + info[0].As<Napi::String>().Utf8Value() + "'");
+  Napi::Array a = Napi::Array::New(env, e->attrs.size());
+  for (size_t i = 0; i < e->attrs.size(); ++i) a.Set(static_cast<uint32_t>(i), e->attrs[i]);
+  return a;
+}
 static Napi::Value DeviceAvailable(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mvq::Device d = parse_device(info[0], "device");
@@ -489,6 +499,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setPoison", Napi::Function::New(env, SetPoison, "setPoison"));
   exports.Set("supports", Napi::Function::New(env, Supports, "supports"));
   exports.Set("listOps", Napi::Function::New(env, ListOps, "listOps"));
+  exports.Set("opAttrs", Napi::Function::New(env, OpAttrs, "opAttrs"));
   exports.Set("deviceAvailable", Napi::Function::New(env, DeviceAvailable, "deviceAvailable"));
   exports.Set("releaseCpuCache", Napi::Function::New(env, ReleaseCpuCache, "releaseCpuCache"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
