@@ -47,7 +47,15 @@ const SHAPES: Shape[] = [
   { name: 'attn_gptb_causal', B: 1, H: 16, N: 256, M: 256, hd: 64, opts: { causal: true }, backward: true },
   // decode steps with classifier-free guidance (cond + null rows): B = 2, one query against the cache
   { name: 'attn_decode_cache256', B: 2, H: 16, N: 1, M: 256, hd: 64, opts: { causal: true, qOffset: 255, kvLen: 256 } },
-  { name: 'attn_decode_cache1024', B: 2, H: 16, N: 1, M: 1024, hd: 64, opts: { causal: true, qOffset: 1023, kvLen: 1024 } },
+  {
+    name: 'attn_decode_cache1024',
+    B: 2,
+    H: 16,
+    N: 1,
+    M: 1024,
+    hd: 64,
+    opts: { causal: true, qOffset: 1023, kvLen: 1024 },
+  },
 ];
 
 export function run(ctx: BenchContext): void {
@@ -56,11 +64,26 @@ export function run(ctx: BenchContext): void {
     const q = Tensor.from(randn(B * H * N * hd, 1), [B, H, N, hd]);
     const k = Tensor.from(randn(B * H * M * hd, 2), [B, H, M, hd]);
     const v = Tensor.from(randn(B * H * M * hd, 3), [B, H, M, hd]);
-    const bias = s.bias ? Tensor.from(Float32Array.from({ length: B * M }, (_, j) => Math.log(1 + (j % 4))), [B, M]) : null;
+    const bias = s.bias
+      ? Tensor.from(
+          Float32Array.from({ length: B * M }, (_, j) => Math.log(1 + (j % 4))),
+          [B, M],
+        )
+      : null;
     const opts = s.opts ?? {};
     const fwdFlops = 4 * B * H * hd * visiblePairs(s);
     const shape = `B${B} H${H} N${N} M${M} hd${hd}${opts.causal ? ' causal' : ''}${s.bias ? ' bias' : ''}`;
-    const torchArgs = { B, H, N, M, hd, causal: !!opts.causal, bias: !!s.bias, q_offset: opts.qOffset ?? 0, kv_len: opts.kvLen ?? M };
+    const torchArgs = {
+      B,
+      H,
+      N,
+      M,
+      hd,
+      causal: !!opts.causal,
+      bias: !!s.bias,
+      q_offset: opts.qOffset ?? 0,
+      kv_len: opts.kvLen ?? M,
+    };
 
     const ms = ctx.time(() => void runSync(attention(q, k, v, bias, null, opts)), { reps: 21, warmup: 3 });
     const tf = ctx.torch('attention', { ...torchArgs, mode: 'fwd' }) as { ms: number } | null;
@@ -69,8 +92,18 @@ export function run(ctx: BenchContext): void {
     if (!s.backward) continue;
     const [o, lse] = runSync(attention(q, k, v, bias, null, opts));
     const go = Tensor.from(randn(B * H * N * hd, 4), [B, H, N, hd]);
-    const msb = ctx.time(() => void runSync(attentionBackward(q, k, v, bias, null, o, lse, go, opts)), { reps: 15, warmup: 2 });
+    const msb = ctx.time(() => void runSync(attentionBackward(q, k, v, bias, null, o, lse, go, opts)), {
+      reps: 15,
+      warmup: 2,
+    });
     const tb = ctx.torch('attention', { ...torchArgs, mode: 'bwd' }) as { ms: number } | null;
-    ctx.report({ name: `${s.name}_bwd`, shape, batch: B, ms: msb, ...ctx.rate(2.5 * fwdFlops, msb), torch_ms: tb?.ms ?? null });
+    ctx.report({
+      name: `${s.name}_bwd`,
+      shape,
+      batch: B,
+      ms: msb,
+      ...ctx.rate(2.5 * fwdFlops, msb),
+      torch_ms: tb?.ms ?? null,
+    });
   }
 }

@@ -58,7 +58,10 @@ export function time(fn: () => void, opts: { reps?: number; warmup?: number; bud
   return median(ts);
 }
 
-export async function timeAsync(fn: () => Promise<void>, opts: { reps?: number; warmup?: number; budgetMs?: number } = {}): Promise<number> {
+export async function timeAsync(
+  fn: () => Promise<void>,
+  opts: { reps?: number; warmup?: number; budgetMs?: number } = {},
+): Promise<number> {
   const warmup = opts.warmup ?? 1;
   const reps = opts.reps ?? 7;
   const budget = opts.budgetMs ?? 3000;
@@ -123,11 +126,15 @@ export function makeContext(json: boolean, threads: number): BenchContext {
     torch(script, args) {
       if (torchPy === undefined) torchPy = torchPython();
       if (!torchPy) return null;
-      const out = execFileSync(torchPy, [new URL(`../../bench/torch/${script}.py`, import.meta.url).pathname, JSON.stringify(args)], {
-        encoding: 'utf8',
-        env: { ...process.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
-        maxBuffer: 64 << 20,
-      });
+      const out = execFileSync(
+        torchPy,
+        [new URL(`../../bench/torch/${script}.py`, import.meta.url).pathname, JSON.stringify(args)],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+          maxBuffer: 64 << 20,
+        },
+      );
       return JSON.parse(out.trim().split('\n').pop()!);
     },
     rate(flops, ms) {

@@ -63,15 +63,33 @@ export function run(ctx: BenchContext): void {
     const attrs = { stride: c.s, padding: c.p, groups: g };
     const flops = 2 * B * c.O * Ho * Ho * (c.C / g) * c.k * c.k;
     const big = flops > 2e9;
-    const ms = ctx.time(() => void op('conv2d', [x, w, bias], attrs), { reps: big ? 5 : 15, warmup: 1, budgetMs: 5000 });
-    const t = (B === 1 ? ctx.torch('conv', { C: c.C, H: c.H, O: c.O, k: c.k, s: c.s, p: c.p, g, backward: false }) : null) as { ms: number } | null;
+    const ms = ctx.time(() => void op('conv2d', [x, w, bias], attrs), {
+      reps: big ? 5 : 15,
+      warmup: 1,
+      budgetMs: 5000,
+    });
+    const t = (
+      B === 1 ? ctx.torch('conv', { C: c.C, H: c.H, O: c.O, k: c.k, s: c.s, p: c.p, g, backward: false }) : null
+    ) as { ms: number } | null;
     const shape = `[${B},${c.C},${c.H},${c.H}] k${c.k} s${c.s} p${c.p}${g > 1 ? ` g${g}` : ''} -> ${c.O}`;
     ctx.report({ name: c.name, shape, ms, ...ctx.rate(flops, ms), torch_ms: t ? t.ms : null });
     if (c.backward) {
       const gy = Tensor.from(randn(B * c.O * Ho * Ho, 1), [B, c.O, Ho, Ho]);
-      const bms = ctx.time(() => void op('conv2d_backward', [x, w, gy], { ...attrs, has_bias: true }), { reps: big ? 5 : 15, warmup: 1, budgetMs: 5000 });
-      const tb = (B === 1 ? ctx.torch('conv', { C: c.C, H: c.H, O: c.O, k: c.k, s: c.s, p: c.p, g, backward: true }) : null) as { ms: number } | null;
-      ctx.report({ name: `${c.name} backward`, shape, ms: bms, ...ctx.rate(2 * flops, bms), torch_ms: tb ? tb.ms : null });
+      const bms = ctx.time(() => void op('conv2d_backward', [x, w, gy], { ...attrs, has_bias: true }), {
+        reps: big ? 5 : 15,
+        warmup: 1,
+        budgetMs: 5000,
+      });
+      const tb = (
+        B === 1 ? ctx.torch('conv', { C: c.C, H: c.H, O: c.O, k: c.k, s: c.s, p: c.p, g, backward: true }) : null
+      ) as { ms: number } | null;
+      ctx.report({
+        name: `${c.name} backward`,
+        shape,
+        ms: bms,
+        ...ctx.rate(2 * flops, bms),
+        torch_ms: tb ? tb.ms : null,
+      });
     }
   }
 }

@@ -62,6 +62,13 @@ export function run(ctx: BenchContext): void {
     }
     const ms = ctx.time(fn, { reps: flops > 4e9 ? 7 : 25, warmup: 2, budgetMs: 4000 });
     const t = ctx.torch('gemm', { kind: c.kind, M: c.M, N: c.N, K: c.K }) as { ms: number } | null;
-    ctx.report({ name: c.name, shape: `${c.M}x${c.K} -> ${c.N}`, ms, ...ctx.rate(flops, ms), torch_ms: t ? t.ms : null, kernel });
+    ctx.report({
+      name: c.name,
+      shape: `${c.M}x${c.K} -> ${c.N}`,
+      ms,
+      ...ctx.rate(flops, ms),
+      torch_ms: t ? t.ms : null,
+      kernel,
+    });
   }
 }

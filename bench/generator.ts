@@ -20,10 +20,15 @@ export async function run(ctx: BenchContext): Promise<void> {
     for (const sync of [false, true]) {
       const opts = { classes, cfgScale: 2, seed: 0, mergear };
       let kv: number | null = null;
-      const ms = await ctx.timeAsync(async () => {
-        const g = sync ? generateImagesSync(tokenizer, generator, opts) : await generateImages(tokenizer, generator, opts);
-        kv = g.kv?.ratio ?? null;
-      }, { reps: 5, warmup: 1, budgetMs: 60_000 });
+      const ms = await ctx.timeAsync(
+        async () => {
+          const g = sync
+            ? generateImagesSync(tokenizer, generator, opts)
+            : await generateImages(tokenizer, generator, opts);
+          kv = g.kv?.ratio ?? null;
+        },
+        { reps: 5, warmup: 1, budgetMs: 60_000 },
+      );
       ctx.report({
         name: `generate_${mergear ? 'mergear' : 'full_cache'}_${sync ? 'sync' : 'async'}`,
         shape: `L${L} keep ${tokenizer.defaultKeep} cfg 2`,

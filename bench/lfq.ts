@@ -44,7 +44,13 @@ export function run(ctx: BenchContext): void {
   const mone = Tensor.from(new Float32Array([-1]), []);
   // z ~ N(0, 1): encoder outputs are O(1) (the commitment loss pulls them to +-1), so at T = 0.01
   // the factor tables are sparse. z ~ N(0, 0.05) keeps most bits uncertain: the dense worst case.
-  const cases: [number, number][] = [[1024, 1], [4096, 1], [16384, 1], [1024, 0.05], [4096, 0.05]];
+  const cases: [number, number][] = [
+    [1024, 1],
+    [4096, 1],
+    [16384, 1],
+    [1024, 0.05],
+    [4096, 0.05],
+  ];
   for (const [N, std] of cases) {
     const z = Tensor.from(randn(N * d, std, 7 + N), [N, d]);
     const rss0 = process.resourceUsage().maxRSS;
@@ -56,7 +62,8 @@ export function run(ctx: BenchContext): void {
     const rssDelta = (process.resourceUsage().maxRSS - rss0) / 1024;
     const ms = ctx.time(step, { reps: 9, warmup: 1, budgetMs: 4000 });
     const flops = 3 * 2 * N * 2 ** d; // pbar, and the two backward table products
-    const t = N === 1024 && std === 1 ? (ctx.torch('lfq', { n: N, d }) as { ms: number; peak_mb: number } | null) : null;
+    const t =
+      N === 1024 && std === 1 ? (ctx.torch('lfq', { n: N, d }) as { ms: number; peak_mb: number } | null) : null;
     ctx.report({
       name: 'lfq_entropy_fwd_bwd',
       shape: `N=${N} d=${d} z_std=${std}`,
@@ -67,6 +74,9 @@ export function run(ctx: BenchContext): void {
       rss_delta_mb: rssDelta,
       torch_peak_mb: t?.peak_mb ?? null,
     });
-    if (!ctx.json) process.stdout.write(`  scratch ${(scratchBytes(N, d) / 2 ** 20).toFixed(2)} MB, peak RSS growth ${rssDelta.toFixed(2)} MB${t ? `, torch peak RSS growth ${t.peak_mb.toFixed(0)} MB` : ''}\n`);
+    if (!ctx.json)
+      process.stdout.write(
+        `  scratch ${(scratchBytes(N, d) / 2 ** 20).toFixed(2)} MB, peak RSS growth ${rssDelta.toFixed(2)} MB${t ? `, torch peak RSS growth ${t.peak_mb.toFixed(0)} MB` : ''}\n`,
+      );
   }
 }

@@ -31,5 +31,11 @@ export function run(ctx: BenchContext): void {
   // Work: the score matrix (Na x Nb x H FMAs) dominates; the merge is memory-bound.
   const flops = 2 * Math.ceil(N / 2) * Math.floor(N / 2) * H;
   const t = ctx.torch('merge', { b: B, n: N, c: C, h: H, r }) as { ms: number } | null;
-  ctx.report({ name: 'tome_match+merge', shape: `B=${B} N=${N} C=${C} hd=${H} r=${r}`, ms, ...ctx.rate(flops, ms), torch_ms: t?.ms ?? null });
+  ctx.report({
+    name: 'tome_match+merge',
+    shape: `B=${B} N=${N} C=${C} hd=${H} r=${r}`,
+    ms,
+    ...ctx.rate(flops, ms),
+    torch_ms: t?.ms ?? null,
+  });
 }

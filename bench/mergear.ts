@@ -22,7 +22,16 @@ function lcg(seed: number): () => number {
 export function run(ctx: BenchContext): void {
   const L = 256;
   const K = 144;
-  const cfg = { vocab_size: 2 ** 18, block_size: L, spatial_n_layer: 2, factorized_n_layer: 2, n_head: 16, dim: 1024, class_num: 1000, factorized_bits: [6, 12] };
+  const cfg = {
+    vocab_size: 2 ** 18,
+    block_size: L,
+    spatial_n_layer: 2,
+    factorized_n_layer: 2,
+    n_head: 16,
+    dim: 1024,
+    class_num: 1000,
+    factorized_bits: [6, 12],
+  };
   const model = new MergeARGPT(cfg, { numCandidates: 6 });
   model.store.initRandom(1);
   const rnd = lcg(7);
@@ -35,8 +44,14 @@ export function run(ctx: BenchContext): void {
   }
   const src = new Array<number>(L);
   cells.forEach((c, r) => (src[c] = r < K ? r : Math.floor(rnd() * K)));
-  const pre = Tensor.from(BigInt64Array.from(src, (s) => BigInt(codes[s]![0])), [1, L]);
-  const post = Tensor.from(BigInt64Array.from(src, (s) => BigInt(codes[s]![1])), [1, L]);
+  const pre = Tensor.from(
+    BigInt64Array.from(src, (s) => BigInt(codes[s]![0])),
+    [1, L],
+  );
+  const post = Tensor.from(
+    BigInt64Array.from(src, (s) => BigInt(codes[s]![1])),
+    [1, L],
+  );
   const labels = Tensor.from(BigInt64Array.from([207n]), [1]);
   const keepIndex = Tensor.from(BigInt64Array.from([2n]), [1]);
 

@@ -33,34 +33,56 @@ export function run(ctx: BenchContext): void {
 
   gnShapes.forEach((shape, i) => {
     const C = shape[1]!;
-    const x = randTensor(shape, 1 + i), w = randTensor([C], 7), b = randTensor([C], 9);
+    const x = randTensor(shape, 1 + i),
+      w = randTensor([C], 7),
+      b = randTensor([C], 9);
     const numel = x.numel;
-    const ms = ctx.time(() => {
-      runOp('group_norm', [x.native, w.native, b.native], { groups: 32, eps: 1e-6, act: 'silu' });
-    }, { reps: 9, warmup: 2 });
+    const ms = ctx.time(
+      () => {
+        runOp('group_norm', [x.native, w.native, b.native], { groups: 32, eps: 1e-6, act: 'silu' });
+      },
+      { reps: 9, warmup: 2 },
+    );
     const bytes = 2 * numel * 4 + 2 * C * 4;
     const gbps = bytes / (ms * 1e6);
     // flops: stats (2 per element, float64), affine (2), SiLU (~20 incl. exp and divide)
     const { gflops, peak_fraction } = ctx.rate(24 * numel, ms);
     ctx.report({
-      name: 'group_norm_silu', shape: shape.join('x'), ms, gflops, peak_fraction,
-      gb_per_s: gbps, bandwidth_fraction: gbps / DRAM_GBPS, torch_ms: torch ? torch.gn[i]! : null,
+      name: 'group_norm_silu',
+      shape: shape.join('x'),
+      ms,
+      gflops,
+      peak_fraction,
+      gb_per_s: gbps,
+      bandwidth_fraction: gbps / DRAM_GBPS,
+      torch_ms: torch ? torch.gn[i]! : null,
     });
   });
 
   lnShapes.forEach((shape, i) => {
     const C = shape[1]!;
-    const x = randTensor(shape, 21), w = randTensor([C], 22), b = randTensor([C], 23);
+    const x = randTensor(shape, 21),
+      w = randTensor([C], 22),
+      b = randTensor([C], 23);
     const numel = x.numel;
-    const ms = ctx.time(() => {
-      runOp('layer_norm', [x.native, w.native, b.native], { eps: 1e-5 });
-    }, { reps: 51, warmup: 5 });
+    const ms = ctx.time(
+      () => {
+        runOp('layer_norm', [x.native, w.native, b.native], { eps: 1e-5 });
+      },
+      { reps: 51, warmup: 5 },
+    );
     const bytes = 2 * numel * 4 + 2 * C * 4 + 2 * shape[0]! * 4;
     const gbps = bytes / (ms * 1e6);
     const { gflops, peak_fraction } = ctx.rate(8 * numel, ms);
     ctx.report({
-      name: 'layer_norm', shape: shape.join('x'), ms, gflops, peak_fraction,
-      gb_per_s: gbps, bandwidth_fraction: gbps / DRAM_GBPS, torch_ms: torch ? torch.ln[i]! : null,
+      name: 'layer_norm',
+      shape: shape.join('x'),
+      ms,
+      gflops,
+      peak_fraction,
+      gb_per_s: gbps,
+      bandwidth_fraction: gbps / DRAM_GBPS,
+      torch_ms: torch ? torch.ln[i]! : null,
     });
   });
 }

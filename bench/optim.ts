@@ -29,15 +29,37 @@ export function run(ctx: BenchContext): void {
     const m = Tensor.zeros([n]);
     const v = Tensor.zeros([n]);
     let step = 0;
-    const ms = ctx.time(() => {
-      runSync(adamStep(p, g, m, v, { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05, decoupled: true, step: ++step }));
-    }, { reps: 9, warmup: 2 });
+    const ms = ctx.time(
+      () => {
+        runSync(
+          adamStep(p, g, m, v, {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weightDecay: 0.05,
+            decoupled: true,
+            step: ++step,
+          }),
+        );
+      },
+      { reps: 9, warmup: 2 },
+    );
     const gbps = (28 * n) / (ms * 1e6);
     ctx.report({ name: 'adamw_step', shape: String(n), ms, gb_per_s: gbps, torch_ms: torch ? torch.adamw[i]! : null });
     const sh = randTensor(n, 21 + i);
-    const ems = ctx.time(() => {
-      runSync(emaUpdate(sh, p, { decay: 0.999 }));
-    }, { reps: 9, warmup: 2 });
-    ctx.report({ name: 'ema_update', shape: String(n), ms: ems, gb_per_s: (12 * n) / (ems * 1e6), torch_ms: torch ? torch.ema[i]! : null });
+    const ems = ctx.time(
+      () => {
+        runSync(emaUpdate(sh, p, { decay: 0.999 }));
+      },
+      { reps: 9, warmup: 2 },
+    );
+    ctx.report({
+      name: 'ema_update',
+      shape: String(n),
+      ms: ems,
+      gb_per_s: (12 * n) / (ems * 1e6),
+      torch_ms: torch ? torch.ema[i]! : null,
+    });
   });
 }

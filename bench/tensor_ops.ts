@@ -52,7 +52,10 @@ export function run(ctx: BenchContext): void {
       shape = JSON.stringify(c.shape);
     } else if (c.name === 'embedding') {
       const w = randn(c.weight!);
-      const idx = Tensor.from(BigInt64Array.from({ length: c.n! }, () => BigInt(Math.floor(Math.random() * c.weight![0]!))), [c.n!]);
+      const idx = Tensor.from(
+        BigInt64Array.from({ length: c.n! }, () => BigInt(Math.floor(Math.random() * c.weight![0]!))),
+        [c.n!],
+      );
       fn = () => void op1('embedding', [w, idx]);
       bytes = c.n! * c.weight![1]! * 8;
       shape = `weight ${JSON.stringify(c.weight)}, ${c.n} ids`;
@@ -63,6 +66,14 @@ export function run(ctx: BenchContext): void {
       shape = `${JSON.stringify(c.shape)} r=${c.block}`;
     }
     const ms = ctx.time(fn, { reps: 15, warmup: 2 });
-    ctx.report({ name: c.name, shape, ms, gflops: null, peak_fraction: null, gbps: bytes / ms / 1e6, torch_ms: torchMs[c.name] ?? null });
+    ctx.report({
+      name: c.name,
+      shape,
+      ms,
+      gflops: null,
+      peak_fraction: null,
+      gbps: bytes / ms / 1e6,
+      torch_ms: torchMs[c.name] ?? null,
+    });
   }
 }

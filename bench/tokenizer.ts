@@ -31,12 +31,15 @@ import sharp from 'sharp';
 import { runAsync, type OpRequest } from '../lib/graph.js';
 import { loadImages } from '../lib/io/image.js';
 import { addon } from '../lib/native.js';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { MergeVQTokenizer, type EncodeResult } from '../lib/tokenizer/tokenizer.js';
 import { median, type BenchContext } from './common.js';
 
 /** Resolved from the repository root (this file runs from bench-build/bench/). */
-const CONFIG = new URL('../../test/fixtures/configs/gpu_s1/imagenet_mergevq_256_GR_d64_8gpu_200ep.yaml', import.meta.url).pathname;
+const CONFIG = new URL(
+  '../../test/fixtures/configs/gpu_s1/imagenet_mergevq_256_GR_d64_8gpu_200ep.yaml',
+  import.meta.url,
+).pathname;
 const SHAPE = 'G+R d64 256px K=144';
 const MAC = { encode: 46.2e9, decode: 65.2e9 };
 /** The reference code's published batch-1 numbers on this machine (ms); not measured here. */
@@ -54,16 +57,21 @@ interface TorchOut {
 function listEnv(name: string, dflt: number[]): number[] {
   const v = process.env[name];
   if (!v) return dflt;
-  return v.split(',').map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
+  return v
+    .split(',')
+    .map((s) => Number(s.trim()))
+    .filter((n) => Number.isInteger(n) && n > 0);
 }
 
 /** A smooth synthetic RGB photo-like image (gradients, a disc, a soft bar), varied by `seed`. */
 function syntheticRgb(size: number, seed: number): Uint8Array {
   const px = new Uint8Array(size * size * 3);
-  const cx = 0.38 + 0.05 * seed, cy = 0.55 - 0.03 * seed;
+  const cx = 0.38 + 0.05 * seed,
+    cy = 0.55 - 0.03 * seed;
   for (let y = 0; y < size; ++y)
     for (let x = 0; x < size; ++x) {
-      const u = x / (size - 1), v = y / (size - 1);
+      const u = x / (size - 1),
+        v = y / (size - 1);
       let r = 0.55 + 0.35 * Math.sin(2 * Math.PI * (u + 0.13 * seed));
       let g = 0.2 + 0.6 * v;
       let b = 0.5 + 0.3 * Math.cos(2 * Math.PI * u * v + seed);
@@ -87,16 +95,28 @@ function syntheticRgb(size: number, seed: number): Uint8Array {
 /** Real photos when python3-skimage's data is installed, else synthetic PNGs; loaded with loadImages. */
 async function benchImages(batch: number): Promise<{ images: Tensor; source: string }> {
   const dir = '/usr/lib/python3/dist-packages/skimage/data';
-  const photos = ['astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg'].map((f) => `${dir}/${f}`).filter((p) => existsSync(p));
+  const photos = ['astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg']
+    .map((f) => `${dir}/${f}`)
+    .filter((p) => existsSync(p));
   if (photos.length > 0) {
     const inputs = Array.from({ length: batch }, (_, i) => photos[i % photos.length]!);
-    return { images: await loadImages(inputs, RES), source: `skimage photos (${photos.map((p) => p.split('/').pop()).join(', ')})` };
+    return {
+      images: await loadImages(inputs, RES),
+      source: `skimage photos (${photos.map((p) => p.split('/').pop()).join(', ')})`,
+    };
   }
   const pngs: Buffer[] = [];
   for (let i = 0; i < Math.min(batch, 4); ++i)
-    pngs.push(await sharp(Buffer.from(syntheticRgb(RES, i)), { raw: { width: RES, height: RES, channels: 3 } }).png().toBuffer());
+    pngs.push(
+      await sharp(Buffer.from(syntheticRgb(RES, i)), { raw: { width: RES, height: RES, channels: 3 } })
+        .png()
+        .toBuffer(),
+    );
   const inputs = Array.from({ length: batch }, (_, i) => pngs[i % pngs.length]!);
-  return { images: await loadImages(inputs, RES), source: 'synthetic (no skimage photos installed): smooth gradients, a disc and a bar, 4 variants' };
+  return {
+    images: await loadImages(inputs, RES),
+    source: 'synthetic (no skimage photos installed): smooth gradients, a disc and a bar, 4 variants',
+  };
 }
 
 /** Per-op name including the conv kind, so the breakdown says which convs cost what. */
@@ -123,7 +143,8 @@ function opMacs(req: OpRequest, out: Tensor[]): number {
     return out[0]!.numel * w.shape[1]!;
   }
   if (req.op === 'attention') {
-    const q = req.inputs[0]!, k = req.inputs[1]!;
+    const q = req.inputs[0]!,
+      k = req.inputs[1]!;
     const hd = q.shape[q.ndim - 1]!;
     const M = k.shape[k.ndim - 2]!;
     return 2 * (q.numel / hd) * M * hd;
@@ -131,10 +152,18 @@ function opMacs(req: OpRequest, out: Tensor[]): number {
   return 0;
 }
 
-interface OpStat { ms: number; calls: number; macs: number }
+interface OpStat {
+  ms: number;
+  calls: number;
+  macs: number;
+}
 
 /** Runs the program once (async, as users do) with per-op timing and reports the top 8 ops. */
-async function profile(ctx: BenchContext, name: 'encode' | 'decode', program: () => Generator<OpRequest, unknown, Tensor[]>): Promise<void> {
+async function profile(
+  ctx: BenchContext,
+  name: 'encode' | 'decode',
+  program: () => Generator<OpRequest, unknown, Tensor[]>,
+): Promise<void> {
   const stats = new Map<string, OpStat>();
   const t0 = performance.now();
   let last = t0;
@@ -156,7 +185,10 @@ async function profile(ctx: BenchContext, name: 'encode' | 'decode', program: ()
     share: Math.round((1000 * s.ms) / total) / 1000,
     calls: s.calls,
     ...(s.macs > 0
-      ? { gflops: Math.round((2 * s.macs) / (s.ms * 1e5)) / 10, peak_fraction: Math.round(((2 * s.macs) / (s.ms * 1e6) / ctx.peakGflops) * 1000) / 1000 }
+      ? {
+          gflops: Math.round((2 * s.macs) / (s.ms * 1e5)) / 10,
+          peak_fraction: Math.round(((2 * s.macs) / (s.ms * 1e6) / ctx.peakGflops) * 1000) / 1000,
+        }
       : {}),
   }));
   const rest = sorted.slice(8).reduce((a, [, s]) => a + s.ms, 0);
@@ -177,13 +209,19 @@ async function profile(ctx: BenchContext, name: 'encode' | 'decode', program: ()
   ctx.report(record);
   if (ctx.json) return;
   for (const t of top) {
-    const rate = t.gflops != null ? `  ${t.gflops.toFixed(1)} GFLOP/s (${(100 * t.peak_fraction!).toFixed(1)}% peak)` : '';
-    process.stdout.write(`    ${t.op.padEnd(24)} ${t.ms.toFixed(1).padStart(9)} ms  ${(100 * t.share).toFixed(1).padStart(5)}%  x${t.calls}${rate}\n`);
+    const rate =
+      t.gflops != null ? `  ${t.gflops.toFixed(1)} GFLOP/s (${(100 * t.peak_fraction!).toFixed(1)}% peak)` : '';
+    process.stdout.write(
+      `    ${t.op.padEnd(24)} ${t.ms.toFixed(1).padStart(9)} ms  ${(100 * t.share).toFixed(1).padStart(5)}%  x${t.calls}${rate}\n`,
+    );
   }
 }
 
 /** Median ms after `warmup` runs; stops after `budgetMs` once `minReps` repeats are in (time box). */
-async function timeBoxed(fn: () => Promise<void>, o: { warmup: number; reps: number; minReps: number; budgetMs: number }): Promise<{ ms: number; reps: number }> {
+async function timeBoxed(
+  fn: () => Promise<void>,
+  o: { warmup: number; reps: number; minReps: number; budgetMs: number },
+): Promise<{ ms: number; reps: number }> {
   for (let i = 0; i < o.warmup; ++i) await fn();
   const ts: number[] = [];
   const start = performance.now();
@@ -208,7 +246,8 @@ function runTorch(ctx: BenchContext, batches: number[]): TorchOut | null {
 
 export async function run(ctx: BenchContext): Promise<void> {
   const batches = listEnv('TOKENIZER_BENCH_BATCH', [1, 8]);
-  const torchBatches = process.env.TOKENIZER_BENCH_TORCH === 'off' ? [] : listEnv('TOKENIZER_BENCH_TORCH_BATCH', batches);
+  const torchBatches =
+    process.env.TOKENIZER_BENCH_TORCH === 'off' ? [] : listEnv('TOKENIZER_BENCH_TORCH_BATCH', batches);
   const doProfile = !process.argv.includes('--no-profile');
 
   const tok = MergeVQTokenizer.fromConfig(CONFIG);
@@ -217,7 +256,10 @@ export async function run(ctx: BenchContext): Promise<void> {
 
   // Per batch: ours, then torch right after (never concurrently: they would share the cores), so
   // that both see about the same load on this shared machine.
-  const ours: Record<string, { encode: number; decode: number; reps: [number, number]; warmup: number; image: string; load1: number }> = {};
+  const ours: Record<
+    string,
+    { encode: number; decode: number; reps: [number, number]; warmup: number; image: string; load1: number }
+  > = {};
   const torchRuns: Record<string, TorchOut | null> = {};
   let last: { images: Tensor; enc: EncodeResult } | null = null;
   for (const B of batches) {
@@ -228,19 +270,32 @@ export async function run(ctx: BenchContext): Promise<void> {
     const { images, source: imageSource } = await benchImages(B);
     let enc: EncodeResult | null = null;
     // batch 1: median of 3 after a warm-up; larger batches: a warm-up, then 1-3 repeats within 20 s
-    const opts = B > 1 ? { warmup: 1, reps: 3, minReps: 1, budgetMs: 20_000 } : { warmup: 1, reps: 3, minReps: 3, budgetMs: 0 };
+    const opts =
+      B > 1 ? { warmup: 1, reps: 3, minReps: 1, budgetMs: 20_000 } : { warmup: 1, reps: 3, minReps: 3, budgetMs: 0 };
     const encT = await timeBoxed(async () => {
       enc = await tok.encode(images);
     }, opts);
     const e = enc! as EncodeResult;
-    if (e.z.shape.join(',') !== `${B},18,12,12` || e.indices.shape.join(',') !== `${B},144` || e.source.shape.join(',') !== `${B},256`)
+    if (
+      e.z.shape.join(',') !== `${B},18,12,12` ||
+      e.indices.shape.join(',') !== `${B},144` ||
+      e.source.shape.join(',') !== `${B},256`
+    )
       throw new Error(`encode shapes: z [${e.z.shape}] indices [${e.indices.shape}] source [${e.source.shape}]`);
     let out: Tensor | null = null;
     const decT = await timeBoxed(async () => {
       out = (await tok.decode({ codes: e.codes, source: e.source })).images;
     }, opts);
-    if ((out! as Tensor).shape.join(',') !== `${B},3,${RES},${RES}`) throw new Error(`decode shape [${(out! as Tensor).shape}]`);
-    ours[String(B)] = { encode: encT.ms, decode: decT.ms, reps: [encT.reps, decT.reps], warmup: opts.warmup, image: imageSource, load1: loadavg()[0]! };
+    if ((out! as Tensor).shape.join(',') !== `${B},3,${RES},${RES}`)
+      throw new Error(`decode shape [${(out! as Tensor).shape}]`);
+    ours[String(B)] = {
+      encode: encT.ms,
+      decode: decT.ms,
+      reps: [encT.reps, decT.reps],
+      warmup: opts.warmup,
+      image: imageSource,
+      load1: loadavg()[0]!,
+    };
     if (B === 1) last = { images, enc: e };
     const t = torchBatches.includes(B) ? runTorch(ctx, [B]) : null;
     if (t?.schedule && t.schedule.join(',') !== schedule.join(','))
@@ -267,7 +322,10 @@ export async function run(ctx: BenchContext): Promise<void> {
         warmup: o.warmup,
         torch_reps: torch?.reps?.[String(B)]?.[j] ?? null,
         reference_published_ms: B === 1 ? REFERENCE_PUBLISHED_MS[name] : null,
-        reference_published_note: B === 1 ? "the reference code's published batch-1 number for this machine; not measured in this run" : undefined,
+        reference_published_note:
+          B === 1
+            ? "the reference code's published batch-1 number for this machine; not measured in this run"
+            : undefined,
         api: 'async (await tok.encode / tok.decode)',
         image: o.image,
         schedule,
@@ -280,7 +338,9 @@ export async function run(ctx: BenchContext): Promise<void> {
       if (!ctx.json) {
         const tl = torch?.load1?.[String(B)];
         const ref = B === 1 ? `; reference published (not measured here): ${REFERENCE_PUBLISHED_MS[name]} ms` : '';
-        process.stdout.write(`    batch ${B}, reps ${o.reps[j]} (torch ${torch?.reps?.[String(B)]?.[j] ?? '-'}), load1 ${o.load1.toFixed(2)} (torch ${tl != null ? tl.toFixed(2) : '-'})${ref}\n`);
+        process.stdout.write(
+          `    batch ${B}, reps ${o.reps[j]} (torch ${torch?.reps?.[String(B)]?.[j] ?? '-'}), load1 ${o.load1.toFixed(2)} (torch ${tl != null ? tl.toFixed(2) : '-'})${ref}\n`,
+        );
       }
     }
   }
@@ -290,9 +350,12 @@ export async function run(ctx: BenchContext): Promise<void> {
   if (last) {
     addon.releaseCpuCache();
     const { images, enc } = last;
-    const ms = ctx.time(() => {
-      tok.encodeSync(images);
-    }, { reps: 1, warmup: 0 });
+    const ms = ctx.time(
+      () => {
+        tok.encodeSync(images);
+      },
+      { reps: 1, warmup: 0 },
+    );
     ctx.report({
       name: 'encode_sync',
       shape: SHAPE,

@@ -54,11 +54,22 @@ export async function run(ctx: BenchContext): Promise<void> {
         learningRate: run.learningRate,
         sync,
       });
-      const ms = await ctx.timeAsync(async () => {
-        await tr.fit({ steps: 1 });
-      }, { reps: 5, warmup: 1, budgetMs: 60_000 });
+      const ms = await ctx.timeAsync(
+        async () => {
+          await tr.fit({ steps: 1 });
+        },
+        { reps: 5, warmup: 1, budgetMs: 60_000 },
+      );
       await tr.close();
-      ctx.report({ name: `tokenizer_step_${sync ? 'sync' : 'async'}${disc ? '' : '_nodisc'}`, shape: `${dd.in_channels}x${dd.resolution}x${dd.resolution} L${tok.fullNum}`, batch: B, ms, images_per_s: (B * 1000) / ms, params: tok.store.count(), torch_ms: null });
+      ctx.report({
+        name: `tokenizer_step_${sync ? 'sync' : 'async'}${disc ? '' : '_nodisc'}`,
+        shape: `${dd.in_channels}x${dd.resolution}x${dd.resolution} L${tok.fullNum}`,
+        batch: B,
+        ms,
+        images_per_s: (B * 1000) / ms,
+        params: tok.store.count(),
+        torch_ms: null,
+      });
     }
   }
 
@@ -78,9 +89,20 @@ export async function run(ctx: BenchContext): Promise<void> {
     const model = new MergeARGPT(g, { numCandidates: 4 });
     model.store.initRandom(0);
     const tr = new ARTrainer({ model, codes, batchSize: 64, sync, maxEpochs: 100 });
-    const ms = await ctx.timeAsync(async () => {
-      await tr.fit({ steps: 1 });
-    }, { reps: 5, warmup: 1, budgetMs: 60_000 });
-    ctx.report({ name: `generator_step_${sync ? 'sync' : 'async'}`, shape: `L${L} dim${g.dim} ${g.spatial_n_layer}+${g.factorized_n_layer} layers`, batch: 64, ms, tokens_per_s: (64 * L * 1000) / ms, params: model.store.count(), torch_ms: null });
+    const ms = await ctx.timeAsync(
+      async () => {
+        await tr.fit({ steps: 1 });
+      },
+      { reps: 5, warmup: 1, budgetMs: 60_000 },
+    );
+    ctx.report({
+      name: `generator_step_${sync ? 'sync' : 'async'}`,
+      shape: `L${L} dim${g.dim} ${g.spatial_n_layer}+${g.factorized_n_layer} layers`,
+      batch: 64,
+      ms,
+      tokens_per_s: (64 * L * 1000) / ms,
+      params: model.store.count(),
+      torch_ms: null,
+    });
   }
 }

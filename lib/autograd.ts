@@ -17,13 +17,43 @@ import { lfqEntropyBackward } from './ops/lfq.js';
 import { conv2dBackward, linearBackward, matmulBackward } from './ops/linalg.js';
 import { mergeWavgBackward, unmergeBackward } from './ops/merge.js';
 import {
-  batchNormBackward, crossEntropyBackward, geluBackward, groupNormBackward, l1LossBackward, layerNormBackward, leakyReluBackward,
-  mseLossBackward, rmsNormBackward, siluBackward, softmaxBackward, swigluBackward, type CrossEntropyOptions, type FusedAct, type Reduction,
+  batchNormBackward,
+  crossEntropyBackward,
+  geluBackward,
+  groupNormBackward,
+  l1LossBackward,
+  layerNormBackward,
+  leakyReluBackward,
+  mseLossBackward,
+  rmsNormBackward,
+  siluBackward,
+  softmaxBackward,
+  swigluBackward,
+  type CrossEntropyOptions,
+  type FusedAct,
+  type Reduction,
 } from './ops/nn.js';
 import { maxPool2dBackward } from './ops/pool.js';
 import {
-  add, clampBackward, concat, div, embeddingBackward, expand, gatherBackward, mean, mul, narrow, permute, permuteView, reshape, ropeBackward,
-  scale, spaceToDepth, sub, sumTo as sumToOp, unary,
+  add,
+  clampBackward,
+  concat,
+  div,
+  embeddingBackward,
+  expand,
+  gatherBackward,
+  mean,
+  mul,
+  narrow,
+  permute,
+  permuteView,
+  reshape,
+  ropeBackward,
+  scale,
+  spaceToDepth,
+  sub,
+  sumTo as sumToOp,
+  unary,
 } from './ops/tensor.js';
 
 /** Input gradients for one recorded op, given the gradients of its outputs (null = none). */
@@ -32,8 +62,16 @@ export type GradRule = (req: OpRequest, outs: Tensor[], gouts: (Tensor | null)[]
 const rules = new Map<string, GradRule>();
 /** Ops that never carry gradient (discrete outputs, or explicitly detached). */
 const nonDifferentiable = new Set<string>([
-  'tome_match', 'tome_source_update', 'tome_source_dense', 'argmax', 'detach', 'cast',
-  'lfq_indices_to_codes', 'lfq_factorize', 'lfq_unfactorize', 'fma_peak',
+  'tome_match',
+  'tome_source_update',
+  'tome_source_dense',
+  'argmax',
+  'detach',
+  'cast',
+  'lfq_indices_to_codes',
+  'lfq_factorize',
+  'lfq_unfactorize',
+  'fma_peak',
 ]);
 
 /** Registers the gradient rule of `op`. */
@@ -91,7 +129,8 @@ export class Tape {
     const grads = new Map<Tensor, Tensor>();
     const userSeed = seed ?? null;
     if (!seed) {
-      if (root.numel !== 1) throw new RangeError(`backward: root must be a scalar, got shape [${root.shape.join(', ')}] (give a seed)`);
+      if (root.numel !== 1)
+        throw new RangeError(`backward: root must be a scalar, got shape [${root.shape.join(', ')}] (give a seed)`);
       seed = Tensor.from(new Float32Array([1]), root.shape);
     }
     const end = this.entries.length;
@@ -124,7 +163,7 @@ export class Tape {
     for (let i = end - 1; i >= 0; --i) {
       if (relevant && !relevant[i]) continue;
       const { req, outs } = this.entries[i]!;
-      const gouts = outs.map((o) => (o ? grads.get(o) ?? null : null));
+      const gouts = outs.map((o) => (o ? (grads.get(o) ?? null) : null));
       if (gouts.every((g) => g === null)) continue;
       if (!nonDifferentiable.has(req.op)) {
         const rule = rules.get(req.op);
@@ -169,7 +208,7 @@ export class Tape {
 
   /** Marks the first `end` entries that (transitively) take one of `wrt` as an input. */
   private dependents(wrt: readonly Tensor[], end: number): boolean[] {
-    if (!Array.isArray(wrt)) throw new TypeError('backward: option \'wrt\' must be an array of Tensors');
+    if (!Array.isArray(wrt)) throw new TypeError("backward: option 'wrt' must be an array of Tensors");
     const reached = new Set<Tensor>();
     for (const [i, t] of wrt.entries()) {
       if (!(t instanceof Tensor)) throw new TypeError(`backward: option 'wrt[${i}]' must be a Tensor`);
@@ -253,13 +292,22 @@ defineGrad('linear', function* (req, _o, [g]) {
 defineGrad('matmul', function* (req, _o, [g]) {
   const [a, b] = req.inputs;
   const at = A(req);
-  return yield* matmulBackward(a!, b!, g!, { transA: at.trans_a as boolean | undefined, transB: at.trans_b as boolean | undefined, alpha: at.alpha as number | undefined });
+  return yield* matmulBackward(a!, b!, g!, {
+    transA: at.trans_a as boolean | undefined,
+    transB: at.trans_b as boolean | undefined,
+    alpha: at.alpha as number | undefined,
+  });
 });
 defineGrad('conv2d', function* (req, _o, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
   type Pair = number | [number, number];
-  return yield* conv2dBackward(x!, w!, g!, { stride: a.stride as Pair | undefined, padding: a.padding as Pair | undefined, groups: a.groups as number | undefined, hasBias: Boolean(b) });
+  return yield* conv2dBackward(x!, w!, g!, {
+    stride: a.stride as Pair | undefined,
+    padding: a.padding as Pair | undefined,
+    groups: a.groups as number | undefined,
+    hasBias: Boolean(b),
+  });
 });
 // The gradient goes to the element the forward chose (its first maximum on ties); indices get none.
 defineGrad('max_pool2d', function* (req, outs, [g]) {
@@ -270,7 +318,10 @@ defineGrad('group_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   const a = A(req);
   return yield* groupNormBackward(x!, w, b, outs[1]!, outs[2]!, g!, {
-    groups: a.groups as number, act: (a.act as FusedAct | undefined) ?? 'none', hasWeight: Boolean(w), hasBias: Boolean(b),
+    groups: a.groups as number,
+    act: (a.act as FusedAct | undefined) ?? 'none',
+    hasWeight: Boolean(w),
+    hasBias: Boolean(b),
   });
 });
 defineGrad('layer_norm', function* (req, outs, [g]) {
@@ -278,7 +329,11 @@ defineGrad('layer_norm', function* (req, outs, [g]) {
   return yield* layerNormBackward(x!, w, outs[1]!, outs[2]!, g!, { hasWeight: Boolean(w), hasBias: Boolean(b) });
 });
 defineGrad('gelu', function* (req, _o, [g]) {
-  return [yield* geluBackward(req.inputs[0]!, g!, { approximate: (A(req).approximate as 'none' | 'tanh' | undefined) ?? 'none' })];
+  return [
+    yield* geluBackward(req.inputs[0]!, g!, {
+      approximate: (A(req).approximate as 'none' | 'tanh' | undefined) ?? 'none',
+    }),
+  ];
 });
 defineGrad('silu', function* (req, _o, [g]) {
   return [yield* siluBackward(req.inputs[0]!, g!)];
@@ -354,7 +409,10 @@ defineGrad('select', function* (req, _o, [g]) {
   const x = req.inputs[0]!;
   const dim = (A(req).dim as number) < 0 ? (A(req).dim as number) + x.ndim : (A(req).dim as number);
   const index = (A(req).index as number) < 0 ? (A(req).index as number) + x.shape[dim]! : (A(req).index as number);
-  const g1 = yield* reshape(g!, x.shape.map((s, i) => (i === dim ? 1 : s)));
+  const g1 = yield* reshape(
+    g!,
+    x.shape.map((s, i) => (i === dim ? 1 : s)),
+  );
   return [yield* embedAlong(g1, x.shape, dim, index)];
 });
 defineGrad('narrow', function* (req, _o, [g]) {
@@ -364,7 +422,8 @@ defineGrad('narrow', function* (req, _o, [g]) {
 defineGrad('slice', function* (req, _o, [g]) {
   const x = req.inputs[0]!;
   const a = A(req);
-  if (a.step !== undefined && a.step !== 1) throw new MergeVQError('backward: slice with step != 1 is not differentiable here', 'ERR_NO_GRAD');
+  if (a.step !== undefined && a.step !== 1)
+    throw new MergeVQError('backward: slice with step != 1 is not differentiable here', 'ERR_NO_GRAD');
   const dim = (a.dim as number) < 0 ? (a.dim as number) + x.ndim : (a.dim as number);
   const start = (a.start as number | undefined) ?? 0;
   return [yield* embedAlong(g!, x.shape, dim, start < 0 ? start + x.shape[dim]! : start)];
@@ -390,7 +449,17 @@ defineGrad('depth_to_space', function* (req, _o, [g]) {
 });
 defineGrad('attention', function* (req, outs, gouts) {
   const [q, k, v, bias, keep] = req.inputs;
-  const [gq, gk, gv, gb] = yield* attentionBackward(q!, k!, v!, bias, keep, outs[0]!, outs[1]!, gouts[0]!, attentionOptions(A(req)));
+  const [gq, gk, gv, gb] = yield* attentionBackward(
+    q!,
+    k!,
+    v!,
+    bias,
+    keep,
+    outs[0]!,
+    outs[1]!,
+    gouts[0]!,
+    attentionOptions(A(req)),
+  );
   return [gq, gk, gv, bias ? gb : null, null];
 });
 defineGrad('tome_merge', function* (req, _o, gouts) {
@@ -423,7 +492,12 @@ defineGrad('lfq_entropy', function* (req, _o, gouts) {
   const z = req.inputs[0]!;
   const zero = Tensor.zeros([]);
   const a = A(req);
-  return [yield* lfqEntropyBackward(z, gouts[0] ?? zero, gouts[1] ?? zero, { temperature: a.temperature as number | undefined, dim: a.dim as number | undefined })];
+  return [
+    yield* lfqEntropyBackward(z, gouts[0] ?? zero, gouts[1] ?? zero, {
+      temperature: a.temperature as number | undefined,
+      dim: a.dim as number | undefined,
+    }),
+  ];
 });
 defineGrad('embedding', function* (req, _o, [g]) {
   const [w, idx] = req.inputs;
@@ -448,7 +522,9 @@ defineGrad('swiglu', function* (req, _o, [g]) {
 defineGrad('batch_norm', function* (req, outs, [g]) {
   const [x, w, b] = req.inputs;
   if (!g) return [null, null, null, null, null];
-  const [gx, gw, gb] = yield* batchNormBackward(x!, w, outs[1]!, outs[2]!, g, { training: Boolean(A(req).training ?? false) });
+  const [gx, gw, gb] = yield* batchNormBackward(x!, w, outs[1]!, outs[2]!, g, {
+    training: Boolean(A(req).training ?? false),
+  });
   // The running statistics are buffers: no gradient flows into them.
   return [gx!, w ? gw! : null, b ? gb! : null, null, null];
 });
@@ -456,7 +532,12 @@ defineGrad('leaky_relu', function* (req, _o, [g]) {
   return [yield* leakyReluBackward(req.inputs[0]!, g!, { slope: (A(req).slope as number | undefined) ?? 0.2 })];
 });
 defineGrad('clamp', function* (req, _o, [g]) {
-  return [yield* clampBackward(req.inputs[0]!, g!, { min: A(req).min as number | undefined, max: A(req).max as number | undefined })];
+  return [
+    yield* clampBackward(req.inputs[0]!, g!, {
+      min: A(req).min as number | undefined,
+      max: A(req).max as number | undefined,
+    }),
+  ];
 });
 defineGrad('exp', function* (_req, outs, [g]) {
   return [yield* mul(g!, outs[0]!)];

@@ -20,7 +20,8 @@ export function describe(v: unknown): string {
   if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}`;
   if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return `${typeof v} ${String(v)}`;
   if (Array.isArray(v)) return `array(${v.length})`;
-  if (ArrayBuffer.isView(v)) return `${v.constructor.name}(${(v as unknown as { length?: number }).length ?? v.byteLength})`;
+  if (ArrayBuffer.isView(v))
+    return `${v.constructor.name}(${(v as unknown as { length?: number }).length ?? v.byteLength})`;
   if (typeof v === 'function') return 'function';
   const name = (v as object).constructor?.name;
   return name && name !== 'Object' ? name : 'object';

@@ -14,23 +14,122 @@ export { Tensor, type TypedArrayFor } from './tensor.js';
 export { addon, runOp, runOpAsync, type DType, type DeviceName, type NativeTensor, type Attrs } from './native.js';
 export { call, call1, op, op1, runAsync, runSync, type OpRequest, type Program } from './graph.js';
 export { ParamStore, type LoadReport } from './nn/params.js';
-export { loadConfigFile, parseConfigYaml, normalizeConfig, type TokenizerConfig, type DDConfig, type K2LConfig } from './tokenizer/config.js';
+export {
+  loadConfigFile,
+  parseConfigYaml,
+  normalizeConfig,
+  type TokenizerConfig,
+  type DDConfig,
+  type K2LConfig,
+} from './tokenizer/config.js';
 export { MergeVQTokenizer, type EncodeResult, type DecodeInput, type DecodeResult } from './tokenizer/tokenizer.js';
 export { loadTokenizer, readWeights, type LoadTokenizerOptions } from './tokenizer/load.js';
-export { parseR, checkParseR, generateProbList, mergeCandidates, MergeSchedulePicker, type MergeCandidates, type MergePick } from './tokenizer/schedule.js';
-export { tokenizerLoss, tokenizerForward, DEFAULT_LOSS_WEIGHTS, type LossWeights, type LossTerms, type ForwardTerms } from './tokenizer/train.js';
+export {
+  parseR,
+  checkParseR,
+  generateProbList,
+  mergeCandidates,
+  MergeSchedulePicker,
+  type MergeCandidates,
+  type MergePick,
+} from './tokenizer/schedule.js';
+export {
+  tokenizerLoss,
+  tokenizerForward,
+  DEFAULT_LOSS_WEIGHTS,
+  type LossWeights,
+  type LossTerms,
+  type ForwardTerms,
+} from './tokenizer/train.js';
 export * as train from './train/index.js';
 export * as data from './data/index.js';
 export { Tape, defineGrad, defineNonDifferentiable, type GradRule } from './autograd.js';
 export { release, RELEASE } from './graph.js';
 export * as ops from './ops/index.js';
 export * from './io/index.js';
-export { loadImages, loadImage, encodeImage, imageGrid, sourceMapImage, sourceMapTensor, upscaleNearest, type ImageInput, type ImageFormat } from './io/image.js';
-export { generateImages, generateImagesSync, generateImagesProgram, type GenerateImagesOptions, type GeneratedImages, type KVCacheUse } from './generator/images.js';
-export { loadDefaultModels, loadGenerator, modelFiles, DEFAULT_MODEL, type DefaultModels, type ModelFiles, type LoadGeneratorOptions } from './pretrained.js';
-export { MergeVQGPT, generate, generateSync, sampleProgram, SeededRandom, loadGPTConfigFile, parseGPTConfigYaml, normalizeGPTConfig, type GPTConfig, type SampleOptions, type SampleResult, type GPTLogits } from './generator/index.js';
-export { MergeARGPT, MergeARDecoder, codeGroups, maskVisibleKeys, decodeReplay, mergeARDecodeStats, sampleMergeARProgram, generateMergeAR, generateMergeARSync, MERGEAR_WINDOW, type MergeAROptions, type DecodeMode, type DecodeStepStats, type DecodeReport } from './generator/mergear.js';
-export { evaluateTokenizer, psnr, ssim, codebookUsage, trainLinearProbe, trainLinearProbeAsync, trainLinearProbeProgram, linearProbeFromArrays, evaluateGeneration, trainPixelClassifier, savePixelClassifier, loadPixelClassifier, type GenerationEvaluation, type GenerationEvalOptions, type GenerationKeepScores, type PixelClassifier, type TokenizerEvaluation, type EvaluateOptions, type KeepEvaluation, type ProbeEvaluation, type LinearProbe, type LinearProbeOptions, type CodebookUsage } from './eval/index.js';
+export {
+  loadImages,
+  loadImage,
+  encodeImage,
+  imageGrid,
+  sourceMapImage,
+  sourceMapTensor,
+  upscaleNearest,
+  type ImageInput,
+  type ImageFormat,
+} from './io/image.js';
+export {
+  generateImages,
+  generateImagesSync,
+  generateImagesProgram,
+  type GenerateImagesOptions,
+  type GeneratedImages,
+  type KVCacheUse,
+} from './generator/images.js';
+export {
+  loadDefaultModels,
+  loadGenerator,
+  modelFiles,
+  DEFAULT_MODEL,
+  type DefaultModels,
+  type ModelFiles,
+  type LoadGeneratorOptions,
+} from './pretrained.js';
+export {
+  MergeVQGPT,
+  generate,
+  generateSync,
+  sampleProgram,
+  SeededRandom,
+  loadGPTConfigFile,
+  parseGPTConfigYaml,
+  normalizeGPTConfig,
+  type GPTConfig,
+  type SampleOptions,
+  type SampleResult,
+  type GPTLogits,
+} from './generator/index.js';
+export {
+  MergeARGPT,
+  MergeARDecoder,
+  codeGroups,
+  maskVisibleKeys,
+  decodeReplay,
+  mergeARDecodeStats,
+  sampleMergeARProgram,
+  generateMergeAR,
+  generateMergeARSync,
+  MERGEAR_WINDOW,
+  type MergeAROptions,
+  type DecodeMode,
+  type DecodeStepStats,
+  type DecodeReport,
+} from './generator/mergear.js';
+export {
+  evaluateTokenizer,
+  psnr,
+  ssim,
+  codebookUsage,
+  trainLinearProbe,
+  trainLinearProbeAsync,
+  trainLinearProbeProgram,
+  linearProbeFromArrays,
+  evaluateGeneration,
+  trainPixelClassifier,
+  savePixelClassifier,
+  loadPixelClassifier,
+  type GenerationEvaluation,
+  type GenerationEvalOptions,
+  type GenerationKeepScores,
+  type PixelClassifier,
+  type TokenizerEvaluation,
+  type EvaluateOptions,
+  type KeepEvaluation,
+  type ProbeEvaluation,
+  type LinearProbe,
+  type LinearProbeOptions,
+  type CodebookUsage,
+} from './eval/index.js';
 
 import { addon } from './native.js';
 

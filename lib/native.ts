@@ -45,7 +45,11 @@ export interface NativeTensorCtor {
 export interface Addon {
   Tensor: NativeTensorCtor;
   runOp(name: string, inputs: readonly (NativeTensor | null | undefined)[], attrs?: Attrs): (NativeTensor | null)[];
-  runOpAsync(name: string, inputs: readonly (NativeTensor | null | undefined)[], attrs?: Attrs): Promise<(NativeTensor | null)[]>;
+  runOpAsync(
+    name: string,
+    inputs: readonly (NativeTensor | null | undefined)[],
+    attrs?: Attrs,
+  ): Promise<(NativeTensor | null)[]>;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setPoison(on: boolean): void;
@@ -64,7 +68,11 @@ export const addon = addonModule as Addon;
 addon.setErrorClass(MergeVQError);
 
 /** Runs a native op synchronously on the calling thread (plus the native thread pool). */
-export function runOp(name: string, inputs: readonly (NativeTensor | null | undefined)[], attrs?: Attrs): NativeTensor[] {
+export function runOp(
+  name: string,
+  inputs: readonly (NativeTensor | null | undefined)[],
+  attrs?: Attrs,
+): NativeTensor[] {
   return addon.runOp(name, inputs, attrs) as NativeTensor[];
 }
 
@@ -72,7 +80,11 @@ export function runOp(name: string, inputs: readonly (NativeTensor | null | unde
  * Runs a native op as one job on the libuv pool and resolves with its outputs. A rejection keeps
  * the caller's stack (captured before the job was queued) below the native message.
  */
-export async function runOpAsync(name: string, inputs: readonly (NativeTensor | null | undefined)[], attrs?: Attrs): Promise<NativeTensor[]> {
+export async function runOpAsync(
+  name: string,
+  inputs: readonly (NativeTensor | null | undefined)[],
+  attrs?: Attrs,
+): Promise<NativeTensor[]> {
   const where = new Error();
   try {
     return (await addon.runOpAsync(name, inputs, attrs)) as NativeTensor[];

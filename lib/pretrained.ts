@@ -33,7 +33,8 @@ export const DEFAULT_MODEL = 'fashion-mnist';
  * ERR_NOT_FOUND naming the first missing file.
  */
 export function modelFiles(name: string = DEFAULT_MODEL): ModelFiles {
-  if (typeof name !== 'string' || !/^[a-z0-9][a-z0-9-]*$/.test(name)) typeError('name', 'a model name such as "fashion-mnist"', name);
+  if (typeof name !== 'string' || !/^[a-z0-9][a-z0-9-]*$/.test(name))
+    typeError('name', 'a model name such as "fashion-mnist"', name);
   const dir = join(packageRoot(), 'models', name);
   const f: ModelFiles = {
     dir,
@@ -43,7 +44,8 @@ export function modelFiles(name: string = DEFAULT_MODEL): ModelFiles {
     generatorWeights: join(dir, 'generator.safetensors'),
   };
   for (const p of [f.tokenizerConfig, f.tokenizerWeights, f.generatorConfig, f.generatorWeights])
-    if (!existsSync(p) || !statSync(p).isFile()) throw new MergeVQError(`model '${name}': missing file ${p}`, 'ERR_NOT_FOUND');
+    if (!existsSync(p) || !statSync(p).isFile())
+      throw new MergeVQError(`model '${name}': missing file ${p}`, 'ERR_NOT_FOUND');
   return f;
 }
 
@@ -64,11 +66,14 @@ export interface LoadGeneratorOptions {
  * be present). With `mergear.enabled` (the default of this library's configs) a {@link MergeARGPT}
  * whose keep-count table size comes from the weights' `merge_emb.weight`.
  */
-export async function loadGenerator(opts: LoadGeneratorOptions): Promise<{ generator: MergeVQGPT | MergeARGPT; report: LoadReport }> {
+export async function loadGenerator(
+  opts: LoadGeneratorOptions,
+): Promise<{ generator: MergeVQGPT | MergeARGPT; report: LoadReport }> {
   if (!opts || typeof opts !== 'object') typeError('opts', '{ config, weights }', opts);
   if (typeof opts.config !== 'string') typeError('opts.config', 'a YAML file path', opts.config);
   if (typeof opts.weights !== 'string') typeError('opts.weights', 'a weights file path', opts.weights);
-  if (!existsSync(opts.config)) throw new MergeVQError(`generator config: no such file: ${opts.config}`, 'ERR_NOT_FOUND');
+  if (!existsSync(opts.config))
+    throw new MergeVQError(`generator config: no such file: ${opts.config}`, 'ERR_NOT_FOUND');
   const text = readFileSync(opts.config, 'utf8');
   const cfg = parseGPTConfigYaml(text, opts.config);
   const doc = (parseYaml(text) ?? {}) as { mergear?: { enabled?: unknown; window?: unknown } };
@@ -99,9 +104,20 @@ export interface DefaultModels {
  * Loads a shipped model set (default: the Fashion-MNIST tokenizer and MergeAR generator).
  * `window` sets MergeAR's recent window; `plain` builds the generator without MergeAR.
  */
-export async function loadDefaultModels(opts: { name?: string; window?: number; plain?: boolean } = {}): Promise<DefaultModels> {
+export async function loadDefaultModels(
+  opts: { name?: string; window?: number; plain?: boolean } = {},
+): Promise<DefaultModels> {
   const files = modelFiles(opts.name);
-  const { tokenizer } = await loadTokenizer({ config: files.tokenizerConfig, weights: files.tokenizerWeights, strict: true });
-  const { generator } = await loadGenerator({ config: files.generatorConfig, weights: files.generatorWeights, plain: opts.plain, window: opts.window });
+  const { tokenizer } = await loadTokenizer({
+    config: files.tokenizerConfig,
+    weights: files.tokenizerWeights,
+    strict: true,
+  });
+  const { generator } = await loadGenerator({
+    config: files.generatorConfig,
+    weights: files.generatorWeights,
+    plain: opts.plain,
+    window: opts.window,
+  });
   return { tokenizer, generator, files };
 }

@@ -50,7 +50,11 @@ export class Tensor {
    * Copies `data` into a new tensor of `shape`. The dtype follows the array type (Uint16Array is
    * read as float16 unless `dtype: 'bfloat16'` is given); a plain number array becomes float32.
    */
-  static from(data: ArrayBufferView | readonly number[], shape?: readonly number[], opts: { dtype?: DType; device?: DeviceName } = {}): Tensor {
+  static from(
+    data: ArrayBufferView | readonly number[],
+    shape?: readonly number[],
+    opts: { dtype?: DType; device?: DeviceName } = {},
+  ): Tensor {
     const arr: ArrayBufferView = Array.isArray(data) ? Float32Array.from(data as number[]) : (data as ArrayBufferView);
     if (!ArrayBuffer.isView(arr)) typeError('data', 'a TypedArray or an array of numbers', data);
     const dtype = opts.dtype ?? inferDType(arr);
@@ -112,7 +116,8 @@ export class Tensor {
 
   /** The single element of a one-element tensor, as a number. */
   item(): number {
-    if (this.numel !== 1) throw new RangeError(`item(): tensor must have exactly one element, got shape [${this.shape.join(', ')}]`);
+    if (this.numel !== 1)
+      throw new RangeError(`item(): tensor must have exactly one element, got shape [${this.shape.join(', ')}]`);
     const a = this.toArray();
     return Number(a[0]);
   }

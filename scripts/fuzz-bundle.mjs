@@ -16,7 +16,12 @@ export async function bundleIo(out = join(ROOT, 'build/fuzz/io.mjs')) {
     input: join(ROOT, 'lib/io/index.ts'),
     platform: 'node',
     makeAbsoluteExternalsRelative: false,
-    plugins: [{ name: 'mergevq-addon', resolveId: (src) => (src.endsWith('addon.cjs') ? { id: addon, external: 'absolute' } : undefined) }],
+    plugins: [
+      {
+        name: 'mergevq-addon',
+        resolveId: (src) => (src.endsWith('addon.cjs') ? { id: addon, external: 'absolute' } : undefined),
+      },
+    ],
     external: [/^node:/, 'yauzl', 'yaml', 'sharp'],
     output: { file: out, format: 'esm' },
     logLevel: 'silent',

@@ -25,7 +25,9 @@ const opt = (name, dflt) => {
 const target = args.find((a, i) => !a.startsWith('--') && (i === 0 || !args[i - 1].startsWith('--')));
 const TARGETS = ['safetensors', 'checkpoint', 'legacy'];
 if (!target || (target !== 'all' && !TARGETS.includes(target))) {
-  process.stderr.write(`usage: npm run fuzz -- <${TARGETS.join(' | ')} | all> [--seconds N] [--jobs J] [--seed S] [--hang-seconds H]\n`);
+  process.stderr.write(
+    `usage: npm run fuzz -- <${TARGETS.join(' | ')} | all> [--seconds N] [--jobs J] [--seed S] [--hang-seconds H]\n`,
+  );
   process.exit(2);
 }
 const seconds = Number(opt('seconds', '30'));
@@ -34,17 +36,45 @@ const hangMs = Number(opt('hang-seconds', '10')) * 1000;
 const batch = Math.max(1, Number(opt('batch', '1')));
 let seed = Number(opt('seed', String(Date.now() % 2 ** 31)));
 const seed0 = seed;
-const rand = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+const rand = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 const ri = (n) => Math.floor(rand() * n);
 
-const list = (dir, re) => (fs.existsSync(join(ROOT, dir)) ? fs.readdirSync(join(ROOT, dir)).filter((f) => re.test(f)).map((f) => join(ROOT, dir, f)) : []);
+const list = (dir, re) =>
+  fs.existsSync(join(ROOT, dir))
+    ? fs
+        .readdirSync(join(ROOT, dir))
+        .filter((f) => re.test(f))
+        .map((f) => join(ROOT, dir, f))
+    : [];
 const SEEDS = {
-  safetensors: [...list('test/data', /\.safetensors$/), ...list('test/fixtures', /\.safetensors$/).filter((f) => fs.statSync(f).size < 4 << 20)],
+  safetensors: [
+    ...list('test/data', /\.safetensors$/),
+    ...list('test/fixtures', /\.safetensors$/).filter((f) => fs.statSync(f).size < 4 << 20),
+  ],
   checkpoint: [...list('test/data', /\.(ckpt|pt)$/), ...list('test/data/legacy', /\.zip\.pt$/)],
   legacy: list('test/data/legacy', /\.legacy\.pt$/),
 };
 
-const INTS = [0, 1, 2, 7, 8, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff, 2 ** 53 - 1, 2 ** 53, 2 ** 62, 2 ** 64 - 1];
+const INTS = [
+  0,
+  1,
+  2,
+  7,
+  8,
+  0x7f,
+  0x80,
+  0xff,
+  0x100,
+  0x7fff,
+  0xffff,
+  0x7fffffff,
+  0x80000000,
+  0xffffffff,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 62,
+  2 ** 64 - 1,
+];
 function writeInt(b, at, v, size) {
   if (at + size > b.length) return;
   const x = BigInt.asUintN(64, BigInt(v));
@@ -121,7 +151,8 @@ function mutateHeader(b) {
   if (pick === 0 && Array.isArray(e.shape) && e.shape.length) e.shape[ri(e.shape.length)] = INTS[ri(INTS.length)];
   else if (pick === 1 && Array.isArray(e.data_offsets)) e.data_offsets[ri(2)] = INTS[ri(INTS.length)];
   else if (pick === 2) e.dtype = ['F32', 'F64', 'BF16', 'I64', 'BOOL', 'U64', 'F8_E4M3', 'X'][ri(8)];
-  else if (Array.isArray(e.shape)) e.shape.push(...Array.from({ length: 1 + ri(3) }, () => [0, 1, 2 ** 20, 2 ** 31][ri(4)]));
+  else if (Array.isArray(e.shape))
+    e.shape.push(...Array.from({ length: 1 + ri(3) }, () => [0, 1, 2 ** 20, 2 ** 31][ri(4)]));
   const text = Buffer.from(JSON.stringify(h));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(text.length));
@@ -131,7 +162,9 @@ function mutateHeader(b) {
 /** Runs `files` in one child; resolves one result per file answered (fewer after a crash or hang). */
 function runBatch(bundle, target, files) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(ROOT, 'scripts/fuzz-case.mjs'), bundle, target, ...files], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [join(ROOT, 'scripts/fuzz-case.mjs'), bundle, target, ...files], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const results = [];
     let buf = '';
     let err = '';
@@ -139,10 +172,13 @@ function runBatch(bundle, target, files) {
     let timer;
     const arm = () => {
       clearTimeout(timer);
-      timer = setTimeout(() => {
-        hung = true;
-        child.kill('SIGKILL');
-      }, hangMs + (results.length === 0 ? 2000 : 0));
+      timer = setTimeout(
+        () => {
+          hung = true;
+          child.kill('SIGKILL');
+        },
+        hangMs + (results.length === 0 ? 2000 : 0),
+      );
     };
     arm();
     child.stdout.on('data', (d) => {
@@ -154,7 +190,13 @@ function runBatch(bundle, target, files) {
         try {
           const r = JSON.parse(line);
           const outcome = r.result === 'ok' ? 'ok' : r.name === 'MergeVQError' && r.code ? 'refused' : 'bad';
-          results.push({ outcome, ms: r.ms, maxRSS: r.maxRSS, code: r.code, detail: outcome === 'bad' ? `${r.name}: ${r.message}` : undefined });
+          results.push({
+            outcome,
+            ms: r.ms,
+            maxRSS: r.maxRSS,
+            code: r.code,
+            detail: outcome === 'bad' ? `${r.name}: ${r.message}` : undefined,
+          });
           arm();
         } catch {
           /* not a result line */
@@ -167,7 +209,11 @@ function runBatch(bundle, target, files) {
       if (results.length < files.length) {
         if (hung) results.push({ outcome: 'hang', detail: `no answer in ${hangMs} ms` });
         else results.push({ outcome: 'crash', detail: `exit ${code} ${signal ?? ''} ${err.slice(-500)}` });
-      } else if (code !== 0) results.push({ outcome: 'crash', detail: `exit ${code} ${signal ?? ''} after the last case ${err.slice(-500)}` });
+      } else if (code !== 0)
+        results.push({
+          outcome: 'crash',
+          detail: `exit ${code} ${signal ?? ''} after the last case ${err.slice(-500)}`,
+        });
       resolve(results.slice(0, files.length));
     });
   });
@@ -178,7 +224,16 @@ async function fuzz(bundle, target, ms) {
   if (seeds.length === 0) throw new Error(`no seed files for ${target}`);
   const work = fs.mkdtempSync(join(os.tmpdir(), `mergevq-fuzz-${target}-`));
   const findings = join(ROOT, 'build/fuzz/findings', target);
-  const stats = { target, cases: 0, casesPerSecond: 0, outcomes: { ok: 0, refused: 0, bad: 0, crash: 0, hang: 0 }, codes: {}, slowestMs: 0, peakRSS: 0, findings: [] };
+  const stats = {
+    target,
+    cases: 0,
+    casesPerSecond: 0,
+    outcomes: { ok: 0, refused: 0, bad: 0, crash: 0, hang: 0 },
+    codes: {},
+    slowestMs: 0,
+    peakRSS: 0,
+    findings: [],
+  };
   const end = Date.now() + ms;
   let id = 0;
   const worker = async () => {
@@ -193,25 +248,29 @@ async function fuzz(bundle, target, ms) {
       if (batch > 1 && last && (last.outcome === 'crash' || last.outcome === 'hang')) {
         // Confirm alone: the case, in its own process.
         const alone = (await runBatch(bundle, target, [files[results.length - 1]]))[0];
-        results = [...results.slice(0, -1), alone.outcome === 'crash' || alone.outcome === 'hang' ? alone : { ...last, detail: `${last.detail} (not reproduced alone: ${alone.outcome})` }];
+        results = [
+          ...results.slice(0, -1),
+          alone.outcome === 'crash' || alone.outcome === 'hang'
+            ? alone
+            : { ...last, detail: `${last.detail} (not reproduced alone: ${alone.outcome})` },
+        ];
       }
       results.forEach((r, k) => record(r, files[k]));
       for (const f of files) fs.rmSync(f, { force: true });
     }
   };
   const record = (r, file) => {
-    {
-      stats.cases++;
-      stats.outcomes[r.outcome]++;
-      if (r.code) stats.codes[r.code] = (stats.codes[r.code] ?? 0) + 1;
-      if (r.ms !== undefined) stats.slowestMs = Math.max(stats.slowestMs, Math.round(r.ms));
-      if (r.maxRSS) stats.peakRSS = Math.max(stats.peakRSS, r.maxRSS);
-      if (r.outcome === 'bad' || r.outcome === 'crash' || r.outcome === 'hang') {
-        fs.mkdirSync(findings, { recursive: true });
-        const keep = join(findings, `${r.outcome}-${stats.cases}`);
-        fs.copyFileSync(file, keep);
-        if (stats.findings.length < 20) stats.findings.push({ file: keep, outcome: r.outcome, detail: r.detail?.slice(0, 300) });
-      }
+    stats.cases++;
+    stats.outcomes[r.outcome]++;
+    if (r.code) stats.codes[r.code] = (stats.codes[r.code] ?? 0) + 1;
+    if (r.ms !== undefined) stats.slowestMs = Math.max(stats.slowestMs, Math.round(r.ms));
+    if (r.maxRSS) stats.peakRSS = Math.max(stats.peakRSS, r.maxRSS);
+    if (r.outcome === 'bad' || r.outcome === 'crash' || r.outcome === 'hang') {
+      fs.mkdirSync(findings, { recursive: true });
+      const keep = join(findings, `${r.outcome}-${stats.cases}`);
+      fs.copyFileSync(file, keep);
+      if (stats.findings.length < 20)
+        stats.findings.push({ file: keep, outcome: r.outcome, detail: r.detail?.slice(0, 300) });
     }
   };
   await Promise.all(Array.from({ length: jobs }, worker));

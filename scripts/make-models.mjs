@@ -29,29 +29,45 @@ mkdirSync(out, { recursive: true });
 const log = (s) => process.stderr.write(`${s}\n`);
 
 if (!o['reference-only']) {
-  if (!o['tokenizer-run'] || !o['generator-run'] || !o['generator-config']) throw new Error('give --tokenizer-run, --generator-run and --generator-config');
+  if (!o['tokenizer-run'] || !o['generator-run'] || !o['generator-config'])
+    throw new Error('give --tokenizer-run, --generator-run and --generator-config');
   copyFileSync(join(o['tokenizer-run'], 'config.yaml'), join(out, 'tokenizer.yaml'));
   copyFileSync(o['generator-config'], join(out, 'generator.yaml'));
   const tok = await m.readWeights(join(o['tokenizer-run'], 'tokenizer.safetensors'));
-  await m.writeSafetensors(join(out, 'tokenizer.safetensors'), Object.fromEntries(tok), { source: 'mergevq train-tokenizer (EMA weights)' });
+  await m.writeSafetensors(join(out, 'tokenizer.safetensors'), Object.fromEntries(tok), {
+    source: 'mergevq train-tokenizer (EMA weights)',
+  });
   const gen = await m.readWeights(join(o['generator-run'], 'generator.safetensors'));
   const dt = o['generator-dtype'];
-  await m.writeSafetensors(join(out, 'generator.safetensors'), Object.fromEntries([...gen].map(([k, v]) => [k, dt === 'float32' ? v : v.cast(dt)])), { source: `mergevq train-generator (${dt} storage)` });
+  await m.writeSafetensors(
+    join(out, 'generator.safetensors'),
+    Object.fromEntries([...gen].map(([k, v]) => [k, dt === 'float32' ? v : v.cast(dt)])),
+    { source: `mergevq train-generator (${dt} storage)` },
+  );
   log('weights written');
 
   const ds = { size: 32, mode: 'pad', channels: 1 };
-  const [train, test] = await Promise.all([m.data.fashionMnistDataset('train', ds), m.data.fashionMnistDataset('test', ds)]);
+  const [train, test] = await Promise.all([
+    m.data.fashionMnistDataset('train', ds),
+    m.data.fashionMnistDataset('test', ds),
+  ]);
   const t0 = performance.now();
   const judge = await m.trainPixelClassifier(train, test, { epochs: 10, classes: 10 });
   await m.savePixelClassifier(join(out, 'judge.safetensors'), judge);
-  log(`judge: ${judge.trainSamples} train images, test accuracy ${(100 * judge.testAccuracy).toFixed(2)}% (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  log(
+    `judge: ${judge.trainSamples} train images, test accuracy ${(100 * judge.testAccuracy).toFixed(2)}% (${((performance.now() - t0) / 1000).toFixed(0)} s)`,
+  );
 
   const fm = test.source;
   const n = 100;
-  await m.writeSafetensors(join(out, 'test-images.safetensors'), {
-    images: m.Tensor.from(fm.images.slice(0, n * fm.height * fm.width), [n, fm.height, fm.width]),
-    labels: m.Tensor.from(fm.labels.slice(0, n), [n]),
-  }, { source: `the first ${n} images of the Fashion-MNIST test split` });
+  await m.writeSafetensors(
+    join(out, 'test-images.safetensors'),
+    {
+      images: m.Tensor.from(fm.images.slice(0, n * fm.height * fm.width), [n, fm.height, fm.width]),
+      labels: m.Tensor.from(fm.labels.slice(0, n), [n]),
+    },
+    { source: `the first ${n} images of the Fashion-MNIST test split` },
+  );
 }
 
 // reference.json: what the shipped-model test reproduces
@@ -65,7 +81,11 @@ if (!o['reference-only']) {
   ref.demo = { kernel, reconstruction: r.reconstruction, generation: { ...r.generation, ms: undefined } };
 }
 const models = await m.loadDefaultModels();
-const gen = await m.generateImages(models.tokenizer, models.generator, { ...DEFAULT_SAMPLING, seed: 0, classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] });
+const gen = await m.generateImages(models.tokenizer, models.generator, {
+  ...DEFAULT_SAMPLING,
+  seed: 0,
+  classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+});
 ref.generation = ref.generation ?? {};
 ref.generation.settings = { ...DEFAULT_SAMPLING, seed: 0, classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] };
 ref.generation[kernel] = Array.from(gen.indices.toArray(), Number);

@@ -17,6 +17,16 @@ export default class SeedReporter {
   onTestModuleEnd(mod) {
     // a file that failed to load or crashed has errors of its own and maybe no test results
     const errs = mod.errors?.() ?? [];
-    if (errs.length) fs.appendFileSync(process.env.MERGEVQ_SEED_REPORT, JSON.stringify({ project: mod.project.name, file: mod.moduleId, name: '(file)', state: 'failed', error: errs[0].message?.split('\n')[0] ?? 'failed' }) + '\n');
+    if (errs.length)
+      fs.appendFileSync(
+        process.env.MERGEVQ_SEED_REPORT,
+        JSON.stringify({
+          project: mod.project.name,
+          file: mod.moduleId,
+          name: '(file)',
+          state: 'failed',
+          error: errs[0].message?.split('\n')[0] ?? 'failed',
+        }) + '\n',
+      );
   }
 }

@@ -36,11 +36,14 @@ for (let i = 0; i < argv.length; ++i) {
     process.exit(0);
   } else if (a === '--seeds') {
     const v = argv[++i] ?? '';
-    seeds = v.split(',').filter(Boolean).map((s) => {
-      const n = Number(s);
-      if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) fail(`--seeds: '${s}' is not an integer in [0, 2^32)`);
-      return n;
-    });
+    seeds = v
+      .split(',')
+      .filter(Boolean)
+      .map((s) => {
+        const n = Number(s);
+        if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) fail(`--seeds: '${s}' is not an integer in [0, 2^32)`);
+        return n;
+      });
   } else if (a === '--kernels') kernelsOnly = true;
   else if (a === '--no-fixed') runFixed = false;
   else if (a === '--json') json = true;
@@ -58,7 +61,10 @@ function fail(msg) {
 
 // Model-level test files (whole networks); everything else randomized is a kernel test.
 const MODEL_FILES = /^(tokenizer|gpt|mergear|fixtures|cli|config)/;
-const all = fs.readdirSync(path.join(root, 'test')).filter((f) => f.endsWith('.test.ts')).sort();
+const all = fs
+  .readdirSync(path.join(root, 'test'))
+  .filter((f) => f.endsWith('.test.ts'))
+  .sort();
 const isRandomized = (f) => /new Rng\(|freshSeed\(/.test(fs.readFileSync(path.join(root, 'test', f), 'utf8'));
 let randomized = files.length ? files.map((f) => path.basename(f)) : all.filter(isRandomized);
 if (kernelsOnly) randomized = randomized.filter((f) => !MODEL_FILES.test(f));
@@ -88,13 +94,28 @@ function vitest(list, batch) {
   const env = { ...process.env, MERGEVQ_SEED_REPORT: report };
   delete env.MERGEVQ_SEED;
   const t0 = Date.now();
-  const r = spawnSync('npx', ['vitest', 'run', '--config', config, `--reporter=${path.join(root, 'scripts/seed-reporter.mjs')}`], {
-    cwd: root, env, encoding: 'utf8', maxBuffer: 1 << 28,
-  });
+  const r = spawnSync(
+    'npx',
+    ['vitest', 'run', '--config', config, `--reporter=${path.join(root, 'scripts/seed-reporter.mjs')}`],
+    {
+      cwd: root,
+      env,
+      encoding: 'utf8',
+      maxBuffer: 1 << 28,
+    },
+  );
   const seconds = (Date.now() - t0) / 1000;
-  const lines = fs.existsSync(report) ? fs.readFileSync(report, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+  const lines = fs.existsSync(report)
+    ? fs
+        .readFileSync(report, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l))
+    : [];
   fs.rmSync(dir, { recursive: true, force: true });
-  const results = new Map(batch.map((seed) => [seed === null ? 'fixed' : `seed-${seed}`, { seed, passed: 0, failures: [] }]));
+  const results = new Map(
+    batch.map((seed) => [seed === null ? 'fixed' : `seed-${seed}`, { seed, passed: 0, failures: [] }]),
+  );
   for (const l of lines) {
     const res = results.get(l.project);
     if (!res) continue;
@@ -112,11 +133,16 @@ function vitest(list, batch) {
 const t0 = Date.now();
 let fixedOk = true;
 if (runFixed && fixed.length) {
-  const { seconds, results: [r] } = vitest(fixed, [null]);
+  const {
+    seconds,
+    results: [r],
+  } = vitest(fixed, [null]);
   fixedOk = r.ok;
   if (json) console.log(JSON.stringify({ seed: null, files: fixed.length, seconds, ...r }));
   else {
-    console.log(`fixed tests (${fixed.length} files, once): ${r.ok ? 'ok' : 'FAILED'}, ${r.passed} passed, ${seconds.toFixed(1)} s`);
+    console.log(
+      `fixed tests (${fixed.length} files, once): ${r.ok ? 'ok' : 'FAILED'}, ${r.passed} passed, ${seconds.toFixed(1)} s`,
+    );
     for (const f of r.failures) console.log(`  ${f}`);
   }
 }

@@ -10,7 +10,10 @@ const K = Math.sqrt(2 / Math.PI);
 const refs: Record<string, { f: (x: number) => number; g: (x: number) => number }> = {
   silu: { f: (x) => x * sigmoid(x), g: (x) => actGrad('silu', x) },
   gelu: {
-    f: (x) => (x >= 0 ? 0.5 * x * (1 + erf(x / Math.SQRT2)) : 0.5 * x * (1 - erf(-x / Math.SQRT2) === 0 ? 0 : 0.5 * x * erfc(-x / Math.SQRT2))),
+    f: (x) =>
+      x >= 0
+        ? 0.5 * x * (1 + erf(x / Math.SQRT2))
+        : 0.5 * x * (1 - erf(-x / Math.SQRT2) === 0 ? 0 : 0.5 * x * erfc(-x / Math.SQRT2)),
     g: (x) => actGrad('gelu', x),
   },
   gelu_tanh: { f: (x) => x * sigmoid(2 * K * (x + 0.044715 * x ** 3)), g: (x) => actGrad('gelu_tanh', x) },
@@ -26,7 +29,9 @@ function erfc(x: number): number {
 refs.gelu!.f = (x) => (x >= 0 ? 0.5 * x * (1 + erf(x / Math.SQRT2)) : 0.5 * x * erfc(-x / Math.SQRT2));
 
 function inputs(rng: Rng, n: number): Float32Array {
-  const special = [0, -0, 1e-30, -1e-30, 1e-8, -1e-8, 88, -88, 90, -90, 100, -100, 20, -20, 5.5, -5.5, 87.5, -87.5, 104, -104];
+  const special = [
+    0, -0, 1e-30, -1e-30, 1e-8, -1e-8, 88, -88, 90, -90, 100, -100, 20, -20, 5.5, -5.5, 87.5, -87.5, 104, -104,
+  ];
   const a = rng.randn(n, 4);
   for (let i = 0; i < n && i < special.length; ++i) if (rng.next() < 0.5) a[i] = special[i]!;
   return a;
@@ -45,35 +50,50 @@ describe('activations', () => {
       it(`${o.ref} forward/backward n=${n}`, () => {
         const rng = new Rng();
         const info = seedInfo(rng.seed);
-        const x = inputs(rng, n), gy = rng.randn(n);
+        const x = inputs(rng, n),
+          gy = rng.randn(n);
         const r = refs[o.ref]!;
         const [y] = runPoisoned(o.name, [Tensor.from(x, [n])], o.attrs);
         const yr = Float64Array.from(x, r.f);
         // gelu_tanh: float32 rounding of u is amplified by the conditioning of sigmoid(2u)
-        const cond = (v: number) => (o.ref === 'gelu_tanh' ? 1 + Math.abs(2 * K * (v + 0.044715 * v ** 3)) * (1 - sigmoid(2 * K * (v + 0.044715 * v ** 3))) : 1);
+        const cond = (v: number) =>
+          o.ref === 'gelu_tanh'
+            ? 1 + Math.abs(2 * K * (v + 0.044715 * v ** 3)) * (1 - sigmoid(2 * K * (v + 0.044715 * v ** 3)))
+            : 1;
         const yv = f64(y!);
         let worst = 0;
-        for (let i = 0; i < n; ++i) worst = Math.max(worst, Math.abs(yv[i]! - yr[i]!) / Math.max(Math.abs(yr[i]!), o.floor) / cond(x[i]!));
+        for (let i = 0; i < n; ++i)
+          worst = Math.max(worst, Math.abs(yv[i]! - yr[i]!) / Math.max(Math.abs(yr[i]!), o.floor) / cond(x[i]!));
         expect(worst, info).toBeLessThan(o.tol);
         const [gx] = runPoisoned(`${o.name}_backward`, [Tensor.from(x, [n]), Tensor.from(gy, [n])], o.attrs);
         const gr = Float64Array.from(x, (v, i) => r.g(v) * gy[i]!);
         // relative to max(|gx|, 0.1 |gy|): near a zero of the derivative the error is absolute
         const gv = f64(gx!);
         let gworst = 0;
-        for (let i = 0; i < n; ++i) gworst = Math.max(gworst, Math.abs(gv[i]! - gr[i]!) / Math.max(Math.abs(gr[i]!), 0.1 * Math.abs(gy[i]!), 1e-30) / cond(x[i]!));
+        for (let i = 0; i < n; ++i)
+          gworst = Math.max(
+            gworst,
+            Math.abs(gv[i]! - gr[i]!) / Math.max(Math.abs(gr[i]!), 0.1 * Math.abs(gy[i]!), 1e-30) / cond(x[i]!),
+          );
         // ~50 float32 ulps: the derivative chains about ten rounded operations, each conditioned by cond(x)
         expect(gworst, info).toBeLessThan(3e-6);
         // the reference derivative against finite differences (points away from leaky_relu's kink)
         const xs = Float32Array.from(x, (v) => (Math.abs(v) < 0.01 ? 0.5 : Math.max(-30, Math.min(30, v))));
         const grs = Float64Array.from(xs, (v, i) => r.g(v) * gy[i]!);
-        const fd = finiteDiffCheck(xs, (xx) => dot(Float64Array.from(xx, r.f), gy), grs, { eps: 1e-3, count: Math.min(n, 16), rng });
+        const fd = finiteDiffCheck(xs, (xx) => dot(Float64Array.from(xx, r.f), gy), grs, {
+          eps: 1e-3,
+          count: Math.min(n, 16),
+          rng,
+        });
         expect(fd.maxRel, `${info} ${JSON.stringify(fd.worst)}`).toBeLessThan(1e-4);
       });
     }
     it(`${o.ref} accepts non-contiguous input`, () => {
       const rng = new Rng();
-      const shape = [3, 7, 5], n = 105;
-      const x = rng.randn(n, 3), gy = rng.randn(n);
+      const shape = [3, 7, 5],
+        n = 105;
+      const x = rng.randn(n, 3),
+        gy = rng.randn(n);
       const [y] = runPoisoned(o.name, [nonContig(x, shape)], o.attrs);
       const [y2] = runPoisoned(o.name, [Tensor.from(x, shape)], o.attrs);
       expect(y!.shape).toEqual(shape);
@@ -97,19 +117,36 @@ describe('activations', () => {
     const info = seedInfo(rng.seed);
     for (const shape of [[1], [7, 33], [3, 5, 7]]) {
       const n = shape.reduce((p, q) => p * q, 1);
-      const a = rng.randn(n, 3), b = rng.randn(n), gy = rng.randn(n);
-      const [y] = runPoisoned('swiglu', [shape.length > 1 ? nonContig(a, shape) : Tensor.from(a, shape), Tensor.from(b, shape)]);
+      const a = rng.randn(n, 3),
+        b = rng.randn(n),
+        gy = rng.randn(n);
+      const [y] = runPoisoned('swiglu', [
+        shape.length > 1 ? nonContig(a, shape) : Tensor.from(a, shape),
+        Tensor.from(b, shape),
+      ]);
       const yr = Float64Array.from(a, (v, i) => v * sigmoid(v) * b[i]!);
       expect(maxRelElem(f64(y!), yr, 1e-30), info).toBeLessThan(6e-7);
-      const [ga, gb] = runPoisoned('swiglu_backward', [Tensor.from(a, shape), Tensor.from(b, shape), Tensor.from(gy, shape)]);
+      const [ga, gb] = runPoisoned('swiglu_backward', [
+        Tensor.from(a, shape),
+        Tensor.from(b, shape),
+        Tensor.from(gy, shape),
+      ]);
       const gar = Float64Array.from(a, (v, i) => gy[i]! * b[i]! * actGrad('silu', v));
       const gbr = Float64Array.from(a, (v, i) => gy[i]! * v * sigmoid(v));
       const gav = f64(ga!);
       let gw = 0;
-      for (let i = 0; i < n; ++i) gw = Math.max(gw, Math.abs(gav[i]! - gar[i]!) / Math.max(Math.abs(gar[i]!), 0.1 * Math.abs(gy[i]! * b[i]!), 1e-30));
+      for (let i = 0; i < n; ++i)
+        gw = Math.max(
+          gw,
+          Math.abs(gav[i]! - gar[i]!) / Math.max(Math.abs(gar[i]!), 0.1 * Math.abs(gy[i]! * b[i]!), 1e-30),
+        );
       expect(gw, info).toBeLessThan(2e-6);
       expect(maxRelElem(f64(gb!), gbr, 1e-6), info).toBeLessThan(2e-6);
-      const loss = (aa: ArrayLike<number>, bb: ArrayLike<number>) => { let s = 0; for (let i = 0; i < n; ++i) s += aa[i]! * sigmoid(aa[i]!) * bb[i]! * gy[i]!; return s; };
+      const loss = (aa: ArrayLike<number>, bb: ArrayLike<number>) => {
+        let s = 0;
+        for (let i = 0; i < n; ++i) s += aa[i]! * sigmoid(aa[i]!) * bb[i]! * gy[i]!;
+        return s;
+      };
       // Finite differences away from silu's stationary point (a ~ -1.2785): there the derivative
       // vanishes and the O(eps^2) truncation error is no longer small relative to it. At >= 0.1
       // from it |silu'| >= 0.02 and the error is below eps^2 / 6 * |silu'''| / 0.02 ~ 3e-6 relative.
@@ -118,7 +155,9 @@ describe('activations', () => {
       expect(finiteDiffCheck(aFd, (aa) => loss(aa, b), garFd, { eps: 1e-3, rng }).maxRel, info).toBeLessThan(1e-4);
       expect(finiteDiffCheck(b, (bb) => loss(a, bb), gbr, { eps: 1e-3, rng }).maxRel, info).toBeLessThan(1e-4);
     }
-    expect(() => runSync(swiglu(Tensor.from(new Float32Array(3)), Tensor.from(new Float32Array(4))))).toThrow(/swiglu: b/);
+    expect(() => runSync(swiglu(Tensor.from(new Float32Array(3)), Tensor.from(new Float32Array(4))))).toThrow(
+      /swiglu: b/,
+    );
   });
 
   it('wrappers run and validate', () => {
@@ -129,32 +168,41 @@ describe('activations', () => {
     expect(() => runSync(gelu(x, { approximate: 'fast' as never }))).toThrow(TypeError);
     expect(() => runSync(leakyRelu(x, { slope: NaN }))).toThrow(RangeError);
     expect(() => runPoisoned('gelu', [x], { approximate: 'fast' })).toThrow(/gelu: option 'approximate'/);
-    expect(() => runPoisoned('silu_backward', [x, Tensor.from(new Float32Array(2))])).toThrow(/silu_backward: 'gy'|silu_backward: gy/);
+    expect(() => runPoisoned('silu_backward', [x, Tensor.from(new Float32Array(2))])).toThrow(
+      /silu_backward: 'gy'|silu_backward: gy/,
+    );
   });
 });
 
 // ---------------- softmax ----------------
 function softmaxRef(x: ArrayLike<number>, shape: number[], dim: number, log: boolean): Float64Array {
   const d = dim < 0 ? dim + shape.length : dim;
-  const D = shape[d]!, inner = shape.slice(d + 1).reduce((a, b) => a * b, 1), outer = x.length / (D * inner);
+  const D = shape[d]!,
+    inner = shape.slice(d + 1).reduce((a, b) => a * b, 1),
+    outer = x.length / (D * inner);
   const y = new Float64Array(x.length);
-  for (let o = 0; o < outer; ++o) for (let i = 0; i < inner; ++i) {
-    let m = -Infinity;
-    for (let k = 0; k < D; ++k) m = Math.max(m, x[(o * D + k) * inner + i]!);
-    let s = 0;
-    for (let k = 0; k < D; ++k) s += Math.exp(x[(o * D + k) * inner + i]! - m);
-    for (let k = 0; k < D; ++k) {
-      const j = (o * D + k) * inner + i;
-      y[j] = log ? x[j]! - m - Math.log(s) : Math.exp(x[j]! - m) / s;
+  for (let o = 0; o < outer; ++o)
+    for (let i = 0; i < inner; ++i) {
+      let m = -Infinity;
+      for (let k = 0; k < D; ++k) m = Math.max(m, x[(o * D + k) * inner + i]!);
+      let s = 0;
+      for (let k = 0; k < D; ++k) s += Math.exp(x[(o * D + k) * inner + i]! - m);
+      for (let k = 0; k < D; ++k) {
+        const j = (o * D + k) * inner + i;
+        y[j] = log ? x[j]! - m - Math.log(s) : Math.exp(x[j]! - m) / s;
+      }
     }
-  }
   return y;
 }
 
 describe('softmax / log_softmax', () => {
   const cases = [
-    { shape: [7, 33], dim: -1 }, { shape: [7, 33, 5], dim: 1 }, { shape: [4, 1], dim: -1 }, { shape: [5, 3, 2], dim: 0 },
-    { shape: [3, 1031], dim: 1 }, { shape: [2, 7, 5], dim: 2 },
+    { shape: [7, 33], dim: -1 },
+    { shape: [7, 33, 5], dim: 1 },
+    { shape: [4, 1], dim: -1 },
+    { shape: [5, 3, 2], dim: 0 },
+    { shape: [3, 1031], dim: 1 },
+    { shape: [2, 7, 5], dim: 2 },
   ];
   for (const cs of cases) {
     for (const log of [false, true]) {
@@ -163,13 +211,22 @@ describe('softmax / log_softmax', () => {
         const info = seedInfo(rng.seed);
         const n = cs.shape.reduce((a, b) => a * b, 1);
         const x = rng.randn(n, 4);
-        if (n > 4) { x[0] = 1e4; x[1] = -Infinity; x[2] = -1e4; }  // large offsets and -inf entries
+        if (n > 4) {
+          x[0] = 1e4;
+          x[1] = -Infinity;
+          x[2] = -1e4;
+        } // large offsets and -inf entries
         const name = log ? 'log_softmax' : 'softmax';
         const [y] = runPoisoned(name, [nonContig(x, cs.shape)], { dim: cs.dim }).map((t) => t);
         const yr = softmaxRef(x, cs.shape, cs.dim, log);
         const yv = f64(y!);
         if (log) {
-          for (let i = 0; i < n; ++i) if (yr[i] === -Infinity) { expect(yv[i]).toBe(-Infinity); yv[i] = 0; yr[i] = 0; }
+          for (let i = 0; i < n; ++i)
+            if (yr[i] === -Infinity) {
+              expect(yv[i]).toBe(-Infinity);
+              yv[i] = 0;
+              yr[i] = 0;
+            }
           expect(maxRelElem(yv, yr, 1), info).toBeLessThan(1e-6);
         } else {
           // float32 rounding of x - max is amplified by |x - max| <= |log y|
@@ -181,21 +238,35 @@ describe('softmax / log_softmax', () => {
           expect(worst, info).toBeLessThan(3e-7);
         }
         // backward on finite inputs
-        const xf = rng.randn(n, 2), gy = rng.randn(n);
+        const xf = rng.randn(n, 2),
+          gy = rng.randn(n);
         const [yf] = runPoisoned(name, [Tensor.from(xf, cs.shape)], { dim: cs.dim });
         const [gx] = runPoisoned(`${name}_backward`, [yf!, nonContig(gy, cs.shape)], { dim: cs.dim });
         const yfr = softmaxRef(xf, cs.shape, cs.dim, log);
         // float64 analytic gradient
         const d = cs.dim < 0 ? cs.dim + cs.shape.length : cs.dim;
-        const D = cs.shape[d]!, inner = cs.shape.slice(d + 1).reduce((a, b) => a * b, 1), outer = n / (D * inner);
+        const D = cs.shape[d]!,
+          inner = cs.shape.slice(d + 1).reduce((a, b) => a * b, 1),
+          outer = n / (D * inner);
         const gr = new Float64Array(n);
-        for (let o = 0; o < outer; ++o) for (let i = 0; i < inner; ++i) {
-          let s = 0;
-          for (let k = 0; k < D; ++k) { const j = (o * D + k) * inner + i; s += log ? gy[j]! : gy[j]! * yfr[j]!; }
-          for (let k = 0; k < D; ++k) { const j = (o * D + k) * inner + i; gr[j] = log ? gy[j]! - Math.exp(yfr[j]!) * s : yfr[j]! * (gy[j]! - s); }
-        }
+        for (let o = 0; o < outer; ++o)
+          for (let i = 0; i < inner; ++i) {
+            let s = 0;
+            for (let k = 0; k < D; ++k) {
+              const j = (o * D + k) * inner + i;
+              s += log ? gy[j]! : gy[j]! * yfr[j]!;
+            }
+            for (let k = 0; k < D; ++k) {
+              const j = (o * D + k) * inner + i;
+              gr[j] = log ? gy[j]! - Math.exp(yfr[j]!) * s : yfr[j]! * (gy[j]! - s);
+            }
+          }
         expect(relErr(f64(gx!), gr), info).toBeLessThan(1e-5);
-        const fd = finiteDiffCheck(xf, (xx) => dot(softmaxRef(xx, cs.shape, cs.dim, log), gy), gr, { eps: 1e-3, count: 16, rng });
+        const fd = finiteDiffCheck(xf, (xx) => dot(softmaxRef(xx, cs.shape, cs.dim, log), gy), gr, {
+          eps: 1e-3,
+          count: 16,
+          rng,
+        });
         expect(fd.maxRel, `${info} ${JSON.stringify(fd.worst)}`).toBeLessThan(1e-4);
       });
     }

@@ -23,7 +23,17 @@ const L = GRID * GRID;
 const BITS = [3, 3];
 const CLASSES = 4;
 const KEEP = [4, 8, 16];
-const cfg = { vocab_size: 64, block_size: L, spatial_n_layer: 2, factorized_n_layer: 1, n_head: 2, dim: 32, class_num: CLASSES, factorized_bits: BITS, multiple_of: 8 };
+const cfg = {
+  vocab_size: 64,
+  block_size: L,
+  spatial_n_layer: 2,
+  factorized_n_layer: 1,
+  n_head: 2,
+  dim: 32,
+  class_num: CLASSES,
+  factorized_bits: BITS,
+  multiple_of: 8,
+};
 
 /**
  * N sequences over a 4x4 grid: sample n has class c, offset o and keep index k; its grid is split
@@ -96,7 +106,18 @@ describe('CodeLoader', () => {
     batches.forEach((b) => seen[b.epoch]!.push(...b.rows));
     for (const s of seen) expect([...s].sort((x, y) => x - y)).toEqual(Array.from({ length: 40 }, (_, i) => i));
     expect(seen[0]).not.toEqual(seen[1]);
-    expect(batches.map((b) => b.lastInEpoch)).toEqual([false, false, false, false, true, false, false, false, false, true]);
+    expect(batches.map((b) => b.lastInEpoch)).toEqual([
+      false,
+      false,
+      false,
+      false,
+      true,
+      false,
+      false,
+      false,
+      false,
+      true,
+    ]);
     // contents: the rows' split codes, labels and keep indices
     const b = batches[3]!;
     const pre = b.pre.toArray<'int64'>();
@@ -142,7 +163,17 @@ describe('ARTrainer', () => {
     const probe = new CodeLoader(codes, { batchSize: 16, seed: 3, factorizedBits: BITS });
     const b = probe.next();
     const expected = runSync(m.lossAR(b.pre, b.post, b.labels, b.keepIndex)).loss.item();
-    const other = runSync(m.lossAR(b.pre, b.post, b.labels, Tensor.from(b.keepIndex.toArray<'int64'>().map((k) => (k + 1n) % 3n), [16]))).loss.item();
+    const other = runSync(
+      m.lossAR(
+        b.pre,
+        b.post,
+        b.labels,
+        Tensor.from(
+          b.keepIndex.toArray<'int64'>().map((k) => (k + 1n) % 3n),
+          [16],
+        ),
+      ),
+    ).loss.item();
     expect(other).not.toBe(expected);
     const [log] = await t.fit({ steps: 1 });
     expect(log!.loss, seedInfo(seed)).toBe(expected);
@@ -159,7 +190,9 @@ describe('ARTrainer', () => {
   it('sets the annealed lr and weight decay on every group, clips to norm 1 by default', async () => {
     const seed = freshSeed();
     const codes = syntheticCodes(32, new Rng(seed));
-    const t = new ARTrainer(base(arModel(seed % 100000), codes, { maxEpochs: 3, wp: 1, learningRate: 1e-3, weightDecay: 0.05, wpe: 0.1 }));
+    const t = new ARTrainer(
+      base(arModel(seed % 100000), codes, { maxEpochs: 3, wp: 1, learningRate: 1e-3, weightDecay: 0.05, wpe: 0.1 }),
+    );
     expect(t.annealConfig.itersTrain).toBe(2);
     const logs = await t.fit({ steps: 100 });
     expect(logs.length).toBe(6); // stops after maxEpochs
@@ -187,11 +220,17 @@ describe('ARTrainer', () => {
     const seed = freshSeed();
     const codes = syntheticCodes(32, new Rng(seed));
     // copies: the optimizer updates the parameter tensors in place
-    const init = new Map([...arModel(seed % 100000).store.stateDict()].map(([n, t]) => [n, Tensor.from(t.toFloat32().slice(), t.shape)]));
+    const init = new Map(
+      [...arModel(seed % 100000).store.stateDict()].map(([n, t]) => [n, Tensor.from(t.toFloat32().slice(), t.shape)]),
+    );
     const mk = (bs: number, acc: number) => {
       const m = arModel(0);
-      m.store.load(new Map([...init].map(([n, t]) => [n, Tensor.from(t.toFloat32().slice(), t.shape)])), { strict: true });
-      return new ARTrainer(base(m, codes, { batchSize: bs, accumulate: acc, labelDropout: 0, seed: 5, learningRate: 1e-3 }));
+      m.store.load(new Map([...init].map(([n, t]) => [n, Tensor.from(t.toFloat32().slice(), t.shape)])), {
+        strict: true,
+      });
+      return new ARTrainer(
+        base(m, codes, { batchSize: bs, accumulate: acc, labelDropout: 0, seed: 5, learningRate: 1e-3 }),
+      );
     };
     const a = mk(8, 2);
     const b = mk(16, 1);
@@ -205,12 +244,17 @@ describe('ARTrainer', () => {
       const d0 = f32(init.get(n)!);
       const da = f32(a.model.store.get(n)).map((v, i) => v - d0[i]!);
       const db = f32(b.model.store.get(n)).map((v, i) => v - d0[i]!);
-      expect(da.some((v) => v !== 0), n).toBe(true);
+      expect(
+        da.some((v) => v !== 0),
+        n,
+      ).toBe(true);
       // Adam's first update is lr * g / (|g| + eps): gradients equal up to rounding give equal updates
       // except where |g| is near eps
       expect(relErr(da, db), `${n} ${seedInfo(seed)}`).toBeLessThan(1e-4);
     }
-    await expect(a.fit({ steps: 1 }).then(() => a.save(path.join(tmp, 'busy.state')))).rejects.toMatchObject({ code: 'ERR_BUSY' });
+    await expect(a.fit({ steps: 1 }).then(() => a.save(path.join(tmp, 'busy.state')))).rejects.toMatchObject({
+      code: 'ERR_BUSY',
+    });
     // an epoch's last batch ends an accumulation: 3 batches per epoch, accumulate 2
     const odd = new ARTrainer(base(arModel(2), syntheticCodes(24, new Rng(seed)), { batchSize: 8, accumulate: 2 }));
     const lo = await odd.fit({ steps: 6 });
@@ -223,7 +267,16 @@ describe('ARTrainer', () => {
     const codes = syntheticCodes(48, new Rng(seed));
     const file = path.join(tmp, 'codes.safetensors');
     await writeCodes(file, codes);
-    const opts = (m: MergeVQGPT) => ({ ...base(m, codes), batchSize: 8, seed: seed % 1000, accumulate: 2, labelDropout: 0.3, useEma: true, emaDecay: 0.9, sync: false });
+    const opts = (m: MergeVQGPT) => ({
+      ...base(m, codes),
+      batchSize: 8,
+      seed: seed % 1000,
+      accumulate: 2,
+      labelDropout: 0.3,
+      useEma: true,
+      emaDecay: 0.9,
+      sync: false,
+    });
     const N = 14;
     const k = 8; // an optimizer-step boundary (accumulate 2), inside the second epoch (6 batches per epoch)
     const full = await ARTrainer.create({ ...opts(arModel(seed % 100000)), codes: file });
@@ -309,7 +362,9 @@ describe('ARTrainer', () => {
     const codes = syntheticCodes(32, new Rng());
     const m = arModel(1);
     expect(() => new ARTrainer({ ...base(m, codes), lerningRate: 1 } as unknown as ARTrainOptions)).toThrow(RangeError);
-    expect(() => new ARTrainer({ ...base(m, codes), lerningRate: 1 } as unknown as ARTrainOptions)).toThrow(/lerningRate/);
+    expect(() => new ARTrainer({ ...base(m, codes), lerningRate: 1 } as unknown as ARTrainOptions)).toThrow(
+      /lerningRate/,
+    );
     expect(() => new ARTrainer(base(m, codes, { labelDropout: 1.5 }))).toThrow(/labelDropout/);
     expect(() => new ARTrainer(base(m, codes, { accumulate: 0 }))).toThrow(/accumulate/);
     expect(() => new ARTrainer(base(m, codes, { maxEpochs: 1, wp: 1 }))).toThrow(/maxEpochs/);

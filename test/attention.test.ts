@@ -157,7 +157,8 @@ function makeCase(rng: Rng, d: Dims, withBias: boolean, withKeep: boolean): Case
 
 function tensors(c: Case, layout: 'dense' | 'strided') {
   const { B, H, N, M, hd } = c.d;
-  const mk = (a: Float32Array, R: number) => (layout === 'dense' ? Tensor.from(a, [B, H, R, hd]) : strided(a, B, H, R, hd));
+  const mk = (a: Float32Array, R: number) =>
+    layout === 'dense' ? Tensor.from(a, [B, H, R, hd]) : strided(a, B, H, R, hd);
   return {
     q: mk(c.q, N),
     k: mk(c.k, M),
@@ -185,7 +186,10 @@ function checkForward(c: Case, o: AttentionOptions, seed: number, layout: 'dense
   expect(maxAbsErr(oa, ref.out), info).toBeLessThan(2e-5);
   for (let r = 0; r < la.length; ++r) {
     if (ref.lse[r] === -Infinity) expect(la[r], `lse[${r}] ${info}`).toBe(-Infinity);
-    else expect(Math.abs(la[r]! - ref.lse[r]!), `lse[${r}] ${info}`).toBeLessThan(2e-5 * Math.max(1, Math.abs(ref.lse[r]!)));
+    else
+      expect(Math.abs(la[r]! - ref.lse[r]!), `lse[${r}] ${info}`).toBeLessThan(
+        2e-5 * Math.max(1, Math.abs(ref.lse[r]!)),
+      );
   }
 }
 
@@ -195,7 +199,12 @@ const MASKS: { name: string; bias: boolean; keep: boolean; opts: (d: Dims) => At
   { name: 'key bias', bias: true, keep: false, opts: () => ({}) },
   { name: 'causal + keep/window', bias: false, keep: true, opts: () => ({ causal: true }) },
   { name: 'keep, window 0, non-causal', bias: true, keep: true, opts: () => ({ window: 0 }) },
-  { name: 'causal + q_offset + kv_len (cache)', bias: false, keep: false, opts: (d) => ({ causal: true, qOffset: d.M - d.N, kvLen: d.M }) },
+  {
+    name: 'causal + q_offset + kv_len (cache)',
+    bias: false,
+    keep: false,
+    opts: (d) => ({ causal: true, qOffset: d.M - d.N, kvLen: d.M }),
+  },
   { name: 'scale', bias: false, keep: false, opts: () => ({ scale: 0.3 }) },
 ];
 
@@ -260,7 +269,7 @@ describe('attention forward (CPU) vs float64 reference', () => {
       // several queries at once against a partly filled cache (prefill continuation)
       const d5 = { ...d, N: 5 };
       const c5 = { ...makeCase(rng, d5, false, false), k: c.k, v: c.v };
-      checkForward(c5, { causal: true, qOffset: len - 5 < 0 ? 0 : len - 5, kvLen: len }, rng.seed);
+      checkForward(c5, { causal: true, qOffset: Math.max(len - 5, 0), kvLen: len }, rng.seed);
     }
   });
 
@@ -307,7 +316,13 @@ function runBackward(c: Case, o: AttentionOptions, go: Float32Array, layout: 'de
   });
 }
 
-function checkBackward(c: Case, o: AttentionOptions, seed: number, layout: 'dense' | 'strided' = 'dense', fd = false): void {
+function checkBackward(
+  c: Case,
+  o: AttentionOptions,
+  seed: number,
+  layout: 'dense' | 'strided' = 'dense',
+  fd = false,
+): void {
   const rng = new Rng(seed ^ 0x5bd1e995);
   const { B, H, N, hd } = c.d;
   const go = rng.randn(B * H * N * hd);
@@ -357,7 +372,13 @@ describe('attention backward (CPU)', () => {
     for (const m of MASKS) {
       const d = { B: 2, H: 2, N: 7, M: 9, hd: 8 };
       const o = m.opts(d);
-      checkBackward(makeCase(rng, d, true, m.keep), o.qOffset !== undefined ? { ...o, qOffset: 2 } : o, rng.seed, 'dense', true);
+      checkBackward(
+        makeCase(rng, d, true, m.keep),
+        o.qOffset !== undefined ? { ...o, qOffset: 2 } : o,
+        rng.seed,
+        'dense',
+        true,
+      );
     }
   });
 
@@ -369,7 +390,11 @@ describe('attention backward (CPU)', () => {
         const M = [1, 7, 33][rng.int(3)]!;
         const d = { B: 2, H: 2, N, M, hd };
         const o = m.opts(d);
-        checkBackward(makeCase(rng, d, m.bias, m.keep), o.qOffset !== undefined ? { ...o, qOffset: Math.max(0, M - N) } : o, rng.seed);
+        checkBackward(
+          makeCase(rng, d, m.bias, m.keep),
+          o.qOffset !== undefined ? { ...o, qOffset: Math.max(0, M - N) } : o,
+          rng.seed,
+        );
       }
     });
   }
@@ -378,13 +403,21 @@ describe('attention backward (CPU)', () => {
     const rng = new Rng();
     const d = { B: 1, H: 2, N: 257, M: 257, hd: 64 };
     checkBackward(makeCase(rng, d, true, true), { causal: true }, rng.seed, 'strided');
-    checkBackward(makeCase(rng, { ...d, N: 33 }, true, false), { causal: true, qOffset: 224, kvLen: 250 }, rng.seed, 'strided');
+    checkBackward(
+      makeCase(rng, { ...d, N: 33 }, true, false),
+      { causal: true, qOffset: 224, kvLen: 250 },
+      rng.seed,
+      'strided',
+    );
   });
 
   it('fully masked rows get zero gradients', () => {
     const rng = new Rng();
     const d = { B: 2, H: 2, N: 5, M: 6, hd: 16 };
-    const c = { ...makeCase(rng, d, true, false), bias: Float32Array.from({ length: 12 }, (_, i) => (i >= 6 ? -Infinity : 0.1 * i)) };
+    const c = {
+      ...makeCase(rng, d, true, false),
+      bias: Float32Array.from({ length: 12 }, (_, i) => (i >= 6 ? -Infinity : 0.1 * i)),
+    };
     checkBackward(c, {}, rng.seed);
     const [gq, gk, gv] = runBackward(c, { kvLen: 0 }, rng.randn(2 * 2 * 5 * 16));
     for (const t of [gq, gk, gv]) expect(Array.from(t.toFloat32()).every((x) => x === 0)).toBe(true);
@@ -394,43 +427,51 @@ describe('attention backward (CPU)', () => {
 // ---------------------------------------------------------------- CUDA vs CPU
 
 const cuda = addon.deviceAvailable('cuda');
-describe.skipIf(!cuda.available || !addon.supports('attention', 'cuda'))(`attention on CUDA vs CPU (${cuda.reason ?? 'cuda available'})`, () => {
-  const cases: [Dims, boolean, boolean, AttentionOptions][] = [
-    [{ B: 2, H: 3, N: 33, M: 33, hd: 64 }, false, false, {}],
-    [{ B: 1, H: 4, N: 257, M: 257, hd: 64 }, true, false, {}],
-    [{ B: 1, H: 2, N: 100, M: 100, hd: 128 }, false, true, { causal: true }],
-    [{ B: 2, H: 2, N: 7, M: 300, hd: 40 }, true, true, { causal: true, qOffset: 280, kvLen: 290, window: 3 }],
-    [{ B: 2, H: 16, N: 1, M: 1024, hd: 64 }, false, false, { causal: true, qOffset: 999, kvLen: 1000 }],
-    [{ B: 1, H: 2, N: 1, M: 256, hd: 96 }, false, true, { causal: true, qOffset: 255 }],
-    [{ B: 1, H: 1, N: 5, M: 9, hd: 32 }, false, false, { kvLen: 0 }],
-  ];
-  it('forward and backward match the CPU op', () => {
-    const rng = new Rng();
-    for (const [d, wb, wk, o] of cases) {
-      const c = makeCase(rng, d, wb, wk);
-      const t = tensors(c, 'strided');
-      const g = rng.randn(d.B * d.H * d.N * d.hd);
-      const go = Tensor.from(g, [d.B, d.H, d.N, d.hd]);
-      const [oc, lc] = runSync(attention(t.q, t.k, t.v, t.bias, t.keep, o));
-      const cpuGrads = runSync(attentionBackward(t.q, t.k, t.v, t.bias, t.keep, oc, lc, go, o));
-      const dev = (x: Tensor | null) => (x ? x.to('cuda') : null);
-      const [og, lg] = runSync(attention(dev(t.q)!, dev(t.k)!, dev(t.v)!, dev(t.bias), dev(t.keep), o));
-      const gpuGrads = runSync(attentionBackward(dev(t.q)!, dev(t.k)!, dev(t.v)!, dev(t.bias), dev(t.keep), og, lg, dev(go)!, o));
-      const info = `${seedInfo(rng.seed)} ${JSON.stringify(d)} ${JSON.stringify(o)}`;
-      expect(relErr(og.to('cpu').toFloat32(), oc.toFloat32()), info).toBeLessThan(1e-5);
-      const la = lg.to('cpu').toFloat32();
-      const lb = lc.toFloat32();
-      for (let i = 0; i < la.length; ++i) {
-        if (lb[i] === -Infinity) expect(la[i], info).toBe(-Infinity);
-        else expect(Math.abs(la[i]! - lb[i]!), info).toBeLessThan(1e-4);
-      }
-      for (let i = 0; i < 4; ++i) {
-        if (!cpuGrads[i]) {
-          expect(gpuGrads[i], info).toBeNull();
-          continue;
+describe.skipIf(!cuda.available || !addon.supports('attention', 'cuda'))(
+  `attention on CUDA vs CPU (${cuda.reason ?? 'cuda available'})`,
+  () => {
+    const cases: [Dims, boolean, boolean, AttentionOptions][] = [
+      [{ B: 2, H: 3, N: 33, M: 33, hd: 64 }, false, false, {}],
+      [{ B: 1, H: 4, N: 257, M: 257, hd: 64 }, true, false, {}],
+      [{ B: 1, H: 2, N: 100, M: 100, hd: 128 }, false, true, { causal: true }],
+      [{ B: 2, H: 2, N: 7, M: 300, hd: 40 }, true, true, { causal: true, qOffset: 280, kvLen: 290, window: 3 }],
+      [{ B: 2, H: 16, N: 1, M: 1024, hd: 64 }, false, false, { causal: true, qOffset: 999, kvLen: 1000 }],
+      [{ B: 1, H: 2, N: 1, M: 256, hd: 96 }, false, true, { causal: true, qOffset: 255 }],
+      [{ B: 1, H: 1, N: 5, M: 9, hd: 32 }, false, false, { kvLen: 0 }],
+    ];
+    it('forward and backward match the CPU op', () => {
+      const rng = new Rng();
+      for (const [d, wb, wk, o] of cases) {
+        const c = makeCase(rng, d, wb, wk);
+        const t = tensors(c, 'strided');
+        const g = rng.randn(d.B * d.H * d.N * d.hd);
+        const go = Tensor.from(g, [d.B, d.H, d.N, d.hd]);
+        const [oc, lc] = runSync(attention(t.q, t.k, t.v, t.bias, t.keep, o));
+        const cpuGrads = runSync(attentionBackward(t.q, t.k, t.v, t.bias, t.keep, oc, lc, go, o));
+        const dev = (x: Tensor | null) => (x ? x.to('cuda') : null);
+        const [og, lg] = runSync(attention(dev(t.q)!, dev(t.k)!, dev(t.v)!, dev(t.bias), dev(t.keep), o));
+        const gpuGrads = runSync(
+          attentionBackward(dev(t.q)!, dev(t.k)!, dev(t.v)!, dev(t.bias), dev(t.keep), og, lg, dev(go)!, o),
+        );
+        const info = `${seedInfo(rng.seed)} ${JSON.stringify(d)} ${JSON.stringify(o)}`;
+        expect(relErr(og.to('cpu').toFloat32(), oc.toFloat32()), info).toBeLessThan(1e-5);
+        const la = lg.to('cpu').toFloat32();
+        const lb = lc.toFloat32();
+        for (let i = 0; i < la.length; ++i) {
+          if (lb[i] === -Infinity) expect(la[i], info).toBe(-Infinity);
+          else expect(Math.abs(la[i]! - lb[i]!), info).toBeLessThan(1e-4);
         }
-        expect(relErr(gpuGrads[i]!.to('cpu').toFloat32(), cpuGrads[i]!.toFloat32()), `grad ${i} ${info}`).toBeLessThan(1e-4);
+        for (let i = 0; i < 4; ++i) {
+          if (!cpuGrads[i]) {
+            expect(gpuGrads[i], info).toBeNull();
+            continue;
+          }
+          expect(
+            relErr(gpuGrads[i]!.to('cpu').toFloat32(), cpuGrads[i]!.toFloat32()),
+            `grad ${i} ${info}`,
+          ).toBeLessThan(1e-4);
+        }
       }
-    }
-  });
-});
+    });
+  },
+);

@@ -38,15 +38,31 @@ describe('strict op options', () => {
   it('a misspelt option is a RangeError naming the op, the key and the known keys', () => {
     const q = rand([1, 2, 4, 8]);
     const cases: [string, Tensor[], Record<string, unknown>, RegExp][] = [
-      ['attention', [q, q, q], { causl: true }, /attention: unknown option 'causl' \(known: causal, kv_len, q_offset, scale, window\)/],
+      [
+        'attention',
+        [q, q, q],
+        { causl: true },
+        /attention: unknown option 'causl' \(known: causal, kv_len, q_offset, scale, window\)/,
+      ],
       ['softmax', [q], { dimm: 1 }, /softmax: unknown option 'dimm' \(known: dim\)/],
       ['add', [q, q], { alpah: 2 }, /add: unknown option 'alpah' \(known: alpha\)/],
-      ['conv2d', [rand([1, 2, 5, 5]), rand([3, 2, 3, 3])], { strides: 2 }, /conv2d: unknown option 'strides' \(known: groups, padding, stride\)/],
+      [
+        'conv2d',
+        [rand([1, 2, 5, 5]), rand([3, 2, 3, 3])],
+        { strides: 2 },
+        /conv2d: unknown option 'strides' \(known: groups, padding, stride\)/,
+      ],
       ['silu', [q], { slope: 0.1 }, /silu: unknown option 'slope' \(it takes no options\)/],
       ['tome_match', [rand([1, 6, 4])], { r: 1, classtoken: true }, /tome_match: unknown option 'classtoken'/],
     ];
     for (const [op, inputs, attrs, msg] of cases) {
-      const err = rangeErrorOf(() => runOp(op, inputs.map((t) => t.native), attrs as never));
+      const err = rangeErrorOf(() =>
+        runOp(
+          op,
+          inputs.map((t) => t.native),
+          attrs as never,
+        ),
+      );
       expect(err.message).toMatch(msg);
     }
   });
@@ -55,7 +71,9 @@ describe('strict op options', () => {
     const cache = rand([1, 2, 4, 8]);
     const before = Array.from(cache.toFloat32());
     const x = rand([1, 2, 1, 8]);
-    expect(() => runOp('kv_cache_write', [cache.native, x.native], { pos: 0, positon: 1 } as never)).toThrow(/unknown option 'positon'/);
+    expect(() => runOp('kv_cache_write', [cache.native, x.native], { pos: 0, positon: 1 } as never)).toThrow(
+      /unknown option 'positon'/,
+    );
     expect(Array.from(cache.toFloat32())).toEqual(before);
   });
 

@@ -69,8 +69,22 @@ describe('Tape.backward free', () => {
   it('on a whole G+R tokenizer loss (merging, LFQ, attention, recovery) every parameter gradient is bit-identical', () => {
     const rng = new Rng();
     const tok = MergeVQTokenizer.fromConfig({
-      ddconfig: { z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1,
-        num_att_blocks: 3, num_heads: 2, dist_head: 'layer3', num_classes: 10, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1 },
+      ddconfig: {
+        z_channels: 8,
+        resolution: 16,
+        in_channels: 1,
+        out_ch: 1,
+        ch: 32,
+        ch_mult: [1, 2, 2],
+        num_res_blocks: 1,
+        num_att_blocks: 3,
+        num_heads: 2,
+        dist_head: 'layer3',
+        num_classes: 10,
+        merge_num: 7,
+        cand_distribution: 'gaussian-3',
+        init_values: 0.1,
+      },
       k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
       n_embed: 256,
       embed_dim: 8,

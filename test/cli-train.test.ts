@@ -40,7 +40,9 @@ data: { dataset: fashion-mnist, batch_size: 8 }
 `;
 
 async function run(...args: string[]): Promise<void> {
-  await createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
+  await createProgram()
+    .exitOverride()
+    .parseAsync(['node', 'mergevq', ...args]);
 }
 
 describe.skipIf(!haveFashion)('mergevq train-tokenizer', () => {
@@ -50,8 +52,21 @@ describe.skipIf(!haveFashion)('mergevq train-tokenizer', () => {
     fs.writeFileSync(cfg, YAML);
     const out = path.join(dir, 'run');
     await run('train-tokenizer', '-c', cfg, '-o', out, '--steps', '3', '--save-every', '2', '--sample-every', '3');
-    for (const f of ['state.safetensors', 'tokenizer.safetensors', 'log.jsonl', 'loss.png', 'config.yaml', 'samples/step-000003.png']) expect(fs.existsSync(path.join(out, f)), f).toBe(true);
-    const steps = () => fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+    for (const f of [
+      'state.safetensors',
+      'tokenizer.safetensors',
+      'log.jsonl',
+      'loss.png',
+      'config.yaml',
+      'samples/step-000003.png',
+    ])
+      expect(fs.existsSync(path.join(out, f)), f).toBe(true);
+    const steps = () =>
+      fs
+        .readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { step: number }).step);
     expect(steps()).toEqual([0, 1, 2]);
     const before = fs.readFileSync(cfg);
     await expect(run('train-tokenizer', '-c', cfg, '-o', out, '--steps', '1')).rejects.toThrow(/--resume/);
@@ -63,11 +78,32 @@ describe.skipIf(!haveFashion)('mergevq train-tokenizer', () => {
     const gcfg = path.join(dir, 'gpt.yaml');
     fs.writeFileSync(gcfg, GPT_YAML);
     const gout = path.join(dir, 'gen');
-    await run('train-generator', '-c', gcfg, '-o', gout, '--tokenizer-config', cfg, '--tokenizer', path.join(out, 'tokenizer.safetensors'), '--limit', '24', '--steps', '3', '--save-every', '2');
-    for (const f of ['codes.safetensors', 'state.safetensors', 'generator.safetensors', 'log.jsonl', 'loss.png']) expect(fs.existsSync(path.join(gout, f)), f).toBe(true);
+    await run(
+      'train-generator',
+      '-c',
+      gcfg,
+      '-o',
+      gout,
+      '--tokenizer-config',
+      cfg,
+      '--tokenizer',
+      path.join(out, 'tokenizer.safetensors'),
+      '--limit',
+      '24',
+      '--steps',
+      '3',
+      '--save-every',
+      '2',
+    );
+    for (const f of ['codes.safetensors', 'state.safetensors', 'generator.safetensors', 'log.jsonl', 'loss.png'])
+      expect(fs.existsSync(path.join(gout, f)), f).toBe(true);
     await expect(run('train-generator', '-c', gcfg, '-o', gout, '--steps', '1')).rejects.toThrow(/--resume/);
     await run('train-generator', '-c', gcfg, '-o', gout, '--steps', '2', '--resume');
-    const gsteps = fs.readFileSync(path.join(gout, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+    const gsteps = fs
+      .readFileSync(path.join(gout, 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { step: number }).step);
     expect(gsteps).toEqual([0, 1, 2, 3, 4]);
     fs.rmSync(dir, { recursive: true, force: true });
   });

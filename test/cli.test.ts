@@ -23,7 +23,9 @@ async function run(...args: string[]): Promise<string> {
   });
   const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
   try {
-    await createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
+    await createProgram()
+      .exitOverride()
+      .parseAsync(['node', 'mergevq', ...args]);
   } finally {
     spy.mockRestore();
     err.mockRestore();
@@ -33,11 +35,17 @@ async function run(...args: string[]): Promise<string> {
 
 beforeAll(async () => {
   const w = loadFixture('test/fixtures', 'tokenizer_weights.safetensors');
-  const doc = { model: { class_path: 'taming.models.lfqgan_rep.MergeVQModel', init_args: { ddconfig: w.meta('ddconfig'), k2lconfig: w.meta('k2lconfig'), n_embed: 262144, embed_dim: 18 } } };
+  const doc = {
+    model: {
+      class_path: 'taming.models.lfqgan_rep.MergeVQModel',
+      init_args: { ddconfig: w.meta('ddconfig'), k2lconfig: w.meta('k2lconfig'), n_embed: 262144, embed_dim: 18 },
+    },
+  };
   w.close();
   writeFileSync(config, stringify(doc));
   // A real (if small) picture: smooth gradients and a disc, 48x40 so resize and crop both run.
-  const W = 48, H = 40;
+  const W = 48,
+    H = 40;
   const px = Buffer.alloc(W * H * 3);
   for (let y = 0; y < H; ++y)
     for (let x = 0; x < W; ++x) {
@@ -46,13 +54,19 @@ beforeAll(async () => {
       px[(y * W + x) * 3 + 1] = inDisc ? 40 : (y * 6) % 256;
       px[(y * W + x) * 3 + 2] = 128;
     }
-  await sharp(px, { raw: { width: W, height: H, channels: 3 } }).png().toFile(image);
+  await sharp(px, { raw: { width: W, height: H, channels: 3 } })
+    .png()
+    .toFile(image);
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('mergevq CLI', () => {
   it('inspect prints the geometry and merge schedule', async () => {
-    const out = JSON.parse(await run('inspect', '-c', config, '--json')) as { fullTokens: number; defaultKeep: number; candidates: { keep: number; schedule: number[] }[] };
+    const out = JSON.parse(await run('inspect', '-c', config, '--json')) as {
+      fullTokens: number;
+      defaultKeep: number;
+      candidates: { keep: number; schedule: number[] }[];
+    };
     expect(out.fullTokens).toBe(64);
     expect(out.defaultKeep).toBe(36);
     for (const c of out.candidates) expect(c.schedule.reduce((a, b) => a + b, 0)).toBe(64 - c.keep);

@@ -14,8 +14,23 @@ import { Tensor } from '../lib/tensor.js';
 
 function tiny(): MergeVQTokenizer {
   const tok = MergeVQTokenizer.fromConfig({
-    ddconfig: { z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1, num_att_blocks: 3, num_heads: 2, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1 },
-    k2lconfig: null, n_embed: 256, embed_dim: 8,
+    ddconfig: {
+      z_channels: 8,
+      resolution: 16,
+      in_channels: 1,
+      out_ch: 1,
+      ch: 32,
+      ch_mult: [1, 2, 2],
+      num_res_blocks: 1,
+      num_att_blocks: 3,
+      num_heads: 2,
+      merge_num: 7,
+      cand_distribution: 'gaussian-3',
+      init_values: 0.1,
+    },
+    k2lconfig: null,
+    n_embed: 256,
+    embed_dim: 8,
   });
   tok.store.initRandom(1);
   return tok;
@@ -40,7 +55,10 @@ describe('extractCodes / writeCodes / readCodes', () => {
       const ki = Number(codes.keepIndex[i]);
       used.add(ki);
       const K = tok.candidates.keep[ki]!;
-      const x = Tensor.from(Float32Array.from(imgs.subarray(i * 256, (i + 1) * 256), (v) => v / 127.5 - 1), [1, 1, 16, 16]);
+      const x = Tensor.from(
+        Float32Array.from(imgs.subarray(i * 256, (i + 1) * 256), (v) => v / 127.5 - 1),
+        [1, 1, 16, 16],
+      );
       const enc = runSync(tok.encodeProgram(x, { keep: K }));
       const ind = enc.indices.toArray<'int64'>();
       const src = enc.source.toArray<'int64'>();
@@ -62,7 +80,15 @@ describe('extractCodes / writeCodes / readCodes', () => {
     const bad = path.join(dir, 'bad.safetensors');
     const big = codes.indices.slice();
     big[0] = 1n << 20n;
-    await writeSafetensors(bad, { indices: Tensor.from(big, [N, L]), source: Tensor.from(codes.source, [N, L]), keep_index: Tensor.from(codes.keepIndex, [N]) }, { codes: JSON.stringify(codes.meta) });
+    await writeSafetensors(
+      bad,
+      {
+        indices: Tensor.from(big, [N, L]),
+        source: Tensor.from(codes.source, [N, L]),
+        keep_index: Tensor.from(codes.keepIndex, [N]),
+      },
+      { codes: JSON.stringify(codes.meta) },
+    );
     await expect(readCodes(bad)).rejects.toMatchObject({ code: 'ERR_BAD_FILE' });
     await writeSafetensors(bad, { indices: Tensor.from(codes.indices, [N, L]) }, { codes: JSON.stringify(codes.meta) });
     await expect(readCodes(bad)).rejects.toThrow(/missing 'source'/);

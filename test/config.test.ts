@@ -11,7 +11,14 @@ import { fixtureDirs, loadJsonFixture } from './fixtures.js';
 interface Official {
   params: number;
   state_dict: Record<string, number[]>;
-  merge?: { embed_res: number; merge_res: number; r: [number, number]; remain_list: number[]; r_cand_list: number[]; r_prob_list: number[] };
+  merge?: {
+    embed_res: number;
+    merge_res: number;
+    r: [number, number];
+    remain_list: number[];
+    r_cand_list: number[];
+    r_prob_list: number[];
+  };
 }
 
 for (const dir of fixtureDirs()) {
@@ -25,7 +32,11 @@ for (const dir of fixtureDirs()) {
       it(`${file}: parameter names and shapes equal the reference state_dict`, () => {
         const tok = MergeVQTokenizer.fromConfig(yamlPath);
         const ours = tok.store.shapeMap();
-        const want = Object.fromEntries(Object.entries(ref.state_dict).filter(([k]) => k.startsWith('encoder.') || k.startsWith('decoder.') || k.startsWith('recovery.')));
+        const want = Object.fromEntries(
+          Object.entries(ref.state_dict).filter(
+            ([k]) => k.startsWith('encoder.') || k.startsWith('decoder.') || k.startsWith('recovery.'),
+          ),
+        );
         expect(Object.keys(ours).sort()).toEqual(Object.keys(want).sort());
         for (const [k, s] of Object.entries(want)) expect(ours[k], k).toEqual(s);
       });

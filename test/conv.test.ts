@@ -18,12 +18,17 @@ interface Cfg {
   groups: number;
 }
 
-const outSize = (c: Cfg) => [Math.floor((c.H + 2 * c.padding[0] - c.kh) / c.stride[0]) + 1, Math.floor((c.W + 2 * c.padding[1] - c.kw) / c.stride[1]) + 1] as const;
+const outSize = (c: Cfg) =>
+  [
+    Math.floor((c.H + 2 * c.padding[0] - c.kh) / c.stride[0]) + 1,
+    Math.floor((c.W + 2 * c.padding[1] - c.kw) / c.stride[1]) + 1,
+  ] as const;
 
 /** Float64 direct convolution (cross-correlation). */
 function refConv(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, bias?: ArrayLike<number>): Float64Array {
   const [Ho, Wo] = outSize(c);
-  const Cg = c.C / c.groups, Og = c.O / c.groups;
+  const Cg = c.C / c.groups,
+    Og = c.O / c.groups;
   const y = new Float64Array(c.B * c.O * Ho * Wo);
   for (let b = 0; b < c.B; ++b)
     for (let o = 0; o < c.O; ++o) {
@@ -52,8 +57,11 @@ function refConv(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, bias?: Arra
 /** Float64 gradients of sum(gy * conv(x, w) + bias). */
 function refConvGrads(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, gy: ArrayLike<number>) {
   const [Ho, Wo] = outSize(c);
-  const Cg = c.C / c.groups, Og = c.O / c.groups;
-  const gx = new Float64Array(x.length), gw = new Float64Array(w.length), gb = new Float64Array(c.O);
+  const Cg = c.C / c.groups,
+    Og = c.O / c.groups;
+  const gx = new Float64Array(x.length),
+    gw = new Float64Array(w.length),
+    gb = new Float64Array(c.O);
   for (let b = 0; b < c.B; ++b)
     for (let o = 0; o < c.O; ++o) {
       const g = Math.floor(o / Og);
@@ -69,7 +77,8 @@ function refConvGrads(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, gy: Ar
               for (let j = 0; j < c.kw; ++j) {
                 const iw = ow * c.stride[1] - c.padding[1] + j;
                 if (iw < 0 || iw >= c.W) continue;
-                const xi = ((b * c.C + ch) * c.H + ih) * c.W + iw, wi = ((o * Cg + ci) * c.kh + i) * c.kw + j;
+                const xi = ((b * c.C + ch) * c.H + ih) * c.W + iw,
+                  wi = ((o * Cg + ci) * c.kh + i) * c.kw + j;
                 gx[xi] += gv * w[wi]!;
                 gw[wi] += gv * x[xi]!;
               }
@@ -80,9 +89,34 @@ function refConvGrads(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, gy: Ar
   return { gx, gw, gb };
 }
 
-const cfg = (name: string, B: number, C: number, H: number, W: number, O: number, k: number | [number, number], s: number | [number, number], p: number | [number, number], groups = 1): Cfg => {
-  const kk = typeof k === 'number' ? [k, k] : k, ss = typeof s === 'number' ? [s, s] : s, pp = typeof p === 'number' ? [p, p] : p;
-  return { name, B, C, H, W, O, kh: kk[0]!, kw: kk[1]!, stride: ss as [number, number], padding: pp as [number, number], groups };
+const cfg = (
+  name: string,
+  B: number,
+  C: number,
+  H: number,
+  W: number,
+  O: number,
+  k: number | [number, number],
+  s: number | [number, number],
+  p: number | [number, number],
+  groups = 1,
+): Cfg => {
+  const kk = typeof k === 'number' ? [k, k] : k,
+    ss = typeof s === 'number' ? [s, s] : s,
+    pp = typeof p === 'number' ? [p, p] : p;
+  return {
+    name,
+    B,
+    C,
+    H,
+    W,
+    O,
+    kh: kk[0]!,
+    kw: kk[1]!,
+    stride: ss as [number, number],
+    padding: pp as [number, number],
+    groups,
+  };
 };
 
 const configs: Cfg[] = [
@@ -113,12 +147,33 @@ const configs: Cfg[] = [
   // Training shapes (small images, batch of >= 2 images per thread): the direct 3x3 kernel runs
   // one task per (image, band) over the whole batch, forward and the stride-1 input gradient.
   cfg('3x3 s1 p1 batch 5 at 16x16 (batch-wide direct kernel)', 5, 6, 16, 16, 7, 3, 1, 1),
-  cfg('3x3 s1 p1 batch 4 at 32x32, 13 output channels (batch-wide direct kernel, partial channel block)', 4, 5, 32, 32, 13, 3, 1, 1),
+  cfg(
+    '3x3 s1 p1 batch 4 at 32x32, 13 output channels (batch-wide direct kernel, partial channel block)',
+    4,
+    5,
+    32,
+    32,
+    13,
+    3,
+    1,
+    1,
+  ),
   // Stride 1 with output rows of a multiple of 8 columns: gw's im2col is built by masked vector loads.
   cfg('5x5 s1 p2 at 16x16 (vector im2col, 2 padding columns)', 2, 3, 16, 16, 4, 5, 1, 2),
   cfg('3x3 s1 p0 at 10x10 (vector im2col, no padding)', 2, 3, 10, 10, 4, 3, 1, 0),
   cfg('3x3 s1 p1 at 8x8 (vector im2col, 8-column input rows)', 3, 2, 8, 8, 5, 3, 1, 1),
-  cfg('depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)', 2, 5, 3, 21, 5, 3, 1, 1, 5),
+  cfg(
+    'depthwise 3x3 odd rows, 3 chunks per row (4-chunk register groups, repeated tail chunk)',
+    2,
+    5,
+    3,
+    21,
+    5,
+    3,
+    1,
+    1,
+    5,
+  ),
 ];
 
 describe('conv2d', () => {
@@ -127,23 +182,36 @@ describe('conv2d', () => {
       it(`${c.name} bias=${withBias}: forward and backward vs float64`, () => {
         const rng = new Rng();
         const [Ho, Wo] = outSize(c);
-        const xs = [c.B, c.C, c.H, c.W], ws = [c.O, c.C / c.groups, c.kh, c.kw];
-        const x = rng.randn(xs.reduce((a, b) => a * b)), w = rng.randn(ws.reduce((a, b) => a * b), 0.3);
+        const xs = [c.B, c.C, c.H, c.W],
+          ws = [c.O, c.C / c.groups, c.kh, c.kw];
+        const x = rng.randn(xs.reduce((a, b) => a * b)),
+          w = rng.randn(
+            ws.reduce((a, b) => a * b),
+            0.3,
+          );
         const bias = withBias ? rng.randn(c.O) : undefined;
         const opts = { stride: c.stride, padding: c.padding, groups: c.groups };
-        const y = withPoison(() => runSync(conv2d(Tensor.from(x, xs), Tensor.from(w, ws), bias ? Tensor.from(bias, [c.O]) : null, opts)));
+        const y = withPoison(() =>
+          runSync(conv2d(Tensor.from(x, xs), Tensor.from(w, ws), bias ? Tensor.from(bias, [c.O]) : null, opts)),
+        );
         expect(y.shape).toEqual([c.B, c.O, Ho, Wo]);
         const yf = y.toFloat32();
         expect(allFinite(yf), seedInfo(rng.seed)).toBe(true);
         expect(relErr(yf, refConv(c, x, w, bias)), seedInfo(rng.seed)).toBeLessThan(2e-5);
         const gy = rng.randn(c.B * c.O * Ho * Wo);
         const [gx, gw, gb] = withPoison(() =>
-          runSync(conv2dBackward(Tensor.from(x, xs), Tensor.from(w, ws), Tensor.from(gy, [c.B, c.O, Ho, Wo]), { ...opts, hasBias: withBias })),
+          runSync(
+            conv2dBackward(Tensor.from(x, xs), Tensor.from(w, ws), Tensor.from(gy, [c.B, c.O, Ho, Wo]), {
+              ...opts,
+              hasBias: withBias,
+            }),
+          ),
         );
         const ref = refConvGrads(c, x, w, gy);
         expect(gx.shape).toEqual(xs);
         expect(gw.shape).toEqual(ws);
-        const gxf = gx.toFloat32(), gwf = gw.toFloat32();
+        const gxf = gx.toFloat32(),
+          gwf = gw.toFloat32();
         expect(allFinite(gxf) && allFinite(gwf), seedInfo(rng.seed)).toBe(true);
         expect(relErr(gxf, ref.gx), seedInfo(rng.seed)).toBeLessThan(2e-5);
         expect(relErr(gwf, ref.gw), seedInfo(rng.seed)).toBeLessThan(2e-5);
@@ -157,8 +225,14 @@ describe('conv2d', () => {
     it(`${c.name}: finite differences of gx, gw, gbias`, () => {
       const rng = new Rng();
       const [Ho, Wo] = outSize(c);
-      const xs = [c.B, c.C, c.H, c.W], ws = [c.O, c.C / c.groups, c.kh, c.kw];
-      const x = rng.randn(xs.reduce((a, b) => a * b)), w = rng.randn(ws.reduce((a, b) => a * b), 0.3), bias = rng.randn(c.O);
+      const xs = [c.B, c.C, c.H, c.W],
+        ws = [c.O, c.C / c.groups, c.kh, c.kw];
+      const x = rng.randn(xs.reduce((a, b) => a * b)),
+        w = rng.randn(
+          ws.reduce((a, b) => a * b),
+          0.3,
+        ),
+        bias = rng.randn(c.O);
       const r = rng.randn(c.B * c.O * Ho * Wo);
       const loss = (xx: Float32Array, ww: Float32Array, bb: Float32Array) => {
         const y = refConv(c, xx, ww, bb);
@@ -167,7 +241,9 @@ describe('conv2d', () => {
         return s;
       };
       const opts = { stride: c.stride, padding: c.padding, groups: c.groups, hasBias: true };
-      const [gx, gw, gb] = runSync(conv2dBackward(Tensor.from(x, xs), Tensor.from(w, ws), Tensor.from(r, [c.B, c.O, Ho, Wo]), opts));
+      const [gx, gw, gb] = runSync(
+        conv2dBackward(Tensor.from(x, xs), Tensor.from(w, ws), Tensor.from(r, [c.B, c.O, Ho, Wo]), opts),
+      );
       for (const [name, v, f, g] of [
         ['x', x, (t: Float32Array) => loss(t, w, bias), gx.toFloat32()],
         ['w', w, (t: Float32Array) => loss(x, t, bias), gw.toFloat32()],
@@ -194,11 +270,21 @@ describe('conv2d', () => {
   it('a larger 3x3 layer (multi-threaded GEMM, several K blocks, column tiles in backward)', () => {
     const rng = new Rng();
     const c = cfg('big', 1, 64, 20, 36, 40, 3, 1, 1);
-    const x = rng.randn(64 * 20 * 36), w = rng.randn(40 * 64 * 9, 0.1);
-    const y = withPoison(() => runSync(conv2d(Tensor.from(x, [1, 64, 20, 36]), Tensor.from(w, [40, 64, 3, 3]), null, { padding: 1 })));
+    const x = rng.randn(64 * 20 * 36),
+      w = rng.randn(40 * 64 * 9, 0.1);
+    const y = withPoison(() =>
+      runSync(conv2d(Tensor.from(x, [1, 64, 20, 36]), Tensor.from(w, [40, 64, 3, 3]), null, { padding: 1 })),
+    );
     expect(relErr(y.toFloat32(), refConv(c, x, w)), seedInfo(rng.seed)).toBeLessThan(2e-5);
     const gy = rng.randn(40 * 20 * 36);
-    const [gx, gw] = runSync(conv2dBackward(Tensor.from(x, [1, 64, 20, 36]), Tensor.from(w, [40, 64, 3, 3]), Tensor.from(gy, [1, 40, 20, 36]), { padding: 1 }));
+    const [gx, gw] = runSync(
+      conv2dBackward(
+        Tensor.from(x, [1, 64, 20, 36]),
+        Tensor.from(w, [40, 64, 3, 3]),
+        Tensor.from(gy, [1, 40, 20, 36]),
+        { padding: 1 },
+      ),
+    );
     const ref = refConvGrads(c, x, w, gy);
     expect(relErr(gx.toFloat32(), ref.gx), seedInfo(rng.seed)).toBeLessThan(2e-5);
     expect(relErr(gw.toFloat32(), ref.gw), seedInfo(rng.seed)).toBeLessThan(2e-5);
@@ -217,9 +303,13 @@ describe('conv2d', () => {
     it(`direct 3x3 path B=${B} C=${C} ${H}x${W} O=${O} (bias, poisoned output) vs float64`, () => {
       const rng = new Rng();
       const c = cfg('direct', B, C, H, W, O, 3, 1, 1);
-      const x = rng.randn(B * C * H * W), w = rng.randn(O * C * 9, 0.3), bias = rng.randn(O);
+      const x = rng.randn(B * C * H * W),
+        w = rng.randn(O * C * 9, 0.3),
+        bias = rng.randn(O);
       const y = withPoison(() =>
-        runSync(conv2d(Tensor.from(x, [B, C, H, W]), Tensor.from(w, [O, C, 3, 3]), Tensor.from(bias, [O]), { padding: 1 })),
+        runSync(
+          conv2d(Tensor.from(x, [B, C, H, W]), Tensor.from(w, [O, C, 3, 3]), Tensor.from(bias, [O]), { padding: 1 }),
+        ),
       );
       expect(y.shape).toEqual([B, O, H, W]);
       const yf = y.toFloat32();
@@ -248,6 +338,8 @@ describe('conv2d', () => {
     expect(() => runSync(conv2d(x, Tensor.zeros([3, 2, 3, 3]), null, { groups: 3 }))).toThrow(/groups/);
     expect(() => runSync(conv2d(x, Tensor.zeros([3, 4, 3, 3]), null, { stride: 0 }))).toThrow(RangeError);
     expect(() => runSync(conv2d(Tensor.zeros([4, 5, 5]), Tensor.zeros([3, 4, 3, 3])))).toThrow(/conv2d: 'x'/);
-    expect(() => runSync(conv2dBackward(x, Tensor.zeros([3, 4, 3, 3]), Tensor.zeros([1, 3, 5, 5])))).toThrow(/conv2d_backward: 'gy'/);
+    expect(() => runSync(conv2dBackward(x, Tensor.zeros([3, 4, 3, 3]), Tensor.zeros([1, 3, 5, 5])))).toThrow(
+      /conv2d_backward: 'gy'/,
+    );
   });
 });

@@ -7,9 +7,25 @@ import * as zlib from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MergeVQError } from '../lib/errors.js';
-import { FASHION_MNIST_DIR, decodeIdx, encodeIdx, loadFashionMnist, readIdx, type IdxArray, type IdxArrayFor, type IdxDType } from '../lib/data/idx.js';
+import {
+  FASHION_MNIST_DIR,
+  decodeIdx,
+  encodeIdx,
+  loadFashionMnist,
+  readIdx,
+  type IdxArray,
+  type IdxArrayFor,
+  type IdxDType,
+} from '../lib/data/idx.js';
 import { ImageFolderDataset } from '../lib/data/folder.js';
-import { DataLoader, Uint8ImageDataset, fashionMnistDataset, type Batch, type Dataset, type Sample } from '../lib/data/loader.js';
+import {
+  DataLoader,
+  Uint8ImageDataset,
+  fashionMnistDataset,
+  type Batch,
+  type Dataset,
+  type Sample,
+} from '../lib/data/loader.js';
 import { TrainRng } from '../lib/train/rng.js';
 import { Rng, freshSeed, seedInfo } from './helpers.js';
 
@@ -57,7 +73,9 @@ describe('IDX', () => {
           expect(b.dtype).toBe(dtype);
           expect(b.shape).toEqual(shape);
           expect(b.data.constructor).toBe(a.data.constructor);
-          expect(Array.from(b.data as ArrayLike<number>), seedInfo(rng.seed)).toEqual(Array.from(a.data as ArrayLike<number>));
+          expect(Array.from(b.data as ArrayLike<number>), seedInfo(rng.seed)).toEqual(
+            Array.from(a.data as ArrayLike<number>),
+          );
         }
       }
     }
@@ -72,8 +90,17 @@ describe('IDX', () => {
     const b = await decodeIdx(Uint8Array.from([0, 0, 0x0b, 1, 0, 0, 0, 2, 0x01, 0x02, 0xff, 0xfe]));
     expect(Array.from(b.data as Int16Array)).toEqual([258, -2]);
     // f32 [1]: 0x3fc00000 = 1.5; f64 [1]: 0xc004000000000000 = -2.5
-    expect(Array.from((await decodeIdx(Uint8Array.from([0, 0, 0x0d, 1, 0, 0, 0, 1, 0x3f, 0xc0, 0, 0]))).data as Float32Array)).toEqual([1.5]);
-    expect(Array.from((await decodeIdx(Uint8Array.from([0, 0, 0x0e, 1, 0, 0, 0, 1, 0xc0, 0x04, 0, 0, 0, 0, 0, 0]))).data as Float64Array)).toEqual([-2.5]);
+    expect(
+      Array.from(
+        (await decodeIdx(Uint8Array.from([0, 0, 0x0d, 1, 0, 0, 0, 1, 0x3f, 0xc0, 0, 0]))).data as Float32Array,
+      ),
+    ).toEqual([1.5]);
+    expect(
+      Array.from(
+        (await decodeIdx(Uint8Array.from([0, 0, 0x0e, 1, 0, 0, 0, 1, 0xc0, 0x04, 0, 0, 0, 0, 0, 0])))
+          .data as Float64Array,
+      ),
+    ).toEqual([-2.5]);
     // i32 [1] 0x80000001 = -2147483647, gzip'd
     const g = zlib.gzipSync(Uint8Array.from([0, 0, 0x0c, 1, 0, 0, 0, 1, 0x80, 0, 0, 1]));
     expect(Array.from((await decodeIdx(g)).data as Int32Array)).toEqual([-2147483647]);
@@ -138,13 +165,19 @@ describe('IDX', () => {
   });
 });
 
-const haveFashion = fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz')) || fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte'));
-if (!haveFashion) console.warn(`SKIPPED Fashion-MNIST tests: no files in ${FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`);
+const haveFashion =
+  fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz')) ||
+  fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte'));
+if (!haveFashion)
+  console.warn(`SKIPPED Fashion-MNIST tests: no files in ${FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`);
 
 describe.skipIf(!haveFashion)('Fashion-MNIST (Debian dataset-fashion-mnist)', () => {
   it('loads 60000 train and 10000 test images with balanced labels', async () => {
     const t0 = performance.now();
-    for (const [split, count] of [['train', 60000], ['test', 10000]] as const) {
+    for (const [split, count] of [
+      ['train', 60000],
+      ['test', 10000],
+    ] as const) {
       const fm = await loadFashionMnist(split);
       expect(fm.count).toBe(count);
       expect(fm.images.length).toBe(count * 28 * 28);
@@ -235,11 +268,18 @@ describe('DataLoader', () => {
         for await (const b of loader) out.push(seen(b));
         expect(out.length - before).toBe(7);
         const idx = out.slice(before).flatMap((s) => s.indices);
-        expect([...idx].sort((a, b) => a - b), info).toEqual(Array.from({ length: N }, (_, i) => i));
+        expect(
+          [...idx].sort((a, b) => a - b),
+          info,
+        ).toEqual(Array.from({ length: N }, (_, i) => i));
         expect(out[out.length - 1]!.indices.length).toBe(N - 6 * 8);
         expect(loader.position()).toEqual({ epoch: e + 1, batch: 0 });
         // Nothing decoded twice in an epoch (prefetch into the next epoch counts for that one).
-        if (prefetch === 0) expect([...ds.calls.values()].every((c) => c === 1), info).toBe(true);
+        if (prefetch === 0)
+          expect(
+            [...ds.calls.values()].every((c) => c === 1),
+            info,
+          ).toBe(true);
       }
       await loader.close();
       runs.push(out);
@@ -353,12 +393,31 @@ describe('DataLoader', () => {
   });
 
   it('validates samples and options', async () => {
-    const bad = (image: Float32Array, label?: number): Dataset => ({ length: 3, sampleShape: [1, 1, 2], get: async () => (label === undefined ? { image } : { image, label }) });
-    await expect(new DataLoader(bad(new Float32Array(3)), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(/must hold C\*H\*W = 2/);
-    await expect(new DataLoader(bad(Float32Array.from([0, 1.5])), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(/\[-1, 1\], got 1.5/);
-    await expect(new DataLoader(bad(Float32Array.from([0, NaN])), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(/got NaN/);
-    await expect(new DataLoader(bad(new Float32Array(2), 1.5), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(/label/);
-    const failing: Dataset = { length: 4, sampleShape: [1, 1, 1], get: async (i) => { if (i === 2) throw new Error('decode failed'); return { image: new Float32Array(1) }; } };
+    const bad = (image: Float32Array, label?: number): Dataset => ({
+      length: 3,
+      sampleShape: [1, 1, 2],
+      get: async () => (label === undefined ? { image } : { image, label }),
+    });
+    await expect(new DataLoader(bad(new Float32Array(3)), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(
+      /must hold C\*H\*W = 2/,
+    );
+    await expect(new DataLoader(bad(Float32Array.from([0, 1.5])), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(
+      /\[-1, 1\], got 1.5/,
+    );
+    await expect(new DataLoader(bad(Float32Array.from([0, NaN])), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(
+      /got NaN/,
+    );
+    await expect(new DataLoader(bad(new Float32Array(2), 1.5), { batchSize: 2, seed: 0 }).next()).rejects.toThrow(
+      /label/,
+    );
+    const failing: Dataset = {
+      length: 4,
+      sampleShape: [1, 1, 1],
+      get: async (i) => {
+        if (i === 2) throw new Error('decode failed');
+        return { image: new Float32Array(1) };
+      },
+    };
     const fl = new DataLoader(failing, { batchSize: 1, seed: 0, shuffle: false, prefetch: 3 });
     await fl.next();
     await fl.next();
@@ -370,8 +429,12 @@ describe('DataLoader', () => {
     await unlabeled.close();
     expect(() => new DataLoader(new CountingDataset(5), { batchSize: 6, seed: 0, dropLast: true })).toThrow(/no batch/);
     expect(() => new DataLoader(new CountingDataset(5), { batchSize: 0, seed: 0 })).toThrow(RangeError);
-    expect(() => new DataLoader({ length: 5, get: async () => ({ image: new Float32Array(1) }) }, { batchSize: 1, seed: 0 })).toThrow(/sampleShape/);
-    expect(() => new DataLoader(new CountingDataset(5), { batchSize: 1, seed: 0, sampleShape: [1, 1, 4] })).toThrow(/differs/);
+    expect(
+      () => new DataLoader({ length: 5, get: async () => ({ image: new Float32Array(1) }) }, { batchSize: 1, seed: 0 }),
+    ).toThrow(/sampleShape/);
+    expect(() => new DataLoader(new CountingDataset(5), { batchSize: 1, seed: 0, sampleShape: [1, 1, 4] })).toThrow(
+      /differs/,
+    );
   });
 });
 
@@ -437,9 +500,12 @@ describe('ImageFolderDataset', () => {
   const px = (k: number, x: number, y: number, c: number) => (x * 5 + y * 3 + c * 70 + k * 17) % 256;
   const writePng = async (file: string, k: number) => {
     const raw = Buffer.alloc(W * H * 3);
-    for (let y = 0; y < H; ++y) for (let x = 0; x < W; ++x) for (let c = 0; c < 3; ++c) raw[(y * W + x) * 3 + c] = px(k, x, y, c);
+    for (let y = 0; y < H; ++y)
+      for (let x = 0; x < W; ++x) for (let c = 0; c < 3; ++c) raw[(y * W + x) * 3 + c] = px(k, x, y, c);
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    await sharp(raw, { raw: { width: W, height: H, channels: 3 } }).png().toFile(file);
+    await sharp(raw, { raw: { width: W, height: H, channels: 3 } })
+      .png()
+      .toFile(file);
   };
 
   it('labels by subfolder (recursive), crops and flips from the sample generator', async () => {
@@ -449,7 +515,11 @@ describe('ImageFolderDataset', () => {
     fs.writeFileSync(path.join(root, 'cls_a', 'notes.txt'), 'not an image');
     const ds = await ImageFolderDataset.open(root, { size: 24, resize: 30 });
     expect(ds.classes).toEqual(['cls_a', 'cls_b']);
-    expect(ds.files.map((f) => path.relative(root, f))).toEqual([path.join('cls_a', 'deep', 'er', 'y.png'), path.join('cls_a', 'z.PNG'), path.join('cls_b', 'x.png')]);
+    expect(ds.files.map((f) => path.relative(root, f))).toEqual([
+      path.join('cls_a', 'deep', 'er', 'y.png'),
+      path.join('cls_a', 'z.PNG'),
+      path.join('cls_b', 'x.png'),
+    ]);
     expect([...ds.labels!]).toEqual([0, 0, 1]);
     expect(ds.sampleShape).toEqual([3, 24, 24]);
     const kOf = [1, 2, 0];
@@ -476,7 +546,13 @@ describe('ImageFolderDataset', () => {
     expect(flips > 0 && flips < 12).toBe(true);
     expect(offsets.size).toBeGreaterThan(3);
     // Center crop without flip, gray.
-    const center = await ImageFolderDataset.open(root, { size: 24, resize: 30, crop: 'center', flip: false, channels: 1 });
+    const center = await ImageFolderDataset.open(root, {
+      size: 24,
+      resize: 30,
+      crop: 'center',
+      flip: false,
+      channels: 1,
+    });
     const g = await center.get(2, new TrainRng(0));
     expect(g.image.length).toBe(576);
     const luma = (x: number, y: number) => 0.2126 * px(0, x, y, 0) + 0.7152 * px(0, x, y, 1) + 0.0722 * px(0, x, y, 2);
@@ -503,11 +579,16 @@ describe('ImageFolderDataset', () => {
     await expect(ImageFolderDataset.open(flat, { size: 16 })).rejects.toMatchObject({ code: 'ERR_BAD_FILE' });
     expect((await ImageFolderDataset.open(flat, { size: 16, labels: 'none' })).length).toBe(3);
     expect((await ImageFolderDataset.open(flat, { size: 16, labels: 'folders' })).length).toBe(1);
-    await expect(ImageFolderDataset.open(path.join(tmp, 'nope'), { size: 16 })).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
+    await expect(ImageFolderDataset.open(path.join(tmp, 'nope'), { size: 16 })).rejects.toMatchObject({
+      code: 'ERR_NOT_FOUND',
+    });
     fs.writeFileSync(path.join(flat, 'broken.png'), 'not a png');
     const withBroken = await ImageFolderDataset.open(flat, { size: 16, labels: 'none' });
     const bi = withBroken.files.findIndex((f) => f.endsWith('broken.png'));
-    await expect(withBroken.get(bi, new TrainRng(0))).rejects.toMatchObject({ code: 'ERR_BAD_IMAGE', message: expect.stringContaining('broken.png') });
+    await expect(withBroken.get(bi, new TrainRng(0))).rejects.toMatchObject({
+      code: 'ERR_BAD_IMAGE',
+      message: expect.stringContaining('broken.png'),
+    });
     await expect(ImageFolderDataset.open(flat, { size: 16, resize: 8 })).rejects.toThrow(RangeError);
   });
 });

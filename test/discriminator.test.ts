@@ -9,8 +9,16 @@ import { runSync, type Program } from '../lib/graph.js';
 import { Tensor } from '../lib/tensor.js';
 import { NLayerDiscriminator } from '../lib/train/discriminator.js';
 import {
-  LeCAM, discLoss, genLoss, hingeDLoss, hingeGenLoss, nonSaturateGenLoss, nonSaturatingDLoss, softplus, vanillaDLoss,
-  type DiscLossKind, type GenLossKind,
+  LeCAM,
+  discLoss,
+  genLoss,
+  hingeDLoss,
+  hingeGenLoss,
+  nonSaturateGenLoss,
+  softplus,
+  vanillaDLoss,
+  type DiscLossKind,
+  type GenLossKind,
 } from '../lib/train/gan.js';
 import { add, scale } from '../lib/ops/tensor.js';
 import { forEachFixtureDir, relErr } from './fixtures.js';
@@ -38,7 +46,10 @@ function refModel(d: NLayerDiscriminator, override?: { name: string; data: Array
   const sd = d.stateDict();
   const g = (n: string) => Float64Array.from(override && override.name === n ? override.data : sd.get(n)!.toFloat32());
   const stages: RefStage[] = [];
-  const convs = d.paramNames().filter((n) => n.endsWith('.weight') && sd.get(n)!.ndim === 4).map((n) => n.slice(0, -'.weight'.length));
+  const convs = d
+    .paramNames()
+    .filter((n) => n.endsWith('.weight') && sd.get(n)!.ndim === 4)
+    .map((n) => n.slice(0, -'.weight'.length));
   const bns = new Set(d.batchNormNames());
   for (const [k, c] of convs.entries()) {
     const idx = Number(c.split('.')[1]);
@@ -49,14 +60,30 @@ function refModel(d: NLayerDiscriminator, override?: { name: string; data: Array
       wShape: sd.get(`${c}.weight`)!.shape,
       b: sd.has(`${c}.bias`) ? g(`${c}.bias`) : null,
       stride: k < d.nLayers ? 2 : 1,
-      bn: hasBn ? { name: bnName, w: g(`${bnName}.weight`), b: g(`${bnName}.bias`), rm: g(`${bnName}.running_mean`), rv: g(`${bnName}.running_var`) } : null,
+      bn: hasBn
+        ? {
+            name: bnName,
+            w: g(`${bnName}.weight`),
+            b: g(`${bnName}.bias`),
+            rm: g(`${bnName}.running_mean`),
+            rv: g(`${bnName}.running_var`),
+          }
+        : null,
       act: k < convs.length - 1,
     });
   }
   return stages;
 }
 
-function refConv(x: ArrayLike<number>, xs: number[], w: ArrayLike<number>, ws: number[], b: ArrayLike<number> | null, stride: number, pad: number) {
+function refConv(
+  x: ArrayLike<number>,
+  xs: number[],
+  w: ArrayLike<number>,
+  ws: number[],
+  b: ArrayLike<number> | null,
+  stride: number,
+  pad: number,
+) {
   const [B, C, H, W] = xs as [number, number, number, number];
   const [O, , K] = ws as [number, number, number, number];
   const Ho = Math.floor((H + 2 * pad - K) / stride) + 1;
@@ -146,7 +173,8 @@ function perSample64(a: ArrayLike<number>, B: number): number[] {
   return Array.from({ length: B }, (_, b) => mean64(Array.from(a).slice(b * n, (b + 1) * n)));
 }
 function dLoss64(kind: DiscLossKind, r: ArrayLike<number>, f: ArrayLike<number>, B: number): number {
-  if (kind === 'hinge') return 0.5 * (mean64(Array.from(r, (v) => relu64(1 - v))) + mean64(Array.from(f, (v) => relu64(1 + v))));
+  if (kind === 'hinge')
+    return 0.5 * (mean64(Array.from(r, (v) => relu64(1 - v))) + mean64(Array.from(f, (v) => relu64(1 + v))));
   if (kind === 'vanilla') return 0.5 * (mean64(Array.from(r, (v) => sp64(-v))) + mean64(Array.from(f, (v) => sp64(v))));
   return mean64(perSample64(r, B).map((v) => sp64(-v))) + mean64(perSample64(f, B).map((v) => sp64(v)));
 }
@@ -154,11 +182,18 @@ function gLoss64(kind: GenLossKind, f: ArrayLike<number>, B: number): number {
   return kind === 'hinge' ? -mean64(f) : mean64(perSample64(f, B).map((v) => sp64(-v)));
 }
 function lecam64(r: ArrayLike<number>, f: ArrayLike<number>, emaReal: number, emaFake: number): number {
-  return mean64(Array.from(r, (v) => relu64(v - emaFake) ** 2)) + mean64(Array.from(f, (v) => relu64(emaReal - v) ** 2));
+  return (
+    mean64(Array.from(r, (v) => relu64(v - emaFake) ** 2)) + mean64(Array.from(f, (v) => relu64(emaReal - v) ** 2))
+  );
 }
 /** The signs at every kink the losses have (hinge and LeCAM relu arguments). */
 function lossKinks(r: ArrayLike<number>, f: ArrayLike<number>, emaReal: number, emaFake: number): number[] {
-  return [...Array.from(r, (v) => Math.sign(1 - v)), ...Array.from(f, (v) => Math.sign(1 + v)), ...Array.from(r, (v) => Math.sign(v - emaFake)), ...Array.from(f, (v) => Math.sign(emaReal - v))];
+  return [
+    ...Array.from(r, (v) => Math.sign(1 - v)),
+    ...Array.from(f, (v) => Math.sign(1 + v)),
+    ...Array.from(r, (v) => Math.sign(v - emaFake)),
+    ...Array.from(f, (v) => Math.sign(emaReal - v)),
+  ];
 }
 
 // ------------------------------------------------------------------ fixture parity
@@ -180,7 +215,12 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
     const f = fixture();
     const meta = f.meta<DiscMeta>('discriminator');
     if (meta.use_actnorm) throw new Error('fixture uses ActNorm, which is not implemented');
-    const d = new NLayerDiscriminator({ inputNc: meta.input_nc, ndf: meta.ndf, nLayers: meta.n_layers, useActnorm: false });
+    const d = new NLayerDiscriminator({
+      inputNc: meta.input_nc,
+      ndf: meta.ndf,
+      nLayers: meta.n_layers,
+      useActnorm: false,
+    });
     const m = new Map<string, Tensor>();
     for (const n of withPrefix(f.names, 'disc.')) m.set(n, f.tensor(`disc.${n}`));
     d.load(m, { strict: true });
@@ -230,7 +270,10 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
     term('hinge_gen_loss', hg);
 
     const lecam = new LeCAM({ decay: meta.lecam.decay });
-    lecam.loadState({ emaReal: (f.array('disc_in.ema_real') as Float64Array)[0]!, emaFake: (f.array('disc_in.ema_fake') as Float64Array)[0]! });
+    lecam.loadState({
+      emaReal: (f.array('disc_in.ema_real') as Float64Array)[0]!,
+      emaFake: (f.array('disc_in.ema_fake') as Float64Array)[0]!,
+    });
     runSync(lecam.updateFrom(lr, lf));
     const emaRealRef = (f.array('disc_out.ema_real_after') as Float64Array)[0]!;
     const emaFakeRef = (f.array('disc_out.ema_fake_after') as Float64Array)[0]!;
@@ -252,12 +295,18 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
     }
     expect(bad).toEqual([]);
     expect(withPrefix(f.names, 'disc_grad.main.').length).toBe(d.paramNames().length);
-    for (const [key, t] of [['disc_grad_input.real', real], ['disc_grad_input.fake', fake]] as const) {
+    for (const [key, t] of [
+      ['disc_grad_input.real', real],
+      ['disc_grad_input.fake', fake],
+    ] as const) {
       const err = relErr(grads.get(t)!, f.array(key) as Float32Array);
       expect(err, `${key}: ${err}`).toBeLessThan(GRAD_TOL);
     }
     // The generator losses' gradients w.r.t. fake, through the same recorded train-mode graph.
-    for (const [key, root] of [['disc_grad_input.fake_non_saturate_gen', nsg], ['disc_grad_input.fake_hinge_gen', hg]] as const) {
+    for (const [key, root] of [
+      ['disc_grad_input.fake_non_saturate_gen', nsg],
+      ['disc_grad_input.fake_hinge_gen', hg],
+    ] as const) {
       const g = runSync(tape.backward(root)).get(fake)!;
       const err = relErr(g, f.array(key) as Float32Array);
       expect(err, `${key}: ${err}`).toBeLessThan(GRAD_TOL);
@@ -293,20 +342,36 @@ describe('NLayerDiscriminator on fresh random weights and inputs vs a float64 re
       const t = d.store.get(n);
       const a = t.toFloat32();
       const isBn = t.ndim === 1 && d.batchNormNames().some((b) => n.startsWith(`${b}.`));
-      for (let i = 0; i < a.length; ++i) a[i] = isBn ? (n.endsWith('weight') ? 1 + 0.3 * rng.normal() : 0.2 * rng.normal()) : (t.ndim === 4 ? 0.3 * rng.normal() / Math.sqrt(t.shape[1]! * 4) : 0.1 * rng.normal());
+      for (let i = 0; i < a.length; ++i)
+        a[i] = isBn
+          ? n.endsWith('weight')
+            ? 1 + 0.3 * rng.normal()
+            : 0.2 * rng.normal()
+          : t.ndim === 4
+            ? (0.3 * rng.normal()) / Math.sqrt(t.shape[1]! * 4)
+            : 0.1 * rng.normal();
       m.set(n, Tensor.from(a, t.shape));
     }
     for (const b of d.batchNormNames()) {
       const c = d.runningStats(b).runningMean.shape[0]!;
       m.set(`${b}.running_mean`, rng.tensor([c], 0.1));
-      m.set(`${b}.running_var`, Tensor.from(Float32Array.from({ length: c }, () => 0.5 + rng.next()), [c]));
+      m.set(
+        `${b}.running_var`,
+        Tensor.from(
+          Float32Array.from({ length: c }, () => 0.5 + rng.next()),
+          [c],
+        ),
+      );
       m.set(`${b}.num_batches_tracked`, Tensor.from(new BigInt64Array([BigInt(rng.int(100))]), []));
     }
     d.load(m, { strict: true });
     return d;
   };
 
-  for (const [nLayers, ndf, res] of [[2, 4, 16], [3, 2, 32]] as const) {
+  for (const [nLayers, ndf, res] of [
+    [2, 4, 16],
+    [3, 2, 32],
+  ] as const) {
     it(`forward (train and eval) and running-stat updates, n_layers ${nLayers}, ndf ${ndf}, ${res}x${res}`, () => {
       const rng = new Rng();
       const info = seedInfo(rng.seed);
@@ -358,18 +423,38 @@ describe('NLayerDiscriminator on fresh random weights and inputs vs a float64 re
         const a = refForward(stages, rx, shape, true);
         const b = refForward(stages, fx, shape, true);
         return {
-          value: dLoss64(kind, a.logits, b.logits, 2) + weight * lecam64(a.logits, b.logits, lecam.emaReal, lecam.emaFake),
-          kinks: [...a.pre.flatMap((p) => Array.from(p, Math.sign)), ...b.pre.flatMap((p) => Array.from(p, Math.sign)), ...lossKinks(a.logits, b.logits, lecam.emaReal, lecam.emaFake)],
+          value:
+            dLoss64(kind, a.logits, b.logits, 2) + weight * lecam64(a.logits, b.logits, lecam.emaReal, lecam.emaFake),
+          kinks: [
+            ...a.pre.flatMap((p) => Array.from(p, Math.sign)),
+            ...b.pre.flatMap((p) => Array.from(p, Math.sign)),
+            ...lossKinks(a.logits, b.logits, lecam.emaReal, lecam.emaFake),
+          ],
         };
       };
       const base = objective(real.toFloat32(), fake.toFloat32(), stages0);
       expect(Math.abs(obj.item() - base.value) / Math.abs(base.value), info).toBeLessThan(GRAD_TOL);
 
       // Each target: a float32 array, how to evaluate the objective with it replaced, and our gradient.
-      type Target = { name: string; data: Float32Array; eval: (v: Float32Array) => { value: number; kinks: number[] }; grad: Float32Array };
+      type Target = {
+        name: string;
+        data: Float32Array;
+        eval: (v: Float32Array) => { value: number; kinks: number[] };
+        grad: Float32Array;
+      };
       const targets: Target[] = [
-        { name: 'real', data: real.toFloat32(), eval: (v) => objective(v, fake.toFloat32(), stages0), grad: grads.get(real)!.toFloat32() },
-        { name: 'fake', data: fake.toFloat32(), eval: (v) => objective(real.toFloat32(), v, stages0), grad: grads.get(fake)!.toFloat32() },
+        {
+          name: 'real',
+          data: real.toFloat32(),
+          eval: (v) => objective(v, fake.toFloat32(), stages0),
+          grad: grads.get(real)!.toFloat32(),
+        },
+        {
+          name: 'fake',
+          data: fake.toFloat32(),
+          eval: (v) => objective(real.toFloat32(), v, stages0),
+          grad: grads.get(fake)!.toFloat32(),
+        },
       ];
       // (train-mode outputs do not depend on the running stats, so reading them after the calls is fine)
       for (const n of d.paramNames()) {
@@ -381,7 +466,7 @@ describe('NLayerDiscriminator on fresh random weights and inputs vs a float64 re
         });
       }
       // A small step in float64 rarely crosses a kink; coordinates whose step does are redrawn.
-      const eps = 1e-6;  // the float64 reference makes a small step exact; it crosses 100x fewer kinks than 1e-4
+      const eps = 1e-6; // the float64 reference makes a small step exact; it crosses 100x fewer kinks than 1e-4
       let checked = 0;
       let skipped = 0;
       const bad: string[] = [];
@@ -441,10 +526,22 @@ describe('GAN losses and LeCAM on fresh random logits vs float64', () => {
     const f = logitsAway(rng, shape, [-1, emaReal], margin);
     const lecam = new LeCAM();
     lecam.loadState({ emaReal, emaFake });
-    type Case = { name: string; prog: (a: Tensor, b: Tensor) => Program<Tensor>; ref: (a: ArrayLike<number>, b: ArrayLike<number>) => number };
+    type Case = {
+      name: string;
+      prog: (a: Tensor, b: Tensor) => Program<Tensor>;
+      ref: (a: ArrayLike<number>, b: ArrayLike<number>) => number;
+    };
     const cases: Case[] = [
-      ...(['hinge', 'vanilla', 'non_saturate'] as const).map((k) => ({ name: `d ${k}`, prog: (a: Tensor, b: Tensor) => discLoss(k, a, b), ref: (a: ArrayLike<number>, b: ArrayLike<number>) => dLoss64(k, a, b, B) })),
-      ...(['hinge', 'non_saturate'] as const).map((k) => ({ name: `g ${k}`, prog: (_a: Tensor, b: Tensor) => genLoss(k, b), ref: (_a: ArrayLike<number>, b: ArrayLike<number>) => gLoss64(k, b, B) })),
+      ...(['hinge', 'vanilla', 'non_saturate'] as const).map((k) => ({
+        name: `d ${k}`,
+        prog: (a: Tensor, b: Tensor) => discLoss(k, a, b),
+        ref: (a: ArrayLike<number>, b: ArrayLike<number>) => dLoss64(k, a, b, B),
+      })),
+      ...(['hinge', 'non_saturate'] as const).map((k) => ({
+        name: `g ${k}`,
+        prog: (_a: Tensor, b: Tensor) => genLoss(k, b),
+        ref: (_a: ArrayLike<number>, b: ArrayLike<number>) => gLoss64(k, b, B),
+      })),
       { name: 'lecam', prog: (a, b) => lecam.reg(a, b), ref: (a, b) => lecam64(a, b, emaReal, emaFake) },
     ];
     for (const c of cases) {
@@ -454,9 +551,14 @@ describe('GAN losses and LeCAM on fresh random logits vs float64', () => {
       const v = withPoison(() => runSync(c.prog(a, b), tape.observe));
       expect(v.numel).toBe(1);
       const exact = c.ref(r, f);
-      expect(Math.abs(v.item() - exact) / Math.max(Math.abs(exact), 1e-6), `${c.name} value ${info}`).toBeLessThan(1e-5);
+      expect(Math.abs(v.item() - exact) / Math.max(Math.abs(exact), 1e-6), `${c.name} value ${info}`).toBeLessThan(
+        1e-5,
+      );
       const grads = runSync(tape.backward(v));
-      for (const [which, arr, t] of [['real', r, a], ['fake', f, b]] as const) {
+      for (const [which, arr, t] of [
+        ['real', r, a],
+        ['fake', f, b],
+      ] as const) {
         const g = grads.get(t)?.toFloat32() ?? new Float32Array(arr.length);
         const scaleG = g.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
         for (let i = 0; i < arr.length; ++i) {
@@ -464,7 +566,10 @@ describe('GAN losses and LeCAM on fresh random logits vs float64', () => {
           const xm = Float32Array.from(arr);
           xp[i] = arr[i]! + eps;
           xm[i] = arr[i]! - eps;
-          const num = which === 'real' ? (c.ref(xp, f) - c.ref(xm, f)) / (xp[i]! - xm[i]!) : (c.ref(r, xp) - c.ref(r, xm)) / (xp[i]! - xm[i]!);
+          const num =
+            which === 'real'
+              ? (c.ref(xp, f) - c.ref(xm, f)) / (xp[i]! - xm[i]!)
+              : (c.ref(r, xp) - c.ref(r, xm)) / (xp[i]! - xm[i]!);
           const err = Math.abs(num - g[i]!) / Math.max(Math.abs(num), 1e-2 * scaleG, 1e-9);
           expect(err, `${c.name} d/d${which}[${i}]: numeric ${num}, ours ${g[i]} ${info}`).toBeLessThan(1e-3);
         }
@@ -478,9 +583,15 @@ describe('GAN losses and LeCAM on fresh random logits vs float64', () => {
     const tape = new Tape();
     const y = runSync(softplus(x), tape.observe);
     const ya = y.toFloat32();
-    for (const [i, v] of xs.entries()) expect(Math.abs(ya[i]! - sp64(Math.fround(v))), `softplus(${v})`).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(v)));
-    const g = runSync(tape.backward(y, Tensor.from(new Float32Array(xs.length).fill(1), [xs.length]))).get(x)!.toFloat32();
-    for (const [i, v] of xs.entries()) expect(Math.abs(g[i]! - 1 / (1 + Math.exp(-v))), `softplus'(${v})`).toBeLessThan(1e-6);
+    for (const [i, v] of xs.entries())
+      expect(Math.abs(ya[i]! - sp64(Math.fround(v))), `softplus(${v})`).toBeLessThanOrEqual(
+        1e-6 * Math.max(1, Math.abs(v)),
+      );
+    const g = runSync(tape.backward(y, Tensor.from(new Float32Array(xs.length).fill(1), [xs.length])))
+      .get(x)!
+      .toFloat32();
+    for (const [i, v] of xs.entries())
+      expect(Math.abs(g[i]! - 1 / (1 + Math.exp(-v))), `softplus'(${v})`).toBeLessThan(1e-6);
   });
 
   it('LeCAM: float64 EMA update, state round trip, argument checks', () => {
@@ -511,12 +622,25 @@ describe('NLayerDiscriminator API', () => {
   it('layer names follow the reference Sequential indices', () => {
     const d = new NLayerDiscriminator({ inputNc: 3, ndf: 8, nLayers: 3 });
     expect(d.paramNames()).toEqual([
-      'main.0.weight', 'main.0.bias', 'main.2.weight', 'main.3.weight', 'main.3.bias', 'main.5.weight', 'main.6.weight', 'main.6.bias',
-      'main.8.weight', 'main.9.weight', 'main.9.bias', 'main.11.weight', 'main.11.bias',
+      'main.0.weight',
+      'main.0.bias',
+      'main.2.weight',
+      'main.3.weight',
+      'main.3.bias',
+      'main.5.weight',
+      'main.6.weight',
+      'main.6.bias',
+      'main.8.weight',
+      'main.9.weight',
+      'main.9.bias',
+      'main.11.weight',
+      'main.11.bias',
     ]);
     expect(d.store.shapeMap()['main.8.weight']).toEqual([64, 32, 4, 4]);
     expect(d.store.shapeMap()['main.11.weight']).toEqual([1, 64, 4, 4]);
-    expect(new NLayerDiscriminator({ ndf: 64, nLayers: 5 }).store.shapeMap()['main.14.weight']).toEqual([512, 512, 4, 4]);
+    expect(new NLayerDiscriminator({ ndf: 64, nLayers: 5 }).store.shapeMap()['main.14.weight']).toEqual([
+      512, 512, 4, 4,
+    ]);
     expect(d.bufferNames()).toContain('main.9.num_batches_tracked');
   });
 
@@ -554,9 +678,12 @@ describe('NLayerDiscriminator API', () => {
     const e = new NLayerDiscriminator({ ndf: 4, nLayers: 2 });
     const rep = e.load(sd, { strict: true });
     expect(rep).toEqual({ missing: [], unexpected: [] });
-    for (const [n, t] of e.stateDict()) expect(Array.from(t.toArray(), Number), n).toEqual(Array.from(sd.get(n)!.toArray(), Number));
+    for (const [n, t] of e.stateDict())
+      expect(Array.from(t.toArray(), Number), n).toEqual(Array.from(sd.get(n)!.toArray(), Number));
     const x = rng.tensor([2, 3, 16, 16]);
-    expect(Array.from(runSync(e.forward(x, { training: false })).toFloat32())).toEqual(Array.from(runSync(d.forward(x, { training: false })).toFloat32()));
+    expect(Array.from(runSync(e.forward(x, { training: false })).toFloat32())).toEqual(
+      Array.from(runSync(d.forward(x, { training: false })).toFloat32()),
+    );
 
     const before = e.stateDict();
     const broken = new Map(sd);
@@ -569,7 +696,8 @@ describe('NLayerDiscriminator API', () => {
     partial.delete('main.3.num_batches_tracked');
     expect(() => e.load(partial, { strict: true })).toThrow(/num_batches_tracked/);
     expect(e.load(partial).missing).toEqual(['main.3.num_batches_tracked']);
-    for (const [n, t] of e.stateDict()) expect(Array.from(t.toArray(), Number), n).toEqual(Array.from(before.get(n)!.toArray(), Number));
+    for (const [n, t] of e.stateDict())
+      expect(Array.from(t.toArray(), Number), n).toEqual(Array.from(before.get(n)!.toArray(), Number));
   });
 
   it('rejects bad options and inputs', () => {
@@ -577,7 +705,9 @@ describe('NLayerDiscriminator API', () => {
     expect(() => new NLayerDiscriminator({ ndf: 0 })).toThrow(RangeError);
     const d = new NLayerDiscriminator({ ndf: 4, nLayers: 2 });
     d.initRandom(1);
-    expect(() => runSync(d.forward(Tensor.zeros([2, 4, 16, 16]), { training: true }))).toThrow(/x must be a float32 \[B, 3, H, W\]/);
+    expect(() => runSync(d.forward(Tensor.zeros([2, 4, 16, 16]), { training: true }))).toThrow(
+      /x must be a float32 \[B, 3, H, W\]/,
+    );
     expect(() => runSync(d.forward(Tensor.zeros([2, 3, 16, 16]), {} as { training: boolean }))).toThrow(TypeError);
     expect(() => runSync(hingeDLoss(Tensor.zeros([2, 1, 2, 2]), 3 as unknown as Tensor))).toThrow(TypeError);
   });

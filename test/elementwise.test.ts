@@ -6,14 +6,29 @@ import { Rng, allFinite, finiteDiffCheck, maxAbsErr, relErr, seedInfo, withPoiso
 import { broadcastShape, mapRef, numel, randTensor } from './tensor_ref.js';
 
 const BCAST: [number[], number[]][] = [
-  [[5, 7], [5, 7]],
-  [[2, 3, 4, 5], [1, 3, 1, 1]],
+  [
+    [5, 7],
+    [5, 7],
+  ],
+  [
+    [2, 3, 4, 5],
+    [1, 3, 1, 1],
+  ],
   [[6, 33], [33]],
-  [[4, 1, 3], [5, 1]],
+  [
+    [4, 1, 3],
+    [5, 1],
+  ],
   [[257], [1]],
   [[3, 4], []],
-  [[1, 5], [3, 1, 5]],
-  [[2, 7, 1], [2, 1, 9]],
+  [
+    [1, 5],
+    [3, 1, 5],
+  ],
+  [
+    [2, 7, 1],
+    [2, 1, 9],
+  ],
   [[1], [1]],
 ];
 
@@ -37,12 +52,21 @@ describe('binary element-wise ops', () => {
           const out = broadcastShape(sa, sb);
           const y = withPoison(() => op1(name, [a.t, b.t]));
           expect(y.shape).toEqual(out);
-          const ref = mapRef(out, [{ data: a.data, shape: sa }, { data: b.data, shape: sb }], f);
+          const ref = mapRef(
+            out,
+            [
+              { data: a.data, shape: sa },
+              { data: b.data, shape: sb },
+            ],
+            f,
+          );
           const got = y.toFloat32();
           // One float32 rounding of the exact result.
           const tol = name === 'div' ? 1e-6 : 1e-7;
           expect(relErr(got, ref), `${name} ${sa} ${sb} ${seedInfo(rng.seed)}`).toBeLessThan(tol);
-          expect(maxAbsErr(got, Float32Array.from(ref)), `${name} ${sa} ${sb} ${seedInfo(rng.seed)}`).toBeLessThan(name === 'div' ? 1e-3 : 1e-12);
+          expect(maxAbsErr(got, Float32Array.from(ref)), `${name} ${sa} ${sb} ${seedInfo(rng.seed)}`).toBeLessThan(
+            name === 'div' ? 1e-3 : 1e-12,
+          );
         }
       }
     });
@@ -54,8 +78,22 @@ describe('binary element-wise ops', () => {
     const b = randTensor(rng, [17]);
     const ya = runSync(T.add(a.t, b.t, -0.37)).toFloat32();
     const ys = runSync(T.sub(a.t, b.t, 2.5)).toFloat32();
-    const ra = mapRef([3, 17], [{ data: a.data, shape: [3, 17] }, { data: b.data, shape: [17] }], (x, y) => x - 0.37 * y);
-    const rs = mapRef([3, 17], [{ data: a.data, shape: [3, 17] }, { data: b.data, shape: [17] }], (x, y) => x - 2.5 * y);
+    const ra = mapRef(
+      [3, 17],
+      [
+        { data: a.data, shape: [3, 17] },
+        { data: b.data, shape: [17] },
+      ],
+      (x, y) => x - 0.37 * y,
+    );
+    const rs = mapRef(
+      [3, 17],
+      [
+        { data: a.data, shape: [3, 17] },
+        { data: b.data, shape: [17] },
+      ],
+      (x, y) => x - 2.5 * y,
+    );
     expect(relErr(ya, ra), seedInfo(rng.seed)).toBeLessThan(1e-6);
     expect(relErr(ys, rs), seedInfo(rng.seed)).toBeLessThan(1e-6);
   });
@@ -80,7 +118,14 @@ describe('binary element-wise ops', () => {
     const x = randTensor(rng, [3, 64, 33, 35]);
     const b = randTensor(rng, [1, 64, 1, 1]);
     const y = withPoison(() => runSync(T.add(x.t, b.t))).toFloat32();
-    const ref = mapRef([3, 64, 33, 35], [{ data: x.data, shape: [3, 64, 33, 35] }, { data: b.data, shape: [1, 64, 1, 1] }], (p, q) => p + q);
+    const ref = mapRef(
+      [3, 64, 33, 35],
+      [
+        { data: x.data, shape: [3, 64, 33, 35] },
+        { data: b.data, shape: [1, 64, 1, 1] },
+      ],
+      (p, q) => p + q,
+    );
     expect(maxAbsErr(y, Float32Array.from(ref)), seedInfo(rng.seed)).toBe(0);
   });
 });
@@ -126,21 +171,53 @@ describe('unary and scalar ops', () => {
     const rng = new Rng();
     const x = randTensor(rng, [9, 31], true, 2);
     const c = runSync(T.clamp(x.t, { min: -0.5, max: 1.25 })).toFloat32();
-    expect(maxAbsErr(c, x.data.map((v) => Math.min(Math.max(v, -0.5), 1.25))), seedInfo(rng.seed)).toBe(0);
+    expect(
+      maxAbsErr(
+        c,
+        x.data.map((v) => Math.min(Math.max(v, -0.5), 1.25)),
+      ),
+      seedInfo(rng.seed),
+    ).toBe(0);
     const lo = runSync(T.clamp(x.t, { min: 0.1 })).toFloat32();
-    expect(maxAbsErr(lo, x.data.map((v) => Math.max(v, 0.1))), seedInfo(rng.seed)).toBe(0);
+    expect(
+      maxAbsErr(
+        lo,
+        x.data.map((v) => Math.max(v, 0.1)),
+      ),
+      seedInfo(rng.seed),
+    ).toBe(0);
     const s = runSync(T.scale(x.t, 1.5, -0.25)).toFloat32();
-    expect(relErr(s, Float64Array.from(x.data, (v) => v * 1.5 - 0.25)), seedInfo(rng.seed)).toBeLessThan(1e-7);
+    expect(
+      relErr(
+        s,
+        Float64Array.from(x.data, (v) => v * 1.5 - 0.25),
+      ),
+      seedInfo(rng.seed),
+    ).toBeLessThan(1e-7);
     for (const p of [2, 3, 0.5, -1, 1.7]) {
       const base = p === 2 || p === 3 || p === -1 ? x : { t: runSync(T.abs(x.t)), data: x.data.map(Math.abs) };
       const y = runSync(T.powScalar(base.t, p)).toFloat32();
-      expect(relErr(y, Float64Array.from(base.data, (v) => Math.pow(v, p))), `p=${p} ${seedInfo(rng.seed)}`).toBeLessThan(1e-6);
+      expect(
+        relErr(
+          y,
+          Float64Array.from(base.data, (v) => v ** p),
+        ),
+        `p=${p} ${seedInfo(rng.seed)}`,
+      ).toBeLessThan(1e-6);
     }
     const a = randTensor(rng, [4, 1, 6]);
     const b = randTensor(rng, [5, 6], true);
     const cc = randTensor(rng, [6]);
     const y = withPoison(() => runSync(T.addcmul(a.t, b.t, cc.t, -0.3))).toFloat32();
-    const ref = mapRef([4, 5, 6], [{ data: a.data, shape: [4, 1, 6] }, { data: b.data, shape: [5, 6] }, { data: cc.data, shape: [6] }], (p, q, r) => p - 0.3 * q * r);
+    const ref = mapRef(
+      [4, 5, 6],
+      [
+        { data: a.data, shape: [4, 1, 6] },
+        { data: b.data, shape: [5, 6] },
+        { data: cc.data, shape: [6] },
+      ],
+      (p, q, r) => p - 0.3 * q * r,
+    );
     expect(relErr(y, ref), seedInfo(rng.seed)).toBeLessThan(1e-6);
   });
 
@@ -151,7 +228,15 @@ describe('unary and scalar ops', () => {
     const a = randTensor(rng, [5, 4], true);
     const b = randTensor(rng, [1]);
     const y = withPoison(() => runSync(T.where(ct, a.t, b.t))).toFloat32();
-    const ref = mapRef([3, 5, 4], [{ data: cond, shape: [3, 5, 1] }, { data: a.data, shape: [5, 4] }, { data: b.data, shape: [1] }], (c, p, q) => (c ? p : q));
+    const ref = mapRef(
+      [3, 5, 4],
+      [
+        { data: cond, shape: [3, 5, 1] },
+        { data: a.data, shape: [5, 4] },
+        { data: b.data, shape: [1] },
+      ],
+      (c, p, q) => (c ? p : q),
+    );
     expect(maxAbsErr(y, ref), seedInfo(rng.seed)).toBe(0);
     const ia = Tensor.from(BigInt64Array.from([1n, 2n, 3n]), [3]);
     const ib = Tensor.from(BigInt64Array.from([-7n]), [1]);
@@ -162,11 +247,23 @@ describe('unary and scalar ops', () => {
 
 describe('unary backward ops', () => {
   // Each: forward in float64, backward op name, which forward value it saves ('x' or 'y').
-  const CASES: { name: string; f: (v: number) => number; saves: 'x' | 'y'; op: string; attrs?: Record<string, number> }[] = [
+  const CASES: {
+    name: string;
+    f: (v: number) => number;
+    saves: 'x' | 'y';
+    op: string;
+    attrs?: Record<string, number>;
+  }[] = [
     { name: 'sigmoid_backward', f: (v) => 1 / (1 + Math.exp(-v)), saves: 'y', op: 'sigmoid' },
     { name: 'tanh_backward', f: Math.tanh, saves: 'y', op: 'tanh' },
     { name: 'abs_backward', f: Math.abs, saves: 'x', op: 'abs' },
-    { name: 'clamp_backward', f: (v) => Math.min(Math.max(v, -0.6), 0.9), saves: 'x', op: 'clamp', attrs: { min: -0.6, max: 0.9 } },
+    {
+      name: 'clamp_backward',
+      f: (v) => Math.min(Math.max(v, -0.6), 0.9),
+      saves: 'x',
+      op: 'clamp',
+      attrs: { min: -0.6, max: 0.9 },
+    },
   ];
   for (const c of CASES) {
     it(`${c.name} matches finite differences and the analytic gradient`, () => {
@@ -174,7 +271,9 @@ describe('unary backward ops', () => {
       const shape = [7, 13];
       const x = randTensor(rng, shape, true);
       // Keep inputs away from kinks so finite differences are valid.
-      const xd = x.data.map((v) => (Math.abs(v) < 0.05 || Math.abs(v + 0.6) < 0.05 || Math.abs(v - 0.9) < 0.05 ? v + 0.2 : v));
+      const xd = x.data.map((v) =>
+        Math.abs(v) < 0.05 || Math.abs(v + 0.6) < 0.05 || Math.abs(v - 0.9) < 0.05 ? v + 0.2 : v,
+      );
       const xt = Tensor.from(xd, shape);
       const gy = rng.randn(numel(shape));
       const gyt = Tensor.from(gy, shape);

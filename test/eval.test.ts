@@ -63,20 +63,22 @@ describe('psnr', () => {
 });
 
 describe('ssim', () => {
-  it.skipIf(!hasSkimage)('matches skimage structural_similarity (gaussian, sigma 1.5, population covariance, data_range 2)', () => {
-    const rng = new Rng();
-    const shape: [number, number, number, number] = [3, 2, 16, 13];
-    const noises = [0.05, 0.3, 1.0];
-    const a = new Float32Array(3 * 2 * 16 * 13);
-    const b = new Float32Array(a.length);
-    const per = a.length / 3;
-    noises.forEach((nz, i) => {
-      const [x, y] = imagePair(rng, [1, 2, 16, 13], nz);
-      a.set(x, i * per);
-      b.set(y, i * per);
-    });
-    const got = ssim(Tensor.from(a, shape), Tensor.from(b, shape));
-    const script = `
+  it.skipIf(!hasSkimage)(
+    'matches skimage structural_similarity (gaussian, sigma 1.5, population covariance, data_range 2)',
+    () => {
+      const rng = new Rng();
+      const shape: [number, number, number, number] = [3, 2, 16, 13];
+      const noises = [0.05, 0.3, 1.0];
+      const a = new Float32Array(3 * 2 * 16 * 13);
+      const b = new Float32Array(a.length);
+      const per = a.length / 3;
+      noises.forEach((nz, i) => {
+        const [x, y] = imagePair(rng, [1, 2, 16, 13], nz);
+        a.set(x, i * per);
+        b.set(y, i * per);
+      });
+      const got = ssim(Tensor.from(a, shape), Tensor.from(b, shape));
+      const script = `
 import json, sys, numpy as np
 from skimage.metrics import structural_similarity
 d = json.load(sys.stdin)
@@ -84,15 +86,27 @@ a = np.array(d['a'], dtype=np.float32).astype(np.float64).reshape(d['shape'])
 b = np.array(d['b'], dtype=np.float32).astype(np.float64).reshape(d['shape'])
 out = [float(structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=2, channel_axis=0)) for i in range(a.shape[0])]
 print(json.dumps(out))`;
-    const r = spawnSync(PY, ['-c', script], { input: JSON.stringify({ a: Array.from(a), b: Array.from(b), shape }), encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-    const want = JSON.parse(r.stdout) as number[];
-    expect(want[0]!).toBeGreaterThan(want[2]!);
-    want.forEach((w, i) => expect(Math.abs(got.values[i]! - w), `image ${i}: ${got.values[i]} vs ${w}; ${seedInfo(rng.seed)}`).toBeLessThan(1e-4));
-  });
-  it.runIf(!hasSkimage)('SKIPPED the skimage comparison: /usr/bin/python3 has no skimage (apt-get install -y python3-skimage)', () => {
-    console.warn('eval.test: skimage missing, SSIM reference comparison skipped');
-  });
+      const r = spawnSync(PY, ['-c', script], {
+        input: JSON.stringify({ a: Array.from(a), b: Array.from(b), shape }),
+        encoding: 'utf8',
+      });
+      expect(r.status, r.stderr).toBe(0);
+      const want = JSON.parse(r.stdout) as number[];
+      expect(want[0]!).toBeGreaterThan(want[2]!);
+      want.forEach((w, i) =>
+        expect(
+          Math.abs(got.values[i]! - w),
+          `image ${i}: ${got.values[i]} vs ${w}; ${seedInfo(rng.seed)}`,
+        ).toBeLessThan(1e-4),
+      );
+    },
+  );
+  it.runIf(!hasSkimage)(
+    'SKIPPED the skimage comparison: /usr/bin/python3 has no skimage (apt-get install -y python3-skimage)',
+    () => {
+      console.warn('eval.test: skimage missing, SSIM reference comparison skipped');
+    },
+  );
   it('is 1 for identical images, decreases with noise, is symmetric; rejects bad arguments', () => {
     const rng = new Rng();
     const [a, b] = imagePair(rng, [2, 3, 12, 12], 0.3);
@@ -102,7 +116,9 @@ print(json.dumps(out))`;
     const s = ssim(ta, tb);
     for (const v of s.values) expect(v).toBeLessThan(0.99);
     ssim(tb, ta).values.forEach((v, i) => expect(v).toBeCloseTo(s.values[i]!, 12));
-    expect(() => ssim(Tensor.from(new Float32Array(100), [1, 1, 10, 10]), Tensor.from(new Float32Array(100), [1, 1, 10, 10]))).toThrow(/at least 11x11/);
+    expect(() =>
+      ssim(Tensor.from(new Float32Array(100), [1, 1, 10, 10]), Tensor.from(new Float32Array(100), [1, 1, 10, 10])),
+    ).toThrow(/at least 11x11/);
     expect(() => ssim(ta, ta, { sigma: -1 })).toThrow(/sigma/);
     expect(() => ssim(ta, Tensor.from(new Int32Array(2 * 3 * 144), [2, 3, 12, 12]))).toThrow(TypeError);
   });
@@ -147,11 +163,13 @@ function clusters(rng: Rng, n: number, d: number, k: number, gap: number, means?
     const r = rng.int(j + 1);
     [axes[j], axes[r]] = [axes[r]!, axes[j]!];
   }
-  const mu = means ?? Array.from({ length: k }, (_, c) => {
-    const m = new Float64Array(d);
-    m[axes[c]!] = (rng.next() < 0.5 ? -1 : 1) * gap;
-    return m;
-  });
+  const mu =
+    means ??
+    Array.from({ length: k }, (_, c) => {
+      const m = new Float64Array(d);
+      m[axes[c]!] = (rng.next() < 0.5 ? -1 : 1) * gap;
+      return m;
+    });
   const x = new Float32Array(n * d);
   const y = new Int32Array(n);
   for (let i = 0; i < n; ++i) {
@@ -181,7 +199,9 @@ describe('linear probe', () => {
     const other = trainLinearProbe(train.x, train.y, { ...opts, seed: 8 });
     expect(Array.from(other.weight)).not.toEqual(Array.from(probe.weight));
     // Labels carry the signal: shuffled labels give chance-level test accuracy.
-    const shuffled = Int32Array.from(train.y, (_, i) => train.y[(i * 7 + 3) % 400]! === train.y[i]! ? (train.y[i]! + 1) % K : train.y[(i * 7 + 3) % 400]!);
+    const shuffled = Int32Array.from(train.y, (_, i) =>
+      train.y[(i * 7 + 3) % 400]! === train.y[i]! ? (train.y[i]! + 1) % K : train.y[(i * 7 + 3) % 400]!,
+    );
     expect(trainLinearProbe(train.x, shuffled, opts).accuracy(test.x, test.y)).toBeLessThan(0.6);
   });
   it('rejects bad arguments', () => {
@@ -198,8 +218,22 @@ describe('linear probe', () => {
 });
 
 const TINY_ARGS = {
-  ddconfig: { z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1,
-    num_att_blocks: 3, num_heads: 2, dist_head: 'layer3', num_classes: 10, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1 },
+  ddconfig: {
+    z_channels: 8,
+    resolution: 16,
+    in_channels: 1,
+    out_ch: 1,
+    ch: 32,
+    ch_mult: [1, 2, 2],
+    num_res_blocks: 1,
+    num_att_blocks: 3,
+    num_heads: 2,
+    dist_head: 'layer3',
+    num_classes: 10,
+    merge_num: 7,
+    cand_distribution: 'gaussian-3',
+    init_values: 0.1,
+  },
   k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
   n_embed: 256,
   embed_dim: 8,
@@ -217,7 +251,8 @@ function tinyDataset(rng: Rng, n: number): Uint8ImageDataset {
   const lab = new Uint8Array(n);
   for (let i = 0; i < n; ++i) {
     lab[i] = i % 3;
-    for (let p = 0; p < 256; ++p) img[i * 256 + p] = rng.int(100) + ((p >> 4) >= 5 * lab[i]! && (p >> 4) < 5 * lab[i]! + 5 ? 150 : 0);
+    for (let p = 0; p < 256; ++p)
+      img[i * 256 + p] = rng.int(100) + (p >> 4 >= 5 * lab[i]! && p >> 4 < 5 * lab[i]! + 5 ? 150 : 0);
   }
   return new Uint8ImageDataset(img, lab, 16, 16, { size: 16, channels: 1 });
 }
@@ -229,7 +264,14 @@ describe('evaluateTokenizer', () => {
     const train = tinyDataset(rng, 24);
     const test = tinyDataset(rng, 10);
     const progress: string[] = [];
-    const r = await evaluateTokenizer(tok, { train, test, limit: 8, batchSize: 5, probe: { epochs: 5 }, onProgress: (p) => progress.push(p.stage) });
+    const r = await evaluateTokenizer(tok, {
+      train,
+      test,
+      limit: 8,
+      batchSize: 5,
+      probe: { epochs: 5 },
+      onProgress: (p) => progress.push(p.stage),
+    });
     expect(JSON.parse(JSON.stringify(r))).toEqual(r);
     expect(r.samples).toEqual({ train: 8, test: 8 });
     expect(r.keeps.map((k) => k.keep)).toEqual(tok.candidates.keep);
@@ -251,12 +293,21 @@ describe('evaluateTokenizer', () => {
     const ki = r.keeps.findIndex((k) => k.keep === tok.defaultKeep);
     expect(ki).toBeGreaterThanOrEqual(0);
     const rec = tok.reconstructSync(x, { keep: tok.defaultKeep });
-    const y = Tensor.from(Float32Array.from(rec.images.toArray<'float32'>(), (v) => Math.max(-1, Math.min(1, v))), [8, 1, 16, 16]);
+    const y = Tensor.from(
+      Float32Array.from(rec.images.toArray<'float32'>(), (v) => Math.max(-1, Math.min(1, v))),
+      [8, 1, 16, 16],
+    );
     expect(r.keeps[ki]!.given.psnr).toBeCloseTo(psnr(x, y).mean, 4);
     expect(r.keeps[ki]!.given.ssim).toBeCloseTo(ssim(x, y).mean, 4);
     expect(r.keeps[ki]!.codebook).toEqual(codebookUsage(rec.encoded.indices, 8));
     expect(r.probe).not.toBeNull();
-    expect(r.probe!).toMatchObject({ keep: tok.defaultKeep, classes: 3, trainSamples: 8, testSamples: 8, dim: rec.encoded.cls.shape[1] });
+    expect(r.probe!).toMatchObject({
+      keep: tok.defaultKeep,
+      classes: 3,
+      trainSamples: 8,
+      testSamples: 8,
+      dim: rec.encoded.cls.shape[1],
+    });
     for (const a of [r.probe!.trainAccuracy, r.probe!.testAccuracy]) expect(a >= 0 && a <= 1).toBe(true);
     expect(progress).toContain('reconstruct');
     expect(progress).toContain('probe-train');
@@ -281,7 +332,10 @@ describe.skipIf(!haveFashion)('mergevq eval', () => {
   it('prints a table and JSON for a tiny random-weight tokenizer', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mvq-cli-eval-'));
     const cfg = path.join(dir, 'tiny.yaml');
-    fs.writeFileSync(cfg, `model:\n  init_args: ${JSON.stringify(TINY_ARGS)}\ndata: { dataset: fashion-mnist, size: 16, mode: resize, channels: 1 }\n`);
+    fs.writeFileSync(
+      cfg,
+      `model:\n  init_args: ${JSON.stringify(TINY_ARGS)}\ndata: { dataset: fashion-mnist, size: 16, mode: resize, channels: 1 }\n`,
+    );
     const w = path.join(dir, 'tok.safetensors');
     await writeSafetensors(w, Object.fromEntries(tinyTokenizer(3).store.stateDict()));
     let out = '';
@@ -289,7 +343,10 @@ describe.skipIf(!haveFashion)('mergevq eval', () => {
       out += String(chunk);
       return true;
     });
-    const run = (...args: string[]) => createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
+    const run = (...args: string[]) =>
+      createProgram()
+        .exitOverride()
+        .parseAsync(['node', 'mergevq', ...args]);
     try {
       await run('eval', '-c', cfg, '-w', w, '--limit', '6', '--json');
       const r = JSON.parse(out) as import('../lib/eval/index.js').TokenizerEvaluation;
@@ -307,7 +364,12 @@ describe.skipIf(!haveFashion)('mergevq eval', () => {
       await run('eval', '-c', cfg, '-w', w, '--limit', '4', '--keeps', String(r.keeps[0]!.keep));
       expect(out).toMatch(/PSNR\(learned\)/);
       expect(out).toMatch(/linear probe .*test \d+\.\d+%/);
-      expect(out.trim().split('\n').filter((l) => /^\s*\d+\s/.test(l)).length).toBe(1);
+      expect(
+        out
+          .trim()
+          .split('\n')
+          .filter((l) => /^\s*\d+\s/.test(l)).length,
+      ).toBe(1);
       await expect(run('eval', '-c', cfg, '-w', path.join(dir, 'none.safetensors'))).rejects.toThrow();
     } finally {
       spy.mockRestore();

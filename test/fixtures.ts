@@ -54,14 +54,20 @@ export function loadFixture(dir: string, file: string): FixtureFile {
   if (typeof file !== 'string') typeError('file', 'a file name', file);
   const full = path.resolve(REPO_ROOT, dir, file);
   const st = readSafetensorsSync(full);
-  const meta = <T,>(name: string): T => {
-    if (!Object.prototype.hasOwnProperty.call(st.metadata, name)) {
-      throw new MergeVQError(`${full}: no __metadata__ entry ${JSON.stringify(name)} (has: ${Object.keys(st.metadata).join(', ')})`, 'ERR_NOT_FOUND');
+  const meta = <T>(name: string): T => {
+    if (!Object.hasOwn(st.metadata, name)) {
+      throw new MergeVQError(
+        `${full}: no __metadata__ entry ${JSON.stringify(name)} (has: ${Object.keys(st.metadata).join(', ')})`,
+        'ERR_NOT_FOUND',
+      );
     }
     try {
       return JSON.parse(st.metadata[name]!) as T;
     } catch (e) {
-      throw new MergeVQError(`${full}: __metadata__ entry ${JSON.stringify(name)} is not JSON (${(e as Error).message})`, 'ERR_BAD_FILE');
+      throw new MergeVQError(
+        `${full}: __metadata__ entry ${JSON.stringify(name)} is not JSON (${(e as Error).message})`,
+        'ERR_BAD_FILE',
+      );
     }
   };
   return Object.assign(st, { dir: path.resolve(REPO_ROOT, dir), path: full, meta });
@@ -106,7 +112,8 @@ type Numeric = ArrayLike<number> | ArrayLike<bigint> | Tensor;
 
 function toF64(name: string, v: Numeric): ArrayLike<number | bigint> {
   if (v instanceof Tensor) return v.dtype === 'int64' ? v.toArray<'int64'>() : Float64Array.from(v.toFloat32());
-  if (v === null || typeof v !== 'object' || typeof (v as ArrayLike<unknown>).length !== 'number') typeError(name, 'a Tensor or an array of numbers', v);
+  if (v === null || typeof v !== 'object' || typeof (v as ArrayLike<unknown>).length !== 'number')
+    typeError(name, 'a Tensor or an array of numbers', v);
   return v;
 }
 

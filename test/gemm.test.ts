@@ -9,24 +9,38 @@ import { Rng, allFinite, finiteDiffCheck, relErr, seedInfo, withPoison } from '.
 const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
 /** Float64 reference of alpha * op(a) op(b) with numpy batch broadcasting; a, b dense row-major. */
-function refMatmul(a: ArrayLike<number>, as: number[], b: ArrayLike<number>, bs: number[], ta = false, tb = false, alpha = 1) {
+function refMatmul(
+  a: ArrayLike<number>,
+  as: number[],
+  b: ArrayLike<number>,
+  bs: number[],
+  ta = false,
+  tb = false,
+  alpha = 1,
+) {
   const [ar, ac] = as.slice(-2) as [number, number];
   const [br, bc] = bs.slice(-2) as [number, number];
-  const M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
-  const ab = as.slice(0, -2), bb = bs.slice(0, -2);
+  const M = ta ? ac : ar,
+    K = ta ? ar : ac,
+    N = tb ? br : bc;
+  const ab = as.slice(0, -2),
+    bb = bs.slice(0, -2);
   const nd = Math.max(ab.length, bb.length);
-  const pa = [...Array(nd - ab.length).fill(1), ...ab], pb = [...Array(nd - bb.length).fill(1), ...bb];
+  const pa = [...Array(nd - ab.length).fill(1), ...ab],
+    pb = [...Array(nd - bb.length).fill(1), ...bb];
   const out = pa.map((x, i) => Math.max(x, pb[i]!));
   const count = numel(out);
   const y = new Float64Array(count * M * N);
   const idx = new Array(nd).fill(0);
   for (let t = 0; t < count; ++t) {
-    let ia = 0, ib = 0;
+    let ia = 0,
+      ib = 0;
     for (let d = 0; d < nd; ++d) {
       ia = ia * pa[d]! + (pa[d] === 1 ? 0 : idx[d]);
       ib = ib * pb[d]! + (pb[d] === 1 ? 0 : idx[d]);
     }
-    const ao = ia * ar * ac, bo = ib * br * bc;
+    const ao = ia * ar * ac,
+      bo = ib * br * bc;
     for (let i = 0; i < M; ++i)
       for (let j = 0; j < N; ++j) {
         let s = 0;
@@ -50,7 +64,8 @@ function transposeLast(x: ArrayLike<number>, shape: number[]): Float64Array {
   const [r, c] = shape.slice(-2) as [number, number];
   const n = numel(shape.slice(0, -2));
   const o = new Float64Array(x.length);
-  for (let t = 0; t < n; ++t) for (let i = 0; i < r; ++i) for (let j = 0; j < c; ++j) o[t * r * c + j * r + i] = x[t * r * c + i * c + j]!;
+  for (let t = 0; t < n; ++t)
+    for (let i = 0; i < r; ++i) for (let j = 0; j < c; ++j) o[t * r * c + j * r + i] = x[t * r * c + i * c + j]!;
   return o;
 }
 
@@ -73,7 +88,16 @@ function reduceTo(g: Float64Array, gshape: number[], shape: number[]): Float64Ar
 }
 
 /** Reference gradients of alpha op(a) op(b) (float64), shaped like a and b. */
-function refMatmulGrads(a: Float32Array, as: number[], b: Float32Array, bs: number[], gy: Float32Array, ta: boolean, tb: boolean, alpha: number) {
+function refMatmulGrads(
+  a: Float32Array,
+  as: number[],
+  b: Float32Array,
+  bs: number[],
+  gy: Float32Array,
+  ta: boolean,
+  tb: boolean,
+  alpha: number,
+) {
   const { shape: ys } = refMatmul(a, as, b, bs, ta, tb, alpha);
   const Ad = ta ? transposeLast(a, as) : Float64Array.from(a);
   const Bd = tb ? transposeLast(b, bs) : Float64Array.from(b);
@@ -93,18 +117,37 @@ const tol = (K: number) => 2e-6 * Math.sqrt(Math.max(K, 1)) + 2e-6;
 
 describe('matmul', () => {
   const sizes: [number, number, number][] = [
-    [1, 1, 1], [7, 33, 1], [33, 7, 257], [257, 33, 7], [1, 257, 33], [257, 257, 33], [33, 1, 257], [65, 130, 300], [300, 200, 150], [6, 16, 256],
+    [1, 1, 1],
+    [7, 33, 1],
+    [33, 7, 257],
+    [257, 33, 7],
+    [1, 257, 33],
+    [257, 257, 33],
+    [33, 1, 257],
+    [65, 130, 300],
+    [300, 200, 150],
+    [6, 16, 256],
     // N past one 3072-column block per thread (single-threaded, then split over 2 threads).
-    [1, 6200, 3], [7, 6500, 40],
+    [1, 6200, 3],
+    [7, 6500, 40],
   ];
   for (const [M, N, K] of sizes) {
-    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    for (const [ta, tb] of [
+      [false, false],
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const) {
       it(`M=${M} N=${N} K=${K} trans_a=${ta} trans_b=${tb} matches float64 (poisoned output)`, () => {
         const rng = new Rng();
-        const as = ta ? [K, M] : [M, K], bs = tb ? [N, K] : [K, N];
-        const a = rng.randn(numel(as)), b = rng.randn(numel(bs));
+        const as = ta ? [K, M] : [M, K],
+          bs = tb ? [N, K] : [K, N];
+        const a = rng.randn(numel(as)),
+          b = rng.randn(numel(bs));
         const alpha = ta && tb ? -0.75 : 1;
-        const y = withPoison(() => runSync(matmul(Tensor.from(a, as), Tensor.from(b, bs), { transA: ta, transB: tb, alpha })));
+        const y = withPoison(() =>
+          runSync(matmul(Tensor.from(a, as), Tensor.from(b, bs), { transA: ta, transB: tb, alpha })),
+        );
         expect(y.shape).toEqual([M, N]);
         const got = y.toFloat32();
         expect(allFinite(got), seedInfo(rng.seed)).toBe(true);
@@ -117,14 +160,30 @@ describe('matmul', () => {
   it('broadcasts batch dims (shared 2-D b, size-1 dims on either side)', () => {
     const rng = new Rng();
     const cases: [number[], number[]][] = [
-      [[2, 3, 7, 5], [5, 9]],
-      [[1, 7, 5], [4, 5, 9]],
-      [[3, 1, 7, 5], [4, 5, 9]],
-      [[4, 33, 20], [4, 20, 17]],
-      [[5, 40, 64], [64, 48]],
+      [
+        [2, 3, 7, 5],
+        [5, 9],
+      ],
+      [
+        [1, 7, 5],
+        [4, 5, 9],
+      ],
+      [
+        [3, 1, 7, 5],
+        [4, 5, 9],
+      ],
+      [
+        [4, 33, 20],
+        [4, 20, 17],
+      ],
+      [
+        [5, 40, 64],
+        [64, 48],
+      ],
     ];
     for (const [as, bs] of cases) {
-      const a = rng.randn(numel(as)), b = rng.randn(numel(bs));
+      const a = rng.randn(numel(as)),
+        b = rng.randn(numel(bs));
       const y = withPoison(() => runSync(matmul(Tensor.from(a, as), Tensor.from(b, bs))));
       const ref = refMatmul(a, as, b, bs);
       expect(y.shape).toEqual(ref.shape);
@@ -136,8 +195,11 @@ describe('matmul', () => {
   it('takes transposed and permuted (strided) views', () => {
     const rng = new Rng();
     // a stored [K, M] and viewed as [M, K]; b stored [N, K] viewed as [K, N].
-    const M = 37, K = 29, N = 41;
-    const aT = rng.randn(K * M), bT = rng.randn(N * K);
+    const M = 37,
+      K = 29,
+      N = 41;
+    const aT = rng.randn(K * M),
+      bT = rng.randn(N * K);
     const av = Tensor.from(aT, [K, M]).permute(1, 0);
     const bv = Tensor.from(bT, [N, K]).permute(1, 0);
     const y = withPoison(() => runSync(matmul(av, bv)));
@@ -165,7 +227,8 @@ describe('matmul', () => {
   });
 
   it('rejects mismatched shapes naming the op and argument', () => {
-    const a = Tensor.zeros([3, 4]), b = Tensor.zeros([5, 6]);
+    const a = Tensor.zeros([3, 4]),
+      b = Tensor.zeros([5, 6]);
     expect(() => runSync(matmul(a, b))).toThrow(/matmul: inner dims differ/);
     expect(() => runSync(matmul(Tensor.zeros([4]), b))).toThrow(TypeError);
     expect(() => runSync(matmul(Tensor.zeros([2, 3, 4]), Tensor.zeros([3, 4, 2])))).toThrow(/batch dims/);
@@ -194,14 +257,20 @@ describe('matmul_backward', () => {
   for (const [as, bs, ta, tb] of cases) {
     it(`a ${as} b ${bs} trans ${ta}/${tb}: analytic float64 and finite differences`, () => {
       const rng = new Rng();
-      const a = rng.randn(numel(as)), b = rng.randn(numel(bs));
+      const a = rng.randn(numel(as)),
+        b = rng.randn(numel(bs));
       const alpha = 1.5;
       const ys = refMatmul(a, as, b, bs, ta, tb, alpha).shape;
       const r = rng.randn(numel(ys));
-      const [ga, gb] = withPoison(() => runSync(matmulBackward(Tensor.from(a, as), Tensor.from(b, bs), Tensor.from(r, ys), { transA: ta, transB: tb, alpha })));
+      const [ga, gb] = withPoison(() =>
+        runSync(
+          matmulBackward(Tensor.from(a, as), Tensor.from(b, bs), Tensor.from(r, ys), { transA: ta, transB: tb, alpha }),
+        ),
+      );
       expect(ga.shape).toEqual(as);
       expect(gb.shape).toEqual(bs);
-      const gaf = ga.toFloat32(), gbf = gb.toFloat32();
+      const gaf = ga.toFloat32(),
+        gbf = gb.toFloat32();
       expect(allFinite(gaf) && allFinite(gbf), seedInfo(rng.seed)).toBe(true);
       const ref = refMatmulGrads(a, as, b, bs, r, ta, tb, alpha);
       expect(relErr(gaf, ref.ga), seedInfo(rng.seed)).toBeLessThan(1e-5);
@@ -221,7 +290,14 @@ describe('matmul_backward', () => {
   }
 });
 
-function refLinear(x: ArrayLike<number>, rows: number, K: number, w: ArrayLike<number>, N: number, bias?: ArrayLike<number>) {
+function refLinear(
+  x: ArrayLike<number>,
+  rows: number,
+  K: number,
+  w: ArrayLike<number>,
+  N: number,
+  bias?: ArrayLike<number>,
+) {
   const y = new Float64Array(rows * N);
   for (let i = 0; i < rows; ++i)
     for (let j = 0; j < N; ++j) {
@@ -245,16 +321,25 @@ describe('linear', () => {
     for (const withBias of [false, true]) {
       it(`x ${xs} -> ${N} bias=${withBias}: forward and backward vs float64`, () => {
         const rng = new Rng();
-        const K = xs.at(-1)!, rows = numel(xs.slice(0, -1));
-        const x = rng.randn(numel(xs)), w = rng.randn(N * K, 0.2), bias = withBias ? rng.randn(N) : undefined;
-        const y = withPoison(() => runSync(linear(Tensor.from(x, xs), Tensor.from(w, [N, K]), bias ? Tensor.from(bias, [N]) : null)));
+        const K = xs.at(-1)!,
+          rows = numel(xs.slice(0, -1));
+        const x = rng.randn(numel(xs)),
+          w = rng.randn(N * K, 0.2),
+          bias = withBias ? rng.randn(N) : undefined;
+        const y = withPoison(() =>
+          runSync(linear(Tensor.from(x, xs), Tensor.from(w, [N, K]), bias ? Tensor.from(bias, [N]) : null)),
+        );
         expect(y.shape).toEqual([...xs.slice(0, -1), N]);
         const yf = y.toFloat32();
         expect(allFinite(yf), seedInfo(rng.seed)).toBe(true);
         expect(relErr(yf, refLinear(x, rows, K, w, N, bias)), seedInfo(rng.seed)).toBeLessThan(tol(K));
         const gy = rng.randn(rows * N);
         const [gx, gw, gb] = withPoison(() =>
-          runSync(linearBackward(Tensor.from(x, xs), Tensor.from(w, [N, K]), Tensor.from(gy, [...xs.slice(0, -1), N]), { hasBias: withBias })),
+          runSync(
+            linearBackward(Tensor.from(x, xs), Tensor.from(w, [N, K]), Tensor.from(gy, [...xs.slice(0, -1), N]), {
+              hasBias: withBias,
+            }),
+          ),
         );
         // gx = gy w, gw = gy^T x, gb = colsum(gy)
         const rgx = refMatmul(gy, [rows, N], w, [N, K]).y;
@@ -274,15 +359,22 @@ describe('linear', () => {
 
   it('finite differences of every linear_backward output', () => {
     const rng = new Rng();
-    const rows = 5, K = 7, N = 4;
-    const x = rng.randn(rows * K), w = rng.randn(N * K), bias = rng.randn(N), r = rng.randn(rows * N);
+    const rows = 5,
+      K = 7,
+      N = 4;
+    const x = rng.randn(rows * K),
+      w = rng.randn(N * K),
+      bias = rng.randn(N),
+      r = rng.randn(rows * N);
     const loss = (xx: Float32Array, ww: Float32Array, bb: Float32Array) => {
       const y = refLinear(xx, rows, K, ww, N, bb);
       let s = 0;
       for (let i = 0; i < y.length; ++i) s += y[i]! * r[i]!;
       return s;
     };
-    const [gx, gw, gb] = runSync(linearBackward(Tensor.from(x, [rows, K]), Tensor.from(w, [N, K]), Tensor.from(r, [rows, N]), { hasBias: true }));
+    const [gx, gw, gb] = runSync(
+      linearBackward(Tensor.from(x, [rows, K]), Tensor.from(w, [N, K]), Tensor.from(r, [rows, N]), { hasBias: true }),
+    );
     for (const [name, v, f, g] of [
       ['x', x, (t: Float32Array) => loss(t, w, bias), gx.toFloat32()],
       ['w', w, (t: Float32Array) => loss(x, t, bias), gw.toFloat32()],
@@ -295,7 +387,10 @@ describe('linear', () => {
 
   it('accepts strided x and a transposed w view', () => {
     const rng = new Rng();
-    const T = 9, B = 3, K = 20, N = 11;
+    const T = 9,
+      B = 3,
+      K = 20,
+      N = 11;
     const base = rng.randn(T * B * K);
     const xv = Tensor.from(base, [T, B, K]).permute(1, 0, 2); // [B, T, K], not contiguous
     const xd = xv.contiguous().toFloat32();
@@ -313,17 +408,24 @@ describe('linear', () => {
 
   it('rejects bad shapes naming the argument', () => {
     expect(() => runSync(linear(Tensor.zeros([3, 4]), Tensor.zeros([5, 3])))).toThrow(/linear: 'w'/);
-    expect(() => runSync(linear(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([4])))).toThrow(/linear: 'bias'/);
-    expect(() => runSync(linearBackward(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([3, 4])))).toThrow(/linear_backward: 'gy'/);
+    expect(() => runSync(linear(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([4])))).toThrow(
+      /linear: 'bias'/,
+    );
+    expect(() => runSync(linearBackward(Tensor.zeros([3, 4]), Tensor.zeros([5, 4]), Tensor.zeros([3, 4])))).toThrow(
+      /linear_backward: 'gy'/,
+    );
     expect(() => runSync(linear(Tensor.zeros([3, 4]), 'w' as never))).toThrow(TypeError);
   });
 });
 
 describe('sgemm kernel dispatch', () => {
   const kernelIn = (env: Record<string, string>) => {
-    const script = `const a = require(${JSON.stringify(new URL('../lib/addon.cjs', import.meta.url).pathname)});` +
+    const script =
+      `const a = require(${JSON.stringify(new URL('../lib/addon.cjs', import.meta.url).pathname)});` +
       `const [t] = a.runOp('gemm_kernel', []); process.stdout.write(JSON.stringify(Array.from(new Int32Array(t.read()))));`;
-    return JSON.parse(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' })) as number[];
+    return JSON.parse(
+      execFileSync(process.execPath, ['-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' }),
+    ) as number[];
   };
   it('MERGEVQ_SIMD=avx2 selects the AVX2/FMA kernel; the default follows the CPU', () => {
     expect(kernelIn({ MERGEVQ_SIMD: 'avx2' })).toEqual([16, 0]);

@@ -18,13 +18,37 @@ import { loadPixelClassifier, savePixelClassifier } from '../lib/eval/generation
 import { Rng, seedInfo } from './helpers.js';
 
 const TOK = {
-  ddconfig: { z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1,
-    num_att_blocks: 3, num_heads: 2, dist_head: 'layer3', num_classes: 10, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1 },
+  ddconfig: {
+    z_channels: 8,
+    resolution: 16,
+    in_channels: 1,
+    out_ch: 1,
+    ch: 32,
+    ch_mult: [1, 2, 2],
+    num_res_blocks: 1,
+    num_att_blocks: 3,
+    num_heads: 2,
+    dist_head: 'layer3',
+    num_classes: 10,
+    merge_num: 7,
+    cand_distribution: 'gaussian-3',
+    init_values: 0.1,
+  },
   k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
   n_embed: 256,
   embed_dim: 8,
 };
-const GPT = { vocab_size: 256, block_size: 16, spatial_n_layer: 2, factorized_n_layer: 1, n_head: 2, dim: 32, class_num: 4, factorized_bits: [3, 5], multiple_of: 8 };
+const GPT = {
+  vocab_size: 256,
+  block_size: 16,
+  spatial_n_layer: 2,
+  factorized_n_layer: 1,
+  n_head: 2,
+  dim: 32,
+  class_num: 4,
+  factorized_bits: [3, 5],
+  multiple_of: 8,
+};
 
 function models(seed: number) {
   const tok = MergeVQTokenizer.fromConfig(TOK);
@@ -53,7 +77,10 @@ describe('generateImages', () => {
     expect(ints(b.indices)).toEqual(ints(a.indices));
     expect(Array.from(b.images.toFloat32())).toEqual(Array.from(a.images.toFloat32()));
     // the images are the decoder's output for the returned indices on the identity source
-    const ident = Tensor.from(BigInt64Array.from({ length: 5 * 16 }, (_, i) => BigInt(i % 16)), [5, 16]);
+    const ident = Tensor.from(
+      BigInt64Array.from({ length: 5 * 16 }, (_, i) => BigInt(i % 16)),
+      [5, 16],
+    );
     const dec = await tok.decode({ indices: a.indices, source: ident });
     expect(Array.from(dec.images.toFloat32())).toEqual(Array.from(a.images.toFloat32()));
     const c = await generateImages(tok, gen, { ...opts, seed: opts.seed + 1 });
@@ -67,8 +94,14 @@ describe('generateImages', () => {
     for (const keep of tok.candidates.keep) {
       const g = await generateImages(tok, gen, { classes: [rng.int(4)], keep, seed: rng.int(1 << 30), topK: 3 });
       const idx = ints(g.indices);
-      const pre = Tensor.from(BigInt64Array.from(idx, (v) => BigInt(v & 7)), [1, 16]);
-      const post = Tensor.from(BigInt64Array.from(idx, (v) => BigInt(v >> 3)), [1, 16]);
+      const pre = Tensor.from(
+        BigInt64Array.from(idx, (v) => BigInt(v & 7)),
+        [1, 16],
+      );
+      const post = Tensor.from(
+        BigInt64Array.from(idx, (v) => BigInt(v >> 3)),
+        [1, 16],
+      );
       const { first } = codeGroups(pre, post, 1, 16);
       // after the last input (token 14 at position 16) the live rows are those a next query (position
       // 17) could still see: the prefix, first occurrences and the recent window
@@ -90,7 +123,11 @@ describe('generateImages', () => {
     await expect(generateImages(tok, gen, { classes: [0], signal: pre.signal })).rejects.toThrow('stop now');
     const ac = new AbortController();
     let seen = 0;
-    const p = generateImages(tok, gen, { classes: [0, 1], signal: ac.signal, onStep: (d) => ((seen = d), d === 3 && ac.abort(new Error('at 3'))) });
+    const p = generateImages(tok, gen, {
+      classes: [0, 1],
+      signal: ac.signal,
+      onStep: (d) => ((seen = d), d === 3 && ac.abort(new Error('at 3'))),
+    });
     await expect(p).rejects.toThrow('at 3');
     expect(seen).toBe(3);
   });
@@ -118,13 +155,19 @@ describe('generateImages', () => {
     other.store.initRandom(0);
     await expect(generateImages(tok, other, { classes: [0] })).rejects.toThrow(/block_size 64/);
     // a misspelt option is an error naming it, not silently ignored
-    await expect(generateImages(tok, gen, { classes: [0], sead: 3 } as never)).rejects.toThrow(/unknown option 'sead'.*known: classes, keep, mergear/);
+    await expect(generateImages(tok, gen, { classes: [0], sead: 3 } as never)).rejects.toThrow(
+      /unknown option 'sead'.*known: classes, keep, mergear/,
+    );
     await expect(generateImages(tok, gen, { classes: [0], topk: 3 } as never)).rejects.toThrow(/unknown option 'topk'/);
     const x = Tensor.from(new Float32Array(16 * 16), [1, 1, 16, 16]);
-    expect(() => tok.encodeSync(x, { kepp: 9 } as never)).toThrow(/encode options: unknown option 'kepp' \(known: keep\)/);
+    expect(() => tok.encodeSync(x, { kepp: 9 } as never)).toThrow(
+      /encode options: unknown option 'kepp' \(known: keep\)/,
+    );
     expect(() => tok.reconstructSync(x, { keep: 9, sorce: 'learned' } as never)).toThrow(/unknown option 'sorce'/);
     const enc = tok.encodeSync(x);
-    expect(() => tok.decodeSync({ indices: enc.indices, source: enc.source, keep: 9 } as never)).toThrow(/decode input: unknown option 'keep'/);
+    expect(() => tok.decodeSync({ indices: enc.indices, source: enc.source, keep: 9 } as never)).toThrow(
+      /decode input: unknown option 'keep'/,
+    );
     const bits = new MergeARGPT({ ...GPT, factorized_bits: [4, 5], vocab_size: 512 }, { numCandidates: 3 });
     bits.store.initRandom(0);
     await expect(generateImages(tok, bits, { classes: [0] })).rejects.toThrow(/factorized_bits/);
@@ -140,7 +183,9 @@ describe('image helpers', () => {
     const a = x.toFloat32();
     const b = y.toFloat32();
     for (let bc = 0; bc < 6; ++bc)
-      for (let i = 0; i < 12; ++i) for (let j = 0; j < 15; ++j) expect(b[(bc * 12 + i) * 15 + j]).toBe(a[(bc * 4 + Math.floor(i / 3)) * 5 + Math.floor(j / 3)]);
+      for (let i = 0; i < 12; ++i)
+        for (let j = 0; j < 15; ++j)
+          expect(b[(bc * 12 + i) * 15 + j]).toBe(a[(bc * 4 + Math.floor(i / 3)) * 5 + Math.floor(j / 3)]);
     expect(() => upscaleNearest(x, 0)).toThrow(RangeError);
     expect(() => upscaleNearest(Tensor.from(new Float32Array(4), [4]), 2)).toThrow(TypeError);
   });
@@ -172,7 +217,25 @@ describe('stored pixel classifier', () => {
     const back = await loadPixelClassifier(path);
     expect(Array.from(back.probe.predict(x))).toEqual(Array.from(probe.predict(x)));
     expect(back).toMatchObject({ trainSamples: N, testAccuracy: 0.5 });
-    expect(() => linearProbeFromArrays({ dim: 2, classes: 2, mean: new Float32Array(2), std: new Float32Array([1, 0]), weight: new Float32Array(4), bias: new Float32Array(2) })).toThrow(/std/);
-    expect(() => linearProbeFromArrays({ dim: 2, classes: 2, mean: new Float32Array(3), std: new Float32Array([1, 1]), weight: new Float32Array(4), bias: new Float32Array(2) })).toThrow(/p\.mean/);
+    expect(() =>
+      linearProbeFromArrays({
+        dim: 2,
+        classes: 2,
+        mean: new Float32Array(2),
+        std: new Float32Array([1, 0]),
+        weight: new Float32Array(4),
+        bias: new Float32Array(2),
+      }),
+    ).toThrow(/std/);
+    expect(() =>
+      linearProbeFromArrays({
+        dim: 2,
+        classes: 2,
+        mean: new Float32Array(3),
+        std: new Float32Array([1, 1]),
+        weight: new Float32Array(4),
+        bias: new Float32Array(2),
+      }),
+    ).toThrow(/p\.mean/);
   });
 });

@@ -5,7 +5,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MergeVQError } from '../lib/errors.js';
-import { MergeVQGPT, ffnHidden, loadGPTConfigFile, normalizeGPTConfig, parseGPTConfigYaml } from '../lib/generator/index.js';
+import {
+  MergeVQGPT,
+  ffnHidden,
+  loadGPTConfigFile,
+  normalizeGPTConfig,
+  parseGPTConfigYaml,
+} from '../lib/generator/index.js';
 import { fixtureDirs, loadJsonFixture } from './fixtures.js';
 
 interface Official {
@@ -26,8 +32,12 @@ for (const dir of fixtureDirs()) {
       it(`${file}: parameter names, shapes and count equal the reference state_dict`, () => {
         const cfg = loadGPTConfigFile(path.join(dir, 'configs', 'gpu_s2', file));
         const model = new MergeVQGPT(cfg);
-        const ours = Object.fromEntries(Object.entries(model.store.shapeMap()).map(([k, s]) => [`transformer.${k}`, s]));
-        const want = Object.fromEntries(Object.entries(official[file]!.state_dict).filter(([k]) => k.startsWith('transformer.')));
+        const ours = Object.fromEntries(
+          Object.entries(model.store.shapeMap()).map(([k, s]) => [`transformer.${k}`, s]),
+        );
+        const want = Object.fromEntries(
+          Object.entries(official[file]!.state_dict).filter(([k]) => k.startsWith('transformer.')),
+        );
         expect(Object.keys(want).length).toBeGreaterThan(0);
         expect(Object.keys(ours).sort()).toEqual(Object.keys(want).sort());
         for (const [k, s] of Object.entries(want)) expect(ours[k], k).toEqual(s);

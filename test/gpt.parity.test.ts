@@ -4,7 +4,7 @@ import { beforeAll, expect, it } from 'vitest';
 import { Tape } from '../lib/autograd.js';
 import { runSync } from '../lib/graph.js';
 import { MergeVQGPT, generate, generateSync, type GPTLogits } from '../lib/generator/index.js';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { forEachFixtureDir, loadFixture, relErr } from './fixtures.js';
 
 function buildModel(dir: string): MergeVQGPT {
@@ -44,17 +44,28 @@ forEachFixtureDir('gpt_io.safetensors', (io, dir) => {
     const s = io().meta<{ temperature: number[]; top_k: number[]; top_p: number[] }>('sampling');
     const ref = io().tensor('greedy_pre');
     const out = await generate(model, io().tensor('class_label'), {
-      steps: ref.shape[1]!, temperature: [s.temperature[0]!, s.temperature[1]!], topK: [s.top_k[0]!, s.top_k[1]!], topP: [s.top_p[0]!, s.top_p[1]!],
+      steps: ref.shape[1]!,
+      temperature: [s.temperature[0]!, s.temperature[1]!],
+      topK: [s.top_k[0]!, s.top_k[1]!],
+      topP: [s.top_p[0]!, s.top_p[1]!],
     });
     expect(ints(out.pre)).toEqual(ints(ref));
     expect(ints(out.post)).toEqual(ints(io().tensor('greedy_post')));
   });
 
   it('greedy generation with classifier-free guidance equals the reference', () => {
-    const s = io().meta<{ temperature: number[]; top_k: number[]; top_p: number[]; cfg_scale_for_greedy_cfg: number[] }>('sampling');
+    const s = io().meta<{
+      temperature: number[];
+      top_k: number[];
+      top_p: number[];
+      cfg_scale_for_greedy_cfg: number[];
+    }>('sampling');
     const ref = io().tensor('greedy_cfg_pre');
     const out = generateSync(model, io().tensor('class_label'), {
-      steps: ref.shape[1]!, temperature: [s.temperature[0]!, s.temperature[1]!], topK: [s.top_k[0]!, s.top_k[1]!], topP: [s.top_p[0]!, s.top_p[1]!],
+      steps: ref.shape[1]!,
+      temperature: [s.temperature[0]!, s.temperature[1]!],
+      topK: [s.top_k[0]!, s.top_k[1]!],
+      topP: [s.top_p[0]!, s.top_p[1]!],
       cfgScale: [s.cfg_scale_for_greedy_cfg[0]!, s.cfg_scale_for_greedy_cfg[1]!],
     });
     expect(ints(out.pre)).toEqual(ints(ref));
@@ -92,7 +103,10 @@ forEachFixtureDir('gpt_grads.safetensors', (gr, dir) => {
     const model = buildModel(dir);
     const io = loadFixture(dir, 'gpt_io.safetensors');
     const tape = new Tape();
-    const { loss } = runSync(model.loss(io.tensor('idx_pre'), io.tensor('idx_post'), io.tensor('class_label')), tape.observe);
+    const { loss } = runSync(
+      model.loss(io.tensor('idx_pre'), io.tensor('idx_post'), io.tensor('class_label')),
+      tape.observe,
+    );
     const lossErr = relErr(loss.toFloat32(), gr().array('loss') as Float32Array);
     expect(lossErr, `loss relative error ${lossErr}`).toBeLessThan(1e-4);
     const grads = runSync(tape.backward(loss));
@@ -105,7 +119,9 @@ forEachFixtureDir('gpt_grads.safetensors', (gr, dir) => {
       expect(g, `no gradient for ${p}`).toBeDefined();
       errs[p] = relErr(g!.toFloat32(), gr().array(n) as Float32Array);
     }
-    console.log(`gpt grads: max relative error ${Math.max(...Object.values(errs)).toExponential(2)}, loss ${lossErr.toExponential(2)}`);
+    console.log(
+      `gpt grads: max relative error ${Math.max(...Object.values(errs)).toExponential(2)}, loss ${lossErr.toExponential(2)}`,
+    );
     const bad = Object.entries(errs).filter(([, e]) => !(e < 1e-3));
     expect(bad, `gradient errors: ${JSON.stringify(errs)}`).toEqual([]);
     io.close();

@@ -7,7 +7,17 @@ import { MergeVQGPT, SeededRandom, generateSync, guideLogits, sampleRow } from '
 import { Tensor } from '../lib/tensor.js';
 import { Rng, relErr, seedInfo } from './helpers.js';
 
-const tiny = { vocab_size: 512, block_size: 9, spatial_n_layer: 2, factorized_n_layer: 2, n_head: 2, dim: 16, class_num: 5, factorized_bits: [3, 6], multiple_of: 8 };
+const tiny = {
+  vocab_size: 512,
+  block_size: 9,
+  spatial_n_layer: 2,
+  factorized_n_layer: 2,
+  n_head: 2,
+  dim: 16,
+  class_num: 5,
+  factorized_bits: [3, 6],
+  multiple_of: 8,
+};
 
 function randomModel(seed: number): MergeVQGPT {
   const m = new MergeVQGPT(tiny);
@@ -63,9 +73,18 @@ describe('KV-cached decoding', () => {
     const B = 3;
     const L = tiny.block_size;
     const [V0, V1] = m.subVocab;
-    const pre = Tensor.from(BigInt64Array.from({ length: B * L }, () => BigInt(rng.int(V0))), [B, L]);
-    const post = Tensor.from(BigInt64Array.from({ length: B * L }, () => BigInt(rng.int(V1))), [B, L]);
-    const labels = Tensor.from(BigInt64Array.from({ length: B }, () => BigInt(rng.int(tiny.class_num + 1))), [B]);
+    const pre = Tensor.from(
+      BigInt64Array.from({ length: B * L }, () => BigInt(rng.int(V0))),
+      [B, L],
+    );
+    const post = Tensor.from(
+      BigInt64Array.from({ length: B * L }, () => BigInt(rng.int(V1))),
+      [B, L],
+    );
+    const labels = Tensor.from(
+      BigInt64Array.from({ length: B }, () => BigInt(rng.int(tiny.class_num + 1))),
+      [B],
+    );
     const ref = runSync(m.forward(pre, post, labels));
     const refPre = ref.pre.toFloat32();
     const refPost = ref.post.toFloat32();
@@ -76,11 +95,18 @@ describe('KV-cached decoding', () => {
     const gotPre = new Float32Array(B * L * V0);
     const gotPost = new Float32Array(B * L * V1);
     for (let n = 0; n < L; ++n) {
-      const col = (a: BigInt64Array) => Tensor.from(BigInt64Array.from({ length: B }, (_, b) => a[b * L + n - (n > 0 ? 1 : 0)]!), [B, 1]);
+      const col = (a: BigInt64Array) =>
+        Tensor.from(
+          BigInt64Array.from({ length: B }, (_, b) => a[b * L + n - (n > 0 ? 1 : 0)]!),
+          [B, 1],
+        );
       const x = runSync(n === 0 ? m.classEmbedding(labels) : m.tokenEmbedding(col(pa), col(qa)));
       const h = runSync(m.spatialStep(x, caches, n));
       const l0 = runSync(m.subTokenStep(h, fc, 0)).toFloat32();
-      const cur = Tensor.from(BigInt64Array.from({ length: B }, (_, b) => pa[b * L + n]!), [B, 1]);
+      const cur = Tensor.from(
+        BigInt64Array.from({ length: B }, (_, b) => pa[b * L + n]!),
+        [B, 1],
+      );
       const l1 = runSync(m.subTokenStep(runSync(m.preEmbedding(cur)), fc, 1)).toFloat32();
       for (let b = 0; b < B; ++b) {
         gotPre.set(l0.subarray(b * V0, (b + 1) * V0), (b * L + n) * V0);
@@ -119,7 +145,14 @@ describe('KV-cached decoding', () => {
 });
 
 describe('sampleRow', () => {
-  for (const [k, p, T] of [[0, 1, 1], [1, 1, 1], [5, 1, 0.7], [0, 0.6, 1], [7, 0.8, 1.5], [0, 0.05, 1]] as const) {
+  for (const [k, p, T] of [
+    [0, 1, 1],
+    [1, 1, 1],
+    [5, 1, 0.7],
+    [0, 0.6, 1],
+    [7, 0.8, 1.5],
+    [0, 0.05, 1],
+  ] as const) {
     it(`top_k ${k}, top_p ${p}, temperature ${T}: empirical frequencies follow the filtered distribution`, () => {
       const rng = new Rng();
       const V = 33;
@@ -131,7 +164,10 @@ describe('sampleRow', () => {
       for (let i = 0; i < n; ++i) counts[sampleRow(logits, T, k, p, sr)]! += 1;
       for (let i = 0; i < V; ++i) {
         if (want[i] === 0) expect(counts[i], `token ${i} must be filtered; ${seedInfo(rng.seed)}`).toBe(0);
-        else expect(Math.abs(counts[i]! / n - want[i]!), `token ${i}; ${seedInfo(rng.seed)}`).toBeLessThan(5 * Math.sqrt(want[i]! / n) + 1e-3);
+        else
+          expect(Math.abs(counts[i]! / n - want[i]!), `token ${i}; ${seedInfo(rng.seed)}`).toBeLessThan(
+            5 * Math.sqrt(want[i]! / n) + 1e-3,
+          );
       }
     });
   }
@@ -162,14 +198,41 @@ describe('dropLabels', () => {
   it('replaces labels by the null class at the requested rate, reproducibly', () => {
     const m = new MergeVQGPT(tiny);
     const n = 20000;
-    const labels = Tensor.from(BigInt64Array.from({ length: n }, (_, i) => BigInt(i % tiny.class_num)), [n]);
-    const a = Array.from(m.dropLabels(labels, (() => { const r = new SeededRandom(5); return () => r.next(); })()).toArray<'int64'>(), Number);
-    const b = Array.from(m.dropLabels(labels, (() => { const r = new SeededRandom(5); return () => r.next(); })()).toArray<'int64'>(), Number);
+    const labels = Tensor.from(
+      BigInt64Array.from({ length: n }, (_, i) => BigInt(i % tiny.class_num)),
+      [n],
+    );
+    const a = Array.from(
+      m
+        .dropLabels(
+          labels,
+          (() => {
+            const r = new SeededRandom(5);
+            return () => r.next();
+          })(),
+        )
+        .toArray<'int64'>(),
+      Number,
+    );
+    const b = Array.from(
+      m
+        .dropLabels(
+          labels,
+          (() => {
+            const r = new SeededRandom(5);
+            return () => r.next();
+          })(),
+        )
+        .toArray<'int64'>(),
+      Number,
+    );
     expect(a).toEqual(b);
     const dropped = a.filter((l) => l === tiny.class_num).length;
     expect(Math.abs(dropped / n - 0.1)).toBeLessThan(0.01);
     a.forEach((l, i) => expect(l === tiny.class_num || l === i % tiny.class_num).toBe(true));
-    expect(Array.from(m.dropLabels(labels, () => 0.5, 0).toArray<'int64'>(), Number)).toEqual(Array.from({ length: n }, (_, i) => i % tiny.class_num));
+    expect(Array.from(m.dropLabels(labels, () => 0.5, 0).toArray<'int64'>(), Number)).toEqual(
+      Array.from({ length: n }, (_, i) => i % tiny.class_num),
+    );
     expect(() => m.dropLabels(labels, () => 0.5, 2)).toThrow(/p must/);
   });
 });

@@ -44,7 +44,13 @@ export class Rng {
   }
   /** A float32 Tensor of normal draws. */
   tensor(shape: number[], scale = 1): Tensor {
-    return Tensor.from(this.randn(shape.reduce((a, b) => a * b, 1), scale), shape);
+    return Tensor.from(
+      this.randn(
+        shape.reduce((a, b) => a * b, 1),
+        scale,
+      ),
+      shape,
+    );
   }
 }
 
@@ -111,7 +117,7 @@ export function finiteDiffCheck(
     const xm = Float32Array.from(x);
     xp[i] = x[i]! + eps;
     xm[i] = x[i]! - eps;
-    const h = (xp[i]! - xm[i]!) / 2;  // the step actually representable in float32
+    const h = (xp[i]! - xm[i]!) / 2; // the step actually representable in float32
     const numeric = (f(xp) - f(xm)) / (2 * h);
     const rel = Math.abs(numeric - analytic[i]!) / Math.max(Math.abs(numeric), Math.abs(analytic[i]!), scale * 1e-2);
     if (rel > maxRel) {

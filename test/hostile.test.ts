@@ -11,7 +11,13 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createProgram } from '../lib/cli/program.js';
 import { MergeVQError } from '../lib/errors.js';
 import { loadCheckpoint, readCheckpointObject } from '../lib/io/checkpoint.js';
-import { DEFAULT_PICKLE_LIMITS, PickleObject, describePickled, isCodeExecutionGlobal, unpickle } from '../lib/io/pickle.js';
+import {
+  DEFAULT_PICKLE_LIMITS,
+  type PickleObject,
+  describePickled,
+  isCodeExecutionGlobal,
+  unpickle,
+} from '../lib/io/pickle.js';
 import { makeResolver } from '../lib/io/torch.js';
 import { runOp } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
@@ -63,13 +69,23 @@ describe('hostile checkpoints', () => {
 
   let bundle = '';
   beforeAll(async () => {
-    const { bundleIo } = (await import(pathToFileURL(path.join(REPO_ROOT, 'scripts/fuzz-bundle.mjs')).href)) as { bundleIo: (out: string) => Promise<string> };
+    const { bundleIo } = (await import(pathToFileURL(path.join(REPO_ROOT, 'scripts/fuzz-bundle.mjs')).href)) as {
+      bundleIo: (out: string) => Promise<string>;
+    };
     bundle = await bundleIo(path.join(REPO_ROOT, 'build/fuzz/hostile-test-io.mjs'));
   });
   const inChild = (file: string) => {
-    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts/fuzz-case.mjs'), bundle, 'checkpoint', file], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts/fuzz-case.mjs'), bundle, 'checkpoint', file], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     expect(r.status, r.stderr).toBe(0);
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { result: string; code?: string; ms: number; maxRSS: number };
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as {
+      result: string;
+      code?: string;
+      ms: number;
+      maxRSS: number;
+    };
   };
 
   it('each crasher, in its own process, takes under a second and under 64 MB more than loading a good file', () => {
@@ -89,11 +105,25 @@ describe('hostile checkpoints', () => {
     try {
       for (const [file, code] of CRASHERS) {
         const out = path.join(tmp, `${file}.safetensors`);
-        const e = await refusal(createProgram().exitOverride().parseAsync(['node', 'mergevq', 'convert', h(file), out]));
+        const e = await refusal(
+          createProgram()
+            .exitOverride()
+            .parseAsync(['node', 'mergevq', 'convert', h(file), out]),
+        );
         expect(e.code, file).toBe(code);
         expect(fs.existsSync(out), file).toBe(false);
       }
-      const e = await refusal(createProgram().exitOverride().parseAsync(['node', 'mergevq', 'convert', path.join(REPO_ROOT, 'test/data/malicious_reduce.ckpt'), path.join(tmp, 'x.safetensors')]));
+      const e = await refusal(
+        createProgram()
+          .exitOverride()
+          .parseAsync([
+            'node',
+            'mergevq',
+            'convert',
+            path.join(REPO_ROOT, 'test/data/malicious_reduce.ckpt'),
+            path.join(tmp, 'x.safetensors'),
+          ]),
+      );
       expect(e.code).toBe('ERR_UNSAFE_PICKLE');
     } finally {
       err.mockRestore();
@@ -154,29 +184,45 @@ describe('pickle policy', () => {
     const P = (s: string) => Buffer.from(s, 'latin1');
     // [argparse.Namespace(), argparse.Namespace()] -> two placeholders, reported once.
     const seen: string[] = [];
-    const v = unpickle(P('\x80\x02(cargparse\nNamespace\n)Rcargparse\nNamespace\n)Rl.'), { resolveGlobal: () => undefined, onUnknownGlobal: (q) => seen.push(q) }) as PickleObject[];
+    const v = unpickle(P('\x80\x02(cargparse\nNamespace\n)Rcargparse\nNamespace\n)Rl.'), {
+      resolveGlobal: () => undefined,
+      onUnknownGlobal: (q) => seen.push(q),
+    }) as PickleObject[];
     expect(v.map((o) => o.global)).toEqual(['argparse.Namespace', 'argparse.Namespace']);
     expect(seen).toEqual(['argparse.Namespace']);
-    expect(() => unpickle(P('\x80\x02cargparse\nNamespace\n)R.'), { resolveGlobal: () => undefined, unknownGlobals: 'refuse' })).toThrow(expect.objectContaining({ code: 'ERR_UNSAFE_PICKLE' }));
+    expect(() =>
+      unpickle(P('\x80\x02cargparse\nNamespace\n)R.'), { resolveGlobal: () => undefined, unknownGlobals: 'refuse' }),
+    ).toThrow(expect.objectContaining({ code: 'ERR_UNSAFE_PICKLE' }));
     // Code-execution globals are refused even when the caller asks for placeholders.
-    expect(() => unpickle(P('\x80\x02cposix\nsystem\n(X\x02\x00\x00\x00idtR.'), { resolveGlobal: () => undefined, skipUnknownGlobals: true })).toThrow(
-      expect.objectContaining({ code: 'ERR_UNSAFE_PICKLE', message: expect.stringMatching(/posix\.system/) }),
-    );
+    expect(() =>
+      unpickle(P('\x80\x02cposix\nsystem\n(X\x02\x00\x00\x00idtR.'), {
+        resolveGlobal: () => undefined,
+        skipUnknownGlobals: true,
+      }),
+    ).toThrow(expect.objectContaining({ code: 'ERR_UNSAFE_PICKLE', message: expect.stringMatching(/posix\.system/) }));
   });
 
   it('readCheckpointObject follows the same policy', async () => {
     const warnings: string[] = [];
-    await expect(readCheckpointObject(h('system_beside_state_dict.ckpt'), { skipUnknownGlobals: true, onWarning: (w) => warnings.push(w) })).rejects.toMatchObject({ code: 'ERR_UNSAFE_PICKLE' });
+    await expect(
+      readCheckpointObject(h('system_beside_state_dict.ckpt'), {
+        skipUnknownGlobals: true,
+        onWarning: (w) => warnings.push(w),
+      }),
+    ).rejects.toMatchObject({ code: 'ERR_UNSAFE_PICKLE' });
     expect(warnings).toEqual([]);
   });
 });
 
 describe('unpickler budgets', () => {
-  const P = (...parts: (string | Buffer)[]) => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
+  const P = (...parts: (string | Buffer)[]) =>
+    Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
   const none = () => undefined;
   const refusedWith = (pkl: Uint8Array, re: RegExp, limits = {}) => {
     const t0 = performance.now();
-    expect(() => unpickle(pkl, { resolveGlobal: makeResolver('<t>'), limits })).toThrow(expect.objectContaining({ code: 'ERR_BAD_FILE', message: expect.stringMatching(re) }));
+    expect(() => unpickle(pkl, { resolveGlobal: makeResolver('<t>'), limits })).toThrow(
+      expect.objectContaining({ code: 'ERR_BAD_FILE', message: expect.stringMatching(re) }),
+    );
     expect(performance.now() - t0).toBeLessThan(2000);
   };
 
@@ -190,7 +236,9 @@ describe('unpickler budgets', () => {
 
   it('bounds opcodes, memo entries, integer digits and nesting depth', () => {
     refusedWith(P('\x80\x02', Buffer.alloc(200, 0x4e), Buffer.alloc(200, 0x30), 'N.'), /limit maxOps/, { maxOps: 300 });
-    const memo = Buffer.concat(Array.from({ length: 300 }, (_, i) => Buffer.from([0x4e, 0x72, i & 255, i >> 8, 0, 0, 0x30])));
+    const memo = Buffer.concat(
+      Array.from({ length: 300 }, (_, i) => Buffer.from([0x4e, 0x72, i & 255, i >> 8, 0, 0, 0x30])),
+    );
     refusedWith(P('\x80\x02', memo, 'N.'), /limit maxMemo/, { maxMemo: 256 });
     refusedWith(P('\x80\x02I', '7'.repeat(5000), '\n.'), /INT of 5000 digits/);
     refusedWith(P('\x80\x02L', '7'.repeat(5000), 'L\n.'), /LONG of 5000 digits/);
@@ -201,7 +249,12 @@ describe('unpickler budgets', () => {
     // A big but allowed integer parses exactly.
     const digits = `${randomInt(1, 10)}${Array.from({ length: 3000 }, () => randomInt(10)).join('')}`;
     expect(unpickle(P('\x80\x02I', digits, '\n.'), { resolveGlobal: none })).toBe(BigInt(digits));
-    const b = Buffer.from(BigInt(digits).toString(16).padStart(2 * Math.ceil(BigInt(digits).toString(16).length / 2) + 2, '0'), 'hex').reverse();
+    const b = Buffer.from(
+      BigInt(digits)
+        .toString(16)
+        .padStart(2 * Math.ceil(BigInt(digits).toString(16).length / 2) + 2, '0'),
+      'hex',
+    ).reverse();
     const l4 = Buffer.alloc(5);
     l4[0] = 0x8b;
     l4.writeInt32LE(b.length, 1);
@@ -258,21 +311,33 @@ describe('unpickler budgets', () => {
 
 describe('native arguments', () => {
   it('tome_source_update checks n against the map before allocating', () => {
-    const B = 2, L = 8;
-    const map = Tensor.from(BigInt64Array.from({ length: B * L }, (_, i) => BigInt(i % L)), [B, L]);
+    const B = 2,
+      L = 8;
+    const map = Tensor.from(
+      BigInt64Array.from({ length: B * L }, (_, i) => BigInt(i % L)),
+      [B, L],
+    );
     const empty = Tensor.from(new BigInt64Array(0), [B, 0]);
     for (const n of [1e9, 2 ** 40, L + 1]) {
       const t0 = performance.now();
-      expect(() => runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n })).toThrow(RangeError);
-      expect(() => runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n })).toThrow(/'n' .*must be <= 8/);
+      expect(() => runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n })).toThrow(
+        RangeError,
+      );
+      expect(() => runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n })).toThrow(
+        /'n' .*must be <= 8/,
+      );
       expect(performance.now() - t0).toBeLessThan(100);
     }
     // A split that does not match n: refused before the table is built.
     const unm = Tensor.from(new BigInt64Array(B * 2), [B, 2]);
     const src = Tensor.from(new BigInt64Array(B * 1), [B, 1]);
-    expect(() => runOp('tome_source_update', [map.native, unm.native, src.native, src.native], { n: L })).toThrow(/must split the 4 even rows of n = 8/);
+    expect(() => runOp('tome_source_update', [map.native, unm.native, src.native, src.native], { n: L })).toThrow(
+      /must split the 4 even rows of n = 8/,
+    );
     // The identity merge with a valid n still works and returns the map.
-    const out = new Tensor(runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n: L })[0]!);
+    const out = new Tensor(
+      runOp('tome_source_update', [map.native, empty.native, empty.native, empty.native], { n: L })[0]!,
+    );
     expect(Array.from(out.toArray<'int64'>())).toEqual(Array.from(map.toArray<'int64'>()));
   });
 });

@@ -40,7 +40,17 @@ function gatherRef(x: ArrayLike<number>, shape: number[], dim: number, idx: numb
   });
 }
 /** Float64 torch.Tensor.scatter_reduce. */
-function scatterRef(base: ArrayLike<number>, bshape: number[], idx: number[], ishape: number[], src: ArrayLike<number>, sshape: number[], dim: number, reduce: string, self: boolean): Float64Array {
+function scatterRef(
+  base: ArrayLike<number>,
+  bshape: number[],
+  idx: number[],
+  ishape: number[],
+  src: ArrayLike<number>,
+  sshape: number[],
+  dim: number,
+  reduce: string,
+  self: boolean,
+): Float64Array {
   const contrib = new Map<number, number[]>();
   for (let i = 0; i < idx.length; ++i) {
     const c = coordsOf(i, ishape);
@@ -75,9 +85,15 @@ describe('index_select and embedding', () => {
         const y = withPoison(() => runSync(T.indexSelect(x.t, idx, dim)));
         expect(relErr(y.toFloat32(), selectRef(x.data, shape, dim, iv)), seedInfo(rng.seed)).toBe(0);
         const g = rng.randn(y.numel);
-        const gx = withPoison(() => runSync(T.indexSelectBackward(Tensor.from(g, y.shape), idx, dim, shape[dim]!))).toFloat32();
+        const gx = withPoison(() =>
+          runSync(T.indexSelectBackward(Tensor.from(g, y.shape), idx, dim, shape[dim]!)),
+        ).toFloat32();
         expect(allFinite(gx)).toBe(true);
-        const fd = finiteDiffCheck(x.data, (v) => dot(g, selectRef(v, shape, dim, iv)), gx, { eps: 1e-2, count: 30, rng });
+        const fd = finiteDiffCheck(x.data, (v) => dot(g, selectRef(v, shape, dim, iv)), gx, {
+          eps: 1e-2,
+          count: 30,
+          rng,
+        });
         expect(fd.maxRel, `${shape} ${dim} ${JSON.stringify(fd.worst)} ${seedInfo(rng.seed)}`).toBeLessThan(1e-3);
       }
     }
@@ -102,21 +118,34 @@ describe('index_select and embedding', () => {
       for (let j = 0; j < D; ++j) ref[r * D + j] += g[k * D + j]!;
     });
     expect(relErr(gw.toFloat32(), ref), seedInfo(rng.seed)).toBeLessThan(1e-7);
-    const fd = finiteDiffCheck(w.data, (v) => dot(g, selectRef(v, [V, D], 0, iv)), gw.toFloat32(), { eps: 1e-2, count: 40, rng });
+    const fd = finiteDiffCheck(w.data, (v) => dot(g, selectRef(v, [V, D], 0, iv)), gw.toFloat32(), {
+      eps: 1e-2,
+      count: 40,
+      rng,
+    });
     expect(fd.maxRel, seedInfo(rng.seed)).toBeLessThan(1e-3);
   });
 
   it('rejects out-of-range indices with a RangeError naming the op and value, inputs untouched', () => {
-    const x = Tensor.from(Float32Array.from({ length: 12 }, (_, i) => i), [4, 3]);
+    const x = Tensor.from(
+      Float32Array.from({ length: 12 }, (_, i) => i),
+      [4, 3],
+    );
     const before = Array.from(x.toFloat32());
     const bad = idxTensor([0, 2, 9, 1], [4], false);
     expect(() => op1('index_select', [x, bad], { dim: 0 })).toThrow(RangeError);
     expect(() => op1('index_select', [x, bad], { dim: 0 })).toThrow(/index_select: index 9/);
     expect(() => op1('embedding', [x, idxTensor([-1], [1], true)])).toThrow(/embedding: index -1/);
-    expect(() => op1('embedding_backward', [Tensor.zeros([2, 3]), idxTensor([0, 4], [2], false)], { num_embeddings: 4 })).toThrow(/embedding_backward: index 4/);
-    expect(() => op1('gather', [x, idxTensor([0, 0, 3, 0, 0, 0], [2, 3], false)], { dim: 1 })).toThrow(/gather: index 3/);
+    expect(() =>
+      op1('embedding_backward', [Tensor.zeros([2, 3]), idxTensor([0, 4], [2], false)], { num_embeddings: 4 }),
+    ).toThrow(/embedding_backward: index 4/);
+    expect(() => op1('gather', [x, idxTensor([0, 0, 3, 0, 0, 0], [2, 3], false)], { dim: 1 })).toThrow(
+      /gather: index 3/,
+    );
     const base = Tensor.zeros([4]);
-    expect(() => op1('scatter_reduce', [base, idxTensor([5], [1], false), Tensor.zeros([1])], { dim: 0, reduce: 'sum' })).toThrow(/scatter_reduce: index 5/);
+    expect(() =>
+      op1('scatter_reduce', [base, idxTensor([5], [1], false), Tensor.zeros([1])], { dim: 0, reduce: 'sum' }),
+    ).toThrow(/scatter_reduce: index 5/);
     expect(Array.from(base.toFloat32())).toEqual([0, 0, 0, 0]);
     expect(Array.from(x.toFloat32())).toEqual(before);
     expect(() => op1('index_select', [x, Tensor.from(new Float32Array([0]), [1])], { dim: 0 })).toThrow(TypeError);
@@ -142,7 +171,11 @@ describe('gather and scatter_reduce', () => {
       const g = rng.randn(numel(ishape));
       const gx = withPoison(() => runSync(T.gatherBackward(Tensor.from(g, ishape), idx, dim, shape))).toFloat32();
       expect(allFinite(gx)).toBe(true);
-      const fd = finiteDiffCheck(x.data, (v) => dot(g, gatherRef(v, shape, d, iv, ishape)), gx, { eps: 1e-2, count: 30, rng });
+      const fd = finiteDiffCheck(x.data, (v) => dot(g, gatherRef(v, shape, d, iv, ishape)), gx, {
+        eps: 1e-2,
+        count: 30,
+        rng,
+      });
       expect(fd.maxRel, `${shape} ${JSON.stringify(fd.worst)} ${seedInfo(rng.seed)}`).toBeLessThan(1e-3);
     }
   });
@@ -151,7 +184,8 @@ describe('gather and scatter_reduce', () => {
     const src = Tensor.from([1, 2, 3, 4, 5, 6]);
     const index = idxTensor([0, 1, 0, 1, 2, 1], [6], false);
     const input = Tensor.from([1, 2, 3, 4]);
-    const run = (b: Tensor, reduce: 'sum' | 'mean' | 'amax', includeSelf: boolean) => Array.from(runSync(T.scatterReduce(b, index, src, { dim: 0, reduce, includeSelf })).toFloat32());
+    const run = (b: Tensor, reduce: 'sum' | 'mean' | 'amax', includeSelf: boolean) =>
+      Array.from(runSync(T.scatterReduce(b, index, src, { dim: 0, reduce, includeSelf })).toFloat32());
     expect(run(input, 'sum', true)).toEqual([5, 14, 8, 4]);
     expect(run(input, 'sum', false)).toEqual([4, 12, 5, 4]);
     const input2 = Tensor.from([5, 4, 3, 2]);
@@ -179,7 +213,9 @@ describe('gather and scatter_reduce', () => {
       const idx = idxTensor(iv, sshape, false);
       for (const reduce of ['sum', 'mean', 'amax'] as const) {
         for (const includeSelf of [true, false]) {
-          const y = withPoison(() => runSync(T.scatterReduce(base.t, idx, src.t, { dim: 1, reduce, includeSelf }))).toFloat32();
+          const y = withPoison(() =>
+            runSync(T.scatterReduce(base.t, idx, src.t, { dim: 1, reduce, includeSelf })),
+          ).toFloat32();
           const ref = scatterRef(base.data, bshape, iv, sshape, src.data, sshape, 1, reduce, includeSelf);
           expect(relErr(y, ref), `${reduce} ${includeSelf} ${seedInfo(rng.seed)}`).toBeLessThan(1e-6);
         }
@@ -201,19 +237,33 @@ describe('gather and scatter_reduce', () => {
       for (const includeSelf of [true, false]) {
         const g = rng.randn(numel(bshape));
         const y = runSync(T.scatterReduce(base.t, idx, src.t, { dim: 1, reduce, includeSelf }));
-        const [gb, gs] = withPoison(() => runSync(T.scatterReduceBackward(base.t, idx, src.t, Tensor.from(g, y.shape), { dim: 1, reduce, includeSelf })));
+        const [gb, gs] = withPoison(() =>
+          runSync(
+            T.scatterReduceBackward(base.t, idx, src.t, Tensor.from(g, y.shape), { dim: 1, reduce, includeSelf }),
+          ),
+        );
         expect(gb.shape).toEqual(bshape);
         expect(gs.shape).toEqual(sshape);
-        const f = (b: ArrayLike<number>, s: ArrayLike<number>) => dot(g, scatterRef(b, bshape, iv, ishape, s, sshape, 1, reduce, includeSelf));
+        const f = (b: ArrayLike<number>, s: ArrayLike<number>) =>
+          dot(g, scatterRef(b, bshape, iv, ishape, s, sshape, 1, reduce, includeSelf));
         const fdb = finiteDiffCheck(base.data, (v) => f(v, src.data), gb.toFloat32(), { eps: 1e-2, count: 36, rng });
         const fds = finiteDiffCheck(src.data, (v) => f(base.data, v), gs.toFloat32(), { eps: 1e-2, count: 42, rng });
-        expect(fdb.maxRel, `base ${reduce} ${includeSelf} ${JSON.stringify(fdb.worst)} ${seedInfo(rng.seed)}`).toBeLessThan(1e-3);
-        expect(fds.maxRel, `src ${reduce} ${includeSelf} ${JSON.stringify(fds.worst)} ${seedInfo(rng.seed)}`).toBeLessThan(1e-3);
+        expect(
+          fdb.maxRel,
+          `base ${reduce} ${includeSelf} ${JSON.stringify(fdb.worst)} ${seedInfo(rng.seed)}`,
+        ).toBeLessThan(1e-3);
+        expect(
+          fds.maxRel,
+          `src ${reduce} ${includeSelf} ${JSON.stringify(fds.worst)} ${seedInfo(rng.seed)}`,
+        ).toBeLessThan(1e-3);
         // src positions outside idx get exactly zero.
         const gsa = gs.toFloat32();
-        for (let b = 0; b < 2; ++b) for (let n = 5; n < 7; ++n) for (let c = 0; c < 3; ++c) expect(gsa[(b * 7 + n) * 3 + c]).toBe(0);
+        for (let b = 0; b < 2; ++b)
+          for (let n = 5; n < 7; ++n) for (let c = 0; c < 3; ++c) expect(gsa[(b * 7 + n) * 3 + c]).toBe(0);
       }
     }
-    expect(() => op('scatter_reduce_backward', [base.t, idx, src.t, base.t], { dim: 1, reduce: 'amax' })).toThrow(RangeError);
+    expect(() => op('scatter_reduce_backward', [base.t, idx, src.t, base.t], { dim: 1, reduce: 'amax' })).toThrow(
+      RangeError,
+    );
   });
 });

@@ -15,7 +15,16 @@ function stridedBHNd(data: Float32Array, B: number, H: number, n: number, hd: nu
   return Tensor.from(buf, [B, n, H, hd]).permute(0, 2, 1, 3);
 }
 
-function refWrite(cache: Float32Array, x: Float32Array, B: number, H: number, Mcap: number, n: number, hd: number, pos: number) {
+function refWrite(
+  cache: Float32Array,
+  x: Float32Array,
+  B: number,
+  H: number,
+  Mcap: number,
+  n: number,
+  hd: number,
+  pos: number,
+) {
   const out = Float32Array.from(cache);
   for (let b = 0; b < B; ++b)
     for (let h = 0; h < H; ++h)
@@ -29,7 +38,8 @@ function refCompact(cache: Float32Array, idx: Int32Array, B: number, H: number, 
   for (let b = 0; b < B; ++b)
     for (let h = 0; h < H; ++h)
       for (let t = 0; t < m; ++t)
-        for (let c = 0; c < hd; ++c) out[((b * H + h) * Mcap + t) * hd + c] = cache[((b * H + h) * Mcap + idx[b * m + t]!) * hd + c]!;
+        for (let c = 0; c < hd; ++c)
+          out[((b * H + h) * Mcap + t) * hd + c] = cache[((b * H + h) * Mcap + idx[b * m + t]!) * hd + c]!;
   return out;
 }
 
@@ -97,7 +107,9 @@ function suite(device: 'cpu' | 'cuda') {
       const out = runSync(kvCacheCompact(cache, Tensor.from(idx, [B, m]).to(device), len));
       expect(out.native.storageId).toBe(cache.native.storageId);
       const want = refCompact(init, idx, B, H, Mcap, m, hd);
-      expect(Array.from(cache.to('cpu').toFloat32()), `${seedInfo(rng.seed)} ${[B, H, Mcap, hd, len, m]}`).toEqual(Array.from(want));
+      expect(Array.from(cache.to('cpu').toFloat32()), `${seedInfo(rng.seed)} ${[B, H, Mcap, hd, len, m]}`).toEqual(
+        Array.from(want),
+      );
     }
   });
 
@@ -106,12 +118,58 @@ function suite(device: 'cpu' | 'cuda') {
     const init = rng.randn(2 * 2 * 10 * 4);
     const cache = Tensor.from(init, [2, 2, 10, 4]).to(device);
     const bad = (rows: number[][], len: number) =>
-      runSync(kvCacheCompact(cache, Tensor.from(Int32Array.from(rows.flat()), [rows.length, rows[0]!.length]).to(device), len));
-    expect(() => bad([[0, 2, 2], [0, 1, 2]], 8)).toThrow(/strictly increasing/);
-    expect(() => bad([[0, 1, 2], [3, 1, 4]], 8)).toThrow(/strictly increasing/);
-    expect(() => bad([[0, 1, 8], [0, 1, 2]], 8)).toThrow(RangeError);
-    expect(() => bad([[-1, 1, 2], [0, 1, 2]], 8)).toThrow(RangeError);
-    expect(() => bad([[0, 1, 2], [0, 1, 2]], 11)).toThrow(/len/);
+      runSync(
+        kvCacheCompact(
+          cache,
+          Tensor.from(Int32Array.from(rows.flat()), [rows.length, rows[0]!.length]).to(device),
+          len,
+        ),
+      );
+    expect(() =>
+      bad(
+        [
+          [0, 2, 2],
+          [0, 1, 2],
+        ],
+        8,
+      ),
+    ).toThrow(/strictly increasing/);
+    expect(() =>
+      bad(
+        [
+          [0, 1, 2],
+          [3, 1, 4],
+        ],
+        8,
+      ),
+    ).toThrow(/strictly increasing/);
+    expect(() =>
+      bad(
+        [
+          [0, 1, 8],
+          [0, 1, 2],
+        ],
+        8,
+      ),
+    ).toThrow(RangeError);
+    expect(() =>
+      bad(
+        [
+          [-1, 1, 2],
+          [0, 1, 2],
+        ],
+        8,
+      ),
+    ).toThrow(RangeError);
+    expect(() =>
+      bad(
+        [
+          [0, 1, 2],
+          [0, 1, 2],
+        ],
+        11,
+      ),
+    ).toThrow(/len/);
     expect(() => bad([[0, 1, 2]], 8)).toThrow(TypeError);
     expect(Array.from(cache.to('cpu').toFloat32())).toEqual(Array.from(init));
   });
@@ -120,6 +178,7 @@ function suite(device: 'cpu' | 'cuda') {
 describe('KV cache ops (CPU)', () => suite('cpu'));
 
 const cuda = addon.deviceAvailable('cuda');
-describe.skipIf(!cuda.available || !addon.supports('kv_cache_write', 'cuda'))(`KV cache ops (CUDA) (${cuda.reason ?? 'cuda available'})`, () =>
-  suite('cuda'),
+describe.skipIf(!cuda.available || !addon.supports('kv_cache_write', 'cuda'))(
+  `KV cache ops (CUDA) (${cuda.reason ?? 'cuda available'})`,
+  () => suite('cuda'),
 );

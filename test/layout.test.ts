@@ -17,20 +17,39 @@ function flat(c: number[], shape: number[]): number {
 }
 function expectSame(got: Float32Array, want: Float32Array, msg: string) {
   expect(got.length, msg).toBe(want.length);
-  for (let i = 0; i < got.length; ++i) if (!Object.is(got[i], want[i])) expect(`${i}: ${got[i]}`, msg).toBe(`${i}: ${want[i]}`);
+  for (let i = 0; i < got.length; ++i)
+    if (!Object.is(got[i], want[i])) expect(`${i}: ${got[i]}`, msg).toBe(`${i}: ${want[i]}`);
 }
 
 describe('layout ops', () => {
   it('permute makes dense copies, incl. blocked [B, C, HW] <-> [B, HW, C] transposes', () => {
     const rng = new Rng();
     const cases: [number[], number[]][] = [
-      [[3, 67, 129], [0, 2, 1]],
-      [[2, 129, 67], [0, 2, 1]],
-      [[1, 256, 1024], [0, 2, 1]],
-      [[2, 3, 4, 5], [3, 1, 0, 2]],
-      [[7, 1, 9], [2, 1, 0]],
+      [
+        [3, 67, 129],
+        [0, 2, 1],
+      ],
+      [
+        [2, 129, 67],
+        [0, 2, 1],
+      ],
+      [
+        [1, 256, 1024],
+        [0, 2, 1],
+      ],
+      [
+        [2, 3, 4, 5],
+        [3, 1, 0, 2],
+      ],
+      [
+        [7, 1, 9],
+        [2, 1, 0],
+      ],
       [[5], [0]],
-      [[33, 8, 17], [1, 2, 0]],
+      [
+        [33, 8, 17],
+        [1, 2, 0],
+      ],
     ];
     for (const [shape, dims] of cases) {
       for (const strided of [false, true]) {
@@ -47,7 +66,10 @@ describe('layout ops', () => {
       }
     }
     // Other dtypes go through the same copy.
-    const xi = Tensor.from(BigInt64Array.from({ length: 6 }, (_, i) => BigInt(i)), [2, 3]);
+    const xi = Tensor.from(
+      BigInt64Array.from({ length: 6 }, (_, i) => BigInt(i)),
+      [2, 3],
+    );
     expect(Array.from(op1('permute', [xi], { dims: [1, 0] }).toArray<'int64'>())).toEqual([0n, 3n, 1n, 4n, 2n, 5n]);
     expect(() => op1('permute', [xi], { dims: [0, 0] })).toThrow(RangeError);
   });
@@ -62,7 +84,14 @@ describe('layout ops', () => {
         sh[d] = s;
         return randTensor(rng, sh, k === 1);
       });
-      const y = withPoison(() => runSync(T.concat(parts.map((p) => p.t), dim)));
+      const y = withPoison(() =>
+        runSync(
+          T.concat(
+            parts.map((p) => p.t),
+            dim,
+          ),
+        ),
+      );
       const out = [3, 5, 6];
       out[d] = 12;
       expect(y.shape).toEqual(out);
@@ -163,7 +192,12 @@ describe('layout ops', () => {
     for (const dims of [[0], [2], [0, 2], [-1, 1]]) {
       const y = withPoison(() => runSync(T.flip(x.t, dims)));
       const nd = dims.map((d) => (d < 0 ? d + 3 : d));
-      const want = remap(x.data, [3, 4, 5], (c) => flat(c.map((v, d) => (nd.includes(d) ? [3, 4, 5][d]! - 1 - v : v)), [3, 4, 5]));
+      const want = remap(x.data, [3, 4, 5], (c) =>
+        flat(
+          c.map((v, d) => (nd.includes(d) ? [3, 4, 5][d]! - 1 - v : v)),
+          [3, 4, 5],
+        ),
+      );
       expectSame(y.toFloat32(), want, `flip ${dims} ${seedInfo(rng.seed)}`);
     }
   });

@@ -26,7 +26,10 @@ const hasTorch = fs.existsSync(PY) && spawnSync(PY, ['-c', 'import torch'], { en
 const dirs: [string, string][] = [['committed', COMMITTED]];
 if (hasTorch) {
   const fresh = path.join(tmp, 'fresh');
-  const r = spawnSync(PY, [path.join(REPO_ROOT, 'scripts/make-legacy-ckpt.py'), fresh], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(PY, [path.join(REPO_ROOT, 'scripts/make-legacy-ckpt.py'), fresh], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   if (r.status !== 0) throw new Error(`make-legacy-ckpt.py failed: ${r.stderr}`);
   dirs.push(['generated now by torch', fresh]);
 }
@@ -56,7 +59,8 @@ function view<T>(src: T[], offset: number, shape: number[], stride: number[]): T
   return out;
 }
 
-const values = (t: Tensor): (number | bigint)[] => (t.dtype === 'int64' ? Array.from(t.toArray<'int64'>()) : Array.from(t.toFloat32()));
+const values = (t: Tensor): (number | bigint)[] =>
+  t.dtype === 'int64' ? Array.from(t.toArray<'int64'>()) : Array.from(t.toFloat32());
 
 describe.each(dirs)('legacy torch.save files (%s)', (_, dir) => {
   const f = (name: string) => path.join(dir, name);
@@ -75,9 +79,19 @@ describe.each(dirs)('legacy torch.save files (%s)', (_, dir) => {
     const p4 = await loadCheckpoint(f('state_p4.legacy.pt'), quiet);
     expect(p4.format).toBe('legacy');
     expect([...p4.tensors.keys()]).toEqual([...zip.tensors.keys()]);
-    for (const [k, t] of p4.tensors) expect(bytesOf(t).equals(bytesOf(zip.tensors.get(k)!)), `protocol 4: ${k}`).toBe(true);
+    for (const [k, t] of p4.tensors)
+      expect(bytesOf(t).equals(bytesOf(zip.tensors.get(k)!)), `protocol 4: ${k}`).toBe(true);
     const T = legacy.tensors;
-    const dtypes: Record<string, string> = { float32: 'float32', float16: 'float16', bfloat16: 'bfloat16', float64: 'float32', int64: 'int64', int32: 'int32', uint8: 'uint8', bool: 'uint8' };
+    const dtypes: Record<string, string> = {
+      float32: 'float32',
+      float16: 'float16',
+      bfloat16: 'bfloat16',
+      float64: 'float32',
+      int64: 'int64',
+      int32: 'int32',
+      uint8: 'uint8',
+      bool: 'uint8',
+    };
     for (const [dt, as] of Object.entries(dtypes)) {
       const t = T.get(`dtype.${dt}`)!;
       expect([t.dtype, t.shape], dt).toEqual([as, [3, 4]]);
@@ -112,14 +126,20 @@ describe.each(dirs)('legacy torch.save files (%s)', (_, dir) => {
       expect(dd.get('ch_mult')).toEqual([1, 2, 2]);
       expect(dd.get('pair')).toEqual([3, 'x']);
       expect(hp.get('lr')).toBe(1e-4);
-      const st = (r.extra.get('optimizer') as Map<string, Map<number, Map<string, unknown>>>).get('state')!.get(0)!.get('exp_avg');
+      const st = (r.extra.get('optimizer') as Map<string, Map<number, Map<string, unknown>>>)
+        .get('state')!
+        .get(0)!
+        .get('exp_avg');
       expect(st).toBeInstanceOf(TorchTensorRef);
       expect((st as TorchTensorRef).shape).toEqual([2]);
     }
   });
 
   it('describes int8/int16 storages and refuses to load them as tensors', async () => {
-    await expect(loadCheckpoint(f('narrow_ints.legacy.pt'), quiet)).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_DTYPE', message: expect.stringMatching(/i8 has dtype int8/) });
+    await expect(loadCheckpoint(f('narrow_ints.legacy.pt'), quiet)).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED_DTYPE',
+      message: expect.stringMatching(/i8 has dtype int8/),
+    });
     const top = (await readCheckpointObject(f('narrow_ints.legacy.pt'))) as Map<string, TorchTensorRef>;
     expect([...top.values()].map((t) => t.dtype)).toEqual(['int8', 'int16']);
   });
@@ -194,11 +214,21 @@ describe('damaged and hostile legacy files', () => {
     const cmd = Buffer.from('echo pwned');
     const len = Buffer.alloc(4);
     len.writeUInt32LE(cmd.length);
-    const evil = Buffer.concat([Buffer.from('\x80\x02cposix\nsystem\n(X', 'latin1'), len, cmd, Buffer.from('tR.', 'latin1'), Buffer.from('\x80\x02].', 'latin1')]);
+    const evil = Buffer.concat([
+      Buffer.from('\x80\x02cposix\nsystem\n(X', 'latin1'),
+      len,
+      cmd,
+      Buffer.from('tR.', 'latin1'),
+      Buffer.from('\x80\x02].', 'latin1'),
+    ]);
     fs.writeFileSync(file, Buffer.concat([head, evil]));
     expect((await refused(file, 'ERR_UNSAFE_PICKLE')).message).toMatch(/posix\.system/);
     // A MARK flood larger than the first read of the pickles: refused by the stack budget.
-    const flood = Buffer.concat([head, Buffer.from([0x80, 0x02]), Buffer.alloc(DEFAULT_PICKLE_LIMITS.maxStack + 10, 0x28)]);
+    const flood = Buffer.concat([
+      head,
+      Buffer.from([0x80, 0x02]),
+      Buffer.alloc(DEFAULT_PICKLE_LIMITS.maxStack + 10, 0x28),
+    ]);
     fs.writeFileSync(file, flood);
     expect((await refused(file)).message).toMatch(/limit maxStack/);
     // A storage key in the list that no tensor uses, and a magic number that is not torch's.

@@ -21,7 +21,7 @@ const scalar = (v: number) => Tensor.from(new Float32Array([v]), []);
 const ints = (t: Tensor) => Array.from(t.toArray<'int64'>(), Number);
 
 /** Rows [N, d] of z [B, d, ...] (channel axis 1), in the reference's (b, spatial) order, float64. */
-function rowsOf(z: Float32Array, shape: number[]): number[][] {
+function _rowsOf(z: Float32Array, shape: number[]): number[][] {
   const [B, d] = [shape[0]!, shape[1]!];
   const S = shape.slice(2).reduce((a, b) => a * b, 1);
   const rows: number[][] = [];
@@ -111,7 +111,9 @@ describe('lfq parity with the reference fixtures', () => {
           const bits: [number, number] = [Number(f[1]), Number(f[2])];
           const { pre, post } = runSync(lfqFactorize(indices, bits));
           expect(ints(pre)).toEqual(Array.from(st.tensors.get(key)!.data as BigInt64Array, Number));
-          expect(ints(post)).toEqual(Array.from(get(`indices_post_${bits[0]}_${bits[1]}`).data as BigInt64Array, Number));
+          expect(ints(post)).toEqual(
+            Array.from(get(`indices_post_${bits[0]}_${bits[1]}`).data as BigInt64Array, Number),
+          );
           expect(ints(runSync(lfqUnfactorize(pre, post, bits)))).toEqual(ints(indices));
         }
       });
@@ -159,7 +161,12 @@ describe('lfq parity with the reference fixtures', () => {
 describe('lfq_quantize / indices / factorization', () => {
   it('matches a JS reference on random inputs with zeros, odd sizes and non-contiguous views', () => {
     const rng = new Rng();
-    for (const [B, d, H, W] of [[1, 1, 1, 1], [2, 7, 3, 5], [3, 18, 1, 7], [1, 33, 2, 2]] as const) {
+    for (const [B, d, H, W] of [
+      [1, 1, 1, 1],
+      [2, 7, 3, 5],
+      [3, 18, 1, 7],
+      [1, 33, 2, 2],
+    ] as const) {
       const n = B * d * H * W;
       const data = rng.randn(n);
       for (let i = 0; i < n; i += 3) data[i] = 0; // exact zeros quantize to -1
@@ -191,7 +198,8 @@ describe('lfq_quantize / indices / factorization', () => {
       if (d >= 2) {
         const b0 = Math.floor(d / 3) || 1;
         const { pre, post } = runSync(lfqFactorize(indices, [b0, d - b0]));
-        const p = ints(pre), q = ints(post);
+        const p = ints(pre),
+          q = ints(post);
         idx.forEach((v, i) => {
           expect(p[i]).toBe(Number(BigInt(v) & ((1n << BigInt(b0)) - 1n)));
           expect(q[i]).toBe(Number(BigInt(v) >> BigInt(b0)));
@@ -211,7 +219,14 @@ describe('lfq_quantize / indices / factorization', () => {
 });
 
 describe('lfq_entropy against a float64 full-softmax reference', () => {
-  for (const [N, d, T] of [[1, 1, 0.01], [7, 3, 1.0], [33, 7, 0.5], [257, 10, 0.01], [5, 9, 2.0], [19, 11, 0.05]] as const) {
+  for (const [N, d, T] of [
+    [1, 1, 0.01],
+    [7, 3, 1.0],
+    [33, 7, 0.5],
+    [257, 10, 0.01],
+    [5, 9, 2.0],
+    [19, 11, 0.05],
+  ] as const) {
     it(`N=${N} d=${d} T=${T}: values, avg_probs and gradients`, () => {
       const rng = new Rng();
       const scale = T >= 0.5 ? 0.7 : 0.02;
@@ -229,12 +244,19 @@ describe('lfq_entropy against a float64 full-softmax reference', () => {
       expect(Math.abs(ent.perSample.item() - ref.ps), info).toBeLessThan(1e-5 * Math.max(1, ref.ps));
       expect(Math.abs(ent.codebook.item() - ref.cb), info).toBeLessThan(1e-5 * Math.max(1, ref.cb));
       expect(maxAbsErr(ent.avgProbs.toFloat32(), ref.pbar), info).toBeLessThan(1e-6);
-      const g = withPoison(() => runSync(lfqEntropyBackward(z, scalar(gps), scalar(gcb), { temperature: T }))).toFloat32();
+      const g = withPoison(() =>
+        runSync(lfqEntropyBackward(z, scalar(gps), scalar(gcb), { temperature: T })),
+      ).toFloat32();
       expect(allFinite(g)).toBe(true);
       expect(relErr(g, ref.grad.flat()), info).toBeLessThan(1e-4);
       // Finite differences of the float64 reference loss.
       const f = (x: Float32Array) => {
-        const r = entropyRef(Array.from({ length: N }, (_, n) => Array.from(x.subarray(n * d, n * d + d))), T, 0, 0);
+        const r = entropyRef(
+          Array.from({ length: N }, (_, n) => Array.from(x.subarray(n * d, n * d + d))),
+          T,
+          0,
+          0,
+        );
         return gps * r.ps + gcb * r.cb;
       };
       if (N * (1 << d) <= 40000) {
@@ -250,7 +272,9 @@ describe('lfq_entropy against a float64 full-softmax reference', () => {
     const zd = rng.randn(N * d, 0.01);
     const T = 0.01;
     // pbar by brute force over the 2^18 codes, float64.
-    const p1 = Array.from({ length: N }, (_, n) => Array.from({ length: d }, (_, j) => 1 / (1 + Math.exp((-4 * zd[n * d + j]!) / T))));
+    const p1 = Array.from({ length: N }, (_, n) =>
+      Array.from({ length: d }, (_, j) => 1 / (1 + Math.exp((-4 * zd[n * d + j]!) / T))),
+    );
     const pbar = new Float64Array(1 << d);
     for (let n = 0; n < N; ++n)
       for (let c = 0; c < 1 << d; ++c) {
@@ -291,7 +315,11 @@ describe('lfq_commitment', () => {
 describe.skipIf(!addon.deviceAvailable('cuda').available)('lfq CUDA vs CPU', () => {
   it('lfq_quantize, lfq_entropy and lfq_entropy_backward agree', () => {
     const rng = new Rng();
-    for (const [N, d] of [[37, 18], [1024, 18], [5, 10]] as const) {
+    for (const [N, d] of [
+      [37, 18],
+      [1024, 18],
+      [5, 10],
+    ] as const) {
       const z = rng.tensor([N, d], 0.02);
       const zc = z.to('cuda');
       const q = op('lfq_quantize', [z], { dim: -1 });
@@ -300,7 +328,10 @@ describe.skipIf(!addon.deviceAvailable('cuda').available)('lfq CUDA vs CPU', () 
       expect(ints(qc[1]!.to('cpu'))).toEqual(ints(q[1]!));
       const e = op('lfq_entropy', [z]);
       const ec = op('lfq_entropy', [zc]);
-      for (let i = 0; i < 2; ++i) expect(Math.abs(ec[i]!.to('cpu').item() - e[i]!.item())).toBeLessThan(1e-4 * Math.max(1, Math.abs(e[i]!.item())));
+      for (let i = 0; i < 2; ++i)
+        expect(Math.abs(ec[i]!.to('cpu').item() - e[i]!.item())).toBeLessThan(
+          1e-4 * Math.max(1, Math.abs(e[i]!.item())),
+        );
       expect(relErr(ec[2]!.to('cpu').toFloat32(), e[2]!.toFloat32())).toBeLessThan(1e-4);
       const g = op1('lfq_entropy_backward', [z, scalar(1), scalar(-1)]);
       const gc = op1('lfq_entropy_backward', [zc, scalar(1).to('cuda'), scalar(-1).to('cuda')]);

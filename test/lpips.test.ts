@@ -16,9 +16,12 @@ interface LpipsMeta {
 /** Fixture tolerances from the metadata when it has them, else the project's defaults. */
 function tolerances(f: FixtureFile): { value: number; grad: number } {
   const dflt = { value: 1e-4, grad: 1e-3 };
-  if (!Object.prototype.hasOwnProperty.call(f.metadata, 'tolerances')) return dflt;
+  if (!Object.hasOwn(f.metadata, 'tolerances')) return dflt;
   const t = f.meta<Record<string, number>>('tolerances');
-  return { value: t['lpips_out.value'] ?? t.activations ?? dflt.value, grad: t['lpips_out.grad_in1'] ?? t.gradients ?? dflt.grad };
+  return {
+    value: t['lpips_out.value'] ?? t.activations ?? dflt.value,
+    grad: t['lpips_out.grad_in1'] ?? t.gradients ?? dflt.grad,
+  };
 }
 
 /** The `lpips.*` tensors of the fixture, with the prefix removed (reference names). */
@@ -82,12 +85,17 @@ forEachFixtureDir(FILE, (fixture) => {
     const f = fixture();
     const full = valueAndGrads(model, in0, in1);
     const f0 = runSync(model.features(in0));
-    expect(f0.map((t) => t.shape)).toEqual(meta.chns.map((c, k) => [in0.shape[0], c, in0.shape[2]! >> k, in0.shape[3]! >> k]));
+    expect(f0.map((t) => t.shape)).toEqual(
+      meta.chns.map((c, k) => [in0.shape[0], c, in0.shape[2]! >> k, in0.shape[3]! >> k]),
+    );
     const tape = new Tape();
-    const value = runSync((function* () {
-      const f1 = yield* model.features(in1);
-      return yield* model.distance(f0, f1);
-    })(), tape.observe);
+    const value = runSync(
+      (function* () {
+        const f1 = yield* model.features(in1);
+        return yield* model.distance(f0, f1);
+      })(),
+      tape.observe,
+    );
     const grads = runSync(tape.backward(value, Tensor.from(new Float32Array(value.numel).fill(1), value.shape)));
     expect(Array.from(value.toFloat32())).toEqual(Array.from(full.value.toFloat32()));
     expect(Array.from(grads.get(in1)!.toFloat32())).toEqual(Array.from(full.gb!.toFloat32()));
@@ -109,7 +117,9 @@ forEachFixtureDir(FILE, (fixture) => {
       const m = /^net\.slice\d\.(\d+)\.(weight|bias)$/.exec(n);
       renamed.set(m ? `features.${m[1]}.${m[2]}` : n, t);
     }
-    expect([...renamed.keys()].filter((n) => n.startsWith('features.')).length).toBe(2 * VGG16_SLICE_CONVS.flat().length);
+    expect([...renamed.keys()].filter((n) => n.startsWith('features.')).length).toBe(
+      2 * VGG16_SLICE_CONVS.flat().length,
+    );
     // A torchvision file also holds the classifier, which LPIPS does not use.
     renamed.set('classifier.0.weight', Tensor.zeros([4, 4]));
     const tv = new LPIPS();
@@ -125,7 +135,9 @@ forEachFixtureDir(FILE, (fixture) => {
     const f = fixture();
     const all = lpipsWeights(f);
     const vgg = new Map([...all].filter(([n]) => n.startsWith('net.')));
-    const lin = new Map([...all].filter(([n]) => n.startsWith('lin')).map(([n, t]) => [n.replace(/^lin(\d)/, 'lins.$1'), t]));
+    const lin = new Map(
+      [...all].filter(([n]) => n.startsWith('lin')).map(([n, t]) => [n.replace(/^lin(\d)/, 'lins.$1'), t]),
+    );
     const parts = new LPIPS();
     expect(parts.loadWeights(vgg).missing.filter((n) => n.startsWith('lin')).length).toBe(5);
     expect(() => runSync(parts.forward(in0, in1))).toThrow(/not loaded/);
@@ -136,7 +148,12 @@ forEachFixtureDir(FILE, (fixture) => {
     expect(relErr(runSync(parts.forward(in0, in1)), ref)).toBeLessThan(1e-6);
 
     const prefixed = new LPIPS();
-    const report = prefixed.loadWeights(Object.fromEntries(f.names.filter((n) => n.startsWith('lpips') || n.startsWith('disc.')).map((n) => [n, f.tensor(n)])), { prefix: 'lpips.', strict: true });
+    const report = prefixed.loadWeights(
+      Object.fromEntries(
+        f.names.filter((n) => n.startsWith('lpips') || n.startsWith('disc.')).map((n) => [n, f.tensor(n)]),
+      ),
+      { prefix: 'lpips.', strict: true },
+    );
     expect(report.unexpected.every((n) => !n.startsWith('lpips.')) && report.unexpected.length > 0).toBe(true);
     expect(Array.from(runSync(prefixed.forward(in0, in1)).toFloat32())).toEqual(Array.from(ref));
 
@@ -149,14 +166,17 @@ forEachFixtureDir(FILE, (fixture) => {
     // strict with a missing weight: ERR_MISSING_WEIGHT, nothing loaded.
     const fresh = new LPIPS();
     const noLin = new Map([...all].filter(([n]) => n !== 'lin0.model.1.weight'));
-    expect(() => fresh.loadWeights(noLin, { strict: true })).toThrow(expect.objectContaining({ code: 'ERR_MISSING_WEIGHT' }));
+    expect(() => fresh.loadWeights(noLin, { strict: true })).toThrow(
+      expect.objectContaining({ code: 'ERR_MISSING_WEIGHT' }),
+    );
     expect([...fresh.chns]).toEqual([...VGG16_CHNS]);
   });
 
   it('all-zero features (every ReLU off) give finite gradients, equal to dropping that level (torch gives 0 there too)', () => {
     const f = fixture();
     const w = lpipsWeights(f);
-    for (const n of VGG16_SLICE_CONVS[4]!) w.set(`net.slice5.${n}.bias`, Tensor.from(new Float32Array(meta.chns[4]!).fill(-1e3), [meta.chns[4]!]));
+    for (const n of VGG16_SLICE_CONVS[4]!)
+      w.set(`net.slice5.${n}.bias`, Tensor.from(new Float32Array(meta.chns[4]!).fill(-1e3), [meta.chns[4]!]));
     const dead = new LPIPS();
     dead.loadWeights(w, { strict: true });
     const w2 = new Map(w);
@@ -174,12 +194,18 @@ forEachFixtureDir(FILE, (fixture) => {
 
   it('rejects inputs of the wrong shape', () => {
     expect(() => runSync(model.forward(in0, Tensor.zeros([2, 3, 16, 16])))).toThrow(/one shape/);
-    expect(() => runSync(model.forward(Tensor.zeros([1, 3, 15, 32]), Tensor.zeros([1, 3, 15, 32])))).toThrow(/at least 16x16/);
-    expect(() => runSync(model.forward(Tensor.zeros([1, 1, 32, 32]), Tensor.zeros([1, 1, 32, 32])))).toThrow(/float32 Tensor \[B, 3, H, W\]/);
+    expect(() => runSync(model.forward(Tensor.zeros([1, 3, 15, 32]), Tensor.zeros([1, 3, 15, 32])))).toThrow(
+      /at least 16x16/,
+    );
+    expect(() => runSync(model.forward(Tensor.zeros([1, 1, 32, 32]), Tensor.zeros([1, 1, 32, 32])))).toThrow(
+      /float32 Tensor \[B, 3, H, W\]/,
+    );
     expect(() => runSync(model.forward('x' as unknown as Tensor, in1))).toThrow(TypeError);
     const f0 = runSync(model.features(in0));
     expect(() => runSync(model.distance(f0, f0.slice(0, 4)))).toThrow(TypeError);
-    expect(() => runSync(model.distance(f0, runSync(model.features(Tensor.zeros([1, 3, 32, 32])))))).toThrow(RangeError);
+    expect(() => runSync(model.distance(f0, runSync(model.features(Tensor.zeros([1, 3, 32, 32])))))).toThrow(
+      RangeError,
+    );
   });
 });
 

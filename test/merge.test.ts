@@ -20,7 +20,8 @@ import { fixtureDirs, readSafetensors } from './st-mini.js';
 
 const f = Math.fround;
 const ints = (t: Tensor) => Array.from(t.toArray<'int64'>(), Number);
-const rows2 = (a: number[], B: number) => Array.from({ length: B }, (_, b) => a.slice((b * a.length) / B, ((b + 1) * a.length) / B));
+const rows2 = (a: number[], B: number) =>
+  Array.from({ length: B }, (_, b) => a.slice((b * a.length) / B, ((b + 1) * a.length) / B));
 
 interface RefDec {
   unm: number[][];
@@ -36,7 +37,12 @@ interface RefDec {
 function refMatch(m: Float32Array, B: number, N: number, C: number, r: number, cls: boolean): RefDec {
   const rr = Math.min(r, Math.floor((N - (cls ? 1 : 0)) / 2));
   const out: RefDec = { unm: [], src: [], dst: [] };
-  if (rr <= 0) return { unm: Array.from({ length: B }, () => []), src: Array.from({ length: B }, () => []), dst: Array.from({ length: B }, () => []) };
+  if (rr <= 0)
+    return {
+      unm: Array.from({ length: B }, () => []),
+      src: Array.from({ length: B }, () => []),
+      dst: Array.from({ length: B }, () => []),
+    };
   const Na = Math.ceil(N / 2);
   const Nb = Math.floor(N / 2);
   for (let b = 0; b < B; ++b) {
@@ -69,7 +75,9 @@ function refMatch(m: Float32Array, B: number, N: number, C: number, r: number, c
       best.push(bv);
       arg.push(bj);
     }
-    const order = Array.from({ length: Na }, (_, i) => i).sort((x, y) => (best[y]! !== best[x]! ? best[y]! - best[x]! : x - y));
+    const order = Array.from({ length: Na }, (_, i) => i).sort((x, y) =>
+      best[y]! !== best[x]! ? best[y]! - best[x]! : x - y,
+    );
     const src = order.slice(0, rr);
     let unm = order.slice(rr);
     if (cls) unm = [...unm].sort((x, y) => x - y);
@@ -115,7 +123,13 @@ function refMerge(x: ArrayLike<number>, s: ArrayLike<number> | null, B: number, 
 }
 
 /** The reference's dense source update: merge(source, mode='amax'), [B, n, L] -> [B, O, L]. */
-function refDenseSource(S: ArrayLike<number>, B: number, n: number, L: number, d: RefDec): Float64Array<ArrayBufferLike> {
+function refDenseSource(
+  S: ArrayLike<number>,
+  B: number,
+  n: number,
+  L: number,
+  d: RefDec,
+): Float64Array<ArrayBufferLike> {
   const O = outRows(d, n);
   const out = new Float64Array(B * O * L).fill(-Infinity);
   for (let b = 0; b < B; ++b) {
@@ -144,23 +158,37 @@ describe('ToMe parity with the reference fixtures', () => {
   it('finds at least one tome fixture', () => expect(files.length).toBeGreaterThan(0));
   for (const file of files) {
     const st = readSafetensors(file);
-    const cases = st.metadata.cases as Record<string, { B: number; N: number; C: number; r1: number; r2: number; class_token: boolean }>;
+    const cases = st.metadata.cases as Record<
+      string,
+      { B: number; N: number; C: number; r1: number; r2: number; class_token: boolean }
+    >;
     for (const [name, cfg] of Object.entries(cases)) {
       it(`${file} ${name}: two chained merges (x, size, source)`, () => {
         const get = (k: string) => st.tensors.get(`${name}.${k}`)!;
-        const { B, N, C } = cfg;
+        const { B, N } = cfg;
         const L = N;
         let x = Tensor.from(get('x0').data as Float32Array, get('x0').shape);
         let size: Tensor | null = null;
         let map = identitySource(B, L);
-        let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
+        let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) =>
+          Math.floor(i / N) % N === i % N ? 1 : 0,
+        );
         let n = N;
         for (const step of [1, 2]) {
           const metric = get(`metric${step}`);
           const r = step === 1 ? cfg.r1 : cfg.r2;
-          const dec = withPoison(() => runSync(bipartiteMatch(Tensor.from(metric.data as Float32Array, metric.shape), { r, classToken: cfg.class_token })));
+          const dec = withPoison(() =>
+            runSync(
+              bipartiteMatch(Tensor.from(metric.data as Float32Array, metric.shape), {
+                r,
+                classToken: cfg.class_token,
+              }),
+            ),
+          );
           const rd = decOf(dec, B);
-          expect(rd, `decisions step ${step}`).toEqual(refMatch(metric.data as Float32Array, B, n, metric.shape[2]!, r, cfg.class_token));
+          expect(rd, `decisions step ${step}`).toEqual(
+            refMatch(metric.data as Float32Array, B, n, metric.shape[2]!, r, cfg.class_token),
+          );
           const merged = withPoison(() => runSync(mergeWavg(x, size, dec)));
           const xr = get(`x${step}`);
           expect(merged.x.shape).toEqual(xr.shape);
@@ -211,7 +239,8 @@ describe('tome_match against the JS rule', () => {
           const m = ties ? tiedMetric(rng, B, N, C, 3) : rng.randn(B * N * C);
           // Non-contiguous metric: a permuted view of [N, B, C] storage.
           const nbc = new Float32Array(B * N * C);
-          for (let b = 0; b < B; ++b) for (let i = 0; i < N; ++i) for (let k = 0; k < C; ++k) nbc[(i * B + b) * C + k] = m[(b * N + i) * C + k]!;
+          for (let b = 0; b < B; ++b)
+            for (let i = 0; i < N; ++i) for (let k = 0; k < C; ++k) nbc[(i * B + b) * C + k] = m[(b * N + i) * C + k]!;
           const mt = Tensor.from(nbc, [N, B, C]).permute(1, 0, 2);
           const dec = withPoison(() => runSync(bipartiteMatch(mt, { r, classToken: cls })));
           expect(decOf(dec, B), seedInfo(rng.seed)).toEqual(refMatch(m, B, N, C, r, cls));
@@ -236,7 +265,10 @@ describe('tome_match against the JS rule', () => {
     const d = runSync(bipartiteMatch(rng.tensor([2, 5, 4]), { r: 0 }));
     expect(d.srcIdx.shape).toEqual([2, 0]);
     expect(d.unmIdx.shape).toEqual([2, 0]);
-    const s = Tensor.from(Float32Array.from({ length: 10 }, () => 1 + rng.int(4)), [2, 5, 1]);
+    const s = Tensor.from(
+      Float32Array.from({ length: 10 }, () => 1 + rng.int(4)),
+      [2, 5, 1],
+    );
     const out = runSync(mergeWavg(x, s, d));
     expect(relErr(out.x.toFloat32(), x.toFloat32())).toBeLessThan(1e-7);
     expect(out.size.shape).toEqual([2, 5, 1]);
@@ -249,7 +281,11 @@ describe('tome_match against the JS rule', () => {
       dstIdx: Tensor.from(new BigInt64Array([0n]), [1, 1]),
     };
     expect(() => runSync(mergeWavg(rng.tensor([1, 6, 2]), null, bad))).toThrow(/permutation/);
-    const badDst = { ...bad, unmIdx: Tensor.from(new BigInt64Array([0n, 2n]), [1, 2]), dstIdx: Tensor.from(new BigInt64Array([7n]), [1, 1]) };
+    const badDst = {
+      ...bad,
+      unmIdx: Tensor.from(new BigInt64Array([0n, 2n]), [1, 2]),
+      dstIdx: Tensor.from(new BigInt64Array([7n]), [1, 1]),
+    };
     expect(() => runSync(mergeWavg(rng.tensor([1, 6, 2]), null, badDst))).toThrow(RangeError);
     expect(() => runSync(bipartiteMatch(rng.tensor([1, 6, 2]), { r: -1 }))).toThrow(RangeError);
     expect(() => op('tome_match', [rng.tensor([6, 2])], { r: 1 })).toThrow(/tome_match: 'metric'/);
@@ -258,7 +294,12 @@ describe('tome_match against the JS rule', () => {
 });
 
 describe('tome_merge / source / unmerge against float64 references', () => {
-  for (const [B, N, C, r, cls] of [[1, 7, 1, 2, false], [2, 33, 5, 16, true], [3, 257, 7, 90, false], [2, 65, 32, 20, true]] as const) {
+  for (const [B, N, C, r, cls] of [
+    [1, 7, 1, 2, false],
+    [2, 33, 5, 16, true],
+    [3, 257, 7, 90, false],
+    [2, 65, 32, 20, true],
+  ] as const) {
     it(`B=${B} N=${N} C=${C} r=${r} cls=${cls}: merge, backward, source, unmerge`, () => {
       const rng = new Rng();
       const info = seedInfo(rng.seed);
@@ -269,7 +310,8 @@ describe('tome_merge / source / unmerge against float64 references', () => {
       const sd = Float32Array.from({ length: B * N }, () => 1 + rng.int(5));
       // Non-contiguous x: permuted view of [C, B, N].
       const cbn = new Float32Array(B * N * C);
-      for (let b = 0; b < B; ++b) for (let i = 0; i < N; ++i) for (let k = 0; k < C; ++k) cbn[(k * B + b) * N + i] = xd[(b * N + i) * C + k]!;
+      for (let b = 0; b < B; ++b)
+        for (let i = 0; i < N; ++i) for (let k = 0; k < C; ++k) cbn[(k * B + b) * N + i] = xd[(b * N + i) * C + k]!;
       const x = Tensor.from(cbn, [C, B, N]).permute(1, 2, 0);
       const size = Tensor.from(sd, [B, N]);
       const out = withPoison(() => runSync(mergeWavg(x, size, dec)));
@@ -309,7 +351,8 @@ describe('tome_merge / source / unmerge against float64 references', () => {
       const kept = out.x.toFloat32();
       for (let b = 0; b < B; ++b)
         for (let l = 0; l < N; ++l)
-          for (let k = 0; k < C; ++k) expect(full[(b * N + l) * C + k]).toBe(kept[(b * ref.O + mp[b * N + l]!) * C + k]);
+          for (let k = 0; k < C; ++k)
+            expect(full[(b * N + l) * C + k]).toBe(kept[(b * ref.O + mp[b * N + l]!) * C + k]);
       // Every kept token appears at every position it holds (and only there).
       for (let b = 0; b < B; ++b)
         for (let k = 0; k < ref.O; ++k) {
@@ -320,12 +363,16 @@ describe('tome_merge / source / unmerge against float64 references', () => {
       const wf = rng.randn(B * N * C);
       const gk = withPoison(() => runSync(unmergeBackward(Tensor.from(wf, [B, N, C]), map, ref.O))).toFloat32();
       const gkr = new Float64Array(B * ref.O * C);
-      for (let b = 0; b < B; ++b) for (let l = 0; l < N; ++l) for (let k = 0; k < C; ++k) gkr[(b * ref.O + mp[b * N + l]!) * C + k] += wf[(b * N + l) * C + k]!;
+      for (let b = 0; b < B; ++b)
+        for (let l = 0; l < N; ++l)
+          for (let k = 0; k < C; ++k) gkr[(b * ref.O + mp[b * N + l]!) * C + k] += wf[(b * N + l) * C + k]!;
       expect(maxAbsErr(gk, gkr)).toBeLessThan(1e-5);
       const keptD = Float32Array.from(kept);
       const uloss = (kk: Float32Array) => {
         let s = 0;
-        for (let b = 0; b < B; ++b) for (let l = 0; l < N; ++l) for (let k = 0; k < C; ++k) s += kk[(b * ref.O + mp[b * N + l]!) * C + k]! * wf[(b * N + l) * C + k]!;
+        for (let b = 0; b < B; ++b)
+          for (let l = 0; l < N; ++l)
+            for (let k = 0; k < C; ++k) s += kk[(b * ref.O + mp[b * N + l]!) * C + k]! * wf[(b * N + l) * C + k]!;
         return s;
       };
       const fdu = finiteDiffCheck(keptD, uloss, gk, { eps: 1e-2, rng });
@@ -338,7 +385,9 @@ describe('tome_merge / source / unmerge against float64 references', () => {
     const N = 50;
     let n = N;
     let map = identitySource(B, N);
-    let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) => (Math.floor(i / N) % N === i % N ? 1 : 0));
+    let S: Float64Array<ArrayBufferLike> = Float64Array.from({ length: B * N * N }, (_, i) =>
+      Math.floor(i / N) % N === i % N ? 1 : 0,
+    );
     for (const r of [10, 7, 30, 0, 3]) {
       const m = rng.randn(B * n * 6);
       const dec = runSync(bipartiteMatch(Tensor.from(m, [B, n, 6]), { r, classToken: true }));
@@ -356,13 +405,20 @@ describe('tome_merge / source / unmerge against float64 references', () => {
 describe.skipIf(!addon.deviceAvailable('cuda').available)('merge CUDA vs CPU', () => {
   it('tome_match, tome_merge, tome_source_update and unmerge agree', () => {
     const rng = new Rng();
-    for (const [B, N, C, r, cls] of [[2, 65, 16, 20, true], [1, 1025, 64, 101, true], [3, 40, 8, 40, false]] as const) {
+    for (const [B, N, C, r, cls] of [
+      [2, 65, 16, 20, true],
+      [1, 1025, 64, 101, true],
+      [3, 40, 8, 40, false],
+    ] as const) {
       const m = rng.tensor([B, N, C]);
       const d = op('tome_match', [m], { r, class_token: cls });
       const dc = op('tome_match', [m.to('cuda')], { r, class_token: cls });
       for (let i = 0; i < 3; ++i) expect(ints(dc[i]!.to('cpu'))).toEqual(ints(d[i]!));
       const x = rng.tensor([B, N, 32]);
-      const s = Tensor.from(Float32Array.from({ length: B * N }, () => 1 + rng.int(3)), [B, N]);
+      const s = Tensor.from(
+        Float32Array.from({ length: B * N }, () => 1 + rng.int(3)),
+        [B, N],
+      );
       const y = op('tome_merge', [x, s, ...d]);
       const yc = op('tome_merge', [x.to('cuda'), s.to('cuda'), ...dc]);
       expect(relErr(yc[0]!.to('cpu').toFloat32(), y[0]!.toFloat32())).toBeLessThan(1e-6);

@@ -4,11 +4,29 @@
 import { describe, expect, it } from 'vitest';
 import { Tape } from '../lib/autograd.js';
 import { runSync } from '../lib/graph.js';
-import { MergeARGPT, MergeVQGPT, codeGroups, decodeReplay, generateMergeARSync, maskVisibleKeys, mergeARDecodeStats } from '../lib/generator/index.js';
+import {
+  MergeARGPT,
+  MergeVQGPT,
+  codeGroups,
+  decodeReplay,
+  generateMergeARSync,
+  maskVisibleKeys,
+  mergeARDecodeStats,
+} from '../lib/generator/index.js';
 import { Tensor } from '../lib/tensor.js';
 import { Rng, allFinite, finiteDiffCheck, relErr, seedInfo } from './helpers.js';
 
-const tiny = { vocab_size: 512, block_size: 16, spatial_n_layer: 2, factorized_n_layer: 1, n_head: 2, dim: 16, class_num: 5, factorized_bits: [3, 6], multiple_of: 8 };
+const tiny = {
+  vocab_size: 512,
+  block_size: 16,
+  spatial_n_layer: 2,
+  factorized_n_layer: 1,
+  n_head: 2,
+  dim: 16,
+  class_num: 5,
+  factorized_bits: [3, 6],
+  multiple_of: 8,
+};
 const NC = 6;
 
 function randomModel(seed: number): MergeARGPT {
@@ -16,14 +34,28 @@ function randomModel(seed: number): MergeARGPT {
   m.store.initRandom(seed);
   const r = new Rng();
   // Non-zero heads and larger merge embeddings so every part carries signal.
-  for (const [name, s] of [['head.0.weight', 0.5], ['head.1.weight', 0.5], ['merge_emb.weight', 0.5]] as const) {
+  for (const [name, s] of [
+    ['head.0.weight', 0.5],
+    ['head.1.weight', 0.5],
+    ['merge_emb.weight', 0.5],
+  ] as const) {
     const t = m.store.get(name);
-    m.store.set(name, Tensor.from(Float32Array.from({ length: t.numel }, () => r.normal() * s), t.shape));
+    m.store.set(
+      name,
+      Tensor.from(
+        Float32Array.from({ length: t.numel }, () => r.normal() * s),
+        t.shape,
+      ),
+    );
   }
   return m;
 }
 
-const i64 = (v: number[], shape: number[]) => Tensor.from(BigInt64Array.from(v, (x) => BigInt(x)), shape);
+const i64 = (v: number[], shape: number[]) =>
+  Tensor.from(
+    BigInt64Array.from(v, (x) => BigInt(x)),
+    shape,
+  );
 
 /** B sequences of length N, row b drawn from `distinct[b]` random codes (repeats on purpose). */
 function repeatedTokens(rng: Rng, B: number, N: number, distinct: number[], V0: number, V1: number) {
@@ -69,7 +101,10 @@ describe('MergeAR: training mask = compacted-cache inference', () => {
       seen.push(vis);
       for (let b = 0; b < B; ++b) {
         const want = maskVisibleKeys(n + 1, 2, first.subarray(b * N, (b + 1) * N), 2);
-        expect([...vis[b]!].sort((a, c) => a - c), `row ${b}, query ${n + 1}; ${seedInfo(rng.seed)}`).toEqual(want);
+        expect(
+          [...vis[b]!].sort((a, c) => a - c),
+          `row ${b}, query ${n + 1}; ${seedInfo(rng.seed)}`,
+        ).toEqual(want);
       }
     });
     expect(seen.length).toBe(N);
@@ -105,7 +140,9 @@ describe('MergeAR: training mask = compacted-cache inference', () => {
       const { first } = codeGroups(pre, post, 2, tiny.block_size);
       const dec = decodeReplay(m, pre, post, labels, keepIndex, 'compact', (n, d) => {
         d.visibleAtLastStep().forEach((vis, b) =>
-          expect([...vis].sort((a, c) => a - c)).toEqual(maskVisibleKeys(n + 1, 2, first.subarray(b * tiny.block_size, (b + 1) * tiny.block_size), window)),
+          expect([...vis].sort((a, c) => a - c)).toEqual(
+            maskVisibleKeys(n + 1, 2, first.subarray(b * tiny.block_size, (b + 1) * tiny.block_size), window),
+          ),
         );
       });
       expect(relErr(dec.post, ref.post.toFloat32()), `w ${window}; ${seedInfo(rng.seed)}`).toBeLessThan(1e-5);
@@ -122,8 +159,14 @@ describe('MergeAR without repeats', () => {
     const B = 2;
     const N = tiny.block_size;
     // Distinct codes: distinct post sub-tokens per row.
-    const pre = i64(Array.from({ length: B * N }, () => rng.int(V0)), [B, N]);
-    const post = i64(Array.from({ length: B * N }, (_, i) => (i * 3 + 1) % V1), [B, N]);
+    const pre = i64(
+      Array.from({ length: B * N }, () => rng.int(V0)),
+      [B, N],
+    );
+    const post = i64(
+      Array.from({ length: B * N }, (_, i) => (i * 3 + 1) % V1),
+      [B, N],
+    );
     expect(Array.from(codeGroups(pre, post, B, N).first).every((f) => f === 1)).toBe(true);
     const labels = i64([4, 1], [B]);
     const ar = runSync(m.forwardAR(pre, post, labels, null));
@@ -159,7 +202,12 @@ describe('MergeAR training gradients', () => {
     const { loss } = runSync(m.lossAR(pre, post, labels, keepIndex), tape.observe);
     const grads = runSync(tape.backward(loss));
     // pre_emb (std 0.02, feeding an RMSNorm) needs a step small against its own scale.
-    for (const [name, eps] of [['merge_emb.weight', 2e-2], ['spatial_blocks.0.attention.wqkv.weight', 2e-2], ['spatial_blocks.1.attention.wo.weight', 2e-2], ['pre_emb.weight', 1e-3]] as const) {
+    for (const [name, eps] of [
+      ['merge_emb.weight', 2e-2],
+      ['spatial_blocks.0.attention.wqkv.weight', 2e-2],
+      ['spatial_blocks.1.attention.wo.weight', 2e-2],
+      ['pre_emb.weight', 1e-3],
+    ] as const) {
       const p = m.store.get(name);
       const g = grads.get(p);
       expect(g, name).toBeDefined();

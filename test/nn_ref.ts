@@ -15,7 +15,8 @@ export function f64(t: Tensor): Float64Array {
 export function nonContig(arr: Float32Array, shape: number[]): Tensor {
   const r = shape.length;
   if (r < 2) throw new Error('nonContig needs rank >= 2');
-  const H = shape[r - 2]!, W = shape[r - 1]!;
+  const H = shape[r - 2]!,
+    W = shape[r - 1]!;
   const outer = arr.length / (H * W);
   const base = new Float32Array(arr.length);
   for (let o = 0; o < outer; ++o)
@@ -28,10 +29,15 @@ export function nonContig(arr: Float32Array, shape: number[]): Tensor {
 }
 
 /** Runs an op with poisoned allocations and checks no float32 output holds NaN (the poison). */
-export function runPoisoned(name: string, inputs: (Tensor | null)[], attrs?: Record<string, unknown>): (Tensor | null)[] {
+export function runPoisoned(
+  name: string,
+  inputs: (Tensor | null)[],
+  attrs?: Record<string, unknown>,
+): (Tensor | null)[] {
   const out = withPoison(() => op(name, inputs, attrs as never));
   for (const [i, t] of out.entries()) {
-    if (t && t.dtype === 'float32' && t.toFloat32().some((v) => Number.isNaN(v))) throw new Error(`${name}: output ${i} has NaN (unwritten under poison?)`);
+    if (t && t.dtype === 'float32' && t.toFloat32().some((v) => Number.isNaN(v)))
+      throw new Error(`${name}: output ${i} has NaN (unwritten under poison?)`);
   }
   return out;
 }
@@ -40,7 +46,8 @@ export function runPoisoned(name: string, inputs: (Tensor | null)[], attrs?: Rec
 export function erf(x: number): number {
   const ax = Math.abs(x);
   if (ax < 3) {
-    let term = ax, sum = ax;
+    let term = ax,
+      sum = ax;
     const x2 = ax * ax;
     for (let n = 1; n < 200; ++n) {
       term *= -x2 / n;
@@ -63,19 +70,29 @@ export type ActName = 'none' | 'silu' | 'gelu' | 'gelu_tanh';
 const K = Math.sqrt(2 / Math.PI);
 export function act(a: ActName, x: number): number {
   switch (a) {
-    case 'none': return x;
-    case 'silu': return x * sigmoid(x);
-    case 'gelu': return 0.5 * x * (1 + erf(x / Math.SQRT2));
-    case 'gelu_tanh': return 0.5 * x * (1 + Math.tanh(K * (x + 0.044715 * x * x * x)));
+    case 'none':
+      return x;
+    case 'silu':
+      return x * sigmoid(x);
+    case 'gelu':
+      return 0.5 * x * (1 + erf(x / Math.SQRT2));
+    case 'gelu_tanh':
+      return 0.5 * x * (1 + Math.tanh(K * (x + 0.044715 * x * x * x)));
   }
 }
 export function actGrad(a: ActName, x: number): number {
   switch (a) {
-    case 'none': return 1;
-    case 'silu': { const s = sigmoid(x); return s * (1 + x * (1 - s)); }
-    case 'gelu': return 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / Math.sqrt(2 * Math.PI);
+    case 'none':
+      return 1;
+    case 'silu': {
+      const s = sigmoid(x);
+      return s * (1 + x * (1 - s));
+    }
+    case 'gelu':
+      return 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / Math.sqrt(2 * Math.PI);
     case 'gelu_tanh': {
-      const u = K * (x + 0.044715 * x * x * x), t = Math.tanh(u);
+      const u = K * (x + 0.044715 * x * x * x),
+        t = Math.tanh(u);
       return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * K * (1 + 3 * 0.044715 * x * x);
     }
   }

@@ -6,10 +6,22 @@ import { Rng, seedInfo, relErr, finiteDiffCheck } from './helpers.js';
 import { act, actGrad, dot, f64, nonContig, runPoisoned, type ActName } from './nn_ref.js';
 
 // ---------------- float64 references ----------------
-interface GN { B: number; C: number; HW: number; G: number; eps: number; act: ActName }
+interface GN {
+  B: number;
+  C: number;
+  HW: number;
+  G: number;
+  eps: number;
+  act: ActName;
+}
 function gnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<number> | null, p: GN) {
-  const { B, C, HW, G, eps } = p, Cg = C / G, D = Cg * HW;
-  const y = new Float64Array(x.length), z = new Float64Array(x.length), mean = new Float64Array(B * G), rstd = new Float64Array(B * G);
+  const { B, C, HW, G, eps } = p,
+    Cg = C / G,
+    D = Cg * HW;
+  const y = new Float64Array(x.length),
+    z = new Float64Array(x.length),
+    mean = new Float64Array(B * G),
+    rstd = new Float64Array(B * G);
   for (let bg = 0; bg < B * G; ++bg) {
     let s = 0;
     for (let i = 0; i < D; ++i) s += x[bg * D + i]!;
@@ -17,7 +29,8 @@ function gnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<n
     let q = 0;
     for (let i = 0; i < D; ++i) q += (x[bg * D + i]! - m) ** 2;
     const rs = 1 / Math.sqrt(q / D + eps);
-    mean[bg] = m; rstd[bg] = rs;
+    mean[bg] = m;
+    rstd[bg] = rs;
     const g = bg % G;
     for (let c = 0; c < Cg; ++c) {
       const ch = g * Cg + c;
@@ -30,34 +43,54 @@ function gnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<n
   }
   return { y, z, mean, rstd };
 }
-function gnBackRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<number> | null, gy: ArrayLike<number>, p: GN) {
-  const { B, C, HW, G } = p, Cg = C / G, D = Cg * HW;
+function gnBackRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number> | null,
+  b: ArrayLike<number> | null,
+  gy: ArrayLike<number>,
+  p: GN,
+) {
+  const { B, C, HW, G } = p,
+    Cg = C / G,
+    D = Cg * HW;
   const { z, mean, rstd } = gnRef(x, w, b, p);
-  const gx = new Float64Array(x.length), gw = new Float64Array(C), gb = new Float64Array(C);
+  const gx = new Float64Array(x.length),
+    gw = new Float64Array(C),
+    gb = new Float64Array(C);
   for (let bg = 0; bg < B * G; ++bg) {
-    const g = bg % G, m = mean[bg]!, rs = rstd[bg]!;
-    const gxh = new Float64Array(D), xh = new Float64Array(D);
-    let m1 = 0, m2 = 0;
+    const g = bg % G,
+      m = mean[bg]!,
+      rs = rstd[bg]!;
+    const gxh = new Float64Array(D),
+      xh = new Float64Array(D);
+    let m1 = 0,
+      m2 = 0;
     for (let c = 0; c < Cg; ++c) {
       const ch = g * Cg + c;
       for (let i = 0; i < HW; ++i) {
-        const k = bg * D + c * HW + i, j = c * HW + i;
+        const k = bg * D + c * HW + i,
+          j = c * HW + i;
         const gz = gy[k]! * actGrad(p.act, z[k]!);
         xh[j] = (x[k]! - m) * rs;
         gxh[j] = gz * (w ? w[ch]! : 1);
         gw[ch] += gz * xh[j]!;
         gb[ch] += gz;
-        m1 += gxh[j]!; m2 += gxh[j]! * xh[j]!;
+        m1 += gxh[j]!;
+        m2 += gxh[j]! * xh[j]!;
       }
     }
-    m1 /= D; m2 /= D;
+    m1 /= D;
+    m2 /= D;
     for (let j = 0; j < D; ++j) gx[bg * D + j] = rs * (gxh[j]! - m1 - xh[j]! * m2);
   }
   return { gx, gw, gb };
 }
 
 function lnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<number> | null, C: number, eps: number) {
-  const R = x.length / C, y = new Float64Array(x.length), mean = new Float64Array(R), rstd = new Float64Array(R);
+  const R = x.length / C,
+    y = new Float64Array(x.length),
+    mean = new Float64Array(R),
+    rstd = new Float64Array(R);
   for (let r = 0; r < R; ++r) {
     let s = 0;
     for (let c = 0; c < C; ++c) s += x[r * C + c]!;
@@ -65,30 +98,40 @@ function lnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<n
     let q = 0;
     for (let c = 0; c < C; ++c) q += (x[r * C + c]! - m) ** 2;
     const rs = 1 / Math.sqrt(q / C + eps);
-    mean[r] = m; rstd[r] = rs;
+    mean[r] = m;
+    rstd[r] = rs;
     for (let c = 0; c < C; ++c) y[r * C + c] = (x[r * C + c]! - m) * rs * (w ? w[c]! : 1) + (b ? b[c]! : 0);
   }
   return { y, mean, rstd };
 }
 function lnBackRef(x: ArrayLike<number>, w: ArrayLike<number> | null, gy: ArrayLike<number>, C: number, eps: number) {
   const { mean, rstd } = lnRef(x, w, null, C, eps);
-  const R = x.length / C, gx = new Float64Array(x.length), gw = new Float64Array(C), gb = new Float64Array(C);
+  const R = x.length / C,
+    gx = new Float64Array(x.length),
+    gw = new Float64Array(C),
+    gb = new Float64Array(C);
   for (let r = 0; r < R; ++r) {
-    let m1 = 0, m2 = 0;
-    const xh = new Float64Array(C), g = new Float64Array(C);
+    let m1 = 0,
+      m2 = 0;
+    const xh = new Float64Array(C),
+      g = new Float64Array(C);
     for (let c = 0; c < C; ++c) {
       xh[c] = (x[r * C + c]! - mean[r]!) * rstd[r]!;
       g[c] = gy[r * C + c]! * (w ? w[c]! : 1);
-      gw[c] += gy[r * C + c]! * xh[c]!; gb[c] += gy[r * C + c]!;
-      m1 += g[c]!; m2 += g[c]! * xh[c]!;
+      gw[c] += gy[r * C + c]! * xh[c]!;
+      gb[c] += gy[r * C + c]!;
+      m1 += g[c]!;
+      m2 += g[c]! * xh[c]!;
     }
-    for (let c = 0; c < C; ++c) gx[r * C + c] = rstd[r]! * (g[c]! - m1 / C - xh[c]! * m2 / C);
+    for (let c = 0; c < C; ++c) gx[r * C + c] = rstd[r]! * (g[c]! - m1 / C - (xh[c]! * m2) / C);
   }
   return { gx, gw, gb };
 }
 
 function rmsRef(x: ArrayLike<number>, w: ArrayLike<number>, C: number, eps: number) {
-  const R = x.length / C, y = new Float64Array(x.length), rstd = new Float64Array(R);
+  const R = x.length / C,
+    y = new Float64Array(x.length),
+    rstd = new Float64Array(R);
   for (let r = 0; r < R; ++r) {
     let q = 0;
     for (let c = 0; c < C; ++c) q += x[r * C + c]! ** 2;
@@ -100,7 +143,9 @@ function rmsRef(x: ArrayLike<number>, w: ArrayLike<number>, C: number, eps: numb
 }
 function rmsBackRef(x: ArrayLike<number>, w: ArrayLike<number>, gy: ArrayLike<number>, C: number, eps: number) {
   const { rstd } = rmsRef(x, w, C, eps);
-  const R = x.length / C, gx = new Float64Array(x.length), gw = new Float64Array(C);
+  const R = x.length / C,
+    gx = new Float64Array(x.length),
+    gw = new Float64Array(C);
   for (let r = 0; r < R; ++r) {
     const rs = rstd[r]!;
     let s = 0;
@@ -114,10 +159,29 @@ function rmsBackRef(x: ArrayLike<number>, w: ArrayLike<number>, gy: ArrayLike<nu
   return { gx, gw };
 }
 
-interface BN { B: number; C: number; S: number; eps: number; training: boolean }
-function bnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<number> | null, rm: ArrayLike<number>, rv: ArrayLike<number>, p: BN, momentum: number) {
-  const { B, C, S, eps } = p, n = B * S;
-  const y = new Float64Array(x.length), mean = new Float64Array(C), invstd = new Float64Array(C), nrm = new Float64Array(C), nrv = new Float64Array(C);
+interface BN {
+  B: number;
+  C: number;
+  S: number;
+  eps: number;
+  training: boolean;
+}
+function bnRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number> | null,
+  b: ArrayLike<number> | null,
+  rm: ArrayLike<number>,
+  rv: ArrayLike<number>,
+  p: BN,
+  momentum: number,
+) {
+  const { B, C, S, eps } = p,
+    n = B * S;
+  const y = new Float64Array(x.length),
+    mean = new Float64Array(C),
+    invstd = new Float64Array(C),
+    nrm = new Float64Array(C),
+    nrv = new Float64Array(C);
   for (let c = 0; c < C; ++c) {
     let m: number, v: number;
     if (p.training) {
@@ -130,14 +194,19 @@ function bnRef(x: ArrayLike<number>, w: ArrayLike<number> | null, b: ArrayLike<n
       nrm[c] = (1 - momentum) * rm[c]! + momentum * m;
       nrv[c] = (1 - momentum) * rv[c]! + (momentum * q) / (n - 1);
     } else {
-      m = rm[c]!; v = rv[c]!; nrm[c] = rm[c]!; nrv[c] = rv[c]!;
+      m = rm[c]!;
+      v = rv[c]!;
+      nrm[c] = rm[c]!;
+      nrv[c] = rv[c]!;
     }
     const is = 1 / Math.sqrt(v + eps);
-    mean[c] = m; invstd[c] = is;
-    for (let bb = 0; bb < B; ++bb) for (let i = 0; i < S; ++i) {
-      const k = (bb * C + c) * S + i;
-      y[k] = (x[k]! - m) * is * (w ? w[c]! : 1) + (b ? b[c]! : 0);
-    }
+    mean[c] = m;
+    invstd[c] = is;
+    for (let bb = 0; bb < B; ++bb)
+      for (let i = 0; i < S; ++i) {
+        const k = (bb * C + c) * S + i;
+        y[k] = (x[k]! - m) * is * (w ? w[c]! : 1) + (b ? b[c]! : 0);
+      }
   }
   return { y, mean, invstd, nrm, nrv };
 }
@@ -166,13 +235,19 @@ describe('group_norm', () => {
     it(`forward ${JSON.stringify(cs)} matches float64`, () => {
       const rng = new Rng();
       const [B, C] = cs.shape as [number, number];
-      const n = prod(cs.shape), HW = n / (B * C);
+      const n = prod(cs.shape),
+        HW = n / (B * C);
       const x = rand(rng, n, 2, 1.5);
-      const w = cs.affine ? rand(rng, C, 1, 0.5) : null, b = cs.affine ? rand(rng, C) : null;
+      const w = cs.affine ? rand(rng, C, 1, 0.5) : null,
+        b = cs.affine ? rand(rng, C) : null;
       const p: GN = { B, C, HW, G: cs.G, eps: 1e-6, act: cs.act };
       const ref = gnRef(x, w, b, p);
       const xt = cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape);
-      const [y, mean, rstd] = runPoisoned('group_norm', [xt, w && t(w, [C]), b && t(b, [C])], { groups: cs.G, eps: 1e-6, act: cs.act });
+      const [y, mean, rstd] = runPoisoned('group_norm', [xt, w && t(w, [C]), b && t(b, [C])], {
+        groups: cs.G,
+        eps: 1e-6,
+        act: cs.act,
+      });
       expect(y!.shape).toEqual(cs.shape);
       expect(mean!.shape).toEqual([B, cs.G]);
       expect(relErr(f64(y!), ref.y), seedInfo(rng.seed)).toBeLessThan(1e-6);
@@ -183,16 +258,28 @@ describe('group_norm', () => {
     it(`backward ${JSON.stringify(cs)} matches float64 and finite differences`, () => {
       const rng = new Rng();
       const [B, C] = cs.shape as [number, number];
-      const n = prod(cs.shape), HW = n / (B * C);
+      const n = prod(cs.shape),
+        HW = n / (B * C);
       const x = rand(rng, n, 1.5, 0.5);
-      const w = cs.affine ? rand(rng, C, 1, 0.5) : null, b = cs.affine ? rand(rng, C) : null;
+      const w = cs.affine ? rand(rng, C, 1, 0.5) : null,
+        b = cs.affine ? rand(rng, C) : null;
       const gy = rand(rng, n);
       const p: GN = { B, C, HW, G: cs.G, eps: 1e-5, act: cs.act };
-      const [, mean, rstd] = runPoisoned('group_norm', [t(x, cs.shape), w && t(w, [C]), b && t(b, [C])], { groups: cs.G, act: cs.act });
-      const gyt = cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape);
-      const [gx, gw, gb] = runPoisoned('group_norm_backward', [cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape), w && t(w, [C]), mean!, rstd!, gyt, b && t(b, [C])], {
-        groups: cs.G, act: cs.act, has_weight: cs.affine, has_bias: cs.affine,
+      const [, mean, rstd] = runPoisoned('group_norm', [t(x, cs.shape), w && t(w, [C]), b && t(b, [C])], {
+        groups: cs.G,
+        act: cs.act,
       });
+      const gyt = cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape);
+      const [gx, gw, gb] = runPoisoned(
+        'group_norm_backward',
+        [cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape), w && t(w, [C]), mean!, rstd!, gyt, b && t(b, [C])],
+        {
+          groups: cs.G,
+          act: cs.act,
+          has_weight: cs.affine,
+          has_bias: cs.affine,
+        },
+      );
       const ref = gnBackRef(x, w, b, gy, p);
       const info = seedInfo(rng.seed);
       expect(relErr(f64(gx!), ref.gx), info).toBeLessThan(2e-5);
@@ -218,12 +305,17 @@ describe('group_norm', () => {
 
   it('GN(32) + SiLU over [1, 128, 256, 256] matches float64 to ~1e-6 (offset mean)', () => {
     const rng = new Rng();
-    const shape = [1, 128, 256, 256], C = 128, n = prod(shape);
-    const x = rand(rng, n, 0.5, 4);  // mean >> std stresses the statistics
-    const w = rand(rng, C, 0.5, 1), b = rand(rng, C, 0.2);
+    const shape = [1, 128, 256, 256],
+      C = 128,
+      n = prod(shape);
+    const x = rand(rng, n, 0.5, 4); // mean >> std stresses the statistics
+    const w = rand(rng, C, 0.5, 1),
+      b = rand(rng, C, 0.2);
     const p: GN = { B: 1, C, HW: 65536, G: 32, eps: 1e-6, act: 'silu' };
     const ref = gnRef(x, w, b, p);
-    const [y, mean, rstd] = runSync(groupNorm(t(x, shape), t(w, [C]), t(b, [C]), { groups: 32, eps: 1e-6, act: 'silu' }));
+    const [y, mean, rstd] = runSync(
+      groupNorm(t(x, shape), t(w, [C]), t(b, [C]), { groups: 32, eps: 1e-6, act: 'silu' }),
+    );
     expect(relErr(f64(y), ref.y), seedInfo(rng.seed)).toBeLessThan(1e-6);
     expect(relErr(f64(mean), ref.mean), seedInfo(rng.seed)).toBeLessThan(1e-7);
     expect(relErr(f64(rstd), ref.rstd), seedInfo(rng.seed)).toBeLessThan(1e-7);
@@ -233,17 +325,23 @@ describe('group_norm', () => {
     const x = Tensor.from(new Float32Array(2 * 4 * 3), [2, 4, 3]);
     const w = Tensor.from(new Float32Array(4).fill(1), [4]);
     const [, mean, rstd] = runSync(groupNorm(x, w, w, { groups: 2, act: 'silu' }));
-    expect(() => runSync(groupNormBackward(x, w, null, mean, rstd, x, { groups: 2, act: 'silu', hasBias: true }))).toThrow(/bias/);
+    expect(() =>
+      runSync(groupNormBackward(x, w, null, mean, rstd, x, { groups: 2, act: 'silu', hasBias: true })),
+    ).toThrow(/bias/);
   });
 
   it('rejects bad arguments naming op and argument', () => {
     const x = Tensor.from(new Float32Array(2 * 6 * 4), [2, 6, 4]);
     expect(() => runSync(groupNorm(x, null, null, { groups: 4 }))).toThrow(RangeError);
     expect(() => runSync(groupNorm(x, null, null, { groups: 4 }))).toThrow(/group_norm.*groups/);
-    expect(() => runSync(groupNorm(x, Tensor.from(new Float32Array(5), [5]), null, { groups: 3 }))).toThrow(/group_norm: 'weight'/);
+    expect(() => runSync(groupNorm(x, Tensor.from(new Float32Array(5), [5]), null, { groups: 3 }))).toThrow(
+      /group_norm: 'weight'/,
+    );
     expect(() => runSync(groupNorm(x, null, null, { groups: 0 }))).toThrow(RangeError);
     expect(() => runSync(groupNorm(x, null, null, { groups: 3, act: 'relu' as never }))).toThrow(TypeError);
-    expect(() => runSync(groupNorm(Tensor.from(new Int32Array(4), [1, 4]), null, null, { groups: 1 }))).toThrow(TypeError);
+    expect(() => runSync(groupNorm(Tensor.from(new Int32Array(4), [1, 4]), null, null, { groups: 1 }))).toThrow(
+      TypeError,
+    );
   });
 });
 
@@ -259,9 +357,12 @@ describe('layer_norm', () => {
     it(`forward + backward ${JSON.stringify(cs)}`, () => {
       const rng = new Rng();
       const info = seedInfo(rng.seed);
-      const C = cs.shape[cs.shape.length - 1]!, n = prod(cs.shape);
-      const x = rand(rng, n, 2, 3), gy = rand(rng, n);
-      const w = cs.affine ? rand(rng, C, 1, 0.5) : null, b = cs.affine ? rand(rng, C) : null;
+      const C = cs.shape[cs.shape.length - 1]!,
+        n = prod(cs.shape);
+      const x = rand(rng, n, 2, 3),
+        gy = rand(rng, n);
+      const w = cs.affine ? rand(rng, C, 1, 0.5) : null,
+        b = cs.affine ? rand(rng, C) : null;
       const xt = cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape);
       const [y, mean, rstd] = runPoisoned('layer_norm', [xt, w && t(w, [C]), b && t(b, [C])], { eps: 1e-5 });
       const ref = lnRef(x, w, b, C, 1e-5);
@@ -270,9 +371,12 @@ describe('layer_norm', () => {
       expect(relErr(f64(mean!), ref.mean), info).toBeLessThan(1e-7);
       expect(relErr(f64(rstd!), ref.rstd), info).toBeLessThan(1e-7);
       const gyt = cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape);
-      const [gx, gw, gb] = runPoisoned('layer_norm_backward', [xt, w && t(w, [C]), mean!, rstd!, gyt], { has_weight: cs.affine, has_bias: cs.affine });
+      const [gx, gw, gb] = runPoisoned('layer_norm_backward', [xt, w && t(w, [C]), mean!, rstd!, gyt], {
+        has_weight: cs.affine,
+        has_bias: cs.affine,
+      });
       const g = lnBackRef(x, w, gy, C, 1e-5);
-      const gxTol = C === 1 ? 1e-3 : 2e-5;  // C = 1: gx is 0 up to rounding
+      const gxTol = C === 1 ? 1e-3 : 2e-5; // C = 1: gx is 0 up to rounding
       if (C === 1) expect(Math.max(...Array.from(f64(gx!), Math.abs)), info).toBeLessThan(1e-3);
       else expect(relErr(f64(gx!), g.gx), info).toBeLessThan(gxTol);
       if (cs.affine) {
@@ -312,20 +416,29 @@ describe('rms_norm', () => {
     it(`forward + backward ${JSON.stringify(cs)}`, () => {
       const rng = new Rng();
       const info = seedInfo(rng.seed);
-      const C = cs.shape[cs.shape.length - 1]!, n = prod(cs.shape);
-      const x = rand(rng, n, 2, 0.3), gy = rand(rng, n), w = rand(rng, C, 0.5, 1);
+      const C = cs.shape[cs.shape.length - 1]!,
+        n = prod(cs.shape);
+      const x = rand(rng, n, 2, 0.3),
+        gy = rand(rng, n),
+        w = rand(rng, C, 0.5, 1);
       const xt = cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape);
       const [y, rstd] = runPoisoned('rms_norm', [xt, t(w, [C])], { eps: 1e-5 });
       const ref = rmsRef(x, w, C, 1e-5);
       expect(rstd!.shape).toEqual(cs.shape.slice(0, -1));
       expect(relErr(f64(y!), ref.y), info).toBeLessThan(1e-6);
       expect(relErr(f64(rstd!), ref.rstd), info).toBeLessThan(1e-6);
-      const [gx, gw] = runPoisoned('rms_norm_backward', [xt, t(w, [C]), rstd!, cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape)]);
+      const [gx, gw] = runPoisoned('rms_norm_backward', [
+        xt,
+        t(w, [C]),
+        rstd!,
+        cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape),
+      ]);
       const g = rmsBackRef(x, w, gy, C, 1e-5);
       if (C === 1) {
         // gx = gy w r eps / (x^2 + eps): nearly total cancellation with a float32 rstd; check absolutely
         let m = 0;
-        for (let i = 0; i < n; ++i) m = Math.max(m, Math.abs(f64(gx!)[i]! - g.gx[i]!) / Math.abs(gy[i]! * w[0]! * ref.rstd[i]!));
+        for (let i = 0; i < n; ++i)
+          m = Math.max(m, Math.abs(f64(gx!)[i]! - g.gx[i]!) / Math.abs(gy[i]! * w[0]! * ref.rstd[i]!));
         expect(m, info).toBeLessThan(1e-5);
       } else {
         expect(relErr(f64(gx!), g.gx), info).toBeLessThan(2e-5);
@@ -339,14 +452,18 @@ describe('rms_norm', () => {
   }
   it('follows float32 semantics: y = float32(x * rstd) * weight', () => {
     const rng = new Rng();
-    const C = 64, x = rand(rng, 4 * C), w = rand(rng, C);
+    const C = 64,
+      x = rand(rng, 4 * C),
+      w = rand(rng, C);
     const [y, rstd] = runSync(rmsNorm(t(x, [4, C]), t(w, [C])));
-    const yv = y.toFloat32(), rv = rstd.toFloat32();
+    const yv = y.toFloat32(),
+      rv = rstd.toFloat32();
     let mism = 0;
-    for (let r = 0; r < 4; ++r) for (let c = 0; c < C; ++c) {
-      const e = Math.fround(Math.fround(x[r * C + c]! * rv[r]!) * w[c]!);
-      if (e !== yv[r * C + c]) ++mism;
-    }
+    for (let r = 0; r < 4; ++r)
+      for (let c = 0; c < C; ++c) {
+        const e = Math.fround(Math.fround(x[r * C + c]! * rv[r]!) * w[c]!);
+        if (e !== yv[r * C + c]) ++mism;
+      }
     expect(mism, seedInfo(rng.seed)).toBe(0);
     expect(() => runSync(rmsNorm(t(x, [4, C]), undefined as never))).toThrow(TypeError);
   });
@@ -364,13 +481,22 @@ describe('batch_norm', () => {
       const rng = new Rng();
       const info = seedInfo(rng.seed);
       const [B, C] = cs.shape as [number, number];
-      const n = prod(cs.shape), S = n / (B * C);
-      const x = rand(rng, n, 2, 1), gy = rand(rng, n);
-      const w = cs.affine ? rand(rng, C, 1, 0.5) : null, b = cs.affine ? rand(rng, C) : null;
-      const rm = rand(rng, C, 0.5), rv = Float32Array.from(rand(rng, C, 0.3), (v) => 1 + Math.abs(v));
+      const n = prod(cs.shape),
+        S = n / (B * C);
+      const x = rand(rng, n, 2, 1),
+        gy = rand(rng, n);
+      const w = cs.affine ? rand(rng, C, 1, 0.5) : null,
+        b = cs.affine ? rand(rng, C) : null;
+      const rm = rand(rng, C, 0.5),
+        rv = Float32Array.from(rand(rng, C, 0.3), (v) => 1 + Math.abs(v));
       const xt = cs.nc ? nonContig(x, cs.shape) : t(x, cs.shape);
-      const rmT = t(rm, [C]), rvT = t(rv, [C]);
-      const [y, mean, invstd, nrm, nrv] = runPoisoned('batch_norm', [xt, w && t(w, [C]), b && t(b, [C]), rmT, rvT], { training: cs.training, momentum: 0.1, eps: 1e-5 });
+      const rmT = t(rm, [C]),
+        rvT = t(rv, [C]);
+      const [y, mean, invstd, nrm, nrv] = runPoisoned('batch_norm', [xt, w && t(w, [C]), b && t(b, [C]), rmT, rvT], {
+        training: cs.training,
+        momentum: 0.1,
+        eps: 1e-5,
+      });
       const p: BN = { B, C, S, eps: 1e-5, training: cs.training };
       const ref = bnRef(x, w, b, rm, rv, p, 0.1);
       expect(relErr(f64(y!), ref.y), info).toBeLessThan(1e-6);
@@ -380,41 +506,64 @@ describe('batch_norm', () => {
       expect(relErr(f64(nrv!), ref.nrv), info).toBeLessThan(1e-6);
       // inputs untouched, outputs are new tensors
       expect(Array.from(rmT.toFloat32())).toEqual(Array.from(rm));
-      const [gx, gw, gb] = runPoisoned('batch_norm_backward', [xt, w && t(w, [C]), mean!, invstd!, cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape)], { training: cs.training });
+      const [gx, gw, gb] = runPoisoned(
+        'batch_norm_backward',
+        [xt, w && t(w, [C]), mean!, invstd!, cs.nc ? nonContig(gy, cs.shape) : t(gy, cs.shape)],
+        { training: cs.training },
+      );
       // float64 analytic gradients: finite differences of the float64 loss give them directly
       const loss = (xx: ArrayLike<number>, ww = w, bb = b) => dot(bnRef(xx, ww, bb, rm, rv, p, 0.1).y, gy);
-      const gref = new Float64Array(n), gwRef = new Float64Array(C), gbRef = new Float64Array(C);
+      const gref = new Float64Array(n),
+        gwRef = new Float64Array(C),
+        gbRef = new Float64Array(C);
       for (let c = 0; c < C; ++c) {
-        let sg = 0, sgx = 0;
-        for (let bb = 0; bb < B; ++bb) for (let i = 0; i < S; ++i) {
-          const k = (bb * C + c) * S + i;
-          sg += gy[k]!; sgx += gy[k]! * (x[k]! - ref.mean[c]!) * ref.invstd[c]!;
-        }
-        gwRef[c] = sgx; gbRef[c] = sg;
-        const wc = w ? w[c]! : 1, is = ref.invstd[c]!, nn = B * S;
-        for (let bb = 0; bb < B; ++bb) for (let i = 0; i < S; ++i) {
-          const k = (bb * C + c) * S + i;
-          const xh = (x[k]! - ref.mean[c]!) * is;
-          gref[k] = cs.training ? wc * is * (gy[k]! - sg / nn - xh * sgx / nn) : wc * is * gy[k]!;
-        }
+        let sg = 0,
+          sgx = 0;
+        for (let bb = 0; bb < B; ++bb)
+          for (let i = 0; i < S; ++i) {
+            const k = (bb * C + c) * S + i;
+            sg += gy[k]!;
+            sgx += gy[k]! * (x[k]! - ref.mean[c]!) * ref.invstd[c]!;
+          }
+        gwRef[c] = sgx;
+        gbRef[c] = sg;
+        const wc = w ? w[c]! : 1,
+          is = ref.invstd[c]!,
+          nn = B * S;
+        for (let bb = 0; bb < B; ++bb)
+          for (let i = 0; i < S; ++i) {
+            const k = (bb * C + c) * S + i;
+            const xh = (x[k]! - ref.mean[c]!) * is;
+            gref[k] = cs.training ? wc * is * (gy[k]! - sg / nn - (xh * sgx) / nn) : wc * is * gy[k]!;
+          }
       }
       // In training the input gradient is what is left after removing its projections on 1 and
       // x_hat: with few values per channel (3 here) most of |gy| cancels, and float32 rounding is
       // relative to the terms, not to the result. cond = ||terms|| / ||gx||.
-      let termSq = 0, gSq = 0;
+      let termSq = 0,
+        gSq = 0;
       for (let c = 0; c < C; ++c) {
-        let sg = 0, sgx = 0;
-        for (let bb = 0; bb < B; ++bb) for (let i = 0; i < S; ++i) { const k = (bb * C + c) * S + i; sg += gy[k]!; sgx += gy[k]! * (x[k]! - ref.mean[c]!) * ref.invstd[c]!; }
-        const wc = w ? w[c]! : 1, is = ref.invstd[c]!, nn = B * S;
-        for (let bb = 0; bb < B; ++bb) for (let i = 0; i < S; ++i) {
-          const k = (bb * C + c) * S + i;
-          const xh = (x[k]! - ref.mean[c]!) * is;
-          termSq += (wc * is * (Math.abs(gy[k]!) + Math.abs(sg / nn) + Math.abs(xh * sgx / nn))) ** 2;
-          gSq += gref[k]! ** 2;
-        }
+        let sg = 0,
+          sgx = 0;
+        for (let bb = 0; bb < B; ++bb)
+          for (let i = 0; i < S; ++i) {
+            const k = (bb * C + c) * S + i;
+            sg += gy[k]!;
+            sgx += gy[k]! * (x[k]! - ref.mean[c]!) * ref.invstd[c]!;
+          }
+        const wc = w ? w[c]! : 1,
+          is = ref.invstd[c]!,
+          nn = B * S;
+        for (let bb = 0; bb < B; ++bb)
+          for (let i = 0; i < S; ++i) {
+            const k = (bb * C + c) * S + i;
+            const xh = (x[k]! - ref.mean[c]!) * is;
+            termSq += (wc * is * (Math.abs(gy[k]!) + Math.abs(sg / nn) + Math.abs((xh * sgx) / nn))) ** 2;
+            gSq += gref[k]! ** 2;
+          }
       }
       const cond = cs.training ? Math.max(1, Math.sqrt(termSq / Math.max(gSq, 1e-300))) : 1;
-      expect(relErr(f64(gx!), gref), `${info} cond ${cond}`).toBeLessThan(5e-6 * cond);  // ~80 float32 ulps of the terms
+      expect(relErr(f64(gx!), gref), `${info} cond ${cond}`).toBeLessThan(5e-6 * cond); // ~80 float32 ulps of the terms
       expect(relErr(f64(gw!), gwRef), info).toBeLessThan(2e-5);
       expect(relErr(f64(gb!), gbRef), info).toBeLessThan(2e-5);
       // The loss's curvature grows as invstd^2: the step is a fraction of the smallest channel std,
@@ -430,9 +579,15 @@ describe('batch_norm', () => {
   }
   it('rejects eval without running stats and one value per channel in training', () => {
     const x = Tensor.from(new Float32Array(6), [1, 6]);
-    expect(() => runPoisoned('batch_norm', [x, null, null, null, null], { training: false })).toThrow(/batch_norm.*running/);
+    expect(() => runPoisoned('batch_norm', [x, null, null, null, null], { training: false })).toThrow(
+      /batch_norm.*running/,
+    );
     expect(() => runPoisoned('batch_norm', [x, null, null, null, null], { training: true })).toThrow(RangeError);
-    const [, , , nrm] = runPoisoned('batch_norm', [Tensor.from(new Float32Array([1, 2, 3, 5]), [2, 2]), null, null, null, null], { training: true });
+    const [, , , nrm] = runPoisoned(
+      'batch_norm',
+      [Tensor.from(new Float32Array([1, 2, 3, 5]), [2, 2]), null, null, null, null],
+      { training: true },
+    );
     expect(nrm).toBeNull();
   });
 });

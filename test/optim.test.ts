@@ -32,8 +32,8 @@ function adamRef(p0: Float32Array, g0: Float32Array, m0: Float32Array, v0: Float
   const p = Float64Array.from(p0);
   const m = Float64Array.from(m0);
   const v = Float64Array.from(v0);
-  const bc1 = 1 - Math.pow(c.beta1, c.step);
-  const bc2 = 1 - Math.pow(c.beta2, c.step);
+  const bc1 = 1 - c.beta1 ** c.step;
+  const bc2 = 1 - c.beta2 ** c.step;
   for (let i = 0; i < n; ++i) {
     let g = g0[i]!;
     if (!c.decoupled) g += c.weightDecay * p[i]!;
@@ -64,7 +64,15 @@ describe('adam_step', () => {
       const rng = new Rng();
       for (const n of SIZES) {
         const { p, g, m, v } = randomState(rng, n);
-        const cfg: AdamCfg = { lr: 0.01, beta1: 0.5 + 0.45 * rng.next(), beta2: 0.9 + 0.099 * rng.next(), eps: 1e-8, weightDecay, decoupled, step: 1 + rng.int(40) };
+        const cfg: AdamCfg = {
+          lr: 0.01,
+          beta1: 0.5 + 0.45 * rng.next(),
+          beta2: 0.9 + 0.099 * rng.next(),
+          eps: 1e-8,
+          weightDecay,
+          decoupled,
+          step: 1 + rng.int(40),
+        };
         const P = Tensor.from(p, [n]);
         const M = Tensor.from(m, [n]);
         const V = Tensor.from(v, [n]);
@@ -75,26 +83,30 @@ describe('adam_step', () => {
         // Element-wise float32 rounding bounds (8 ulps of the terms): with L2 decay g' = g + wd p
         // and b1 m + (1 - b1) g' can cancel, so the error is relative to the terms, not the result.
         const u = 8 * 2 ** -24;
-        const Mo = M.toFloat32(), Vo = V.toFloat32();
+        const Mo = M.toFloat32(),
+          Vo = V.toFloat32();
         for (let i = 0; i < n; ++i) {
           const gl = decoupled ? Math.abs(g[i]!) : Math.abs(g[i]!) + weightDecay * Math.abs(p[i]!);
           const gp = decoupled ? g[i]! : g[i]! + weightDecay * p[i]!;
           const mTerms = cfg.beta1 * Math.abs(m[i]!) + (1 - cfg.beta1) * gl;
           const vTerms = cfg.beta2 * v[i]! + (1 - cfg.beta2) * (gp * gp + 2 * Math.abs(gp) * gl);
-          if (!(Math.abs(Mo[i]! - ref.m[i]!) <= u * mTerms)) expect.fail(`exp_avg[${i}] ${Mo[i]} vs ${ref.m[i]} (bound ${u * mTerms}), ${info}`);
-          if (!(Math.abs(Vo[i]! - ref.v[i]!) <= u * vTerms)) expect.fail(`exp_avg_sq[${i}] ${Vo[i]} vs ${ref.v[i]} (bound ${u * vTerms}), ${info}`);
+          if (!(Math.abs(Mo[i]! - ref.m[i]!) <= u * mTerms))
+            expect.fail(`exp_avg[${i}] ${Mo[i]} vs ${ref.m[i]} (bound ${u * mTerms}), ${info}`);
+          if (!(Math.abs(Vo[i]! - ref.v[i]!) <= u * vTerms))
+            expect.fail(`exp_avg_sq[${i}] ${Vo[i]} vs ${ref.v[i]} (bound ${u * vTerms}), ${info}`);
         }
         // The parameter step, given our (float32) moments: no cancellation is left but the decoupled
         // decay against the Adam step; bound by 16 ulps of the terms and of the stored parameter.
-        const bc1 = 1 - Math.pow(cfg.beta1, cfg.step);
-        const bc2 = 1 - Math.pow(cfg.beta2, cfg.step);
+        const bc1 = 1 - cfg.beta1 ** cfg.step;
+        const bc2 = 1 - cfg.beta2 ** cfg.step;
         const Po = P.toFloat32();
         for (let i = 0; i < n; ++i) {
           const decay = decoupled ? cfg.lr * weightDecay * p[i]! : 0;
           const stepv = (cfg.lr / bc1) * (Mo[i]! / (Math.sqrt(Vo[i]!) / Math.sqrt(bc2) + cfg.eps));
           const want = p[i]! - decay - stepv;
           const bound = 2 * u * (Math.abs(decay) + Math.abs(stepv) + Math.abs(p[i]!));
-          if (!(Math.abs(Po[i]! - want) <= bound)) expect.fail(`param[${i}] ${Po[i]} vs ${want} (bound ${bound}), ${info}`);
+          if (!(Math.abs(Po[i]! - want) <= bound))
+            expect.fail(`param[${i}] ${Po[i]} vs ${want} (bound ${bound}), ${info}`);
         }
         // and the whole step against the float64 reference, over the tensor (large n averages out)
         if (n >= 1000) {
@@ -121,14 +133,27 @@ describe('adam_step', () => {
     withPoison(() => runSync(adamStep(P, G, M, V, cfg)));
     const ref = adamRef(p, g, m, v, cfg);
     expect(relErr(M.toFloat32(), ref.m), seedInfo(rng.seed)).toBeLessThan(1e-6);
-    expect(relErr(Float64Array.from(P.toFloat32(), (x, i) => x - p[i]!), ref.p.map((x, i) => x - p[i]!))).toBeLessThan(1e-4);
+    expect(
+      relErr(
+        Float64Array.from(P.toFloat32(), (x, i) => x - p[i]!),
+        ref.p.map((x, i) => x - p[i]!),
+      ),
+    ).toBeLessThan(1e-4);
   });
 
   it('does not depend on the thread count', () => {
     const rng = new Rng();
     const n = 200_001;
     const s = randomState(rng, n);
-    const cfg: AdamCfg = { lr: 0.02, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, decoupled: false, step: 5 };
+    const cfg: AdamCfg = {
+      lr: 0.02,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: 0.01,
+      decoupled: false,
+      step: 5,
+    };
     const run = (threads: number) => {
       const prev = addon.getNumThreads();
       addon.setNumThreads(threads);
@@ -150,7 +175,12 @@ describe('adam_step', () => {
     const n = 6;
     const mk = () => {
       const s = randomState(rng, n);
-      return [Tensor.from(s.p, [2, 3]), Tensor.from(s.g, [2, 3]), Tensor.from(s.m, [2, 3]), Tensor.from(s.v, [2, 3])] as const;
+      return [
+        Tensor.from(s.p, [2, 3]),
+        Tensor.from(s.g, [2, 3]),
+        Tensor.from(s.m, [2, 3]),
+        Tensor.from(s.v, [2, 3]),
+      ] as const;
     };
     const good = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 1 };
     const cases: [string, (t: readonly [Tensor, Tensor, Tensor, Tensor]) => void, RegExp][] = [
@@ -161,17 +191,57 @@ describe('adam_step', () => {
       ['negative eps', ([p, g, m, v]) => runSync(adamStep(p, g, m, v, { ...good, eps: -1 })), /eps/],
       ['beta1 = 1', ([p, g, m, v]) => runSync(adamStep(p, g, m, v, { ...good, beta1: 1 })), /beta1/],
       ['step 0', ([p, g, m, v]) => runSync(adamStep(p, g, m, v, { ...good, step: 0 })), /step/],
-      ['int32 grad', ([p, , m, v]) => runSync(adamStep(p, Tensor.from(new Int32Array(6), [2, 3]), m, v, good)), /float32/],
+      [
+        'int32 grad',
+        ([p, , m, v]) => runSync(adamStep(p, Tensor.from(new Int32Array(6), [2, 3]), m, v, good)),
+        /float32/,
+      ],
       ['same state twice', ([p, g, m]) => runSync(adamStep(p, g, m, m, good)), /share memory/],
-      ['non-contiguous param', ([, g, m, v]) => runSync(adamStep(Tensor.zeros([3, 2]).permute(1, 0), g, m, v, good)), /dense/],
+      [
+        'non-contiguous param',
+        ([, g, m, v]) => runSync(adamStep(Tensor.zeros([3, 2]).permute(1, 0), g, m, v, good)),
+        /dense/,
+      ],
       // The native op's own validation, bypassing the wrapper.
       ['native NaN lr', (t) => op('adam_step', [...t], { lr: NaN, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }), /lr/],
-      ['native beta2 > 1', (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 1.5, eps: 1e-8, step: 1 }), /beta2/],
-      ['native step 0', (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 0 }), /step/],
-      ['native wrong dtype', ([p, g, m]) => op('adam_step', [p, g, m, Tensor.from(new Int32Array(6), [2, 3])], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }), /float32/],
-      ['native shape', ([p, g, m]) => op('adam_step', [p, g, m, Tensor.zeros([7])], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }), /shape/],
-      ['native aliasing', ([p, g, m]) => op('adam_step', [p, g, m, p], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }), /share memory/],
-      ['native weight decay', (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, weight_decay: -0.1 }), /weight_decay/],
+      [
+        'native beta2 > 1',
+        (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 1.5, eps: 1e-8, step: 1 }),
+        /beta2/,
+      ],
+      [
+        'native step 0',
+        (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 0 }),
+        /step/,
+      ],
+      [
+        'native wrong dtype',
+        ([p, g, m]) =>
+          op('adam_step', [p, g, m, Tensor.from(new Int32Array(6), [2, 3])], {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.9,
+            eps: 1e-8,
+            step: 1,
+          }),
+        /float32/,
+      ],
+      [
+        'native shape',
+        ([p, g, m]) =>
+          op('adam_step', [p, g, m, Tensor.zeros([7])], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }),
+        /shape/,
+      ],
+      [
+        'native aliasing',
+        ([p, g, m]) => op('adam_step', [p, g, m, p], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1 }),
+        /share memory/,
+      ],
+      [
+        'native weight decay',
+        (t) => op('adam_step', [...t], { lr: 0.1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, weight_decay: -0.1 }),
+        /weight_decay/,
+      ],
     ];
     for (const [label, fn, msg] of cases) {
       const t = mk();
@@ -203,7 +273,15 @@ describe.skipIf(!HAS_TORCH)('adam_step against torch 1.13 (/usr/bin/python3)', (
       ] as const) {
         const n = 40_000 + rng.int(1000);
         const s = randomState(rng, n);
-        const cfg: AdamCfg = { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: wd, decoupled: kind === 'adamw', step: 2 + rng.int(20) };
+        const cfg: AdamCfg = {
+          lr: 0.01,
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: wd,
+          decoupled: kind === 'adamw',
+          step: 2 + rng.int(20),
+        };
         for (const [k, a] of Object.entries(s)) fs.writeFileSync(path.join(dir, `${k}.bin`), Buffer.from(a.buffer));
         const script = `
 import torch, numpy as np, os
@@ -221,7 +299,8 @@ for k, t in [('p', p.detach()), ('m', st['exp_avg']), ('v', st['exp_avg_sq'])]:
 `;
         const res = spawnSync('/usr/bin/python3', ['-c', script], { encoding: 'utf8' });
         expect(res.status, res.stderr).toBe(0);
-        const read = (k: string) => new Float32Array(new Uint8Array(fs.readFileSync(path.join(dir, `${k}.out`))).buffer);
+        const read = (k: string) =>
+          new Float32Array(new Uint8Array(fs.readFileSync(path.join(dir, `${k}.out`))).buffer);
         const P = Tensor.from(s.p, [n]);
         const M = Tensor.from(s.m, [n]);
         const V = Tensor.from(s.v, [n]);
@@ -274,13 +353,17 @@ describe('ema_update', () => {
       const omd = f(1 - f(decay));
       const exact = Float32Array.from(s, (x, i) => f(x - f(omd * f(x - p[i]!))));
       const out = S.toFloat32();
-      expect(out.every((x, i) => x === exact[i]), `n=${n} ${seedInfo(rng.seed)}`).toBe(true);
+      expect(
+        out.every((x, i) => x === exact[i]),
+        `n=${n} ${seedInfo(rng.seed)}`,
+      ).toBe(true);
       // float64 closeness element-wise, 4 ulps of the terms (s and (1 - decay)(s - p) can cancel);
       // the decay itself is float32 by definition (LitEma keeps it as a float32 buffer): omd
       for (let i = 0; i < n; ++i) {
         const t = omd * (s[i]! - p[i]!);
         const bound = 4 * 2 ** -24 * (Math.abs(s[i]!) + Math.abs(t) + omd * (Math.abs(s[i]!) + Math.abs(p[i]!)));
-        if (!(Math.abs(out[i]! - (s[i]! - t)) <= bound)) expect.fail(`shadow[${i}] ${out[i]} vs ${s[i]! - t} (bound ${bound}) ${seedInfo(rng.seed)}`);
+        if (!(Math.abs(out[i]! - (s[i]! - t)) <= bound))
+          expect.fail(`shadow[${i}] ${out[i]} vs ${s[i]! - t} (bound ${bound}) ${seedInfo(rng.seed)}`);
       }
       expect(Array.from(Pv.toFloat32())).toEqual(Array.from(p));
     }
@@ -306,7 +389,9 @@ describe('l2_norms / scale_inplace / copy_into', () => {
     const ref = xs.map((t) => Math.sqrt(Array.from(t.toFloat32()).reduce((a, x) => a + x * x, 0)));
     const out = withPoison(() => runSync(l2Norms(xs))).toFloat32();
     expect(out.length).toBe(xs.length);
-    out.forEach((v, i) => expect(Math.abs(v - ref[i]!), `${i} ${seedInfo(rng.seed)}`).toBeLessThanOrEqual(ref[i]! * 2 ** -23));
+    out.forEach((v, i) =>
+      expect(Math.abs(v - ref[i]!), `${i} ${seedInfo(rng.seed)}`).toBeLessThanOrEqual(ref[i]! * 2 ** -23),
+    );
     const prev = addon.getNumThreads();
     addon.setNumThreads(1);
     try {
@@ -383,8 +468,21 @@ describe('lib/train optimizers', () => {
     expect(Array.from(store.get('b').toFloat32())).toEqual(Array.from(b0));
     expect(opt.stepCount('a')).toBe(1);
     expect(opt.stepCount('b')).toBe(0);
-    const ref1 = adamRef(a0, ga.toFloat32(), new Float32Array(12), new Float32Array(12), { lr: 0.01, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, decoupled: false, step: 1 });
-    expect(relErr(Float64Array.from(store.get('a').toFloat32(), (x, i) => x - a0[i]!), ref1.p.map((x, i) => x - a0[i]!))).toBeLessThan(1e-4);
+    const ref1 = adamRef(a0, ga.toFloat32(), new Float32Array(12), new Float32Array(12), {
+      lr: 0.01,
+      beta1: 0.9,
+      beta2: 0.99,
+      eps: 1e-8,
+      weightDecay: 0,
+      decoupled: false,
+      step: 1,
+    });
+    expect(
+      relErr(
+        Float64Array.from(store.get('a').toFloat32(), (x, i) => x - a0[i]!),
+        ref1.p.map((x, i) => x - a0[i]!),
+      ),
+    ).toBeLessThan(1e-4);
     opt.groups[0]!.lr = 0; // a scheduler sets lr 0: the parameter must not move (moments still update)
     const a1 = store.get('a').toFloat32();
     opt.stepSync(new Map([['a', rng.tensor([4, 3])]]));
@@ -402,7 +500,13 @@ describe('lib/train optimizers', () => {
     };
     const init = rng.randn(1200);
     const initB = rng.randn(30);
-    const grads = [0, 1, 2].map(() => new Map([['w', rng.tensor([40, 30])], ['b', rng.tensor([30])]]));
+    const grads = [0, 1, 2].map(
+      () =>
+        new Map([
+          ['w', rng.tensor([40, 30])],
+          ['b', rng.tensor([30])],
+        ]),
+    );
     const sa = mk();
     const sb = mk();
     const a = new AdamW(sa, arParamGroups(['w', 'b'], { w: [40, 30], b: [30] }, 0.1), { lr: 0.01 });
@@ -421,7 +525,14 @@ describe('lib/train optimizers', () => {
     store.m.set('b', rng.tensor([2, 2]));
     const opt = new AdamW(store, ['a', 'b'], { lr: 0.1 });
     const before = snapshot([store.get('a'), store.get('b')]);
-    expect(() => opt.stepSync(new Map([['a', rng.tensor([3])], ['b', rng.tensor([4])]]))).toThrow(/shape/);
+    expect(() =>
+      opt.stepSync(
+        new Map([
+          ['a', rng.tensor([3])],
+          ['b', rng.tensor([4])],
+        ]),
+      ),
+    ).toThrow(/shape/);
     opt.groups[0]!.lr = NaN;
     expect(() => opt.stepSync(new Map([['a', rng.tensor([3])]]))).toThrow(/lr/);
     expect(snapshot([store.get('a'), store.get('b')])).toEqual(before);
@@ -445,11 +556,30 @@ describe('lib/train optimizers', () => {
     const b0 = b.toFloat32();
     const sq = (x: Float32Array) => x.reduce((s, v) => s + v * v, 0);
     const totalRef = Math.sqrt(2 * sq(a0) + sq(b0)); // 'a' is the gradient of two parameters
-    const total = runSync(clipGradNorm(new Map([['x', a], ['y', b], ['z', a]]), 1.0));
+    const total = runSync(
+      clipGradNorm(
+        new Map([
+          ['x', a],
+          ['y', b],
+          ['z', a],
+        ]),
+        1.0,
+      ),
+    );
     expect(Math.abs(total - totalRef) / totalRef, seedInfo(rng.seed)).toBeLessThan(1e-6);
     const coef = 1 / (totalRef + 1e-6);
-    expect(relErr(a.toFloat32(), Float64Array.from(a0, (v) => v * coef))).toBeLessThan(1e-6);
-    expect(relErr(b.toFloat32(), Float64Array.from(b0, (v) => v * coef))).toBeLessThan(1e-6);
+    expect(
+      relErr(
+        a.toFloat32(),
+        Float64Array.from(a0, (v) => v * coef),
+      ),
+    ).toBeLessThan(1e-6);
+    expect(
+      relErr(
+        b.toFloat32(),
+        Float64Array.from(b0, (v) => v * coef),
+      ),
+    ).toBeLessThan(1e-6);
     const c = Tensor.from(new Float32Array([0.3, 0.4]), [2]);
     expect(runSync(clipGradNorm([c], 1.0))).toBeCloseTo(0.5, 6);
     expect(Array.from(c.toFloat32())).toEqual([Math.fround(0.3), Math.fround(0.4)]);
@@ -461,13 +591,22 @@ describe('lib/train optimizers', () => {
   it('GradAccumulator: the mean over micro-batches (float64 reference), inputs untouched', () => {
     const rng = new Rng();
     const acc = new GradAccumulator();
-    const batches = [0, 1, 2].map(() => new Map([['w', rng.tensor([4, 5])], ['b', rng.tensor([5])]]));
+    const batches = [0, 1, 2].map(
+      () =>
+        new Map([
+          ['w', rng.tensor([4, 5])],
+          ['b', rng.tensor([5])],
+        ]),
+    );
     const keep = batches.map((m) => new Map([...m].map(([k, v]) => [k, v.toFloat32()])));
     for (const m of batches) runSync(acc.add(m));
     expect(acc.count).toBe(3);
     const mean = runSync(acc.mean());
     for (const k of ['w', 'b']) {
-      const ref = Float64Array.from(keep[0]!.get(k)!, (_, i) => (keep[0]!.get(k)![i]! + keep[1]!.get(k)![i]! + keep[2]!.get(k)![i]!) / 3);
+      const ref = Float64Array.from(
+        keep[0]!.get(k)!,
+        (_, i) => (keep[0]!.get(k)![i]! + keep[1]!.get(k)![i]! + keep[2]!.get(k)![i]!) / 3,
+      );
       expect(relErr(mean.get(k)!.toFloat32(), ref), seedInfo(rng.seed)).toBeLessThan(1e-6);
       batches.forEach((m, i) => expect(Array.from(m.get(k)!.toFloat32())).toEqual(Array.from(keep[i]!.get(k)!)));
     }
@@ -493,17 +632,23 @@ describe('lib/train LitEma and schedules', () => {
     expect(ema.numUpdates).toBe(1);
     const f = Math.fround;
     const omd = f(1 - f(2 / 11));
-    expect(Array.from(ema.shadow('enc.0.weight').toFloat32())).toEqual(Array.from(init, (s, i) => f(s - f(omd * f(s - p1[i]!)))));
+    expect(Array.from(ema.shadow('enc.0.weight').toFloat32())).toEqual(
+      Array.from(init, (s, i) => f(s - f(omd * f(s - p1[i]!)))),
+    );
     const sd = ema.stateDict();
     expect([...sd.keys()].sort()).toEqual(['decay', 'enc0bias', 'enc0weight', 'num_updates']);
     expect(emaBufferName('a.b.c')).toBe('abc');
     const other = new LitEma(store, ['enc.0.weight', 'enc.0.bias']);
     other.loadStateDict(new Map([...sd].map(([k, v]) => [k, runSync(clone(v))])));
     expect(other.numUpdates).toBe(1);
-    expect(Array.from(other.shadow('enc.0.weight').toFloat32())).toEqual(Array.from(ema.shadow('enc.0.weight').toFloat32()));
+    expect(Array.from(other.shadow('enc.0.weight').toFloat32())).toEqual(
+      Array.from(ema.shadow('enc.0.weight').toFloat32()),
+    );
     runSync(ema.store(store));
     runSync(ema.copyTo(store));
-    expect(Array.from(store.get('enc.0.weight').toFloat32())).toEqual(Array.from(ema.shadow('enc.0.weight').toFloat32()));
+    expect(Array.from(store.get('enc.0.weight').toFloat32())).toEqual(
+      Array.from(ema.shadow('enc.0.weight').toFloat32()),
+    );
     runSync(ema.restore(store));
     expect(Array.from(store.get('enc.0.weight').toFloat32())).toEqual(Array.from(p1));
     expect(() => other.loadStateDict(new Map([['decay', Tensor.zeros([])]]))).toThrow(/num_updates/);
@@ -518,7 +663,16 @@ describe('lib/train LitEma and schedules', () => {
     expect(lrDropLr(35, { learningRate: 1, stepsPerEpoch: 10, lrDropEpoch: [2, 3], lrDropRate: 0.5 })).toBe(0.25);
     expect(linearWarmup(5, 10)).toBe(0.5);
     expect(linearWarmup(10, 10)).toBe(1);
-    const cfg = { itersTrain: 10, maxEpochs: 2, wp: 0.25, wp0: 0.1, wpe: 0.01, twde: 0, weightDecay: 0.05, learningRate: 1 };
+    const cfg = {
+      itersTrain: 10,
+      maxEpochs: 2,
+      wp: 0.25,
+      wp0: 0.1,
+      wpe: 0.01,
+      twde: 0,
+      weightDecay: 0.05,
+      learningRate: 1,
+    };
     expect(arLrWd(0, cfg)).toEqual({ lr: 0.1, weightDecay: 0.05 }); // warm-up of round(2.5) = 2 steps
     expect(arLrWd(2, cfg).lr).toBe(1);
     expect(() => lrDropLr(-1, { learningRate: 1, stepsPerEpoch: 1 })).toThrow(/step/);

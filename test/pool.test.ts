@@ -13,7 +13,13 @@ interface Cfg {
   padding: [number, number];
 }
 
-const cfg = (name: string, shape: Cfg['shape'], k: number | [number, number], s?: number | [number, number], p: number | [number, number] = 0): Cfg => {
+const cfg = (
+  name: string,
+  shape: Cfg['shape'],
+  k: number | [number, number],
+  s?: number | [number, number],
+  p: number | [number, number] = 0,
+): Cfg => {
   const pair = (v: number | [number, number]): [number, number] => (typeof v === 'number' ? [v, v] : v);
   return { name, shape, kernel: pair(k), stride: pair(s ?? k), padding: pair(p) };
 };
@@ -161,7 +167,9 @@ describe('max_pool2d backward', () => {
       expect(relErr(got, ref), seedInfo(rng.seed)).toBeLessThan(1e-6);
       // int32 indices give the same gradient.
       const idx32 = Tensor.from(Int32Array.from(int64s(idx)), idx.shape);
-      expect(Array.from(runSync(maxPool2dBackward(gy, idx32, { inputShape: c.shape })).toFloat32())).toEqual(Array.from(got));
+      expect(Array.from(runSync(maxPool2dBackward(gy, idx32, { inputShape: c.shape })).toFloat32())).toEqual(
+        Array.from(got),
+      );
     });
   }
 
@@ -218,7 +226,9 @@ describe('max_pool2d argument checks', () => {
     expect(() => maxPool2dOutputSize([1, 5], { kernel: 2 })).toThrow(RangeError);
   });
   it('the native op validates shapes, dtypes and options before writing', () => {
-    expect(() => runSync(maxPool2d(Tensor.zeros([2, 5, 5]), { kernel: 2 }))).toThrow(/max_pool2d: 'x' must be float32 \[B, C, H, W\]/);
+    expect(() => runSync(maxPool2d(Tensor.zeros([2, 5, 5]), { kernel: 2 }))).toThrow(
+      /max_pool2d: 'x' must be float32 \[B, C, H, W\]/,
+    );
     expect(() => runSync(maxPool2d(Tensor.zeros([1, 1, 4, 4], 'int32'), { kernel: 2 }))).toThrow(TypeError);
     expect(() => runSync(maxPool2d(x, { kernel: 6 }))).toThrow(/larger than the padded input/);
     expect(() => runSync(maxPool2d(Tensor.zeros([1, 1, 0, 4]), { kernel: 1 }))).toThrow(/H >= 1 and W >= 1/);
@@ -229,20 +239,36 @@ describe('max_pool2d argument checks', () => {
   });
   it('the backward rejects bad indices and shapes and leaves its inputs unchanged', () => {
     // Increasing values: every window picks its bottom-right element, so window (1, 1) records 18.
-    const [y, idx] = runSync(maxPool2d(Tensor.from(Float32Array.from({ length: 50 }, (_, i) => i), [1, 2, 5, 5]), { kernel: 2 }));
+    const [y, idx] = runSync(
+      maxPool2d(
+        Tensor.from(
+          Float32Array.from({ length: 50 }, (_, i) => i),
+          [1, 2, 5, 5],
+        ),
+        { kernel: 2 },
+      ),
+    );
     expect(int64s(idx)).toEqual([6, 8, 16, 18, 6, 8, 16, 18]);
     const gy = new Rng().tensor(y.shape);
     const before = Array.from(gy.toFloat32());
     const bad = Tensor.from(BigInt64Array.from(int64s(idx).map((v, i) => BigInt(i === 3 ? 25 : v))), idx.shape);
-    expect(() => runSync(maxPool2dBackward(gy, bad, { inputShape: [1, 2, 5, 5] }))).toThrow(/index 25 in 'indices' \(element 3\) is out of range \[0, 25\)/);
+    expect(() => runSync(maxPool2dBackward(gy, bad, { inputShape: [1, 2, 5, 5] }))).toThrow(
+      /index 25 in 'indices' \(element 3\) is out of range \[0, 25\)/,
+    );
     expect(() => runSync(maxPool2dBackward(gy, idx, { inputShape: [1, 2, 4, 4] }))).toThrow(/out of range \[0, 16\)/);
-    expect(() => runSync(maxPool2dBackward(gy, idx, { inputShape: [1, 3, 5, 5] }))).toThrow(/must start with gy's \[B, C\]/);
+    expect(() => runSync(maxPool2dBackward(gy, idx, { inputShape: [1, 3, 5, 5] }))).toThrow(
+      /must start with gy's \[B, C\]/,
+    );
     expect(() => runSync(maxPool2dBackward(gy, idx, { inputShape: [1, 2, 5] }))).toThrow(/opts.inputShape/);
     expect(() => op1('max_pool2d_backward', [gy, idx], { shape: [1, 2, 5] })).toThrow(/option 'shape'/);
     expect(() => op1('max_pool2d_backward', [gy, idx], {})).toThrow(/option 'shape'/);
     expect(() => op1('max_pool2d_backward', [gy, idx], { shape: [1, 2, -1, 5] })).toThrow(RangeError);
-    expect(() => runSync(maxPool2dBackward(gy, Tensor.zeros(idx.shape), { inputShape: [1, 2, 5, 5] }))).toThrow(TypeError);
-    expect(() => op1('max_pool2d_backward', [gy, Tensor.zeros([1, 2, 2, 3], 'int64')], { shape: [1, 2, 5, 5] })).toThrow(/'indices' must have the shape of gy/);
+    expect(() => runSync(maxPool2dBackward(gy, Tensor.zeros(idx.shape), { inputShape: [1, 2, 5, 5] }))).toThrow(
+      TypeError,
+    );
+    expect(() =>
+      op1('max_pool2d_backward', [gy, Tensor.zeros([1, 2, 2, 3], 'int64')], { shape: [1, 2, 5, 5] }),
+    ).toThrow(/'indices' must have the shape of gy/);
     expect(Array.from(gy.toFloat32())).toEqual(before);
     expect(int64s(bad)[3]).toBe(25);
   });

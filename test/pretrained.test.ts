@@ -17,8 +17,13 @@ import { REPO_ROOT } from './fixtures.js';
 
 const files = modelFiles();
 const ref = JSON.parse(readFileSync(join(files.dir, 'reference.json'), 'utf8')) as {
-  demo: { reconstruction: { keep: number; psnr: number; psnrLearned: number; ssim: number }[]; generation: { classAccuracy: number; kvRatio: number } };
-  generation: { settings: { classes: number[]; seed: number; cfgScale: number; topK: number; topP: number; temperature: number } } & Record<string, number[] | undefined>;
+  demo: {
+    reconstruction: { keep: number; psnr: number; psnrLearned: number; ssim: number }[];
+    generation: { classAccuracy: number; kvRatio: number };
+  };
+  generation: {
+    settings: { classes: number[]; seed: number; cfgScale: number; topK: number; topP: number; temperature: number };
+  } & Record<string, number[] | undefined>;
 };
 
 async function cli(...args: string[]): Promise<string> {
@@ -29,7 +34,9 @@ async function cli(...args: string[]): Promise<string> {
   });
   const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
   try {
-    await createProgram().exitOverride().parseAsync(['node', 'mergevq', ...args]);
+    await createProgram()
+      .exitOverride()
+      .parseAsync(['node', 'mergevq', ...args]);
   } finally {
     spy.mockRestore();
     err.mockRestore();
@@ -75,7 +82,9 @@ describe('shipped models', () => {
     const got = Array.from(g.indices.toArray<'int64'>(), Number);
     expect(Array.from(again.indices.toArray<'int64'>(), Number)).toEqual(got);
     if (!want) {
-      console.warn(`SKIPPED the recorded-generation comparison: reference.json has no record for the ${kernel} sgemm kernel`);
+      console.warn(
+        `SKIPPED the recorded-generation comparison: reference.json has no record for the ${kernel} sgemm kernel`,
+      );
       return;
     }
     expect(got).toEqual(want);
@@ -95,9 +104,13 @@ describe('shipped models', () => {
     await expect(cli('generate', '--class', '10', '--out', join(dir, 'x.png'))).rejects.toThrow(/--class/);
     expect(existsSync(join(dir, 'x.png'))).toBe(false);
     await expect(cli('generate', '--keep', '30', '--out', join(dir, 'y.png'))).rejects.toThrow(/keep candidates/);
-    expect(await cli('generate', '--class', 'sneaker', '--count', '1', '--out', join(dir, 'sneaker.png'))).toMatch(/class 7/);
+    expect(await cli('generate', '--class', 'sneaker', '--count', '1', '--out', join(dir, 'sneaker.png'))).toMatch(
+      /class 7/,
+    );
     expect(() => parseClassArg('hat')).toThrow(/class id or one of/);
-    expect([parseClassArg('Ankle boot'), parseClassArg('boot'), parseClassArg('T-shirt'), parseClassArg('3')]).toEqual([9, 9, 0, 3]);
+    expect([parseClassArg('Ankle boot'), parseClassArg('boot'), parseClassArg('T-shirt'), parseClassArg('3')]).toEqual([
+      9, 9, 0, 3,
+    ]);
     const full = await cli('generate', '--count', '2', '--no-mergear', '--out', join(dir, 'full.png'));
     expect(full).toMatch(/full cache/);
     expect(DEFAULT_SAMPLING.cfgScale).toBeGreaterThan(1);

@@ -26,7 +26,9 @@ describe('README', () => {
     const lib = pathToFileURL(join(REPO_ROOT, 'lib', 'index.ts')).href;
     const file = join(dir, `readme-${process.pid}.ts`);
     // run from the temporary folder: relative output paths land there
-    const body = code!.replace(/from 'mergevq'/g, `from '${lib}'`).replace(/'bags\.png'/g, JSON.stringify(join(work, 'bags.png')));
+    const body = code!
+      .replace(/from 'mergevq'/g, `from '${lib}'`)
+      .replace(/'bags\.png'/g, JSON.stringify(join(work, 'bags.png')));
     writeFileSync(file, `${body}\nexport {};\n`);
     try {
       await import(pathToFileURL(file).href);

@@ -8,7 +8,13 @@ import { coordsOf, distinctValues, mapRef, numel, randTensor } from './tensor_re
 type Kind = 'sum' | 'mean' | 'var' | 'amax' | 'amin';
 
 /** Float64 reduction over `dims` of dense data; returns [values, keepdim shape]. */
-function reduceRef(data: ArrayLike<number>, shape: number[], dims: number[], kind: Kind, unbiased = true): { v: Float64Array; keep: number[] } {
+function reduceRef(
+  data: ArrayLike<number>,
+  shape: number[],
+  dims: number[],
+  kind: Kind,
+  unbiased = true,
+): { v: Float64Array; keep: number[] } {
   const keep = shape.map((s, d) => (dims.includes(d) ? 1 : s));
   const groups: number[][] = Array.from({ length: numel(keep) }, () => []);
   for (let i = 0; i < data.length; ++i) {
@@ -59,7 +65,9 @@ describe('reductions', () => {
             expect(got.every(Number.isNaN)).toBe(true);
             continue;
           }
-          expect(relErr(got, ref.v), `${kind} ${JSON.stringify(c)} ${seedInfo(rng.seed)}`).toBeLessThan(kind === 'amax' || kind === 'amin' ? 1e-30 : 2e-7);
+          expect(relErr(got, ref.v), `${kind} ${JSON.stringify(c)} ${seedInfo(rng.seed)}`).toBeLessThan(
+            kind === 'amax' || kind === 'amin' ? 1e-30 : 2e-7,
+          );
           expect(allFinite(got)).toBe(true);
         }
       }
@@ -113,12 +121,24 @@ describe('reductions', () => {
   it('sum_to reduces broadcast gradients back to the input shape', () => {
     const rng = new Rng();
     for (const [g, s] of [
-      [[2, 3, 4, 5], [1, 3, 1, 1]],
-      [[2, 3, 4, 5], [3, 1, 1]],
+      [
+        [2, 3, 4, 5],
+        [1, 3, 1, 1],
+      ],
+      [
+        [2, 3, 4, 5],
+        [3, 1, 1],
+      ],
       [[6, 33], [33]],
       [[6, 33], []],
-      [[4, 5], [4, 5]],
-      [[3, 4, 5], [4, 1]],
+      [
+        [4, 5],
+        [4, 5],
+      ],
+      [
+        [3, 4, 5],
+        [4, 1],
+      ],
     ] as [number[], number[]][]) {
       const gt = randTensor(rng, g, true);
       const y = withPoison(() => runSync(T.sumTo(gt.t, s)));
@@ -154,7 +174,11 @@ describe('reductions', () => {
     const gx = op1('amax_backward', [x, y, gy], { dims: [1] }).toFloat32();
     expect(Array.from(gx)).toEqual([0, 1.5, 1.5, 0, 2, 0, 2, 2]);
     const rng = new Rng();
-    for (const c of [{ shape: [5, 9, 3], dims: [1] }, { shape: [4, 6, 7], dims: [0, 2] }, { shape: [33], dims: undefined }]) {
+    for (const c of [
+      { shape: [5, 9, 3], dims: [1] },
+      { shape: [4, 6, 7], dims: [0, 2] },
+      { shape: [33], dims: undefined },
+    ]) {
       for (const keepdim of [false, true]) {
         // Distinct values 1e-2 apart: the step (1e-4) never crosses a tie, where amax has a kink.
         // Away from ties amax is linear in x, so the difference quotient is exact up to float64
@@ -163,7 +187,9 @@ describe('reductions', () => {
         const xr = randTensor(rng, c.shape, true, 1, distinctValues(rng, numel(c.shape), gap));
         const yr = runSync(T.amax(xr.t, { dims: c.dims, keepdim }));
         const g = rng.randn(yr.numel);
-        const gxr = withPoison(() => runSync(T.amaxBackward(xr.t, yr, Tensor.from(g, yr.shape), { dims: c.dims, keepdim }))).toFloat32();
+        const gxr = withPoison(() =>
+          runSync(T.amaxBackward(xr.t, yr, Tensor.from(g, yr.shape), { dims: c.dims, keepdim })),
+        ).toFloat32();
         const dims = c.dims ?? c.shape.map((_, d) => d);
         const loss = (v: Float32Array) => {
           const m = reduceRef(v, c.shape, dims, 'amax').v;

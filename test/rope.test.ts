@@ -36,7 +36,10 @@ function stridedX(rng: Rng, shape: number[], kind: 'dense' | 'heads' | 'channels
           if (kind === 'heads') src[((b * H + h) * N + n) * hd + c] = v;
           else src[((b * N + n) * hd + c) * H + h] = v;
         }
-  const t = kind === 'heads' ? Tensor.from(src, [B, H, N, hd]).permute(0, 2, 1, 3) : Tensor.from(src, [B, N, hd, H]).permute(0, 1, 3, 2);
+  const t =
+    kind === 'heads'
+      ? Tensor.from(src, [B, H, N, hd]).permute(0, 2, 1, 3)
+      : Tensor.from(src, [B, N, hd, H]).permute(0, 1, 3, 2);
   return { t, data };
 }
 
@@ -101,10 +104,14 @@ describe('precompute2dFreqs (LlamaGen precompute_freqs_cis_2d)', () => {
     // Cell (y = 1, x = 2) is sequence row 1 + 1*3 + 2 = 6.
     const r6 = Array.from(f.slice(6 * 8, 7 * 8));
     const want6 = [
-      0.5403023058681398, 0.8414709848078965, // y * 1 = 1
-      0.9999500004166653, 0.009999833334166664, // y * 0.01
-      -0.4161468365471424, 0.9092974268256817, // x * 1 = 2
-      0.9998000066665778, 0.019998666693333080, // x * 0.01 = 0.02
+      0.5403023058681398,
+      0.8414709848078965, // y * 1 = 1
+      0.9999500004166653,
+      0.009999833334166664, // y * 0.01
+      -0.4161468365471424,
+      0.9092974268256817, // x * 1 = 2
+      0.9998000066665778,
+      0.01999866669333308, // x * 0.01 = 0.02
     ];
     r6.forEach((v, i) => expect(Math.abs(v - want6[i]!), `row 6 entry ${i}`).toBeLessThan(2e-7));
     // Cell (0, 0) is row 1: all angles 0.

@@ -80,7 +80,9 @@ async function expectBadFileAsync(p: Promise<unknown>, ...patterns: RegExp[]): P
 
 /** Builds a file from a header (object or raw JSON text) and `dataBytes` bytes of data. */
 function craft(header: unknown, dataBytes: number, lengthOverride?: bigint): Buffer {
-  const json = Buffer.isBuffer(header) ? header : Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
+  const json = Buffer.isBuffer(header)
+    ? header
+    : Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
   const out = Buffer.alloc(8 + json.byteLength + dataBytes);
   out.writeBigUInt64LE(lengthOverride ?? BigInt(json.byteLength), 0);
   json.copy(out, 8);
@@ -133,7 +135,17 @@ describe('safetensors round trip', () => {
           expect(tt.shape).toEqual(t.shape);
           const back = tt.toArray();
           expect(Buffer.from(back.buffer, back.byteOffset, back.byteLength).equals(Buffer.from(raw[name]!))).toBe(true);
-          expect(f.tensor(name).dtype).toBe({ F32: 'float32', F16: 'float16', BF16: 'bfloat16', I32: 'int32', I64: 'int64', U8: 'uint8', BOOL: 'uint8' }[t.dtype as 'F32']);
+          expect(f.tensor(name).dtype).toBe(
+            {
+              F32: 'float32',
+              F16: 'float16',
+              BF16: 'bfloat16',
+              I32: 'int32',
+              I64: 'int64',
+              U8: 'uint8',
+              BOOL: 'uint8',
+            }[t.dtype as 'F32'],
+          );
         } else {
           expect(() => f.tensor(name)).toThrow(expect.objectContaining({ code: 'ERR_UNSUPPORTED_DTYPE' }));
         }
@@ -153,9 +165,18 @@ describe('safetensors round trip', () => {
       'a.perm': Tensor.from(f32, [3, 4]).permute(1, 0),
       'c.f16': Tensor.from(f32, [12]).cast('float16'),
       'd.bf16': Tensor.from(f32, [2, 6]).cast('bfloat16'),
-      'e.i32': Tensor.from(Int32Array.from({ length: 5 }, () => randomInt(-1e6, 1e6)), [5]),
-      'f.i64': Tensor.from(BigInt64Array.from({ length: 3 }, () => BigInt(randomInt(-1e9, 1e9)) * 1000003n), [3]),
-      'g.u8': Tensor.from(Uint8Array.from({ length: 7 }, () => randomInt(256)), [7, 1]),
+      'e.i32': Tensor.from(
+        Int32Array.from({ length: 5 }, () => randomInt(-1e6, 1e6)),
+        [5],
+      ),
+      'f.i64': Tensor.from(
+        BigInt64Array.from({ length: 3 }, () => BigInt(randomInt(-1e9, 1e9)) * 1000003n),
+        [3],
+      ),
+      'g.u8': Tensor.from(
+        Uint8Array.from({ length: 7 }, () => randomInt(256)),
+        [7, 1],
+      ),
     };
     const file = path.join(tmp, `tensors-${seed}.safetensors`);
     writeSafetensorsSync(file, ts);
@@ -177,7 +198,10 @@ describe('safetensors round trip', () => {
 
   it('handles scalars, empty tensors and an empty file', () => {
     const v = Math.fround(Math.random());
-    const buf = encodeSafetensors({ s: { dtype: 'F32', shape: [], data: new Float32Array([v]) }, z: { dtype: 'float32', shape: [0, 3], data: new Float32Array(0) } });
+    const buf = encodeSafetensors({
+      s: { dtype: 'F32', shape: [], data: new Float32Array([v]) },
+      z: { dtype: 'float32', shape: [0, 3], data: new Float32Array(0) },
+    });
     const r = readSafetensorsSync(buf);
     expect(r.info('s').shape).toEqual([]);
     expect((r.array('s') as Float32Array)[0]).toBe(v);
@@ -191,7 +215,10 @@ describe('safetensors round trip', () => {
 
   it('parses a header from bytes, a file descriptor and a FileHandle alike', async () => {
     const shape = [1 + randomInt(4), 1 + randomInt(4)];
-    const buf = encodeSafetensors({ w: { dtype: 'F16', shape, data: new Uint16Array(shape[0]! * shape[1]!) } }, { m: String(randomInt(1e6)) });
+    const buf = encodeSafetensors(
+      { w: { dtype: 'F16', shape, data: new Uint16Array(shape[0]! * shape[1]!) } },
+      { m: String(randomInt(1e6)) },
+    );
     const file = path.join(tmp, 'hdr.safetensors');
     fs.writeFileSync(file, buf);
     const fromBytes = parseSafetensorsHeader(buf);
@@ -216,7 +243,9 @@ describe('safetensors round trip', () => {
     const r = readSafetensorsSync(encodeSafetensors({ d: { dtype: 'F64', shape: [2, 3], data: vals } }));
     expect(() => r.tensor('d')).toThrow(/convertF64/);
     expect(Array.from(r.tensor('d', { convertF64: true }).toFloat32())).toEqual(Array.from(Float32Array.from(vals)));
-    const r2 = readSafetensorsSync(encodeSafetensors({ d: { dtype: 'F64', shape: [6], data: vals } }), { convertF64: true });
+    const r2 = readSafetensorsSync(encodeSafetensors({ d: { dtype: 'F64', shape: [6], data: vals } }), {
+      convertF64: true,
+    });
     expect(r2.tensor('d').dtype).toBe('float32');
     expect(r2.array('d')).toEqual(vals);
   });
@@ -224,17 +253,24 @@ describe('safetensors round trip', () => {
   it('rejects bad arguments with TypeError / RangeError', () => {
     expect(() => readSafetensorsSync(42 as never)).toThrow(TypeError);
     expect(() => encodeSafetensors({ a: { dtype: 'F32', shape: [3], data: new Float32Array(2) } })).toThrow(RangeError);
-    expect(() => encodeSafetensors({ a: { dtype: 'X9' as never, shape: [1], data: new Float32Array(1) } })).toThrow(TypeError);
+    expect(() => encodeSafetensors({ a: { dtype: 'X9' as never, shape: [1], data: new Float32Array(1) } })).toThrow(
+      TypeError,
+    );
     expect(() => encodeSafetensors({ a: { dtype: 'F32', shape: [-1], data: new Float32Array(1) } })).toThrow(TypeError);
     expect(() => encodeSafetensors({ a: [1, 2] as never })).toThrow(TypeError);
     expect(() => encodeSafetensors({}, { k: 3 as never })).toThrow(TypeError);
-    expect(() => readSafetensorsSync(encodeSafetensors({})).info('nope')).toThrow(expect.objectContaining({ code: 'ERR_NOT_FOUND' }));
+    expect(() => readSafetensorsSync(encodeSafetensors({})).info('nope')).toThrow(
+      expect.objectContaining({ code: 'ERR_NOT_FOUND' }),
+    );
   });
 
   it('reads lazily: a tensor from a file far larger than memory', () => {
     // A sparse file whose second tensor claims 64 GiB: reading the first must touch only it.
     const big = 64 * 2 ** 30;
-    const hdr = { small: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, huge: { dtype: 'U8', shape: [big], data_offsets: [16, 16 + big] } };
+    const hdr = {
+      small: { dtype: 'F32', shape: [4], data_offsets: [0, 16] },
+      huge: { dtype: 'U8', shape: [big], data_offsets: [16, 16 + big] },
+    };
     const json = Buffer.from(JSON.stringify(hdr));
     const file = path.join(tmp, 'sparse.safetensors');
     const fd = fs.openSync(file, 'w');
@@ -278,7 +314,12 @@ describe('safetensors fixtures', () => {
             expect(Array.from(got as Float32Array), n).toEqual(Array.from(ref as Float64Array, Math.fround));
             continue;
           }
-          expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength)), n).toBe(true);
+          expect(
+            Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(
+              Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength),
+            ),
+            n,
+          ).toBe(true);
           if (info.dtype === 'F32') expect((whole.array(n) as Float32Array).every(Number.isFinite)).toBe(true);
         }
         await lazy.closeAsync();
@@ -288,7 +329,14 @@ describe('safetensors fixtures', () => {
 });
 
 describe('safetensors validation', () => {
-  const good = () => encodeSafetensors({ a: { dtype: 'F32', shape: [2, 2], data: new Float32Array(4) }, b: { dtype: 'I64', shape: [3], data: new BigInt64Array(3) } }, { k: 'v' });
+  const good = () =>
+    encodeSafetensors(
+      {
+        a: { dtype: 'F32', shape: [2, 2], data: new Float32Array(4) },
+        b: { dtype: 'I64', shape: [3], data: new BigInt64Array(3) },
+      },
+      { k: 'v' },
+    );
   const t = (dtype: unknown, shape: unknown, offsets: unknown) => ({ dtype, shape, data_offsets: offsets });
 
   const cases: [string, () => Buffer, RegExp][] = [
@@ -308,10 +356,18 @@ describe('safetensors validation', () => {
     ['tensor entry not an object', () => craft({ a: 5 }, 0), /tensor "a" must be an object/],
     ['unknown dtype', () => craft({ a: t('Q4', [2], [0, 2]) }, 2), /unknown dtype string "Q4"/],
     ['missing dtype', () => craft({ a: { shape: [1], data_offsets: [0, 4] } }, 4), /unknown dtype undefined/],
-    ['negative shape', () => craft({ a: t('F32', [-1, 2], [0, 0]) }, 0), /shape\[0\] must be a non-negative safe integer/],
+    [
+      'negative shape',
+      () => craft({ a: t('F32', [-1, 2], [0, 0]) }, 0),
+      /shape\[0\] must be a non-negative safe integer/,
+    ],
     ['fractional shape', () => craft({ a: t('F32', [1.5], [0, 6]) }, 6), /shape\[0\]/],
     ['huge shape dim', () => craft({ a: t('F32', [2 ** 60], [0, 4]) }, 4), /shape\[0\]/],
-    ['shape product overflow', () => craft({ a: t('F32', [2 ** 30, 2 ** 30, 2 ** 30], [0, 4]) }, 4), /too many elements/],
+    [
+      'shape product overflow',
+      () => craft({ a: t('F32', [2 ** 30, 2 ** 30, 2 ** 30], [0, 4]) }, 4),
+      /too many elements/,
+    ],
     ['byte size overflow', () => craft({ a: t('F64', [2 ** 51], [0, 8]) }, 8), /too large|needs/],
     ['shape not an array', () => craft({ a: t('F32', '4', [0, 16]) }, 16), /shape must be an array/],
     ['offsets with 3 entries', () => craft({ a: t('U8', [2], [0, 1, 2]) }, 2), /must be \[begin, end\]/],
@@ -319,11 +375,27 @@ describe('safetensors validation', () => {
     ['negative offsets', () => craft({ a: t('U8', [2], [-2, 0]) }, 2), /data_offsets\[0\]/],
     ['begin > end', () => craft({ a: t('U8', [0], [4, 2]) }, 4), /begin > end/],
     ['offsets out of range', () => craft({ a: t('U8', [8], [0, 8]) }, 4), /beyond the data section \(4 bytes\)/],
-    ['offsets far out of range', () => craft({ a: t('U8', [2], [2 ** 52, 2 ** 52 + 2]) }, 2), /beyond the data section/],
-    ['byte length mismatch', () => craft({ a: t('F32', [3], [0, 8]) }, 8), /holds 8 bytes but shape \[3\] of F32 needs 12/],
-    ['overlapping tensors', () => craft({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [4, 12]) }, 12), /overlaps tensor "a"/],
+    [
+      'offsets far out of range',
+      () => craft({ a: t('U8', [2], [2 ** 52, 2 ** 52 + 2]) }, 2),
+      /beyond the data section/,
+    ],
+    [
+      'byte length mismatch',
+      () => craft({ a: t('F32', [3], [0, 8]) }, 8),
+      /holds 8 bytes but shape \[3\] of F32 needs 12/,
+    ],
+    [
+      'overlapping tensors',
+      () => craft({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [4, 12]) }, 12),
+      /overlaps tensor "a"/,
+    ],
     ['same region twice', () => craft({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [0, 8]) }, 8), /overlaps/],
-    ['hole between tensors', () => craft({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12), /hole: bytes \[4, 8\)/],
+    [
+      'hole between tensors',
+      () => craft({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12),
+      /hole: bytes \[4, 8\)/,
+    ],
     ['hole at the start', () => craft({ a: t('F32', [1], [4, 8]) }, 8), /hole: bytes \[0, 4\)/],
     ['metadata value not a string', () => craft({ __metadata__: { k: 3 } }, 0), /__metadata__\["k"\] must be a string/],
     ['metadata not an object', () => craft({ __metadata__: ['x'] }, 0), /__metadata__ must be an object/],
@@ -342,7 +414,12 @@ describe('safetensors validation', () => {
   }
 
   it('accepts the well-formed base case of the malformed ones', () => {
-    const r = readSafetensorsSync(craft({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'U8', shape: [0], data_offsets: [4, 4] } }, 4));
+    const r = readSafetensorsSync(
+      craft(
+        { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'U8', shape: [0], data_offsets: [4, 4] } },
+        4,
+      ),
+    );
     expect(r.names).toEqual(['a', 'b']);
   });
 

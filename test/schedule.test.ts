@@ -1,14 +1,26 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MergeSchedulePicker, checkParseR, generateProbList, mergeCandidates, npAround, parseR } from '../lib/tokenizer/schedule.js';
+import {
+  MergeSchedulePicker,
+  checkParseR,
+  generateProbList,
+  mergeCandidates,
+  npAround,
+  parseR,
+} from '../lib/tokenizer/schedule.js';
 import { Rng, seedInfo } from './helpers.js';
 import { fixtureDirs } from './st-mini.js';
 
 interface Schedules {
   parse_r: { num_layers: number; r: number; inflect: number; total: number | null; out: number[] }[];
   check_parse_r: { num_layers: number; merge_num: number; total_num: number; inflect: number; out: number }[];
-  generate_prob_list: { distribution: string; n: number; kwargs: { mean?: number; std?: number; lambd?: number }; out: number[] }[];
+  generate_prob_list: {
+    distribution: string;
+    n: number;
+    kwargs: { mean?: number; std?: number; lambd?: number };
+    out: number[];
+  }[];
   candidates: {
     embed_res: number;
     merge_num: number;
@@ -30,17 +42,26 @@ describe('merge schedules: parity with the reference', () => {
   for (const file of files) {
     const s = JSON.parse(readFileSync(file, 'utf8')) as Schedules;
     it(`${file}: parse_r`, () => {
-      for (const c of s.parse_r) expect(parseR(c.num_layers, c.r, c.inflect, c.total), JSON.stringify(c)).toEqual(c.out);
+      for (const c of s.parse_r)
+        expect(parseR(c.num_layers, c.r, c.inflect, c.total), JSON.stringify(c)).toEqual(c.out);
     });
     it(`${file}: check_parse_r`, () => {
-      for (const c of s.check_parse_r) expect(checkParseR(c.num_layers, c.merge_num, c.total_num, c.inflect), JSON.stringify(c)).toBe(c.out);
+      for (const c of s.check_parse_r)
+        expect(checkParseR(c.num_layers, c.merge_num, c.total_num, c.inflect), JSON.stringify(c)).toBe(c.out);
     });
     it(`${file}: generate_prob_list`, () => {
-      for (const c of s.generate_prob_list) expect(generateProbList(c.n, c.distribution, c.kwargs), JSON.stringify(c)).toEqual(c.out);
+      for (const c of s.generate_prob_list)
+        expect(generateProbList(c.n, c.distribution, c.kwargs), JSON.stringify(c)).toEqual(c.out);
     });
     it(`${file}: candidates (official configurations, 12 attention blocks unless given)`, () => {
       for (const c of s.candidates) {
-        const got = mergeCandidates({ embedRes: c.embed_res, mergeNum: c.merge_num, candDistribution: c.cand_distribution, numLayers: c.num_layers ?? 12, inflect: c.r[1] });
+        const got = mergeCandidates({
+          embedRes: c.embed_res,
+          mergeNum: c.merge_num,
+          candDistribution: c.cand_distribution,
+          numLayers: c.num_layers ?? 12,
+          inflect: c.r[1],
+        });
         expect(got.remainList, JSON.stringify(c)).toEqual(c.remain_list);
         expect(got.rCandList).toEqual(c.r_cand_list);
         expect(got.rProbList).toEqual(c.r_prob_list);
@@ -67,7 +88,10 @@ describe('merge schedules: semantics', () => {
       const infl = [-1, -0.5, 0, 0.5, 1][rng.int(5)]!;
       const total = rng.int(500);
       const out = parseR(n, r, infl, total);
-      expect(out.reduce((a, b) => a + b, 0), seedInfo(rng.seed)).toBe(total);
+      expect(
+        out.reduce((a, b) => a + b, 0),
+        seedInfo(rng.seed),
+      ).toBe(total);
       expect(out.length).toBe(n);
     }
     expect(() => parseR(1, 3, 0)).toThrow(RangeError);

@@ -22,8 +22,13 @@ export function readSafetensors(path: string): StFile {
     const tensors = new Map<string, StEntry>();
     for (const name of f.names) {
       const info = f.info(name);
-      if (info.dtype !== 'F32' && info.dtype !== 'I64') throw new Error(`${path}: unsupported dtype ${info.dtype} for ${name}`);
-      tensors.set(name, { dtype: info.dtype, shape: [...info.shape], data: f.array(name) as Float32Array | BigInt64Array });
+      if (info.dtype !== 'F32' && info.dtype !== 'I64')
+        throw new Error(`${path}: unsupported dtype ${info.dtype} for ${name}`);
+      tensors.set(name, {
+        dtype: info.dtype,
+        shape: [...info.shape],
+        data: f.array(name) as Float32Array | BigInt64Array,
+      });
     }
     return { tensors, metadata };
   } finally {

@@ -30,7 +30,8 @@ function buildChild(entry: string, out: string): string {
     if (src.endsWith('.cjs')) {
       fs.mkdirSync(path.dirname(path.join(out, rel)), { recursive: true });
       fs.writeFileSync(path.join(out, rel), text);
-      for (const m of text.matchAll(/require\('(\.{1,2}\/[^']+)'\)/g)) todo.push(path.resolve(path.dirname(src), m[1]!));
+      for (const m of text.matchAll(/require\('(\.{1,2}\/[^']+)'\)/g))
+        todo.push(path.resolve(path.dirname(src), m[1]!));
       continue;
     }
     for (const m of text.matchAll(/(?:from|import)\s+'(\.{1,2}\/[^']+)'/g)) {
@@ -38,14 +39,17 @@ function buildChild(entry: string, out: string): string {
       const tsFile = spec.replace(/\.js$/, '.ts');
       todo.push(fs.existsSync(tsFile) ? tsFile : spec);
     }
-    const js = ts.transpileModule(text, { compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 } }).outputText;
+    const js = ts.transpileModule(text, {
+      compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
+    }).outputText;
     const dst = path.join(out, rel.replace(/\.ts$/, '.js'));
     fs.mkdirSync(path.dirname(dst), { recursive: true });
     fs.writeFileSync(dst, js);
   }
   // The addon locator looks for the package root and its build folders.
   fs.writeFileSync(path.join(out, 'package.json'), JSON.stringify({ name: 'mergevq', type: 'module' }));
-  for (const d of ['node_modules', 'build', 'build-cmake']) if (fs.existsSync(path.join(repo, d))) fs.symlinkSync(path.join(repo, d), path.join(out, d));
+  for (const d of ['node_modules', 'build', 'build-cmake'])
+    if (fs.existsSync(path.join(repo, d))) fs.symlinkSync(path.join(repo, d), path.join(out, d));
   return path.join(out, entry.replace(/\.ts$/, '.js'));
 }
 
@@ -133,7 +137,10 @@ describe('training state survives SIGKILL at random moments', () => {
       for (let i = 0; i < n; ++i) if (w[i] !== Math.fround(step + i / n)) ++bad;
       expect(bad, msg).toBe(0);
       const m = s.tensors.get('opt.exp_avg.model.w')!.toArray<'int64'>();
-      expect(m.every((v) => v === BigInt(step) * 3n), msg).toBe(true);
+      expect(
+        m.every((v) => v === BigInt(step) * 3n),
+        msg,
+      ).toBe(true);
       lastLoaded = step;
       lastSaved = step;
       for (const t of s.tensors.values()) t.dispose();
@@ -142,6 +149,8 @@ describe('training state survives SIGKILL at random moments', () => {
     const temps = fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.tmp-'));
     expect(temps.length).toBeLessThanOrEqual(1);
     expect(lastSaved).toBeGreaterThan(0);
-    console.log(`state-kill: ${kills} kills in ${Date.now() - t0} ms, reached step ${lastSaved}, ${fellBack} loads fell back to .prev, ${midWrite} found a save finished but unreported`);
+    console.log(
+      `state-kill: ${kills} kills in ${Date.now() - t0} ms, reached step ${lastSaved}, ${fellBack} loads fell back to .prev, ${midWrite} found a save finished but unreported`,
+    );
   }, 90_000);
 });

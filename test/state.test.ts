@@ -35,7 +35,9 @@ describe('TrainRng', () => {
     expect(drawB, seedInfo(seed)).toEqual(drawA);
     expect(() => b.restore({ algorithm: 'xoshiro128**', s: [0, 0, 0, 0], spare: null })).toThrow(RangeError);
     expect(() => b.restore({ algorithm: 'pcg' as 'xoshiro128**', s: [1, 2, 3, 4], spare: null })).toThrow(TypeError);
-    expect(() => b.restore({ algorithm: 'xoshiro128**', s: [1, 2, 3, -4] as [number, number, number, number], spare: null })).toThrow(RangeError);
+    expect(() =>
+      b.restore({ algorithm: 'xoshiro128**', s: [1, 2, 3, -4] as [number, number, number, number], spare: null }),
+    ).toThrow(RangeError);
   });
 
   it('equal seeds give equal streams, derived seeds differ', () => {
@@ -104,7 +106,15 @@ function randomTensor(rng: Rng, dtype: DType, shape: number[]): { t: Tensor; byt
   for (let i = 0; i < bytes.length; ++i) bytes[i] = rng.int(256);
   const buf = bytes.slice().buffer;
   const arr =
-    dtype === 'float32' ? new Float32Array(buf) : dtype === 'int32' ? new Int32Array(buf) : dtype === 'int64' ? new BigInt64Array(buf) : dtype === 'uint8' ? new Uint8Array(buf) : new Uint16Array(buf);
+    dtype === 'float32'
+      ? new Float32Array(buf)
+      : dtype === 'int32'
+        ? new Int32Array(buf)
+        : dtype === 'int64'
+          ? new BigInt64Array(buf)
+          : dtype === 'uint8'
+            ? new Uint8Array(buf)
+            : new Uint16Array(buf);
   return { t: Tensor.from(arr, shape, { dtype }), bytes };
 }
 
@@ -132,7 +142,15 @@ function makeState(rng: Rng, step: number) {
     tensors.set(name, t);
     expected.set(name, { dtype, shape, bytes });
   }
-  const meta = { step, epoch: 2, loader: { epoch: 2, batch: 17 }, rng: new TrainRng(step).state(), lr: 1e-4, nested: [{ a: null, b: true, c: 'x\u00e9' }], neg: -0.5 };
+  const meta = {
+    step,
+    epoch: 2,
+    loader: { epoch: 2, batch: 17 },
+    rng: new TrainRng(step).state(),
+    lr: 1e-4,
+    nested: [{ a: null, b: true, c: 'x\u00e9' }],
+    neg: -0.5,
+  };
   return { tensors, expected, meta };
 }
 
@@ -254,7 +272,9 @@ describe('saveTrainingState / loadTrainingState', () => {
     await expect(saveTrainingState(file, { tensors, meta: { d: new Date() as never } })).rejects.toThrow(TypeError);
     await expect(saveTrainingState(file, { tensors, meta: [] as never })).rejects.toThrow(TypeError);
     await expect(saveTrainingState(file, { tensors: { w: 1 } as never, meta: {} })).rejects.toThrow(TypeError);
-    await expect(saveTrainingState(file, { tensors: new Map([['w', 3 as never]]), meta: {} })).rejects.toThrow(/state\.tensors\["w"\]/);
+    await expect(saveTrainingState(file, { tensors: new Map([['w', 3 as never]]), meta: {} })).rejects.toThrow(
+      /state\.tensors\["w"\]/,
+    );
     expect(fs.readdirSync(dir)).toEqual([]);
     // A safetensors file that is not a training state is rejected with a clear reason.
     const { writeSafetensorsSync } = await import('../lib/io/safetensors.js');

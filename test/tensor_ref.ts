@@ -1,6 +1,6 @@
 // Float64 reference helpers shared by the tensor-op tests (broadcast indexing, strided inputs).
 import { Tensor } from '../lib/tensor.js';
-import { Rng } from './helpers.js';
+import type { Rng } from './helpers.js';
 
 export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
@@ -50,7 +50,11 @@ export function bIndex(c: readonly number[], shape: readonly number[]): number {
 }
 
 /** Element-wise map with broadcasting, in float64. */
-export function mapRef(out: number[], inputs: { data: ArrayLike<number>; shape: number[] }[], f: (...v: number[]) => number): Float64Array {
+export function mapRef(
+  out: number[],
+  inputs: { data: ArrayLike<number>; shape: number[] }[],
+  f: (...v: number[]) => number,
+): Float64Array {
   const n = numel(out);
   const r = new Float64Array(n);
   for (let i = 0; i < n; ++i) {
@@ -64,9 +68,16 @@ export function mapRef(out: number[], inputs: { data: ArrayLike<number>; shape: 
  * A random float32 tensor of `shape`, non-contiguous when `strided` (a permuted view of a dense
  * tensor with the dims reversed) and its dense row-major values.
  */
-export function randTensor(rng: Rng, shape: number[], strided = false, scale = 1, values?: Float32Array): { t: Tensor; data: Float32Array } {
+export function randTensor(
+  rng: Rng,
+  shape: number[],
+  strided = false,
+  scale = 1,
+  values?: Float32Array,
+): { t: Tensor; data: Float32Array } {
   const data = values ?? rng.randn(numel(shape), scale);
-  if (data.length !== numel(shape)) throw new RangeError(`randTensor: ${data.length} values for shape [${shape.join(', ')}]`);
+  if (data.length !== numel(shape))
+    throw new RangeError(`randTensor: ${data.length} values for shape [${shape.join(', ')}]`);
   if (!strided || shape.length < 2) return { t: Tensor.from(data, shape), data };
   const rev = [...shape].reverse();
   const revData = new Float32Array(data.length);

@@ -11,14 +11,29 @@ import { Uint8ImageDataset, fashionMnistDataset } from '../lib/data/loader.js';
 import { TokenizerTrainer, type TokenizerTrainOptions } from '../lib/train/tokenizer-trainer.js';
 
 const haveFashion = fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'));
-if (!haveFashion) console.warn(`SKIPPED tokenizer training tests: no Fashion-MNIST in ${FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`);
+if (!haveFashion)
+  console.warn(
+    `SKIPPED tokenizer training tests: no Fashion-MNIST in ${FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`,
+  );
 
 /** A tiny G+R tokenizer on 16 px images: 4x4 = 16 tokens, 9 kept by default, learned recovery. */
 function tinyTokenizer(seed: number): MergeVQTokenizer {
   const tok = MergeVQTokenizer.fromConfig({
     ddconfig: {
-      z_channels: 8, resolution: 16, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1,
-      num_att_blocks: 3, num_heads: 2, dist_head: 'layer3', num_classes: 10, merge_num: 7, cand_distribution: 'gaussian-3', init_values: 0.1,
+      z_channels: 8,
+      resolution: 16,
+      in_channels: 1,
+      out_ch: 1,
+      ch: 32,
+      ch_mult: [1, 2, 2],
+      num_res_blocks: 1,
+      num_att_blocks: 3,
+      num_heads: 2,
+      dist_head: 'layer3',
+      num_classes: 10,
+      merge_num: 7,
+      cand_distribution: 'gaussian-3',
+      init_values: 0.1,
     },
     k2lconfig: { learn_source: true, rec_embed_dim: 32, num_layers: 1, num_heads: 2 },
     n_embed: 256,
@@ -29,18 +44,40 @@ function tinyTokenizer(seed: number): MergeVQTokenizer {
 }
 
 const LOSS = {
-  disc_start: 2, disc_weight: 0.8, gen_loss_weight: 0.1, cls_loss_weight: 1.0, lecam_loss_weight: 0.01, codebook_weight: 0.1,
-  commit_weight: 0.25, codebook_enlarge_ratio: 0, disc_dim: 16, disc_num_layers: 1, perceptual_weight: 0, disc_in_channels: 1,
+  disc_start: 2,
+  disc_weight: 0.8,
+  gen_loss_weight: 0.1,
+  cls_loss_weight: 1.0,
+  lecam_loss_weight: 0.01,
+  codebook_weight: 0.1,
+  commit_weight: 0.25,
+  codebook_enlarge_ratio: 0,
+  disc_dim: 16,
+  disc_num_layers: 1,
+  perceptual_weight: 0,
+  disc_in_channels: 1,
 };
 
 async function slice(n: number): Promise<Uint8ImageDataset> {
   const full = await fashionMnistDataset('train', { size: 16, mode: 'resize', channels: 1 });
   const fm = full.source;
-  return new Uint8ImageDataset(fm.images.subarray(0, n * 28 * 28), fm.labels.subarray(0, n), 28, 28, { size: 16, mode: 'resize', channels: 1 });
+  return new Uint8ImageDataset(fm.images.subarray(0, n * 28 * 28), fm.labels.subarray(0, n), 28, 28, {
+    size: 16,
+    mode: 'resize',
+    channels: 1,
+  });
 }
 
 function trainer(ds: Uint8ImageDataset, extra: Partial<TokenizerTrainOptions> = {}): TokenizerTrainer {
-  return new TokenizerTrainer({ tokenizer: tinyTokenizer(3), data: { dataset: ds, batchSize: 8, seed: 5 }, loss: LOSS, learningRate: 1e-3, seed: 7, sync: true, ...extra });
+  return new TokenizerTrainer({
+    tokenizer: tinyTokenizer(3),
+    data: { dataset: ds, batchSize: 8, seed: 5 },
+    loss: LOSS,
+    learningRate: 1e-3,
+    seed: 7,
+    sync: true,
+    ...extra,
+  });
 }
 
 const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
@@ -53,7 +90,8 @@ describe.skipIf(!haveFashion)('TokenizerTrainer on Fashion-MNIST', () => {
     const rec = logs.map((l) => l.values.reconstruct_loss!);
     const cls = logs.map((l) => l.values.cls_loss!);
     const src = logs.map((l) => l.values.source_loss!);
-    for (const l of logs) for (const [k, v] of Object.entries(l.values)) expect(Number.isFinite(v), `${k} at step ${l.step}`).toBe(true);
+    for (const l of logs)
+      for (const [k, v] of Object.entries(l.values)) expect(Number.isFinite(v), `${k} at step ${l.step}`).toBe(true);
     const msg = `rec ${mean(rec.slice(0, 5)).toFixed(3)} -> ${mean(rec.slice(-20)).toFixed(3)}, cls ${mean(cls.slice(0, 5)).toFixed(3)} -> ${mean(cls.slice(-20)).toFixed(3)}, src ${mean(src.slice(0, 5)).toFixed(3)} -> ${mean(src.slice(-20)).toFixed(3)}`;
     expect(mean(rec.slice(-20)), msg).toBeLessThan(0.7 * mean(rec.slice(0, 5)));
     expect(mean(cls.slice(-20)), msg).toBeLessThan(0.9 * mean(cls.slice(0, 5)));
@@ -80,7 +118,12 @@ describe.skipIf(!haveFashion)('TokenizerTrainer on Fashion-MNIST', () => {
     const r = await resumed.resume(ckpt);
     expect(r.which).toBe('latest');
     const b2 = await resumed.fit({ steps: N - k });
-    const strip = (l: { step: number; keep: number; lr: number; values: Record<string, number> }) => ({ step: l.step, keep: l.keep, lr: l.lr, values: l.values });
+    const strip = (l: { step: number; keep: number; lr: number; values: Record<string, number> }) => ({
+      step: l.step,
+      keep: l.keep,
+      lr: l.lr,
+      values: l.values,
+    });
     expect([...b1, ...b2].map(strip)).toEqual(a.map(strip));
     const sa = full.stateTensors();
     const sb = resumed.stateTensors();
@@ -97,7 +140,14 @@ describe.skipIf(!haveFashion)('TokenizerTrainer on Fashion-MNIST', () => {
 
   it('rejects unknown options and keep counts outside the candidates', async () => {
     const ds = await slice(16);
-    expect(() => new TokenizerTrainer({ tokenizer: tinyTokenizer(0), data: { dataset: ds, batchSize: 4 }, lerningRate: 1 } as unknown as TokenizerTrainOptions)).toThrow(/unknown option 'lerningRate'/);
+    expect(
+      () =>
+        new TokenizerTrainer({
+          tokenizer: tinyTokenizer(0),
+          data: { dataset: ds, batchSize: 4 },
+          lerningRate: 1,
+        } as unknown as TokenizerTrainOptions),
+    ).toThrow(/unknown option 'lerningRate'/);
     expect(() => trainer(ds, { fixedKeep: 10 })).toThrow(/fixedKeep/);
   });
 });

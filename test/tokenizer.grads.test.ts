@@ -3,7 +3,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Tape } from '../lib/autograd.js';
 import { runSync } from '../lib/graph.js';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
 import { tokenizerLoss, type LossTerms } from '../lib/tokenizer/train.js';
 import { forEachFixtureDir, loadFixture, relErr } from './fixtures.js';
@@ -16,7 +16,12 @@ forEachFixtureDir('tokenizer_grads.safetensors', (gradsFile, dir) => {
   beforeAll(() => {
     const w = loadFixture(dir, 'tokenizer_weights.safetensors');
     const k2l = w.meta<Record<string, unknown>>('k2lconfig');
-    tok = MergeVQTokenizer.fromConfig({ ddconfig: w.meta('ddconfig'), k2lconfig: k2l, n_embed: w.meta('n_embed'), embed_dim: w.meta('embed_dim') });
+    tok = MergeVQTokenizer.fromConfig({
+      ddconfig: w.meta('ddconfig'),
+      k2lconfig: k2l,
+      n_embed: w.meta('n_embed'),
+      embed_dim: w.meta('embed_dim'),
+    });
     const m = new Map<string, Tensor>();
     for (const n of w.names) m.set(n, w.tensor(n));
     tok.loadWeights(m, { strict: true });
@@ -49,7 +54,8 @@ forEachFixtureDir('tokenizer_grads.safetensors', (gradsFile, dir) => {
     // GroupNorm with one channel per group removes) is float noise in both implementations:
     // those are checked against an absolute floor, 1e-6 of the largest gradient entry.
     let gmax = 0;
-    for (const name of tok.store.names()) for (const v of gradsFile().array(`grad.${name}`) as Float32Array) gmax = Math.max(gmax, Math.abs(v));
+    for (const name of tok.store.names())
+      for (const v of gradsFile().array(`grad.${name}`) as Float32Array) gmax = Math.max(gmax, Math.abs(v));
     const floor = 1e-6 * gmax;
     const bad: string[] = [];
     let worst = 0;
@@ -61,7 +67,8 @@ forEachFixtureDir('tokenizer_grads.safetensors', (gradsFile, dir) => {
       const refMax = ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
       if (refMax < floor) {
         const diff = ours.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i]!)), 0);
-        if (!(diff < floor)) bad.push(`${name}: |diff| ${diff.toExponential(2)} above the floor ${floor.toExponential(2)}`);
+        if (!(diff < floor))
+          bad.push(`${name}: |diff| ${diff.toExponential(2)} above the floor ${floor.toExponential(2)}`);
         continue;
       }
       checked++;

@@ -1,7 +1,7 @@
 // Tokenizer parity with the reference (fixtures/tokenizer_weights + tokenizer_io), data-driven
 // over every directory in MERGEVQ_FIXTURES. The model is built from the fixture's own metadata.
 import { beforeAll, expect, it } from 'vitest';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { MergeVQTokenizer, type DecodeResult, type EncodeResult } from '../lib/tokenizer/tokenizer.js';
 import { forEachFixtureDir, loadFixture, relErr } from './fixtures.js';
 
@@ -16,7 +16,12 @@ forEachFixtureDir('tokenizer_io.safetensors', (io, dir) => {
     const w = loadFixture(dir, 'tokenizer_weights.safetensors');
     const ddconfig = w.meta<Record<string, unknown>>('ddconfig');
     const k2lconfig = w.meta<Record<string, unknown>>('k2lconfig');
-    tok = MergeVQTokenizer.fromConfig({ ddconfig, k2lconfig, n_embed: w.meta('n_embed'), embed_dim: w.meta('embed_dim') });
+    tok = MergeVQTokenizer.fromConfig({
+      ddconfig,
+      k2lconfig,
+      n_embed: w.meta('n_embed'),
+      embed_dim: w.meta('embed_dim'),
+    });
     const tensors = new Map<string, Tensor>();
     for (const n of w.names) tensors.set(n, w.tensor(n));
     const report = tok.loadWeights(tensors);

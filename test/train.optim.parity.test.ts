@@ -4,7 +4,7 @@
 import { expect, it } from 'vitest';
 import { runSync } from '../lib/graph.js';
 import { clone } from '../lib/ops/optim.js';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { Adam, AdamW, clipGradNorm, type ParamGroupSpec } from '../lib/train/optim.js';
 import { LitEma, emaBufferName } from '../lib/train/ema.js';
 import {
@@ -18,7 +18,8 @@ import {
 } from '../lib/train/schedule.js';
 import { forEachFixtureDir, relErr, type FixtureFile } from './fixtures.js';
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: fixture JSON of any shape
+type Json = Record<string, any>;
 
 /** Tolerances from the fixtures README: optimizer states and parameters are activations-like. */
 const TOL_STATE = 1e-4;
@@ -52,7 +53,9 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
     const meta = f.meta<Json>('optim');
     const names = namesUnder(f, 'opt.in.init.');
     expect(names.length).toBeGreaterThan(0);
-    const tags = [...new Set(f.names.filter((n) => n.startsWith('opt.') && !n.startsWith('opt.in.')).map((n) => n.split('.')[1]!))];
+    const tags = [
+      ...new Set(f.names.filter((n) => n.startsWith('opt.') && !n.startsWith('opt.in.')).map((n) => n.split('.')[1]!)),
+    ];
     expect(tags.length).toBeGreaterThan(0);
     const report: string[] = [];
     for (const tag of tags) {
@@ -68,7 +71,12 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
       if (Array.isArray(cfg.groups)) {
         groups = cfg.groups.map((g: Json) => ({
           names: g.params as string[],
-          weightDecay: g.weight_decay > 0 && cfg.weight_decay_decay_group !== undefined ? cfg.weight_decay_decay_group : loop && g.weight_decay > 0 ? own.config.weight_decay : g.weight_decay,
+          weightDecay:
+            g.weight_decay > 0 && cfg.weight_decay_decay_group !== undefined
+              ? cfg.weight_decay_decay_group
+              : loop && g.weight_decay > 0
+                ? own.config.weight_decay
+                : g.weight_decay,
         }));
       }
       const lr = loop ? own.config.learning_rate : cfg.lr;
@@ -163,7 +171,10 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
     for (const t of steps.slice(0, half)) a.stepSync(grads(t));
     a.groups[0]!.lr *= 0.5; // a scheduler's change must travel with the state dict
     const sd = a.stateDict();
-    const saved = { tensors: new Map([...sd.tensors].map(([k, v]) => [k, runSync(clone(v))])), meta: JSON.parse(JSON.stringify(sd.meta)) };
+    const saved = {
+      tensors: new Map([...sd.tensors].map(([k, v]) => [k, runSync(clone(v))])),
+      meta: JSON.parse(JSON.stringify(sd.meta)),
+    };
     const pb = new Params();
     for (const n of names) pb.m.set(n, runSync(clone(pa.get(n))));
     const b = new AdamW(pb, groups, opts);
@@ -190,7 +201,8 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
       const total = runSync(clipGradNorm(grads, maxNorm));
       const ref = (f.array(`clip.${c}.total_norm`) as Float32Array)[0]!;
       expect(Math.abs(total - ref) / ref, `clip.${c} total`).toBeLessThan(1e-6);
-      for (const n of names) expect(relErr(grads.get(n)!.toFloat32(), f32(f, `clip.${c}.out.${n}`)), `clip.${c}.${n}`).toBeLessThan(1e-6);
+      for (const n of names)
+        expect(relErr(grads.get(n)!.toFloat32(), f32(f, `clip.${c}.out.${n}`)), `clip.${c}.${n}`).toBeLessThan(1e-6);
     }
   });
 
@@ -218,7 +230,9 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
           const ours = sd.get(b)!;
           const ref = f.tensor(`ema.${c}.shadow.${t}.${b}`);
           expect(ours.dtype).toBe(ref.dtype);
-          expect(Array.from(ours.toArray() as ArrayLike<number>), `ema.${c} update ${t} ${b}`).toEqual(Array.from(ref.toArray() as ArrayLike<number>));
+          expect(Array.from(ours.toArray() as ArrayLike<number>), `ema.${c} update ${t} ${b}`).toEqual(
+            Array.from(ref.toArray() as ArrayLike<number>),
+          );
         }
       };
       check(0);
@@ -242,13 +256,35 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
       let fn: (s: number) => number;
       let wdFn: ((s: number) => number) | undefined;
       if (cfg.lr_drop_epoch !== undefined) {
-        fn = (s) => lrDropLr(s, { learningRate: cfg.learning_rate, stepsPerEpoch: cfg.steps_per_epoch, lrDropEpoch: cfg.lr_drop_epoch, lrDropRate: cfg.lr_drop_rate });
+        fn = (s) =>
+          lrDropLr(s, {
+            learningRate: cfg.learning_rate,
+            stepsPerEpoch: cfg.steps_per_epoch,
+            lrDropEpoch: cfg.lr_drop_epoch,
+            lrDropRate: cfg.lr_drop_rate,
+          });
       } else if (cfg.iters_train !== undefined) {
-        const ac: ArAnnealConfig = { itersTrain: cfg.iters_train, maxEpochs: cfg.max_epochs, wp: cfg.wp, wp0: cfg.wp0, wpe: cfg.wpe, twde: cfg.twde, weightDecay: cfg.weight_decay, learningRate: cfg.learning_rate };
+        const ac: ArAnnealConfig = {
+          itersTrain: cfg.iters_train,
+          maxEpochs: cfg.max_epochs,
+          wp: cfg.wp,
+          wp0: cfg.wp0,
+          wpe: cfg.wpe,
+          twde: cfg.twde,
+          weightDecay: cfg.weight_decay,
+          learningRate: cfg.learning_rate,
+        };
         fn = (s) => arLrWd(s, ac).lr;
         wdFn = (s) => arLrWd(s, ac).weightDecay;
       } else if (cfg.warm_up_steps !== undefined) {
-        fn = (s) => lambdaWarmUpCosine(s, { warmUpSteps: cfg.warm_up_steps, lrMin: cfg.lr_min, lrMax: cfg.lr_max, lrStart: cfg.lr_start, maxDecaySteps: cfg.max_decay_steps });
+        fn = (s) =>
+          lambdaWarmUpCosine(s, {
+            warmUpSteps: cfg.warm_up_steps,
+            lrMin: cfg.lr_min,
+            lrMax: cfg.lr_max,
+            lrStart: cfg.lr_start,
+            maxDecaySteps: cfg.max_decay_steps,
+          });
       } else if (/CosineDecay/.test(by)) {
         fn = (s) => cfg.learning_rate * linearWarmupCosineDecay(s, cfg.warmup_steps, cfg.max_steps, cfg.multipler_min);
       } else if (/LinearWarmup\(/.test(by)) {
@@ -261,17 +297,24 @@ forEachFixtureDir('train_losses.safetensors', (fixture) => {
         // This one calls numpy's cos, whose float64 implementation depends on the numpy build and
         // the CPU (SIMD versions are not the C library's): allow 2 ulp of the cosine there (its
         // error is scaled by (lr_max - lr_min) / 2), exact elsewhere.
-        const tol = 2 * Number.EPSILON * 0.5 * Math.abs(cfg.lr_max - cfg.lr_min) + Number.EPSILON * Math.max(...Array.from(ref, Math.abs));
+        const tol =
+          2 * Number.EPSILON * 0.5 * Math.abs(cfg.lr_max - cfg.lr_min) +
+          Number.EPSILON * Math.max(...Array.from(ref, Math.abs));
         const diffs = ours.map((v, i) => Math.abs(v - ref[i]!));
         const exact = diffs.filter((d) => d === 0).length;
-        console.log(`sched.${name}: ${exact}/${ref.length} exact, max |diff| ${Math.max(...diffs).toExponential(2)} (tolerance ${tol.toExponential(2)}, numpy cos)`);
+        console.log(
+          `sched.${name}: ${exact}/${ref.length} exact, max |diff| ${Math.max(...diffs).toExponential(2)} (tolerance ${tol.toExponential(2)}, numpy cos)`,
+        );
         expect(Math.max(...diffs), `sched.${name}`).toBeLessThanOrEqual(tol);
       } else {
         expect(ours, `sched.${name}`).toEqual(Array.from(ref));
       }
       if (wdFn) {
         const wdRef = f.array(`sched.${name}_wd`) as Float64Array;
-        expect(Array.from(wdRef, (_, s) => wdFn!(s)), `sched.${name}_wd`).toEqual(Array.from(wdRef));
+        expect(
+          Array.from(wdRef, (_, s) => wdFn!(s)),
+          `sched.${name}_wd`,
+        ).toEqual(Array.from(wdRef));
       }
     }
   });

@@ -31,17 +31,28 @@ interface ModelOpts {
 function withModelOptions(cmd: Command): Command {
   return cmd
     .requiredOption('-c, --config <yaml>', "the reference's YAML config (Lightning CLI format)")
-    .option('-w, --weights <file>', 'weights: .safetensors with reference names, or a Lightning .ckpt / .pt (random weights when omitted)')
+    .option(
+      '-w, --weights <file>',
+      'weights: .safetensors with reference names, or a Lightning .ckpt / .pt (random weights when omitted)',
+    )
     .option('--raw', 'use the raw (non-EMA) weights of a Lightning checkpoint')
     .option('-k, --keep <K>', 'kept token count (a square from the config candidates)', int)
     .option('-b, --batch <n>', 'images per batch', int, 4);
 }
 
 async function model(o: ModelOpts): Promise<MergeVQTokenizer> {
-  const { tokenizer, report } = await loadTokenizer({ config: o.config, weights: o.weights, prefer: o.raw ? 'raw' : 'ema' });
+  const { tokenizer, report } = await loadTokenizer({
+    config: o.config,
+    weights: o.weights,
+    prefer: o.raw ? 'raw' : 'ema',
+  });
   if (!o.weights) process.stderr.write('warning: no --weights given: using random weights\n');
-  if (report.missing.length) process.stderr.write(`warning: ${report.missing.length} weights missing (e.g. ${report.missing.slice(0, 3).join(', ')})\n`);
-  if (report.unexpected.length) process.stderr.write(`note: ${report.unexpected.length} unused tensors in the weights file\n`);
+  if (report.missing.length)
+    process.stderr.write(
+      `warning: ${report.missing.length} weights missing (e.g. ${report.missing.slice(0, 3).join(', ')})\n`,
+    );
+  if (report.unexpected.length)
+    process.stderr.write(`note: ${report.unexpected.length} unused tensors in the weights file\n`);
   return tokenizer;
 }
 
@@ -52,7 +63,9 @@ function progress(total: number, label: string): (done: number) => void {
     if (!tty) return;
     const w = 30;
     const f = Math.round((done / total) * w);
-    process.stderr.write(`\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${done}/${total}${done === total ? '\n' : ''}`);
+    process.stderr.write(
+      `\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${done}/${total}${done === total ? '\n' : ''}`,
+    );
   };
 }
 
@@ -65,7 +78,10 @@ function batches<T>(xs: T[], n: number): T[][] {
 /** Builds the `mergevq` command (exported for tests and embedding). */
 export function createProgram(): Command {
   const program = new Command();
-  program.name('mergevq').description('MergeVQ image tokenizer: token merging + lookup-free quantization, on a native core').version('0.1.0');
+  program
+    .name('mergevq')
+    .description('MergeVQ image tokenizer: token merging + lookup-free quantization, on a native core')
+    .version('0.1.0');
 
   withModelOptions(program.command('reconstruct'))
     .description('encode and decode images; writes <out>/<name>.png and a grid (original over reconstruction)')
@@ -125,7 +141,12 @@ export function createProgram(): Command {
           { keep: String(keep), images: JSON.stringify(images) },
         );
       } else {
-        const doc = { keep, images, indices: indices.map((r) => r.map(Number)), source: sources.map((r) => r.map(Number)) };
+        const doc = {
+          keep,
+          images,
+          indices: indices.map((r) => r.map(Number)),
+          source: sources.map((r) => r.map(Number)),
+        };
         writeFileSync(o.out, JSON.stringify(doc) + '\n');
       }
     });
@@ -151,7 +172,8 @@ export function createProgram(): Command {
       }
       mkdirSync(o.out, { recursive: true });
       const res = await tok.decode({ indices, source: o.learned ? 'learned' : source });
-      for (let i = 0; i < indices.shape[0]!; ++i) writeFileSync(join(o.out, `${i}.png`), await encodeImage(res.images, { index: i }));
+      for (let i = 0; i < indices.shape[0]!; ++i)
+        writeFileSync(join(o.out, `${i}.png`), await encodeImage(res.images, { index: i }));
     });
 
   program
@@ -171,7 +193,12 @@ export function createProgram(): Command {
         heads: tok.encoder.geo.heads,
         isotropic: tok.encoder.geo.isotropic,
         learnedRecovery: tok.recovery !== null,
-        candidates: tok.candidates.keep.map((k, i) => ({ keep: k, r: tok.candidates.r[i], cumulativeP: tok.candidates.cumulative[i], schedule: tok.mergeSchedule(k) })),
+        candidates: tok.candidates.keep.map((k, i) => ({
+          keep: k,
+          r: tok.candidates.r[i],
+          cumulativeP: tok.candidates.cumulative[i],
+          schedule: tok.mergeSchedule(k),
+        })),
       };
       if (o.json) {
         process.stdout.write(JSON.stringify(info, null, 2) + '\n');
@@ -181,7 +208,10 @@ export function createProgram(): Command {
         `${o.config}\n  parameters ${(info.parameters / 1e6).toFixed(1)}M, L = ${info.fullTokens}, default K = ${info.defaultKeep}, ` +
           `C = ${info.embedDim}, heads ${info.heads}${info.isotropic ? ', isotropic' : ''}${info.learnedRecovery ? ', learned recovery' : ''}\n`,
       );
-      for (const c of info.candidates) process.stdout.write(`  K ${String(c.keep).padStart(4)}  r ${String(c.r).padStart(3)}  P<= ${c.cumulativeP}  per block ${c.schedule.join(' ')}\n`);
+      for (const c of info.candidates)
+        process.stdout.write(
+          `  K ${String(c.keep).padStart(4)}  r ${String(c.r).padStart(3)}  P<= ${c.cumulativeP}  per block ${c.schedule.join(' ')}\n`,
+        );
     });
 
   withModelOptions(program.command('source-map'))

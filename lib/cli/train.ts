@@ -9,7 +9,7 @@
  * with the reference's names) and a copy of the config. SIGINT (Ctrl-C) finishes the step, saves
  * the state and exits; `--resume` continues a run exactly where its state left it.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -54,7 +54,8 @@ export interface TokenizerRunConfig {
 
 /** Reads a stage-1 training YAML (the reference's layout, plus `data:`). */
 export function readTokenizerRunConfig(path: string): TokenizerRunConfig {
-  if (!existsSync(path) || !statSync(path).isFile()) throw new MergeVQError(`--config: no such file: ${path}`, 'ERR_NOT_FOUND');
+  if (!existsSync(path) || !statSync(path).isFile())
+    throw new MergeVQError(`--config: no such file: ${path}`, 'ERR_NOT_FOUND');
   let doc: Obj;
   try {
     doc = obj(parseYaml(readFileSync(path, 'utf8')));
@@ -66,15 +67,23 @@ export function readTokenizerRunConfig(path: string): TokenizerRunConfig {
   const lossParams = obj(obj(args.lossconfig).params);
   const data = obj(doc.data);
   const dd = obj(args.ddconfig);
-  const num = (v: unknown, d: number) => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v)) ? Number(v) : d);
+  const num = (v: unknown, d: number) =>
+    typeof v === 'number' && Number.isFinite(v)
+      ? v
+      : typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v))
+        ? Number(v)
+        : d;
   const channels = num(data.channels, num(dd.in_channels, 3));
-  if (channels !== 1 && channels !== 3) throw new MergeVQError(`--config ${path}: data.channels must be 1 or 3`, 'ERR_BAD_CONFIG');
+  if (channels !== 1 && channels !== 3)
+    throw new MergeVQError(`--config ${path}: data.channels must be 1 or 3`, 'ERR_BAD_CONFIG');
   const mode = data.mode === 'resize' ? 'resize' : 'pad';
   return {
     modelArgs: args,
     loss: lossParams,
     learningRate: num(args.learning_rate, 1e-4),
-    lrDropEpoch: Array.isArray(args.lr_drop_epoch) ? (args.lr_drop_epoch as unknown[]).map((e) => num(e, NaN)).filter(Number.isFinite) : [],
+    lrDropEpoch: Array.isArray(args.lr_drop_epoch)
+      ? (args.lr_drop_epoch as unknown[]).map((e) => num(e, NaN)).filter(Number.isFinite)
+      : [],
     lrDropRate: num(args.lr_drop_rate, 0.1),
     useEma: args.use_ema !== false,
     accumulate: Math.max(1, Math.trunc(num(args.accumulate_grad_batches, 1))),
@@ -90,10 +99,25 @@ export function readTokenizerRunConfig(path: string): TokenizerRunConfig {
   };
 }
 
-async function openDataset(spec: TokenizerRunConfig['data'], split: 'train' | 'test', seedFolder?: string): Promise<Dataset> {
-  if (spec.dataset === 'fashion-mnist') return fashionMnistDataset(split, { size: spec.size, mode: spec.mode, channels: spec.channels, flip: split === 'train' && spec.flip });
+async function openDataset(
+  spec: TokenizerRunConfig['data'],
+  split: 'train' | 'test',
+  seedFolder?: string,
+): Promise<Dataset> {
+  if (spec.dataset === 'fashion-mnist')
+    return fashionMnistDataset(split, {
+      size: spec.size,
+      mode: spec.mode,
+      channels: spec.channels,
+      flip: split === 'train' && spec.flip,
+    });
   const root = seedFolder ?? spec.dataset;
-  return ImageFolderDataset.open(root, { size: spec.size, crop: split === 'train' ? 'random' : 'center', flip: split === 'train' && spec.flip, channels: spec.channels });
+  return ImageFolderDataset.open(root, {
+    size: spec.size,
+    crop: split === 'train' ? 'random' : 'center',
+    flip: split === 'train' && spec.flip,
+    channels: spec.channels,
+  });
 }
 
 /** Bar, rate and ETA on one line (stderr on a TTY; every `every` steps as a plain line otherwise). */
@@ -137,7 +161,11 @@ async function drawCurves(logPath: string, out: string): Promise<void> {
       series[i]!.points.push([l.step, w.reduce((a, b) => a + b, 0) / w.length]);
     });
   }
-  await writeCurvesPng(out, series.filter((s) => s.points.length > 0), { title: 'tokenizer training (running mean of 20 steps)', logY: true, yTitle: 'loss' });
+  await writeCurvesPng(
+    out,
+    series.filter((s) => s.points.length > 0),
+    { title: 'tokenizer training (running mean of 20 steps)', logY: true, yTitle: 'loss' },
+  );
 }
 
 /**
@@ -169,88 +197,109 @@ export function addTrainCommands(program: Command): void {
     .option('--sample-every <n>', 'reconstruction grid and curves every n steps', int, 500)
     .option('--seed <n>', 'seed of initialization, data order and keep draws', int, 0)
     .option('--async', 'run every op as its own job on the libuv pool (default: a step runs on the main thread)')
-    .action(async (o: { config: string; out: string; steps?: number; resume?: boolean; data?: string; saveEvery: number; sampleEvery: number; seed: number; async?: boolean }) => {
-      const cfg = readTokenizerRunConfig(o.config);
-      if (o.data) cfg.data.dataset = o.data;
-      const out = resolve(o.out);
-      const statePath = join(out, 'state.safetensors');
-      if (existsSync(statePath) && !o.resume) throw new MergeVQError(`--out ${out} holds a run already: add --resume to continue it, or choose another folder`, 'ERR_EXISTS');
-      if (o.resume && !existsSync(statePath) && !existsSync(`${statePath}.prev`)) throw new MergeVQError(`--resume: no saved state in ${out}`, 'ERR_NOT_FOUND');
-      mkdirSync(join(out, 'samples'), { recursive: true });
-      if (!o.resume) copyFileSync(o.config, join(out, 'config.yaml'));
+    .action(
+      async (o: {
+        config: string;
+        out: string;
+        steps?: number;
+        resume?: boolean;
+        data?: string;
+        saveEvery: number;
+        sampleEvery: number;
+        seed: number;
+        async?: boolean;
+      }) => {
+        const cfg = readTokenizerRunConfig(o.config);
+        if (o.data) cfg.data.dataset = o.data;
+        const out = resolve(o.out);
+        const statePath = join(out, 'state.safetensors');
+        if (existsSync(statePath) && !o.resume)
+          throw new MergeVQError(
+            `--out ${out} holds a run already: add --resume to continue it, or choose another folder`,
+            'ERR_EXISTS',
+          );
+        if (o.resume && !existsSync(statePath) && !existsSync(`${statePath}.prev`))
+          throw new MergeVQError(`--resume: no saved state in ${out}`, 'ERR_NOT_FOUND');
+        mkdirSync(join(out, 'samples'), { recursive: true });
+        if (!o.resume) copyFileSync(o.config, join(out, 'config.yaml'));
 
-      const tok = new MergeVQTokenizer(normalizeConfig(cfg.modelArgs));
-      tok.store.initRandom(o.seed);
-      const dataset = await openDataset(cfg.data, 'train');
-      const trainer = new TokenizerTrainer({
-        tokenizer: tok,
-        data: { dataset, batchSize: cfg.data.batchSize, seed: o.seed },
-        loss: { disc_in_channels: tok.config.ddconfig.out_ch, ...cfg.loss },
-        learningRate: cfg.learningRate,
-        lrDropEpoch: cfg.lrDropEpoch,
-        lrDropRate: cfg.lrDropRate,
-        useEma: cfg.useEma,
-        accumulate: cfg.accumulate,
-        seed: o.seed,
-        sync: !o.async,
-      });
-      if (o.resume) {
-        const r = await trainer.resume(statePath);
-        process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
-      }
-      // a fixed batch of held-out images for the sample grids
-      const evalSet = await openDataset(cfg.data, 'test', o.data);
-      const evalLoader = new DataLoader(evalSet, { batchSize: 8, seed: 1234, shuffle: true });
-      const evalBatch = await evalLoader.next();
-      await evalLoader.close();
-
-      const perEpoch = trainer.loader.batchesPerEpoch;
-      const totalMicro = cfg.maxEpochs * perEpoch;
-      const doneMicro = trainer.globalStep * cfg.accumulate;
-      const steps = o.steps ?? Math.max(0, totalMicro - doneMicro);
-      const stop = stopOnSigint();
-      const logPath = join(out, 'log.jsonl');
-      const report = reporter(steps, cfg.data.batchSize);
-      let n = 0;
-      const sample = async (tag: string) => {
-        await trainer.withEma(async () => {
-          const enc = await runAsync(tok.encodeProgram(evalBatch.images, { keep: tok.defaultKeep }));
-          const dec = await tok.decode({ indices: enc.indices, source: enc.source });
-          const rows = [evalBatch.images, dec.images];
-          if (tok.recovery) rows.push((await tok.decode({ indices: enc.indices, source: 'learned' })).images);
-          await writeFile(join(out, 'samples', `step-${tag}.png`), await imageGrid(rows));
+        const tok = new MergeVQTokenizer(normalizeConfig(cfg.modelArgs));
+        tok.store.initRandom(o.seed);
+        const dataset = await openDataset(cfg.data, 'train');
+        const trainer = new TokenizerTrainer({
+          tokenizer: tok,
+          data: { dataset, batchSize: cfg.data.batchSize, seed: o.seed },
+          loss: { disc_in_channels: tok.config.ddconfig.out_ch, ...cfg.loss },
+          learningRate: cfg.learningRate,
+          lrDropEpoch: cfg.lrDropEpoch,
+          lrDropRate: cfg.lrDropRate,
+          useEma: cfg.useEma,
+          accumulate: cfg.accumulate,
+          seed: o.seed,
+          sync: !o.async,
         });
-        await drawCurves(logPath, join(out, 'loss.png'));
-      };
-      const save = async () => {
-        await trainer.save(statePath);
-        await trainer.exportWeights(join(out, 'tokenizer.safetensors'));
-      };
-      await trainer.fit({
-        steps,
-        signal: stop.signal,
-        onStep: async (l) => {
-          ++n;
-          appendFileSync(logPath, `${JSON.stringify(l)}\n`);
-          report(l, n);
-          const stepDone = trainer.globalStep;
-          if (n % o.saveEvery === 0) await save();
-          if (n % o.sampleEvery === 0) await sample(String(stepDone).padStart(6, '0'));
-          // let signals and I/O through between steps
-          await new Promise<void>((r) => setImmediate(r));
-        },
-      });
-      if (process.stderr.isTTY) process.stderr.write('\n');
-      await save();
-      await sample(String(trainer.globalStep).padStart(6, '0'));
-      await trainer.close();
-      stop.dispose();
-      process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'tokenizer.safetensors')}, ${logPath}, ${join(out, 'loss.png')}\n`);
-    });
+        if (o.resume) {
+          const r = await trainer.resume(statePath);
+          process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
+        }
+        // a fixed batch of held-out images for the sample grids
+        const evalSet = await openDataset(cfg.data, 'test', o.data);
+        const evalLoader = new DataLoader(evalSet, { batchSize: 8, seed: 1234, shuffle: true });
+        const evalBatch = await evalLoader.next();
+        await evalLoader.close();
+
+        const perEpoch = trainer.loader.batchesPerEpoch;
+        const totalMicro = cfg.maxEpochs * perEpoch;
+        const doneMicro = trainer.globalStep * cfg.accumulate;
+        const steps = o.steps ?? Math.max(0, totalMicro - doneMicro);
+        const stop = stopOnSigint();
+        const logPath = join(out, 'log.jsonl');
+        const report = reporter(steps, cfg.data.batchSize);
+        let n = 0;
+        const sample = async (tag: string) => {
+          await trainer.withEma(async () => {
+            const enc = await runAsync(tok.encodeProgram(evalBatch.images, { keep: tok.defaultKeep }));
+            const dec = await tok.decode({ indices: enc.indices, source: enc.source });
+            const rows = [evalBatch.images, dec.images];
+            if (tok.recovery) rows.push((await tok.decode({ indices: enc.indices, source: 'learned' })).images);
+            await writeFile(join(out, 'samples', `step-${tag}.png`), await imageGrid(rows));
+          });
+          await drawCurves(logPath, join(out, 'loss.png'));
+        };
+        const save = async () => {
+          await trainer.save(statePath);
+          await trainer.exportWeights(join(out, 'tokenizer.safetensors'));
+        };
+        await trainer.fit({
+          steps,
+          signal: stop.signal,
+          onStep: async (l) => {
+            ++n;
+            appendFileSync(logPath, `${JSON.stringify(l)}\n`);
+            report(l, n);
+            const stepDone = trainer.globalStep;
+            if (n % o.saveEvery === 0) await save();
+            if (n % o.sampleEvery === 0) await sample(String(stepDone).padStart(6, '0'));
+            // let signals and I/O through between steps
+            await new Promise<void>((r) => setImmediate(r));
+          },
+        });
+        if (process.stderr.isTTY) process.stderr.write('\n');
+        await save();
+        await sample(String(trainer.globalStep).padStart(6, '0'));
+        await trainer.close();
+        stop.dispose();
+        process.stdout.write(
+          `trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'tokenizer.safetensors')}, ${logPath}, ${join(out, 'loss.png')}\n`,
+        );
+      },
+    );
 
   program
     .command('train-generator')
-    .description('train the class-conditional AR generator (MergeAR by default) on codes of a trained tokenizer; resumable, Ctrl-C saves')
+    .description(
+      'train the class-conditional AR generator (MergeAR by default) on codes of a trained tokenizer; resumable, Ctrl-C saves',
+    )
     .requiredOption('-c, --config <yaml>', 'generator config (the reference stage-2 layout plus mergear: and data:)')
     .requiredOption('-o, --out <dir>', 'run folder (codes, state, logs, curves, exported weights)')
     .option('--tokenizer-config <yaml>', 'the tokenizer config (to extract codes)')
@@ -262,90 +311,161 @@ export function addTrainCommands(program: Command): void {
     .option('--save-every <n>', 'save the state every n steps', int, 500)
     .option('--seed <n>', 'seed of initialization, order, label dropout and keep draws', int, 0)
     .option('--async', 'run every op as its own job on the libuv pool')
-    .action(async (o: { config: string; out: string; tokenizerConfig?: string; tokenizer?: string; codes?: string; limit?: number; steps?: number; resume?: boolean; saveEvery: number; seed: number; async?: boolean }) => {
-      if (!existsSync(o.config) || !statSync(o.config).isFile()) throw new MergeVQError(`--config: no such file: ${o.config}`, 'ERR_NOT_FOUND');
-      const text = readFileSync(o.config, 'utf8');
-      const gcfg = parseGPTConfigYaml(text, o.config);
-      const doc = obj(parseYaml(text));
-      const args = obj(obj(doc.model).init_args);
-      const mer = obj(doc.mergear);
-      const data = obj(doc.data);
-      const num = (v: unknown, d: number) => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'string' && Number.isFinite(Number(v)) ? Number(v) : d);
-      const out = resolve(o.out);
-      const statePath = join(out, 'state.safetensors');
-      if (existsSync(statePath) && !o.resume) throw new MergeVQError(`--out ${out} holds a run already: add --resume to continue it, or choose another folder`, 'ERR_EXISTS');
-      if (o.resume && !existsSync(statePath) && !existsSync(`${statePath}.prev`)) throw new MergeVQError(`--resume: no saved state in ${out}`, 'ERR_NOT_FOUND');
-      mkdirSync(out, { recursive: true });
-      const codesPath = o.codes ?? join(out, 'codes.safetensors');
-      if (!existsSync(codesPath)) {
-        if (!o.tokenizerConfig || !o.tokenizer) throw new MergeVQError('give --codes, or --tokenizer-config and --tokenizer to extract them', 'ERR_BAD_ARGUMENT');
-        const { tokenizer } = await loadTokenizer({ config: o.tokenizerConfig, weights: o.tokenizer, strict: true });
-        const dd = tokenizer.config.ddconfig;
-        const spec = { dataset: typeof data.dataset === 'string' ? data.dataset : 'fashion-mnist', batchSize: 64, size: dd.resolution, mode: (data.mode === 'resize' || (data.mode !== 'pad' && dd.resolution < 28) ? 'resize' : 'pad') as 'pad' | 'resize', channels: (dd.in_channels === 1 ? 1 : 3) as 1 | 3, flip: false };
-        const ds = await openDataset(spec, 'train');
-        const loader = new DataLoader(ds, { batchSize: 64, seed: o.seed, shuffle: false });
-        const t0 = performance.now();
-        const codes = await extractCodes(tokenizer, loader, { seed: o.seed, ...(o.limit ? { limit: o.limit } : {}), onProgress: (d, t) => process.stderr.isTTY && process.stderr.write(`\rextracting codes ${d}/${t}`) });
-        await loader.close();
-        await writeCodes(codesPath, codes);
-        process.stderr.write(`\nextracted ${codes.meta.count} code sequences in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${codesPath}\n`);
-      }
-      const codes = await readCodes(codesPath);
-      const useMergeAR = mer.enabled !== false;
-      const model = useMergeAR ? new MergeARGPT(gcfg, { numCandidates: codes.meta.keepCandidates.length, window: Math.trunc(num(mer.window, 2)) }) : new MergeVQGPT(gcfg);
-      model.store.initRandom(o.seed);
-      const trainer = new ARTrainer({
-        model, codes, batchSize: Math.max(1, Math.trunc(num(data.batch_size, 64))), seed: o.seed,
-        learningRate: num(args.learning_rate, 3e-4), weightDecay: num(args.weight_decay, 0.05), twde: num(args.twde, 0),
-        wp: num(args.wp, 0), wp0: num(args.wp0, 0.005), wpe: num(args.wpe, 0.01), maxEpochs: Math.max(1, Math.trunc(num(obj(doc.trainer).max_epochs, 1))),
-        labelDropout: gcfg.token_drop, sync: !o.async,
-      });
-      if (o.resume) {
-        const r = await trainer.resume(statePath);
-        process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
-      }
-      const logPath = join(out, 'log.jsonl');
-      const stop = stopOnSigint();
-      const save = async () => {
-        await trainer.save(statePath);
-        await trainer.exportWeights(join(out, 'generator.safetensors'));
-      };
-      const curves = async () => {
-        const pts = readFileSync(logPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as ARStepLog);
-        const smooth = (key: 'loss' | 'lossPre' | 'lossPost') => {
-          const w: number[] = [];
-          return pts.map((p) => {
-            w.push(p[key]);
-            if (w.length > 20) w.shift();
-            return [p.step, w.reduce((a, b) => a + b, 0) / w.length] as [number, number];
+    .action(
+      async (o: {
+        config: string;
+        out: string;
+        tokenizerConfig?: string;
+        tokenizer?: string;
+        codes?: string;
+        limit?: number;
+        steps?: number;
+        resume?: boolean;
+        saveEvery: number;
+        seed: number;
+        async?: boolean;
+      }) => {
+        if (!existsSync(o.config) || !statSync(o.config).isFile())
+          throw new MergeVQError(`--config: no such file: ${o.config}`, 'ERR_NOT_FOUND');
+        const text = readFileSync(o.config, 'utf8');
+        const gcfg = parseGPTConfigYaml(text, o.config);
+        const doc = obj(parseYaml(text));
+        const args = obj(obj(doc.model).init_args);
+        const mer = obj(doc.mergear);
+        const data = obj(doc.data);
+        const num = (v: unknown, d: number) =>
+          typeof v === 'number' && Number.isFinite(v)
+            ? v
+            : typeof v === 'string' && Number.isFinite(Number(v))
+              ? Number(v)
+              : d;
+        const out = resolve(o.out);
+        const statePath = join(out, 'state.safetensors');
+        if (existsSync(statePath) && !o.resume)
+          throw new MergeVQError(
+            `--out ${out} holds a run already: add --resume to continue it, or choose another folder`,
+            'ERR_EXISTS',
+          );
+        if (o.resume && !existsSync(statePath) && !existsSync(`${statePath}.prev`))
+          throw new MergeVQError(`--resume: no saved state in ${out}`, 'ERR_NOT_FOUND');
+        mkdirSync(out, { recursive: true });
+        const codesPath = o.codes ?? join(out, 'codes.safetensors');
+        if (!existsSync(codesPath)) {
+          if (!o.tokenizerConfig || !o.tokenizer)
+            throw new MergeVQError(
+              'give --codes, or --tokenizer-config and --tokenizer to extract them',
+              'ERR_BAD_ARGUMENT',
+            );
+          const { tokenizer } = await loadTokenizer({ config: o.tokenizerConfig, weights: o.tokenizer, strict: true });
+          const dd = tokenizer.config.ddconfig;
+          const spec = {
+            dataset: typeof data.dataset === 'string' ? data.dataset : 'fashion-mnist',
+            batchSize: 64,
+            size: dd.resolution,
+            mode: (data.mode === 'resize' || (data.mode !== 'pad' && dd.resolution < 28) ? 'resize' : 'pad') as
+              | 'pad'
+              | 'resize',
+            channels: (dd.in_channels === 1 ? 1 : 3) as 1 | 3,
+            flip: false,
+          };
+          const ds = await openDataset(spec, 'train');
+          const loader = new DataLoader(ds, { batchSize: 64, seed: o.seed, shuffle: false });
+          const t0 = performance.now();
+          const codes = await extractCodes(tokenizer, loader, {
+            seed: o.seed,
+            ...(o.limit ? { limit: o.limit } : {}),
+            onProgress: (d, t) => process.stderr.isTTY && process.stderr.write(`\rextracting codes ${d}/${t}`),
           });
+          await loader.close();
+          await writeCodes(codesPath, codes);
+          process.stderr.write(
+            `\nextracted ${codes.meta.count} code sequences in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${codesPath}\n`,
+          );
+        }
+        const codes = await readCodes(codesPath);
+        const useMergeAR = mer.enabled !== false;
+        const model = useMergeAR
+          ? new MergeARGPT(gcfg, {
+              numCandidates: codes.meta.keepCandidates.length,
+              window: Math.trunc(num(mer.window, 2)),
+            })
+          : new MergeVQGPT(gcfg);
+        model.store.initRandom(o.seed);
+        const trainer = new ARTrainer({
+          model,
+          codes,
+          batchSize: Math.max(1, Math.trunc(num(data.batch_size, 64))),
+          seed: o.seed,
+          learningRate: num(args.learning_rate, 3e-4),
+          weightDecay: num(args.weight_decay, 0.05),
+          twde: num(args.twde, 0),
+          wp: num(args.wp, 0),
+          wp0: num(args.wp0, 0.005),
+          wpe: num(args.wpe, 0.01),
+          maxEpochs: Math.max(1, Math.trunc(num(obj(doc.trainer).max_epochs, 1))),
+          labelDropout: gcfg.token_drop,
+          sync: !o.async,
+        });
+        if (o.resume) {
+          const r = await trainer.resume(statePath);
+          process.stderr.write(`resumed from ${r.loadedFrom} (${r.which}) at step ${trainer.globalStep}\n`);
+        }
+        const logPath = join(out, 'log.jsonl');
+        const stop = stopOnSigint();
+        const save = async () => {
+          await trainer.save(statePath);
+          await trainer.exportWeights(join(out, 'generator.safetensors'));
         };
-        await writeCurvesPng(join(out, 'loss.png'), [{ name: 'CE(pre) + CE(post)', points: smooth('loss') }, { name: 'CE(pre)', points: smooth('lossPre') }, { name: 'CE(post)', points: smooth('lossPost') }], { title: 'generator training (running mean of 20 steps)', yTitle: 'cross-entropy' });
-      };
-      const steps = o.steps ?? Number.MAX_SAFE_INTEGER;
-      const t0 = performance.now();
-      let n = 0;
-      await trainer.fit({
-        steps,
-        signal: stop.signal,
-        onStep: async (l) => {
-          ++n;
-          appendFileSync(logPath, `${JSON.stringify(l)}\n`);
-          if (n % 50 === 0 || process.stderr.isTTY) {
-            const rate = n / ((performance.now() - t0) / 1000);
-            const line = `step ${l.step} epoch ${l.epoch} loss ${l.loss.toFixed(4)} (pre ${l.lossPre.toFixed(3)}, post ${l.lossPost.toFixed(3)}) lr ${l.lr.toExponential(2)} ${rate.toFixed(2)} steps/s`;
-            process.stderr.write(process.stderr.isTTY ? `\r${line}` : `${line}\n`);
-          }
-          if (n % o.saveEvery === 0) {
-            await save();
-            await curves();
-          }
-          await new Promise<void>((r) => setImmediate(r));
-        },
-      });
-      await save();
-      if (n > 0) await curves();
-      stop.dispose();
-      process.stdout.write(`trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'generator.safetensors')}, ${logPath}\n`);
-    });
+        const curves = async () => {
+          const pts = readFileSync(logPath, 'utf8')
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as ARStepLog);
+          const smooth = (key: 'loss' | 'lossPre' | 'lossPost') => {
+            const w: number[] = [];
+            return pts.map((p) => {
+              w.push(p[key]);
+              if (w.length > 20) w.shift();
+              return [p.step, w.reduce((a, b) => a + b, 0) / w.length] as [number, number];
+            });
+          };
+          await writeCurvesPng(
+            join(out, 'loss.png'),
+            [
+              { name: 'CE(pre) + CE(post)', points: smooth('loss') },
+              { name: 'CE(pre)', points: smooth('lossPre') },
+              { name: 'CE(post)', points: smooth('lossPost') },
+            ],
+            { title: 'generator training (running mean of 20 steps)', yTitle: 'cross-entropy' },
+          );
+        };
+        const steps = o.steps ?? Number.MAX_SAFE_INTEGER;
+        const t0 = performance.now();
+        let n = 0;
+        await trainer.fit({
+          steps,
+          signal: stop.signal,
+          onStep: async (l) => {
+            ++n;
+            appendFileSync(logPath, `${JSON.stringify(l)}\n`);
+            if (n % 50 === 0 || process.stderr.isTTY) {
+              const rate = n / ((performance.now() - t0) / 1000);
+              const line = `step ${l.step} epoch ${l.epoch} loss ${l.loss.toFixed(4)} (pre ${l.lossPre.toFixed(3)}, post ${l.lossPost.toFixed(3)}) lr ${l.lr.toExponential(2)} ${rate.toFixed(2)} steps/s`;
+              process.stderr.write(process.stderr.isTTY ? `\r${line}` : `${line}\n`);
+            }
+            if (n % o.saveEvery === 0) {
+              await save();
+              await curves();
+            }
+            await new Promise<void>((r) => setImmediate(r));
+          },
+        });
+        await save();
+        if (n > 0) await curves();
+        stop.dispose();
+        process.stdout.write(
+          `trained ${n} steps (global step ${trainer.globalStep}); wrote ${statePath}, ${join(out, 'generator.safetensors')}, ${logPath}\n`,
+        );
+      },
+    );
 }

@@ -13,7 +13,16 @@ import type { TrainRng } from '../train/rng.js';
 import type { Dataset, Sample } from './loader.js';
 
 /** The file extensions taken as images by default (case-insensitive). */
-export const IMAGE_EXTENSIONS: readonly string[] = Object.freeze(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.tif', '.tiff', '.avif']);
+export const IMAGE_EXTENSIONS: readonly string[] = Object.freeze([
+  '.png',
+  '.jpg',
+  '.jpeg',
+  '.webp',
+  '.gif',
+  '.tif',
+  '.tiff',
+  '.avif',
+]);
 
 /** Options of `ImageFolderDataset.open`. */
 export interface ImageFolderOptions {
@@ -98,13 +107,17 @@ export class ImageFolderDataset implements Dataset {
     if (opts === null || typeof opts !== 'object') typeError('opts', 'ImageFolderOptions', opts);
     const size = checkInt('opts.size', opts.size, 1, 1 << 14);
     if (opts.resize !== undefined) checkInt('opts.resize', opts.resize, size, 1 << 15);
-    if (opts.crop !== undefined && opts.crop !== 'random' && opts.crop !== 'center') typeError('opts.crop', "'random' or 'center'", opts.crop);
+    if (opts.crop !== undefined && opts.crop !== 'random' && opts.crop !== 'center')
+      typeError('opts.crop', "'random' or 'center'", opts.crop);
     if (opts.flip !== undefined && typeof opts.flip !== 'boolean') typeError('opts.flip', 'a boolean', opts.flip);
-    if (opts.channels !== undefined && opts.channels !== 1 && opts.channels !== 3) typeError('opts.channels', '1 or 3', opts.channels);
+    if (opts.channels !== undefined && opts.channels !== 1 && opts.channels !== 3)
+      typeError('opts.channels', '1 or 3', opts.channels);
     const mode = opts.labels ?? 'auto';
-    if (mode !== 'auto' && mode !== 'folders' && mode !== 'none') typeError('opts.labels', "'auto', 'folders' or 'none'", opts.labels);
+    if (mode !== 'auto' && mode !== 'folders' && mode !== 'none')
+      typeError('opts.labels', "'auto', 'folders' or 'none'", opts.labels);
     const extList = opts.extensions ?? IMAGE_EXTENSIONS;
-    if (!Array.isArray(extList) || extList.some((e) => typeof e !== 'string')) typeError('opts.extensions', 'an array of extensions like ".png"', extList);
+    if (!Array.isArray(extList) || extList.some((e) => typeof e !== 'string'))
+      typeError('opts.extensions', 'an array of extensions like ".png"', extList);
     const exts = new Set(extList.map((e) => (e.startsWith('.') ? e : `.${e}`).toLowerCase()));
 
     let st: fs.Stats;
@@ -116,7 +129,8 @@ export class ImageFolderDataset implements Dataset {
     if (!st.isDirectory()) throw new MergeVQError(`${root}: not a folder`, 'ERR_NOT_FOUND');
     const all: string[] = [];
     await walk(root, exts, new Set(), all);
-    if (all.length === 0) throw new MergeVQError(`${root}: no image files (${[...exts].join(' ')}) found`, 'ERR_NOT_FOUND');
+    if (all.length === 0)
+      throw new MergeVQError(`${root}: no image files (${[...exts].join(' ')}) found`, 'ERR_NOT_FOUND');
     const topLevel = (f: string) => path.relative(root, f).split(path.sep);
     const inRoot = all.filter((f) => topLevel(f).length === 1);
     const inSub = all.filter((f) => topLevel(f).length > 1);
@@ -130,7 +144,8 @@ export class ImageFolderDataset implements Dataset {
       );
     } else useFolders = inSub.length > 0;
     if (!useFolders) return new ImageFolderDataset(root, Object.freeze(all), null, null, opts);
-    if (inSub.length === 0) throw new MergeVQError(`${root}: labels: 'folders' but no image lies in a subfolder`, 'ERR_NOT_FOUND');
+    if (inSub.length === 0)
+      throw new MergeVQError(`${root}: labels: 'folders' but no image lies in a subfolder`, 'ERR_NOT_FOUND');
     const classOf = (f: string) => topLevel(f)[0]!;
     const classes = [...new Set(inSub.map(classOf))].sort();
     const index = new Map(classes.map((c, i) => [c, i]));
@@ -155,7 +170,10 @@ export class ImageFolderDataset implements Dataset {
     try {
       let img = sharp(file, { failOn: 'error' }).rotate().removeAlpha();
       img = C === 1 ? img.toColourspace('b-w') : img.toColourspace('srgb');
-      const r = await img.resize(this.resize, this.resize, { fit: 'outside', kernel: 'lanczos3' }).raw().toBuffer({ resolveWithObject: true });
+      const r = await img
+        .resize(this.resize, this.resize, { fit: 'outside', kernel: 'lanczos3' })
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       data = r.data;
       W = r.info.width;
       H = r.info.height;
@@ -163,7 +181,8 @@ export class ImageFolderDataset implements Dataset {
     } catch (err) {
       throw new MergeVQError(`${file}: cannot decode image (${(err as Error).message})`, 'ERR_BAD_IMAGE');
     }
-    if (W < S || H < S) throw new MergeVQError(`${file}: resized to ${W}x${H}, smaller than the ${S}x${S} crop`, 'ERR_BAD_IMAGE');
+    if (W < S || H < S)
+      throw new MergeVQError(`${file}: resized to ${W}x${H}, smaller than the ${S}x${S} crop`, 'ERR_BAD_IMAGE');
     let x0: number;
     let y0: number;
     if (this.crop === 'random') {

@@ -46,10 +46,31 @@ export interface ReadIdxOptions {
   label?: string;
 }
 
-const CODE_TO_DTYPE: Readonly<Record<number, IdxDType>> = { 0x08: 'u8', 0x09: 'i8', 0x0b: 'i16', 0x0c: 'i32', 0x0d: 'f32', 0x0e: 'f64' };
-const DTYPE_TO_CODE: Readonly<Record<IdxDType, number>> = { u8: 0x08, i8: 0x09, i16: 0x0b, i32: 0x0c, f32: 0x0d, f64: 0x0e };
+const CODE_TO_DTYPE: Readonly<Record<number, IdxDType>> = {
+  8: 'u8',
+  9: 'i8',
+  11: 'i16',
+  12: 'i32',
+  13: 'f32',
+  14: 'f64',
+};
+const DTYPE_TO_CODE: Readonly<Record<IdxDType, number>> = {
+  u8: 0x08,
+  i8: 0x09,
+  i16: 0x0b,
+  i32: 0x0c,
+  f32: 0x0d,
+  f64: 0x0e,
+};
 /** Bytes per element of each IDX dtype. */
-export const IDX_DTYPE_SIZE: Readonly<Record<IdxDType, number>> = Object.freeze({ u8: 1, i8: 1, i16: 2, i32: 4, f32: 4, f64: 8 });
+export const IDX_DTYPE_SIZE: Readonly<Record<IdxDType, number>> = Object.freeze({
+  u8: 1,
+  i8: 1,
+  i16: 2,
+  i32: 4,
+  f32: 4,
+  f64: 8,
+});
 
 const DEFAULT_MAX_BYTES = 2 ** 31;
 const HARD_MAX_DIMS = 255;
@@ -62,7 +83,8 @@ function badFile(label: string, problem: string): never {
 
 function limits(opts: ReadIdxOptions): { maxBytes: number; maxDims: number } {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
-  const maxBytes = opts.maxBytes === undefined ? DEFAULT_MAX_BYTES : checkInt('opts.maxBytes', opts.maxBytes, 0, 2 ** 32);
+  const maxBytes =
+    opts.maxBytes === undefined ? DEFAULT_MAX_BYTES : checkInt('opts.maxBytes', opts.maxBytes, 0, 2 ** 32);
   const maxDims = opts.maxDims === undefined ? 16 : checkInt('opts.maxDims', opts.maxDims, 1, HARD_MAX_DIMS);
   return { maxBytes, maxDims };
 }
@@ -76,9 +98,14 @@ interface IdxHeader {
 
 /** Checks the 4-byte magic; returns the dtype and the number of dimensions. */
 function parseMagic(b: Uint8Array, label: string, maxDims: number): { dtype: IdxDType; ndims: number } {
-  if (b[0] !== 0 || b[1] !== 0) badFile(label, `bad magic: first two bytes are 0x${b[0]!.toString(16).padStart(2, '0')} 0x${b[1]!.toString(16).padStart(2, '0')}, expected 0x00 0x00`);
+  if (b[0] !== 0 || b[1] !== 0)
+    badFile(
+      label,
+      `bad magic: first two bytes are 0x${b[0]!.toString(16).padStart(2, '0')} 0x${b[1]!.toString(16).padStart(2, '0')}, expected 0x00 0x00`,
+    );
   const dtype = CODE_TO_DTYPE[b[2]!];
-  if (!dtype) badFile(label, `unknown dtype code 0x${b[2]!.toString(16).padStart(2, '0')} (expected one of 08 09 0b 0c 0d 0e)`);
+  if (!dtype)
+    badFile(label, `unknown dtype code 0x${b[2]!.toString(16).padStart(2, '0')} (expected one of 08 09 0b 0c 0d 0e)`);
   const ndims = b[3]!;
   if (ndims < 1 || ndims > maxDims) badFile(label, `${ndims} dimensions, expected 1 to ${maxDims}`);
   return { dtype, ndims };
@@ -95,7 +122,11 @@ function parseDims(b: Uint8Array, dtype: IdxDType, ndims: number, label: string,
     shape.push(d);
     bytes *= d;
     // Stop multiplying once over the limit, so the product stays exact.
-    if (bytes > maxBytes) badFile(label, `shape [${shape.join(', ')}${i + 1 < ndims ? ', ...' : ''}] of ${dtype} needs more than the ${maxBytes}-byte limit`);
+    if (bytes > maxBytes)
+      badFile(
+        label,
+        `shape [${shape.join(', ')}${i + 1 < ndims ? ', ...' : ''}] of ${dtype} needs more than the ${maxBytes}-byte limit`,
+      );
   }
   return { dtype, shape, headerBytes: 4 + 4 * ndims, dataBytes: bytes };
 }
@@ -176,7 +207,10 @@ class IdxAccumulator {
     const n = chunk.byteLength - pos;
     const declared = this.header.dataBytes;
     if (this.dataLen + n > declared) {
-      badFile(this.label, `holds more data than its header declares (${declared} bytes for shape [${this.header.shape.join(', ')}] of ${this.header.dtype}): trailing bytes or a decompression bomb`);
+      badFile(
+        this.label,
+        `holds more data than its header declares (${declared} bytes for shape [${this.header.shape.join(', ')}] of ${this.header.dtype}): trailing bytes or a decompression bomb`,
+      );
     }
     if (this.dataLen + n > this.data.byteLength) {
       const grown = new Uint8Array(Math.min(declared, Math.max(this.dataLen + n, this.data.byteLength * 2)));
@@ -194,7 +228,10 @@ class IdxAccumulator {
     }
     const h = this.header;
     if (this.dataLen !== h.dataBytes) {
-      badFile(this.label, `truncated data: ${this.dataLen} bytes, but shape [${h.shape.join(', ')}] of ${h.dtype} declares ${h.dataBytes}`);
+      badFile(
+        this.label,
+        `truncated data: ${this.dataLen} bytes, but shape [${h.shape.join(', ')}] of ${h.dtype} declares ${h.dataBytes}`,
+      );
     }
     const bytes = this.data.byteLength === h.dataBytes ? this.data : this.data.slice(0, h.dataBytes);
     return Object.freeze({ dtype: h.dtype, shape: Object.freeze([...h.shape]), data: toTypedArray(h.dtype, bytes) });
@@ -237,7 +274,8 @@ export async function decodeIdx(bytes: Uint8Array, opts: ReadIdxOptions = {}): P
   const { maxBytes, maxDims } = limits(opts);
   const label = opts.label ?? '<buffer>';
   const acc = new IdxAccumulator(label, maxBytes, maxDims);
-  if (isGzip(bytes)) return gunzipInto(Readable.from([Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)]), acc, label);
+  if (isGzip(bytes))
+    return gunzipInto(Readable.from([Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)]), acc, label);
   if (bytes.byteLength < 4) badFile(label, `${bytes.byteLength} bytes, shorter than the 4-byte magic`);
   const m = parseMagic(bytes, label, maxDims);
   if (bytes.byteLength >= 4 + 4 * m.ndims) {
@@ -251,7 +289,10 @@ export async function decodeIdx(bytes: Uint8Array, opts: ReadIdxOptions = {}): P
 
 function sizeMismatch(label: string, h: IdxHeader, fileSize: number): never {
   const expected = h.headerBytes + h.dataBytes;
-  badFile(label, `file is ${fileSize} bytes but the header (shape [${h.shape.join(', ')}] of ${h.dtype}) declares ${expected}: ${fileSize < expected ? 'truncated file' : 'trailing bytes'}`);
+  badFile(
+    label,
+    `file is ${fileSize} bytes but the header (shape [${h.shape.join(', ')}] of ${h.dtype}) declares ${expected}: ${fileSize < expected ? 'truncated file' : 'trailing bytes'}`,
+  );
 }
 
 async function readAt(fh: fs.promises.FileHandle, n: number, pos: number): Promise<Uint8Array> {
@@ -279,7 +320,8 @@ export async function readIdx(file: string, opts: ReadIdxOptions = {}): Promise<
   try {
     fh = await fs.promises.open(file, 'r');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new MergeVQError(`${label}: no such file`, 'ERR_NOT_FOUND');
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new MergeVQError(`${label}: no such file`, 'ERR_NOT_FOUND');
     throw e;
   }
   try {
@@ -291,11 +333,13 @@ export async function readIdx(file: string, opts: ReadIdxOptions = {}): Promise<
     }
     if (first.byteLength < 4) badFile(label, `file is ${size} bytes, shorter than the 4-byte magic`);
     const m = parseMagic(first, label, maxDims);
-    if (first.byteLength < 4 + 4 * m.ndims) badFile(label, `truncated header: file is ${size} bytes, the ${m.ndims} dimensions need ${4 + 4 * m.ndims}`);
+    if (first.byteLength < 4 + 4 * m.ndims)
+      badFile(label, `truncated header: file is ${size} bytes, the ${m.ndims} dimensions need ${4 + 4 * m.ndims}`);
     const h = parseDims(first, m.dtype, m.ndims, label, maxBytes);
     if (size !== h.headerBytes + h.dataBytes) sizeMismatch(label, h, size);
     const data = await readAt(fh, h.dataBytes, h.headerBytes);
-    if (data.byteLength !== h.dataBytes) badFile(label, `file shrank while reading (read ${data.byteLength} of ${h.dataBytes} data bytes)`);
+    if (data.byteLength !== h.dataBytes)
+      badFile(label, `file shrank while reading (read ${data.byteLength} of ${h.dataBytes} data bytes)`);
     return Object.freeze({ dtype: h.dtype, shape: Object.freeze([...h.shape]), data: toTypedArray(h.dtype, data) });
   } finally {
     await fh.close();
@@ -318,12 +362,16 @@ const ARRAY_CTOR: Readonly<Record<IdxDType, new (n: number) => IdxArrayFor[IdxDT
 export function encodeIdx(array: IdxArray, opts: { gzip?: boolean } = {}): Buffer {
   if (array === null || typeof array !== 'object') typeError('array', 'an IdxArray {dtype, shape, data}', array);
   const { dtype, shape, data } = array;
-  if (!Object.prototype.hasOwnProperty.call(DTYPE_TO_CODE, dtype)) typeError('array.dtype', "one of 'u8', 'i8', 'i16', 'i32', 'f32', 'f64'", dtype);
-  if (!Array.isArray(shape) || shape.length < 1 || shape.length > HARD_MAX_DIMS) typeError('array.shape', `an array of 1 to ${HARD_MAX_DIMS} dimensions`, shape);
+  if (!Object.hasOwn(DTYPE_TO_CODE, dtype))
+    typeError('array.dtype', "one of 'u8', 'i8', 'i16', 'i32', 'f32', 'f64'", dtype);
+  if (!Array.isArray(shape) || shape.length < 1 || shape.length > HARD_MAX_DIMS)
+    typeError('array.shape', `an array of 1 to ${HARD_MAX_DIMS} dimensions`, shape);
   shape.forEach((d, i) => checkInt(`array.shape[${i}]`, d, 0, MAX_DIM));
-  if (!(data instanceof ARRAY_CTOR[dtype])) typeError('array.data', `a ${ARRAY_CTOR[dtype].name} for dtype ${dtype}`, data);
+  if (!(data instanceof ARRAY_CTOR[dtype]))
+    typeError('array.data', `a ${ARRAY_CTOR[dtype].name} for dtype ${dtype}`, data);
   const n = shape.reduce((a, b) => a * b, 1);
-  if (data.length !== n) throw new RangeError(`array.data must hold ${n} elements (shape [${shape.join(', ')}]), got ${data.length}`);
+  if (data.length !== n)
+    throw new RangeError(`array.data must hold ${n} elements (shape [${shape.join(', ')}]), got ${data.length}`);
   const headerBytes = 4 + 4 * shape.length;
   const out = Buffer.alloc(headerBytes + data.byteLength);
   out[2] = DTYPE_TO_CODE[dtype];
@@ -341,7 +389,18 @@ export function encodeIdx(array: IdxArray, opts: { gzip?: boolean } = {}): Buffe
 }
 
 /** The ten Fashion-MNIST class names, by label. */
-export const FASHION_MNIST_CLASSES: readonly string[] = Object.freeze(['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']);
+export const FASHION_MNIST_CLASSES: readonly string[] = Object.freeze([
+  'T-shirt/top',
+  'Trouser',
+  'Pullover',
+  'Dress',
+  'Coat',
+  'Sandal',
+  'Shirt',
+  'Sneaker',
+  'Bag',
+  'Ankle boot',
+]);
 
 /** Where the Debian package `dataset-fashion-mnist` installs the files. */
 export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
@@ -385,14 +444,19 @@ export async function loadFashionMnist(split: 'train' | 'test', opts: { dir?: st
   const prefix = split === 'train' ? 'train' : 't10k';
   const imgPath = await findFile(dir, `${prefix}-images-idx3-ubyte`);
   const lblPath = await findFile(dir, `${prefix}-labels-idx1-ubyte`);
-  const [img, lbl] = await Promise.all([readIdx(imgPath, { maxBytes: 1 << 30 }), readIdx(lblPath, { maxBytes: 1 << 26 })]);
+  const [img, lbl] = await Promise.all([
+    readIdx(imgPath, { maxBytes: 1 << 30 }),
+    readIdx(lblPath, { maxBytes: 1 << 26 }),
+  ]);
   if (img.dtype !== 'u8' || img.shape.length !== 3 || img.shape[1] !== 28 || img.shape[2] !== 28) {
     badFile(imgPath, `expected u8 images [N, 28, 28], got ${img.dtype} [${img.shape.join(', ')}]`);
   }
-  if (lbl.dtype !== 'u8' || lbl.shape.length !== 1) badFile(lblPath, `expected u8 labels [N], got ${lbl.dtype} [${lbl.shape.join(', ')}]`);
+  if (lbl.dtype !== 'u8' || lbl.shape.length !== 1)
+    badFile(lblPath, `expected u8 labels [N], got ${lbl.dtype} [${lbl.shape.join(', ')}]`);
   const count = img.shape[0]!;
   if (lbl.shape[0] !== count) badFile(lblPath, `${lbl.shape[0]} labels for ${count} images in ${imgPath}`);
   const labels = lbl.data as Uint8Array;
-  for (let i = 0; i < count; ++i) if (labels[i]! >= 10) badFile(lblPath, `label ${labels[i]} at index ${i} is not a class in [0, 10)`);
+  for (let i = 0; i < count; ++i)
+    if (labels[i]! >= 10) badFile(lblPath, `label ${labels[i]} at index ${i} is not a class in [0, 10)`);
   return Object.freeze({ images: img.data as Uint8Array, labels, count, height: 28, width: 28 });
 }

@@ -135,7 +135,8 @@ export class DataLoader implements AsyncIterable<Batch> {
   private closed = false;
 
   constructor(dataset: Dataset, opts: DataLoaderOptions) {
-    if (dataset === null || typeof dataset !== 'object' || typeof dataset.get !== 'function') typeError('dataset', 'a Dataset { length, get(i, rng) }', dataset);
+    if (dataset === null || typeof dataset !== 'object' || typeof dataset.get !== 'function')
+      typeError('dataset', 'a Dataset { length, get(i, rng) }', dataset);
     checkInt('dataset.length', dataset.length, 1, 0xffffffff);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'DataLoaderOptions', opts);
     this.dataset = dataset;
@@ -146,17 +147,26 @@ export class DataLoader implements AsyncIterable<Batch> {
     if (typeof this.shuffle !== 'boolean') typeError('opts.shuffle', 'a boolean', opts.shuffle);
     if (typeof this.dropLast !== 'boolean') typeError('opts.dropLast', 'a boolean', opts.dropLast);
     this.prefetch = opts.prefetch === undefined ? 2 : checkInt('opts.prefetch', opts.prefetch, 0, 1024);
-    this.limiter = new Limiter(opts.concurrency === undefined ? 8 : checkInt('opts.concurrency', opts.concurrency, 1, 1024));
+    this.limiter = new Limiter(
+      opts.concurrency === undefined ? 8 : checkInt('opts.concurrency', opts.concurrency, 1, 1024),
+    );
     const shape = dataset.sampleShape ?? opts.sampleShape;
-    if (shape === undefined) typeError('opts.sampleShape', 'an array [C, H, W] (the dataset declares no sampleShape)', shape);
+    if (shape === undefined)
+      typeError('opts.sampleShape', 'an array [C, H, W] (the dataset declares no sampleShape)', shape);
     this.sampleShape = checkShape3(dataset.sampleShape ? 'dataset.sampleShape' : 'opts.sampleShape', shape);
     if (dataset.sampleShape && opts.sampleShape) {
       const o = checkShape3('opts.sampleShape', opts.sampleShape);
-      if (o.some((v, i) => v !== this.sampleShape[i])) throw new RangeError(`opts.sampleShape [${o.join(', ')}] differs from dataset.sampleShape [${this.sampleShape.join(', ')}]`);
+      if (o.some((v, i) => v !== this.sampleShape[i]))
+        throw new RangeError(
+          `opts.sampleShape [${o.join(', ')}] differs from dataset.sampleShape [${this.sampleShape.join(', ')}]`,
+        );
     }
     this.device = opts.device ?? 'cpu';
     if (this.device !== 'cpu' && this.device !== 'cuda') typeError('opts.device', "'cpu' or 'cuda'", opts.device);
-    if (this.batchesPerEpoch === 0) throw new RangeError(`opts.batchSize ${this.batchSize} with dropLast leaves no batch in a dataset of ${dataset.length} samples`);
+    if (this.batchesPerEpoch === 0)
+      throw new RangeError(
+        `opts.batchSize ${this.batchSize} with dropLast leaves no batch in a dataset of ${dataset.length} samples`,
+      );
     this.cursor = { epoch: 0, batch: 0 };
     if (opts.start !== undefined) this.cursor = this.normalize(opts.start, 'opts.start');
   }
@@ -227,7 +237,9 @@ export class DataLoader implements AsyncIterable<Batch> {
   }
 
   private advance(p: LoaderPosition): LoaderPosition {
-    return p.batch + 1 >= this.batchesPerEpoch ? { epoch: p.epoch + 1, batch: 0 } : { epoch: p.epoch, batch: p.batch + 1 };
+    return p.batch + 1 >= this.batchesPerEpoch
+      ? { epoch: p.epoch + 1, batch: 0 }
+      : { epoch: p.epoch, batch: p.batch + 1 };
   }
 
   private live(): void {
@@ -298,14 +310,20 @@ export class DataLoader implements AsyncIterable<Batch> {
     const B = indices.length;
     const images = new Float32Array(B * per);
     const samples = await Promise.all(
-      Array.from(indices, (index) => this.limiter.run(() => this.dataset.get(index, new TrainRng(deriveSeed(this.seed, 'sample', epoch, index))))),
+      Array.from(indices, (index) =>
+        this.limiter.run(() => this.dataset.get(index, new TrainRng(deriveSeed(this.seed, 'sample', epoch, index)))),
+      ),
     );
     let labels: BigInt64Array | null = null;
     samples.forEach((s, b) => {
       const index = indices[b]!;
       const where = `dataset.get(${index})`;
-      if (s === null || typeof s !== 'object' || !(s.image instanceof Float32Array)) typeError(where, 'a Sample { image: Float32Array, label? }', s);
-      if (s.image.length !== per) throw new RangeError(`${where}.image must hold C*H*W = ${per} values ([${C}, ${H}, ${W}]), got ${s.image.length}`);
+      if (s === null || typeof s !== 'object' || !(s.image instanceof Float32Array))
+        typeError(where, 'a Sample { image: Float32Array, label? }', s);
+      if (s.image.length !== per)
+        throw new RangeError(
+          `${where}.image must hold C*H*W = ${per} values ([${C}, ${H}, ${W}]), got ${s.image.length}`,
+        );
       const img = s.image;
       for (let k = 0; k < per; ++k) {
         const v = img[k]!;
@@ -314,7 +332,8 @@ export class DataLoader implements AsyncIterable<Batch> {
       images.set(img, b * per);
       const hasLabel = s.label !== undefined;
       if (b === 0 && hasLabel) labels = new BigInt64Array(B);
-      if (hasLabel !== (labels !== null)) throw new RangeError(`${where}: some samples of batch ${batch} have labels and some do not`);
+      if (hasLabel !== (labels !== null))
+        throw new RangeError(`${where}: some samples of batch ${batch} have labels and some do not`);
       if (hasLabel) labels![b] = BigInt(checkInt(`${where}.label`, s.label, 0, 0x7fffffff));
     });
     const lbl = labels as BigInt64Array | null;
@@ -361,16 +380,19 @@ export class Uint8ImageDataset implements Dataset {
     if (!(images instanceof Uint8Array)) typeError('images', 'a Uint8Array [N, height, width]', images);
     checkInt('height', height, 1, 1 << 16);
     checkInt('width', width, 1, 1 << 16);
-    if (images.length === 0 || images.length % (height * width) !== 0) throw new RangeError(`images must hold N * ${height} * ${width} bytes with N >= 1, got ${images.length}`);
+    if (images.length === 0 || images.length % (height * width) !== 0)
+      throw new RangeError(`images must hold N * ${height} * ${width} bytes with N >= 1, got ${images.length}`);
     this.length = images.length / (height * width);
     if (labels !== null) {
       if (!(labels instanceof Uint8Array)) typeError('labels', 'a Uint8Array [N] or null', labels);
-      if (labels.length !== this.length) throw new RangeError(`labels must hold ${this.length} values (one per image), got ${labels.length}`);
+      if (labels.length !== this.length)
+        throw new RangeError(`labels must hold ${this.length} values (one per image), got ${labels.length}`);
     }
     const size = opts.size === undefined ? 32 : checkInt('opts.size', opts.size, 1, 1 << 14);
     this.mode = opts.mode ?? 'pad';
     if (this.mode !== 'pad' && this.mode !== 'resize') typeError('opts.mode', "'pad' or 'resize'", opts.mode);
-    if (this.mode === 'pad' && (size < height || size < width)) throw new RangeError(`opts.size must be >= ${Math.max(height, width)} to pad, got ${size} (use mode 'resize')`);
+    if (this.mode === 'pad' && (size < height || size < width))
+      throw new RangeError(`opts.size must be >= ${Math.max(height, width)} to pad, got ${size} (use mode 'resize')`);
     const channels = opts.channels ?? 1;
     if (channels !== 1 && channels !== 3) typeError('opts.channels', '1 or 3', channels);
     this.flip = opts.flip ?? false;
@@ -435,7 +457,10 @@ export interface FashionMnistDatasetOptions extends Uint8ImageDatasetOptions {
  * Fashion-MNIST as a Dataset: 28x28 gray images padded (default, to 32x32) or resized, with 1 or
  * 3 channels, labels 0..9.
  */
-export async function fashionMnistDataset(split: 'train' | 'test', opts: FashionMnistDatasetOptions = {}): Promise<Uint8ImageDataset & { readonly source: FashionMnist }> {
+export async function fashionMnistDataset(
+  split: 'train' | 'test',
+  opts: FashionMnistDatasetOptions = {},
+): Promise<Uint8ImageDataset & { readonly source: FashionMnist }> {
   const fm = await loadFashionMnist(split, opts.dir === undefined ? {} : { dir: opts.dir });
   const ds = new Uint8ImageDataset(fm.images, fm.labels, fm.height, fm.width, opts);
   return Object.assign(ds, { source: fm });

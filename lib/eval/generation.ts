@@ -25,7 +25,12 @@ export interface PixelClassifier {
   testSamples: number;
 }
 
-async function pixels(ds: Dataset, n: number, rng: TrainRng, signal?: AbortSignal): Promise<{ x: Float32Array; y: number[] }> {
+async function pixels(
+  ds: Dataset,
+  n: number,
+  rng: TrainRng,
+  signal?: AbortSignal,
+): Promise<{ x: Float32Array; y: number[] }> {
   const first = await ds.get(0, rng);
   const per = first.image.length;
   const x = new Float32Array(n * per);
@@ -53,7 +58,13 @@ export async function trainPixelClassifier(
   const nTrain = Math.min(train.length, opts.limit === undefined ? Infinity : checkInt('opts.limit', opts.limit, 1));
   const tr = await pixels(train, nTrain, rng, opts.signal);
   const classes = opts.classes ?? Math.max(...tr.y) + 1;
-  const probe = await trainLinearProbeAsync(tr.x, tr.y, { classes, epochs: opts.epochs ?? 10, lr: 1e-2, batchSize: 256, seed: 0 });
+  const probe = await trainLinearProbeAsync(tr.x, tr.y, {
+    classes,
+    epochs: opts.epochs ?? 10,
+    lr: 1e-2,
+    batchSize: 256,
+    seed: 0,
+  });
   let testAccuracy: number | null = null;
   let testSamples = 0;
   if (test) {
@@ -69,8 +80,18 @@ export async function savePixelClassifier(path: string, c: PixelClassifier): Pro
   const p = c.probe;
   await writeSafetensors(
     path,
-    { mean: Tensor.from(p.mean, [p.dim]), std: Tensor.from(p.std, [p.dim]), weight: Tensor.from(p.weight, [p.classes, p.dim]), bias: Tensor.from(p.bias, [p.classes]) },
-    { kind: 'pixel-logistic-regression', train_samples: String(c.trainSamples), test_samples: String(c.testSamples), test_accuracy: String(c.testAccuracy ?? '') },
+    {
+      mean: Tensor.from(p.mean, [p.dim]),
+      std: Tensor.from(p.std, [p.dim]),
+      weight: Tensor.from(p.weight, [p.classes, p.dim]),
+      bias: Tensor.from(p.bias, [p.classes]),
+    },
+    {
+      kind: 'pixel-logistic-regression',
+      train_samples: String(c.trainSamples),
+      test_samples: String(c.testSamples),
+      test_accuracy: String(c.testAccuracy ?? ''),
+    },
   );
 }
 
@@ -79,16 +100,29 @@ export async function loadPixelClassifier(path: string): Promise<PixelClassifier
   const f = await readSafetensors(path);
   try {
     const get = async (n: string): Promise<Float32Array> => {
-      if (!f.names.includes(n)) throw new MergeVQError(`${path}: no tensor '${n}' (not a pixel classifier)`, 'ERR_BAD_FILE');
+      if (!f.names.includes(n))
+        throw new MergeVQError(`${path}: no tensor '${n}' (not a pixel classifier)`, 'ERR_BAD_FILE');
       return Float32Array.from((await f.tensorAsync(n)).toFloat32());
     };
     const weight = await get('weight');
     const bias = await get('bias');
     const mean = await get('mean');
-    const probe = linearProbeFromArrays({ dim: mean.length, classes: bias.length, mean, std: await get('std'), weight, bias });
+    const probe = linearProbeFromArrays({
+      dim: mean.length,
+      classes: bias.length,
+      mean,
+      std: await get('std'),
+      weight,
+      bias,
+    });
     const m = f.metadata;
     const acc = m.test_accuracy ? Number(m.test_accuracy) : null;
-    return { probe, trainSamples: Number(m.train_samples ?? 0), testSamples: Number(m.test_samples ?? 0), testAccuracy: Number.isFinite(acc) ? acc : null };
+    return {
+      probe,
+      trainSamples: Number(m.train_samples ?? 0),
+      testSamples: Number(m.test_samples ?? 0),
+      testAccuracy: Number.isFinite(acc) ? acc : null,
+    };
   } finally {
     await f.closeAsync();
   }
@@ -109,7 +143,12 @@ export interface GenerationKeepScores {
 
 /** The result of {@link evaluateGeneration}. */
 export interface GenerationEvaluation {
-  classifier: { kind: 'pixel-logistic-regression'; trainSamples: number; testSamples: number; testAccuracy: number | null };
+  classifier: {
+    kind: 'pixel-logistic-regression';
+    trainSamples: number;
+    testSamples: number;
+    testAccuracy: number | null;
+  };
   sampling: Pick<GenerateImagesOptions, 'cfgScale' | 'topK' | 'topP' | 'temperature' | 'seed'>;
   keeps: GenerationKeepScores[];
 }
@@ -140,7 +179,11 @@ export interface GenerationEvalOptions {
  * Generates `perClass` samples of every class at each keep count and reports the judge's accuracy
  * on them and MergeAR's KV-cache ratio.
  */
-export async function evaluateGeneration(tok: MergeVQTokenizer, gen: MergeVQGPT, opts: GenerationEvalOptions): Promise<GenerationEvaluation> {
+export async function evaluateGeneration(
+  tok: MergeVQTokenizer,
+  gen: MergeVQGPT,
+  opts: GenerationEvalOptions,
+): Promise<GenerationEvaluation> {
   if (!opts || typeof opts !== 'object') typeError('opts', '{ train, ... }', opts);
   const classes = gen.config.class_num;
   const perClass = checkInt('opts.perClass', opts.perClass ?? 10, 1, 1 << 20);
@@ -148,7 +191,13 @@ export async function evaluateGeneration(tok: MergeVQTokenizer, gen: MergeVQGPT,
   const mergear = gen instanceof MergeARGPT;
   const keeps: (number | null)[] = mergear ? (opts.keeps ?? tok.candidates.keep) : [null];
   opts.onProgress?.({ stage: 'classifier', done: 0, total: 1 });
-  const judge = opts.classifier ?? (await trainPixelClassifier(opts.train, opts.test ?? null, { limit: opts.classifierLimit ?? 10000, classes, signal: opts.signal }));
+  const judge =
+    opts.classifier ??
+    (await trainPixelClassifier(opts.train, opts.test ?? null, {
+      limit: opts.classifierLimit ?? 10000,
+      classes,
+      signal: opts.signal,
+    }));
   opts.onProgress?.({ stage: 'classifier', done: 1, total: 1 });
   const sampling = { cfgScale: 2, topK: 0, topP: 1, temperature: 1, seed: 0, ...opts.sampling };
   const wanted = Array.from({ length: classes * perClass }, (_, i) => i % classes);
@@ -162,7 +211,13 @@ export async function evaluateGeneration(tok: MergeVQTokenizer, gen: MergeVQGPT,
     for (let b = 0; b < batches; ++b) {
       opts.signal?.throwIfAborted();
       const cls = wanted.slice(b * bs, (b + 1) * bs);
-      const g = await generateImages(tok, gen, { ...sampling, seed: (sampling.seed ?? 0) + b, classes: cls, signal: opts.signal, ...(keep === null ? {} : { keep }) });
+      const g = await generateImages(tok, gen, {
+        ...sampling,
+        seed: (sampling.seed ?? 0) + b,
+        classes: cls,
+        signal: opts.signal,
+        ...(keep === null ? {} : { keep }),
+      });
       const img = Float32Array.from(g.images.toArray<'float32'>(), (v) => Math.max(-1, Math.min(1, v)));
       const pred = judge.probe.predict(img);
       cls.forEach((c, i) => (correct += pred[i] === c ? 1 : 0));
@@ -170,10 +225,21 @@ export async function evaluateGeneration(tok: MergeVQTokenizer, gen: MergeVQGPT,
       for (const t of [g.images, g.indices]) if (t instanceof Tensor && !t.disposed) t.dispose();
       opts.onProgress?.({ stage: 'generate', done: ++done, total: batches * keeps.length });
     }
-    results.push({ keep, samples: wanted.length, accuracy: correct / wanted.length, kvRatio: mergear ? kvSum / batches : null, ms: performance.now() - t0 });
+    results.push({
+      keep,
+      samples: wanted.length,
+      accuracy: correct / wanted.length,
+      kvRatio: mergear ? kvSum / batches : null,
+      ms: performance.now() - t0,
+    });
   }
   return {
-    classifier: { kind: 'pixel-logistic-regression', trainSamples: judge.trainSamples, testSamples: judge.testSamples, testAccuracy: judge.testAccuracy },
+    classifier: {
+      kind: 'pixel-logistic-regression',
+      trainSamples: judge.trainSamples,
+      testSamples: judge.testSamples,
+      testAccuracy: judge.testAccuracy,
+    },
     sampling,
     keeps: results,
   };

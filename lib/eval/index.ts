@@ -82,12 +82,23 @@ export interface TokenizerEvaluation {
 }
 
 function checkDataset(name: string, d: unknown): Dataset {
-  if (!d || typeof d !== 'object' || typeof (d as Dataset).get !== 'function' || typeof (d as Dataset).length !== 'number') typeError(name, 'a Dataset { length, get(index, rng) }', d);
+  if (
+    !d ||
+    typeof d !== 'object' ||
+    typeof (d as Dataset).get !== 'function' ||
+    typeof (d as Dataset).length !== 'number'
+  )
+    typeError(name, 'a Dataset { length, get(index, rng) }', d);
   return d as Dataset;
 }
 
 /** Loads samples [start, start + n) as one [n, C, H, W] tensor, plus their labels (null if any lacks one). */
-async function loadBatch(ds: Dataset, start: number, n: number, rng: TrainRng): Promise<{ images: Tensor; labels: number[] | null }> {
+async function loadBatch(
+  ds: Dataset,
+  start: number,
+  n: number,
+  rng: TrainRng,
+): Promise<{ images: Tensor; labels: number[] | null }> {
   const samples = [];
   for (let i = start; i < start + n; ++i) samples.push(await ds.get(i, rng));
   const per = samples[0]!.image.length;
@@ -119,7 +130,8 @@ function clamped(t: Tensor): Tensor {
  * default keep count train a linear probe (on train) whose test accuracy is reported.
  */
 export async function evaluateTokenizer(tok: MergeVQTokenizer, opts: EvaluateOptions): Promise<TokenizerEvaluation> {
-  if (!tok || typeof tok !== 'object' || typeof tok.encodeProgram !== 'function') typeError('tok', 'a MergeVQTokenizer', tok);
+  if (!tok || typeof tok !== 'object' || typeof tok.encodeProgram !== 'function')
+    typeError('tok', 'a MergeVQTokenizer', tok);
   if (!opts || typeof opts !== 'object') typeError('opts', 'an options object { train, test, ... }', opts);
   const train = checkDataset('opts.train', opts.train);
   const test = checkDataset('opts.test', opts.test);
@@ -133,7 +145,8 @@ export async function evaluateTokenizer(tok: MergeVQTokenizer, opts: EvaluateOpt
   if (nTest < 1) throw new RangeError('opts.test must hold at least one sample');
   const bits = tok.config.embed_dim;
   const rng = new TrainRng(0);
-  const progress = (stage: EvaluateProgress['stage'], done: number, total: number) => opts.onProgress?.({ stage, done, total });
+  const progress = (stage: EvaluateProgress['stage'], done: number, total: number) =>
+    opts.onProgress?.({ stage, done, total });
 
   const sums = keeps.map(() => ({ gp: 0, gs: 0, lp: 0, ls: 0, idx: [] as BigInt64Array[] }));
   const testCls: Float32Array[] = [];

@@ -22,13 +22,20 @@ export interface MetricOptions {
   dataRange?: number;
 }
 
-function imagePair(a: unknown, b: unknown): { x: Float64Array; y: Float64Array; shape: [number, number, number, number] } {
+function imagePair(
+  a: unknown,
+  b: unknown,
+): { x: Float64Array; y: Float64Array; shape: [number, number, number, number] } {
   if (!(a instanceof Tensor)) typeError('a', 'a float32 Tensor [B, C, H, W]', a);
   if (!(b instanceof Tensor)) typeError('b', 'a float32 Tensor [B, C, H, W]', b);
-  for (const [n, t] of [['a', a], ['b', b]] as const)
+  for (const [n, t] of [
+    ['a', a],
+    ['b', b],
+  ] as const)
     if (t.dtype !== 'float32' || t.shape.length !== 4)
       throw new TypeError(`${n} must be a float32 Tensor [B, C, H, W], got ${t.dtype} [${t.shape.join(', ')}]`);
-  if (a.shape.some((s, i) => s !== b.shape[i])) throw new RangeError(`a and b must have the same shape, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`);
+  if (a.shape.some((s, i) => s !== b.shape[i]))
+    throw new RangeError(`a and b must have the same shape, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`);
   if (a.numel === 0) throw new RangeError(`a must not be empty, got [${a.shape.join(', ')}]`);
   const toF64 = (t: Tensor) => Float64Array.from(t.toArray<'float32'>());
   return { x: toF64(a), y: toF64(b), shape: a.shape as [number, number, number, number] };
@@ -37,7 +44,8 @@ function imagePair(a: unknown, b: unknown): { x: Float64Array; y: Float64Array; 
 function rangeOpt(opts: MetricOptions): number {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
   const r = opts.dataRange ?? 2;
-  if (typeof r !== 'number' || !Number.isFinite(r) || r <= 0) throw new RangeError(`opts.dataRange must be a finite number > 0, got ${String(r)}`);
+  if (typeof r !== 'number' || !Number.isFinite(r) || r <= 0)
+    throw new RangeError(`opts.dataRange must be a finite number > 0, got ${String(r)}`);
   return r;
 }
 
@@ -114,11 +122,15 @@ export interface SsimOptions extends MetricOptions {
 export function ssim(a: ImageBatch, b: ImageBatch, opts: SsimOptions = {}): PerImage {
   const range = rangeOpt(opts);
   const sigma = opts.sigma ?? 1.5;
-  if (typeof sigma !== 'number' || !Number.isFinite(sigma) || sigma <= 0) throw new RangeError(`opts.sigma must be a finite number > 0, got ${String(sigma)}`);
+  if (typeof sigma !== 'number' || !Number.isFinite(sigma) || sigma <= 0)
+    throw new RangeError(`opts.sigma must be a finite number > 0, got ${String(sigma)}`);
   const k = gaussianKernel(sigma, 3.5);
   const { x, y, shape } = imagePair(a, b);
   const [B, C, H, W] = shape;
-  if (H < k.length || W < k.length) throw new RangeError(`images must be at least ${k.length}x${k.length} for the SSIM window (sigma ${sigma}), got ${H}x${W}`);
+  if (H < k.length || W < k.length)
+    throw new RangeError(
+      `images must be at least ${k.length}x${k.length} for the SSIM window (sigma ${sigma}), got ${H}x${W}`,
+    );
   const c1 = (0.01 * range) ** 2;
   const c2 = (0.03 * range) ** 2;
   const P = H * W;
@@ -175,10 +187,12 @@ export interface CodebookUsage {
  * Int32Array) for a codebook of 2^bits codes. Every index must lie in [0, 2^bits).
  */
 export function codebookUsage(indices: BigInt64Array | Int32Array | Tensor, bits: number): CodebookUsage {
-  if (typeof bits !== 'number' || !Number.isInteger(bits) || bits < 1 || bits > 30) throw new RangeError(`bits must be an integer in [1, 30], got ${String(bits)}`);
+  if (typeof bits !== 'number' || !Number.isInteger(bits) || bits < 1 || bits > 30)
+    throw new RangeError(`bits must be an integer in [1, 30], got ${String(bits)}`);
   let arr: BigInt64Array | Int32Array;
   if (indices instanceof Tensor) {
-    if (indices.dtype !== 'int64' && indices.dtype !== 'int32') throw new TypeError(`indices must be an int64 or int32 Tensor, got ${indices.dtype}`);
+    if (indices.dtype !== 'int64' && indices.dtype !== 'int32')
+      throw new TypeError(`indices must be an int64 or int32 Tensor, got ${indices.dtype}`);
     arr = indices.toArray() as BigInt64Array | Int32Array;
   } else if (indices instanceof BigInt64Array || indices instanceof Int32Array) {
     arr = indices;

@@ -51,25 +51,29 @@ export interface LinearProbe {
 function checkFeatures(name: string, features: unknown, dim?: number): { n: number; d: number } {
   if (!(features instanceof Float32Array)) typeError(name, 'a Float32Array [N, D] (row-major)', features);
   if (dim === undefined) return { n: -1, d: -1 };
-  if (features.length === 0 || features.length % dim !== 0) throw new RangeError(`${name} must hold M * ${dim} values with M >= 1, got ${features.length}`);
+  if (features.length === 0 || features.length % dim !== 0)
+    throw new RangeError(`${name} must hold M * ${dim} values with M >= 1, got ${features.length}`);
   return { n: features.length / dim, d: dim };
 }
 
 function checkLabels(labels: unknown, n: number, classes: number): Int32Array {
-  if (labels === null || typeof labels !== 'object' || typeof (labels as ArrayLike<number>).length !== 'number') typeError('labels', 'an array of class indices', labels);
+  if (labels === null || typeof labels !== 'object' || typeof (labels as ArrayLike<number>).length !== 'number')
+    typeError('labels', 'an array of class indices', labels);
   const l = labels as ArrayLike<number>;
   if (l.length !== n) throw new RangeError(`labels must hold ${n} values (one per feature row), got ${l.length}`);
   const out = new Int32Array(n);
   for (let i = 0; i < n; ++i) {
     const v = Number(l[i]);
-    if (!Number.isInteger(v) || v < 0 || v >= classes) throw new RangeError(`labels[${i}] must be an integer in [0, ${classes}), got ${String(l[i])}`);
+    if (!Number.isInteger(v) || v < 0 || v >= classes)
+      throw new RangeError(`labels[${i}] must be an integer in [0, ${classes}), got ${String(l[i])}`);
     out[i] = v;
   }
   return out;
 }
 
 function positive(name: string, v: number, allowZero = false): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || (allowZero ? v < 0 : v <= 0)) throw new RangeError(`${name} must be a finite number ${allowZero ? '>= 0' : '> 0'}, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || (allowZero ? v < 0 : v <= 0))
+    throw new RangeError(`${name} must be a finite number ${allowZero ? '>= 0' : '> 0'}, got ${String(v)}`);
   return v;
 }
 
@@ -99,7 +103,14 @@ function* recorded<T>(p: Program<T>, tape: Tape): Program<T> {
  * A probe from stored parameters (e.g. one saved with its `mean`, `std`, `weight` [classes, dim]
  * and `bias`); the arrays are copied and checked against `dim` and `classes`.
  */
-export function linearProbeFromArrays(p: { dim: number; classes: number; mean: Float32Array; std: Float32Array; weight: Float32Array; bias: Float32Array }): LinearProbe {
+export function linearProbeFromArrays(p: {
+  dim: number;
+  classes: number;
+  mean: Float32Array;
+  std: Float32Array;
+  weight: Float32Array;
+  bias: Float32Array;
+}): LinearProbe {
   if (!p || typeof p !== 'object') typeError('p', '{ dim, classes, mean, std, weight, bias }', p);
   const dim = checkInt('p.dim', p.dim, 1);
   const classes = checkInt('p.classes', p.classes, 2);
@@ -110,7 +121,15 @@ export function linearProbeFromArrays(p: { dim: number; classes: number; mean: F
   };
   const std = arr('std', p.std, dim);
   if (std.some((v) => !(v > 0))) throw new RangeError('p.std must be positive everywhere');
-  return new TrainedProbe(dim, classes, arr('mean', p.mean, dim), std, arr('weight', p.weight, classes * dim), arr('bias', p.bias, classes), []);
+  return new TrainedProbe(
+    dim,
+    classes,
+    arr('mean', p.mean, dim),
+    std,
+    arr('weight', p.weight, classes * dim),
+    arr('bias', p.bias, classes),
+    [],
+  );
 }
 
 class TrainedProbe implements LinearProbe {
@@ -155,13 +174,18 @@ class TrainedProbe implements LinearProbe {
  * Program form of {@link trainLinearProbe}: every native op is yielded, so it runs with runSync
  * or runAsync.
  */
-export function* trainLinearProbeProgram(features: Float32Array, labels: ArrayLike<number>, opts: LinearProbeOptions): Program<LinearProbe> {
+export function* trainLinearProbeProgram(
+  features: Float32Array,
+  labels: ArrayLike<number>,
+  opts: LinearProbeOptions,
+): Program<LinearProbe> {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object { classes, ... }', opts);
   const classes = checkInt('opts.classes', opts.classes, 2, 1 << 20);
   checkFeatures('features', features);
   const N = (labels as ArrayLike<number>)?.length;
   if (typeof N !== 'number' || N < 1) typeError('labels', 'a non-empty array of class indices', labels);
-  if (features.length === 0 || features.length % N !== 0) throw new RangeError(`features must hold N * D values for the N = ${N} labels, got ${features.length}`);
+  if (features.length === 0 || features.length % N !== 0)
+    throw new RangeError(`features must hold N * D values for the N = ${N} labels, got ${features.length}`);
   const D = features.length / N;
   const y = checkLabels(labels, N, classes);
   const epochs = checkInt('opts.epochs', opts.epochs ?? 30, 1, 1 << 20);
@@ -242,11 +266,19 @@ export function* trainLinearProbeProgram(features: Float32Array, labels: ArrayLi
  * Trains a linear probe on `features` [N, D] (row-major) with class `labels` [N]; synchronous.
  * Deterministic for a given seed.
  */
-export function trainLinearProbe(features: Float32Array, labels: ArrayLike<number>, opts: LinearProbeOptions): LinearProbe {
+export function trainLinearProbe(
+  features: Float32Array,
+  labels: ArrayLike<number>,
+  opts: LinearProbeOptions,
+): LinearProbe {
   return runSync(trainLinearProbeProgram(features, labels, opts));
 }
 
 /** {@link trainLinearProbe} with each native op as its own job off the main thread. */
-export function trainLinearProbeAsync(features: Float32Array, labels: ArrayLike<number>, opts: LinearProbeOptions): Promise<LinearProbe> {
+export function trainLinearProbeAsync(
+  features: Float32Array,
+  labels: ArrayLike<number>,
+  opts: LinearProbeOptions,
+): Promise<LinearProbe> {
   return runAsync(trainLinearProbeProgram(features, labels, opts));
 }

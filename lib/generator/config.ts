@@ -55,21 +55,52 @@ function posInt(key: string, v: unknown): number {
 
 /** Reads a constructor dict (snake_case keys) into a complete, checked {@link GPTConfig}. */
 export function normalizeGPTConfig(raw: unknown): GPTConfig {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) typeError('transformer config', 'an object of GPT constructor keys', raw);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    typeError('transformer config', 'an object of GPT constructor keys', raw);
   const r = raw as Record<string, unknown>;
   const c: GPTConfig = { ...DEFAULTS, factorized_bits: [...DEFAULTS.factorized_bits] };
-  for (const k of Object.keys(DEFAULTS) as (keyof GPTConfig)[]) if (r[k] !== undefined && r[k] !== null) (c as unknown as Record<string, unknown>)[k] = r[k];
+  for (const k of Object.keys(DEFAULTS) as (keyof GPTConfig)[])
+    if (r[k] !== undefined && r[k] !== null) (c as unknown as Record<string, unknown>)[k] = r[k];
   if (r.ffn_dim_multiplier === null) c.ffn_dim_multiplier = null;
-  for (const k of ['vocab_size', 'block_size', 'spatial_n_layer', 'n_head', 'dim', 'class_num', 'factorized_k', 'multiple_of', 'cls_token_num'] as const) posInt(k, c[k]);
-  if (!Number.isInteger(c.factorized_n_layer) || c.factorized_n_layer < 0) typeError('transformer.factorized_n_layer', 'a non-negative integer', c.factorized_n_layer);
-  if (r.token_factorization === false) throw new MergeVQError('transformer: only token_factorization=True is supported (as in the reference)', 'ERR_UNSUPPORTED');
-  if (!Array.isArray(c.factorized_bits) || c.factorized_bits.length !== c.factorized_k || c.factorized_bits.some((b) => !Number.isInteger(b) || b < 1))
+  for (const k of [
+    'vocab_size',
+    'block_size',
+    'spatial_n_layer',
+    'n_head',
+    'dim',
+    'class_num',
+    'factorized_k',
+    'multiple_of',
+    'cls_token_num',
+  ] as const)
+    posInt(k, c[k]);
+  if (!Number.isInteger(c.factorized_n_layer) || c.factorized_n_layer < 0)
+    typeError('transformer.factorized_n_layer', 'a non-negative integer', c.factorized_n_layer);
+  if (r.token_factorization === false)
+    throw new MergeVQError(
+      'transformer: only token_factorization=True is supported (as in the reference)',
+      'ERR_UNSUPPORTED',
+    );
+  if (
+    !Array.isArray(c.factorized_bits) ||
+    c.factorized_bits.length !== c.factorized_k ||
+    c.factorized_bits.some((b) => !Number.isInteger(b) || b < 1)
+  )
     typeError('transformer.factorized_bits', `${c.factorized_k} positive integers`, c.factorized_bits);
-  if (c.factorized_k !== 2) throw new MergeVQError(`transformer: factorized_k must be 2 (the reference's sampler and forward use two sub-tokens), got ${c.factorized_k}`, 'ERR_UNSUPPORTED');
-  if (c.dim % c.n_head !== 0) throw new RangeError(`transformer.dim (${c.dim}) must be divisible by n_head (${c.n_head})`);
-  if ((c.dim / c.n_head) % 4 !== 0) throw new RangeError(`transformer: head dim ${c.dim / c.n_head} must be a multiple of 4 (2D RoPE)`);
+  if (c.factorized_k !== 2)
+    throw new MergeVQError(
+      `transformer: factorized_k must be 2 (the reference's sampler and forward use two sub-tokens), got ${c.factorized_k}`,
+      'ERR_UNSUPPORTED',
+    );
+  if (c.dim % c.n_head !== 0)
+    throw new RangeError(`transformer.dim (${c.dim}) must be divisible by n_head (${c.n_head})`);
+  if ((c.dim / c.n_head) % 4 !== 0)
+    throw new RangeError(`transformer: head dim ${c.dim / c.n_head} must be a multiple of 4 (2D RoPE)`);
   if (c.n_kv_head !== null && c.n_kv_head !== c.n_head)
-    throw new MergeVQError(`transformer.n_kv_head ${c.n_kv_head} != n_head ${c.n_head}: grouped-query attention is not supported`, 'ERR_UNSUPPORTED');
+    throw new MergeVQError(
+      `transformer.n_kv_head ${c.n_kv_head} != n_head ${c.n_head}: grouped-query attention is not supported`,
+      'ERR_UNSUPPORTED',
+    );
   const g = Math.round(Math.sqrt(c.block_size));
   if (g * g !== c.block_size) throw new RangeError(`transformer.block_size ${c.block_size} must be a square`);
   return c;
@@ -103,6 +134,7 @@ export function parseGPTConfigYaml(text: string, source = 'config'): GPTConfig {
   } catch (e) {
     throw new MergeVQError(`${source}: not valid YAML (${(e as Error).message})`, 'ERR_BAD_CONFIG');
   }
+  // biome-ignore lint/suspicious/noExplicitAny: a parsed YAML document of any shape
   const d = doc as Record<string, any> | null;
   const params = d?.model?.init_args?.transformer_config?.params ?? d?.transformer_config?.params ?? d;
   if (params === null || typeof params !== 'object')

@@ -20,7 +20,12 @@ import { ffnHidden, gridSize, normalizeGPTConfig, type GPTConfig } from './confi
 /** RMSNorm with a learned weight (reference `RMSNorm`). */
 export class RMSNorm {
   readonly weight: string;
-  constructor(readonly store: ParamStore, name: string, dim: number, readonly eps: number) {
+  constructor(
+    readonly store: ParamStore,
+    name: string,
+    dim: number,
+    readonly eps: number,
+  ) {
     this.weight = store.declare(`${name}.weight`, [dim], W.ones);
   }
   *forward(x: Tensor): Program<Tensor> {
@@ -45,7 +50,11 @@ export class LlamaBlock {
   readonly w2: Linear;
   readonly w3: Linear;
   readonly headDim: number;
-  constructor(store: ParamStore, name: string, readonly cfg: GPTConfig) {
+  constructor(
+    store: ParamStore,
+    name: string,
+    readonly cfg: GPTConfig,
+  ) {
     const D = cfg.dim;
     const hidden = ffnHidden(cfg);
     this.headDim = D / cfg.n_head;
@@ -166,7 +175,10 @@ export class MergeVQGPT {
   }
 
   /** Loads reference state_dict tensors (names without the `transformer.` prefix; a prefix is stripped). */
-  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+  loadWeights(
+    tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
+    opts: { strict?: boolean } = {},
+  ): LoadReport {
     const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
     const m = new Map<string, Tensor>();
     for (const [n, t] of entries) m.set(n.startsWith('transformer.') ? n.slice('transformer.'.length) : n, t);
@@ -184,11 +196,19 @@ export class MergeVQGPT {
    * cache's tensors). `note` follows the row count in the out-of-range error. Shared by
    * {@link freqRows} and MergeAR's prefix tables.
    */
-  protected cachedRopeRows(cache: Map<string, Tensor>, key: string, table: Tensor, start: number, n: number, note: string): Tensor {
+  protected cachedRopeRows(
+    cache: Map<string, Tensor>,
+    key: string,
+    table: Tensor,
+    start: number,
+    n: number,
+    note: string,
+  ): Tensor {
     let t = cache.get(key);
     if (!t) {
       const rows = table.shape[0]!;
-      if (start < 0 || start + n > rows) throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${rows} rows${note})`);
+      if (start < 0 || start + n > rows)
+        throw new RangeError(`position ${start + n - 1} is beyond the RoPE table (${rows} rows${note})`);
       const w = table.shape[1]! * 2; // floats per row: hd/2 (cos, sin) pairs
       t = Tensor.from(table.toFloat32().slice(start * w, (start + n) * w), [n, table.shape[1]!, 2]);
       cache.set(key, t);
@@ -225,10 +245,12 @@ export class MergeVQGPT {
     const c = this.config;
     const [B, N] = idxPre.shape as [number, number];
     if (idxPre.ndim !== 2 || idxPost.ndim !== 2 || idxPost.shape[0] !== B || idxPost.shape[1] !== N)
-      throw new RangeError(`forward: idxPre and idxPost must both be [B, N], got [${idxPre.shape}] and [${idxPost.shape}]`);
-    if (labels.ndim !== 1 || labels.shape[0] !== B) throw new RangeError(`forward: labels must be [${B}], got [${labels.shape}]`);
+      throw new RangeError(
+        `forward: idxPre and idxPost must both be [B, N], got [${idxPre.shape}] and [${idxPost.shape}]`,
+      );
+    if (labels.ndim !== 1 || labels.shape[0] !== B)
+      throw new RangeError(`forward: labels must be [${B}], got [${labels.shape}]`);
     if (N > c.block_size) throw new RangeError(`forward: N = ${N} exceeds block_size ${c.block_size}`);
-    const D = c.dim;
     const tok = yield* this.tokenEmbedding(idxPre, idxPost); // [B, N, D]
     const cls = yield* this.classEmbedding(labels); // [B, 1, D]
     const parts = [cls];
@@ -279,8 +301,12 @@ export class MergeVQGPT {
     if (labels.ndim !== 1 || (labels.dtype !== 'int64' && labels.dtype !== 'int32'))
       throw new TypeError(`dropLabels: labels must be an int64 [B] tensor, got ${labels.toString()}`);
     if (!(p >= 0 && p <= 1)) throw new RangeError(`dropLabels: p must be in [0, 1], got ${p}`);
-    const src = labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
-    return Tensor.from(BigInt64Array.from(src, (l) => BigInt(uniform() < p ? this.nullClass : l)), [src.length]);
+    const src =
+      labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
+    return Tensor.from(
+      BigInt64Array.from(src, (l) => BigInt(uniform() < p ? this.nullClass : l)),
+      [src.length],
+    );
   }
 
   /** Fresh KV caches for the spatial blocks: batch B, `capacity` positions. */

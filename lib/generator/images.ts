@@ -45,24 +45,45 @@ export interface GeneratedImages {
 }
 
 function checkModels(tok: MergeVQTokenizer, gen: MergeVQGPT): void {
-  if (!tok || typeof tok !== 'object' || typeof tok.decodeProgram !== 'function') typeError('tokenizer', 'a MergeVQTokenizer', tok);
-  if (!gen || typeof gen !== 'object' || typeof gen.subTokenStep !== 'function') typeError('generator', 'a MergeVQGPT or MergeARGPT', gen);
+  if (!tok || typeof tok !== 'object' || typeof tok.decodeProgram !== 'function')
+    typeError('tokenizer', 'a MergeVQTokenizer', tok);
+  if (!gen || typeof gen !== 'object' || typeof gen.subTokenStep !== 'function')
+    typeError('generator', 'a MergeVQGPT or MergeARGPT', gen);
   const c = gen.config;
-  if (c.block_size !== tok.fullNum) throw new RangeError(`generator block_size ${c.block_size} must equal the tokenizer's full token count ${tok.fullNum}`);
+  if (c.block_size !== tok.fullNum)
+    throw new RangeError(
+      `generator block_size ${c.block_size} must equal the tokenizer's full token count ${tok.fullNum}`,
+    );
   const bits = c.factorized_bits[0]! + c.factorized_bits[1]!;
-  if (bits !== tok.config.embed_dim) throw new RangeError(`generator factorized_bits ${c.factorized_bits.join('+')} must sum to the tokenizer's embed_dim ${tok.config.embed_dim}`);
+  if (bits !== tok.config.embed_dim)
+    throw new RangeError(
+      `generator factorized_bits ${c.factorized_bits.join('+')} must sum to the tokenizer's embed_dim ${tok.config.embed_dim}`,
+    );
 }
 
 /** Program form of {@link generateImages}. */
-export function* generateImagesProgram(tok: MergeVQTokenizer, gen: MergeVQGPT, opts: GenerateImagesOptions): Program<GeneratedImages> {
+export function* generateImagesProgram(
+  tok: MergeVQTokenizer,
+  gen: MergeVQGPT,
+  opts: GenerateImagesOptions,
+): Program<GeneratedImages> {
   checkModels(tok, gen);
   if (!opts || typeof opts !== 'object') typeError('opts', '{ classes, ... }', opts);
-  checkKeys('generateImages options', opts, ['classes', 'keep', 'mergear', ...SAMPLE_OPTION_KEYS.filter((k) => k !== 'steps' && k !== 'mode')]);
-  if (!Array.isArray(opts.classes) || opts.classes.length === 0) typeError('opts.classes', 'a non-empty array of class ids', opts.classes);
+  checkKeys('generateImages options', opts, [
+    'classes',
+    'keep',
+    'mergear',
+    ...SAMPLE_OPTION_KEYS.filter((k) => k !== 'steps' && k !== 'mode'),
+  ]);
+  if (!Array.isArray(opts.classes) || opts.classes.length === 0)
+    typeError('opts.classes', 'a non-empty array of class ids', opts.classes);
   const nClass = gen.config.class_num;
   opts.classes.forEach((c, i) => checkInt(`opts.classes[${i}]`, c, 0, nClass));
   const B = opts.classes.length;
-  const labels = Tensor.from(BigInt64Array.from(opts.classes, (c) => BigInt(c)), [B]);
+  const labels = Tensor.from(
+    BigInt64Array.from(opts.classes, (c) => BigInt(c)),
+    [B],
+  );
   const L = tok.fullNum;
   const { classes: _c, keep: _k, mergear: _m, ...rest } = opts;
   const sampleOpts: SampleOptions = { ...rest, steps: L };
@@ -72,11 +93,20 @@ export function* generateImagesProgram(tok: MergeVQTokenizer, gen: MergeVQGPT, o
   if (gen instanceof MergeARGPT) {
     keep = opts.keep ?? tok.defaultKeep;
     const ki = tok.candidates.keep.indexOf(keep);
-    if (ki < 0) throw new RangeError(`opts.keep must be one of the tokenizer's keep candidates ${tok.candidates.keep.join(', ')}, got ${keep}`);
-    if (ki >= gen.numCandidates) throw new RangeError(`opts.keep: the generator knows ${gen.numCandidates} keep counts, ${keep} is candidate ${ki}`);
+    if (ki < 0)
+      throw new RangeError(
+        `opts.keep must be one of the tokenizer's keep candidates ${tok.candidates.keep.join(', ')}, got ${keep}`,
+      );
+    if (ki >= gen.numCandidates)
+      throw new RangeError(
+        `opts.keep: the generator knows ${gen.numCandidates} keep counts, ${keep} is candidate ${ki}`,
+      );
     const compact = opts.mergear !== false;
     const keepIndex = Tensor.from(new BigInt64Array(B).fill(BigInt(ki)), [B]);
-    const s = yield* sampleMergeARProgram(gen, labels, keepIndex, { ...sampleOpts, mode: compact ? 'compact' : 'full' });
+    const s = yield* sampleMergeARProgram(gen, labels, keepIndex, {
+      ...sampleOpts,
+      mode: compact ? 'compact' : 'full',
+    });
     r = s;
     if (compact) {
       const last = s.stats[s.stats.length - 1]!;
@@ -84,7 +114,8 @@ export function* generateImagesProgram(tok: MergeVQTokenizer, gen: MergeVQGPT, o
       kv = { rows: last.liveAfter, fullRows, ratio: last.liveAfter / fullRows };
     }
   } else {
-    if (opts.keep !== undefined) throw new RangeError('opts.keep needs a MergeAR generator (the plain GPT has no keep-count instruction)');
+    if (opts.keep !== undefined)
+      throw new RangeError('opts.keep needs a MergeAR generator (the plain GPT has no keep-count instruction)');
     r = yield* sampleProgram(gen, labels, sampleOpts);
   }
   const bits = gen.config.factorized_bits;
@@ -100,11 +131,19 @@ export function* generateImagesProgram(tok: MergeVQTokenizer, gen: MergeVQGPT, o
  * {@link MergeARGPT}), decodes them with the tokenizer. Every op runs as a short native job off the
  * main thread; `signal` aborts between tokens, `onStep` reports each generated token.
  */
-export function generateImages(tokenizer: MergeVQTokenizer, generator: MergeVQGPT, opts: GenerateImagesOptions): Promise<GeneratedImages> {
+export function generateImages(
+  tokenizer: MergeVQTokenizer,
+  generator: MergeVQGPT,
+  opts: GenerateImagesOptions,
+): Promise<GeneratedImages> {
   return runAsync(generateImagesProgram(tokenizer, generator, opts));
 }
 
 /** {@link generateImages} on the calling thread. */
-export function generateImagesSync(tokenizer: MergeVQTokenizer, generator: MergeVQGPT, opts: GenerateImagesOptions): GeneratedImages {
+export function generateImagesSync(
+  tokenizer: MergeVQTokenizer,
+  generator: MergeVQGPT,
+  opts: GenerateImagesOptions,
+): GeneratedImages {
   return runSync(generateImagesProgram(tokenizer, generator, opts));
 }

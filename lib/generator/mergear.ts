@@ -59,7 +59,8 @@ export function codeGroups(
 ): { group: Int32Array; first: Uint8Array } {
   const p = ints(pre);
   const q = ints(post);
-  if (p.length !== B * N || q.length !== B * N) throw new RangeError(`codeGroups: pre and post must hold B*N = ${B * N} values, got ${p.length} and ${q.length}`);
+  if (p.length !== B * N || q.length !== B * N)
+    throw new RangeError(`codeGroups: pre and post must hold B*N = ${B * N} values, got ${p.length} and ${q.length}`);
   const group = new Int32Array(B * N);
   const first = new Uint8Array(B * N);
   for (let b = 0; b < B; ++b) {
@@ -113,7 +114,8 @@ export class MergeARGPT extends MergeVQGPT {
 
   constructor(config: Partial<GPTConfig> | Record<string, unknown>, opts: MergeAROptions) {
     super(config);
-    if (!Number.isInteger(opts.numCandidates) || opts.numCandidates < 1) throw new RangeError(`numCandidates must be a positive integer, got ${opts.numCandidates}`);
+    if (!Number.isInteger(opts.numCandidates) || opts.numCandidates < 1)
+      throw new RangeError(`numCandidates must be a positive integer, got ${opts.numCandidates}`);
     const w = opts.window ?? MERGEAR_WINDOW;
     if (!Number.isInteger(w) || w < 0) throw new RangeError(`window must be a non-negative integer, got ${w}`);
     this.window = w;
@@ -143,7 +145,8 @@ export class MergeARGPT extends MergeVQGPT {
   /** Merge-instruction embeddings: keepIndex int64 [B] (candidate indices) -> [B, 1, D]. */
   *mergeEmbedding(keepIndex: Tensor): Program<Tensor> {
     for (const k of ints(keepIndex)) {
-      if (!Number.isInteger(k) || k < 0 || k >= this.numCandidates) throw new RangeError(`keepIndex: ${k} outside [0, ${this.numCandidates})`);
+      if (!Number.isInteger(k) || k < 0 || k >= this.numCandidates)
+        throw new RangeError(`keepIndex: ${k} outside [0, ${this.numCandidates})`);
     }
     const e = yield* embedding(this.store.get(this.mergeEmb), keepIndex); // [B, D]
     return yield* reshape(e, [keepIndex.shape[0]!, 1, this.config.dim]);
@@ -171,13 +174,23 @@ export class MergeARGPT extends MergeVQGPT {
    * (default true) the spatial blocks use the MergeAR visibility; without, plain causal attention.
    * Returns logits for tokens 0..N-1. Differentiable with `Tape`.
    */
-  *forwardAR(idxPre: Tensor, idxPost: Tensor, labels: Tensor, keepIndex: Tensor | null, opts: { mask?: boolean } = {}): Program<GPTLogits> {
+  *forwardAR(
+    idxPre: Tensor,
+    idxPost: Tensor,
+    labels: Tensor,
+    keepIndex: Tensor | null,
+    opts: { mask?: boolean } = {},
+  ): Program<GPTLogits> {
     const c = this.config;
     const [B, N] = idxPre.shape as [number, number];
     if (idxPre.ndim !== 2 || idxPost.ndim !== 2 || idxPost.shape[0] !== B || idxPost.shape[1] !== N)
-      throw new RangeError(`forwardAR: idxPre and idxPost must both be [B, N], got [${idxPre.shape}] and [${idxPost.shape}]`);
-    if (labels.ndim !== 1 || labels.shape[0] !== B) throw new RangeError(`forwardAR: labels must be [${B}], got [${labels.shape}]`);
-    if (keepIndex && (keepIndex.ndim !== 1 || keepIndex.shape[0] !== B)) throw new RangeError(`forwardAR: keepIndex must be [${B}], got [${keepIndex.shape}]`);
+      throw new RangeError(
+        `forwardAR: idxPre and idxPost must both be [B, N], got [${idxPre.shape}] and [${idxPost.shape}]`,
+      );
+    if (labels.ndim !== 1 || labels.shape[0] !== B)
+      throw new RangeError(`forwardAR: labels must be [${B}], got [${labels.shape}]`);
+    if (keepIndex && (keepIndex.ndim !== 1 || keepIndex.shape[0] !== B))
+      throw new RangeError(`forwardAR: keepIndex must be [${B}], got [${keepIndex.shape}]`);
     if (N > c.block_size) throw new RangeError(`forwardAR: N = ${N} exceeds block_size ${c.block_size}`);
     const P = keepIndex ? 2 : 1;
     const parts = [yield* this.classEmbedding(labels)]; // [B, 1, D]
@@ -195,7 +208,12 @@ export class MergeARGPT extends MergeVQGPT {
   }
 
   /** MergeAR training loss CE(pre) + CE(post), teacher-forced with the MergeAR mask. */
-  *lossAR(idxPre: Tensor, idxPost: Tensor, labels: Tensor, keepIndex: Tensor | null): Program<{ loss: Tensor; logits: GPTLogits }> {
+  *lossAR(
+    idxPre: Tensor,
+    idxPost: Tensor,
+    labels: Tensor,
+    keepIndex: Tensor | null,
+  ): Program<{ loss: Tensor; logits: GPTLogits }> {
     const logits = yield* this.forwardAR(idxPre, idxPost, labels, keepIndex);
     const [B, N] = idxPre.shape as [number, number];
     const [V0, V1] = this.subVocab;
@@ -239,7 +257,12 @@ export class MergeARDecoder {
   private readonly firstFlag: Uint8Array[];
   private lastVisible: number[][] = [];
 
-  constructor(readonly model: MergeARGPT, readonly B: number, steps: number, readonly mode: DecodeMode = 'compact') {
+  constructor(
+    readonly model: MergeARGPT,
+    readonly B: number,
+    steps: number,
+    readonly mode: DecodeMode = 'compact',
+  ) {
     this.cap = this.P + steps;
     this.caches = model.newSpatialCaches(B, this.cap);
     this.slotPos = new Int32Array(B * this.cap);
@@ -385,7 +408,11 @@ export class MergeARDecoder {
         this.firstFlag[b]![n] = 1;
       }
     }
-    const idx = (v: readonly number[]) => Tensor.from(BigInt64Array.from(v, (x) => BigInt(x)), [B, 1]);
+    const idx = (v: readonly number[]) =>
+      Tensor.from(
+        BigInt64Array.from(v, (x) => BigInt(x)),
+        [B, 1],
+      );
     const x = yield* this.model.tokenEmbedding(idx(pre), idx(post));
     return yield* this.run(x);
   }
@@ -421,7 +448,10 @@ export function decodeReplay(
     onStep?.(n, dec);
     const fc = model.newFactorizedCaches(B);
     const l0 = runSync(model.subTokenStep(h, fc, 0)).toFloat32();
-    const cur = Tensor.from(BigInt64Array.from(col(pa, n), (v) => BigInt(v)), [B, 1]);
+    const cur = Tensor.from(
+      BigInt64Array.from(col(pa, n), (v) => BigInt(v)),
+      [B, 1],
+    );
     const l1 = runSync(model.subTokenStep(runSync(model.preEmbedding(cur)), fc, 1)).toFloat32();
     stepMs.push(performance.now() - t0);
     for (let b = 0; b < B; ++b) {
@@ -448,7 +478,13 @@ export interface DecodeReport {
  * Decodes the same sequence with MergeAR compaction and with a full causal cache (same weights) and
  * returns both reports: KV length and bytes per step, attention work (visible pairs), tokens/s.
  */
-export function mergeARDecodeStats(model: MergeARGPT, pre: Tensor, post: Tensor, labels: Tensor, keepIndex: Tensor): { compact: DecodeReport; full: DecodeReport } {
+export function mergeARDecodeStats(
+  model: MergeARGPT,
+  pre: Tensor,
+  post: Tensor,
+  labels: Tensor,
+  keepIndex: Tensor,
+): { compact: DecodeReport; full: DecodeReport } {
   const one = (mode: DecodeMode): DecodeReport => {
     const r = decodeReplay(model, pre, post, labels, keepIndex, mode);
     const totalMs = r.stepMs.reduce((a, b) => a + b, 0);
@@ -483,7 +519,9 @@ export function* sampleMergeARProgram(
   const kidx = ints(keepIndex);
   const B = lab.length;
   if (kidx.length !== B) throw new RangeError(`keepIndex must be [${B}], got ${kidx.length} values`);
-  for (const l of lab) if (!Number.isInteger(l) || l < 0 || l > c.class_num) throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
+  for (const l of lab)
+    if (!Number.isInteger(l) || l < 0 || l > c.class_num)
+      throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
   const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;
@@ -496,16 +534,24 @@ export function* sampleMergeARProgram(
     let rows = logits.toFloat32();
     if (cfg) rows = guideLogits(rows, B, V[k], cfg[k]);
     const picks: number[] = [];
-    for (let b = 0; b < B; ++b) picks.push(sampleRow(rows.subarray(b * V[k], (b + 1) * V[k]), temperature[k], topK[k], topP[k], rng));
+    for (let b = 0; b < B; ++b)
+      picks.push(sampleRow(rows.subarray(b * V[k], (b + 1) * V[k]), temperature[k], topK[k], topP[k], rng));
     return picks;
   };
   const both = (v: number[]) => (cfg ? [...v, ...v] : v);
-  const i64 = (v: number[], shape: number[]) => Tensor.from(BigInt64Array.from(v, (x) => BigInt(x)), shape);
+  const i64 = (v: number[], shape: number[]) =>
+    Tensor.from(
+      BigInt64Array.from(v, (x) => BigInt(x)),
+      shape,
+    );
   let prevPre: number[] = [];
   let prevPost: number[] = [];
   for (let n = 0; n < steps; ++n) {
     opts.signal?.throwIfAborted();
-    const h = n === 0 ? yield* dec.prefix(i64(allLabels, [Bt]), i64(allKeep, [Bt])) : yield* dec.step(both(prevPre), both(prevPost));
+    const h =
+      n === 0
+        ? yield* dec.prefix(i64(allLabels, [Bt]), i64(allKeep, [Bt]))
+        : yield* dec.step(both(prevPre), both(prevPost));
     const fc = model.newFactorizedCaches(Bt);
     const l0 = yield* model.subTokenStep(h, fc, 0);
     prevPre = draw(l0, 0);
@@ -524,11 +570,21 @@ export function* sampleMergeARProgram(
 }
 
 /** {@link sampleMergeARProgram} as a Promise: every op a short native job off the main thread (`signal`, `onStep` as in SampleOptions). */
-export function generateMergeAR(model: MergeARGPT, labels: Tensor, keepIndex: Tensor, opts: SampleOptions & { mode?: DecodeMode } = {}) {
+export function generateMergeAR(
+  model: MergeARGPT,
+  labels: Tensor,
+  keepIndex: Tensor,
+  opts: SampleOptions & { mode?: DecodeMode } = {},
+) {
   return runAsync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }
 
 /** {@link sampleMergeARProgram} on the calling thread. */
-export function generateMergeARSync(model: MergeARGPT, labels: Tensor, keepIndex: Tensor, opts: SampleOptions & { mode?: DecodeMode } = {}) {
+export function generateMergeARSync(
+  model: MergeARGPT,
+  labels: Tensor,
+  keepIndex: Tensor,
+  opts: SampleOptions & { mode?: DecodeMode } = {},
+) {
   return runSync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }

@@ -74,7 +74,13 @@ export class SeededRandom {
  * filtering, torch semantics: top-k removes logits below the k-th largest (ties kept); top-p keeps
  * the smallest prefix of the sorted distribution whose mass exceeds p (at least one token).
  */
-export function sampleRow(logits: Float32Array, temperature: number, topK: number, topP: number, rng: SeededRandom): number {
+export function sampleRow(
+  logits: Float32Array,
+  temperature: number,
+  topK: number,
+  topP: number,
+  rng: SeededRandom,
+): number {
   const V = logits.length;
   if (!(temperature > 0)) throw new RangeError(`temperature must be > 0, got ${temperature}`);
   if (!Number.isInteger(topK) || topK < 0) throw new RangeError(`topK must be a non-negative integer, got ${topK}`);
@@ -88,7 +94,9 @@ export function sampleRow(logits: Float32Array, temperature: number, topK: numbe
     for (let i = 0; i < V; ++i) if (x[i]! < kth) keep[i] = 0;
   }
   if (topP < 1) {
-    const order = Array.from({ length: V }, (_, i) => i).filter((i) => keep[i]).sort((a, b) => x[b]! - x[a]! || a - b);
+    const order = Array.from({ length: V }, (_, i) => i)
+      .filter((i) => keep[i])
+      .sort((a, b) => x[b]! - x[a]! || a - b);
     let m = -Infinity;
     for (const i of order) m = Math.max(m, x[i]!);
     let z = 0;
@@ -148,12 +156,23 @@ export interface SamplingSettings {
 }
 
 /** The keys SampleOptions (and MergeAR's `mode`) may hold. */
-export const SAMPLE_OPTION_KEYS = ['steps', 'temperature', 'topK', 'topP', 'cfgScale', 'seed', 'signal', 'onStep', 'mode'] as const;
+export const SAMPLE_OPTION_KEYS = [
+  'steps',
+  'temperature',
+  'topK',
+  'topP',
+  'cfgScale',
+  'seed',
+  'signal',
+  'onStep',
+  'mode',
+] as const;
 
 export function samplingSettings(opts: SampleOptions, blockSize: number): SamplingSettings {
   checkKeys('sampling options', opts, SAMPLE_OPTION_KEYS);
   const steps = opts.steps ?? blockSize;
-  if (!Number.isInteger(steps) || steps < 1 || steps > blockSize) throw new RangeError(`steps must be an integer in [1, ${blockSize}], got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1 || steps > blockSize)
+    throw new RangeError(`steps must be an integer in [1, ${blockSize}], got ${steps}`);
   const cfg = opts.cfgScale === undefined || opts.cfgScale === null ? null : pair('cfgScale', opts.cfgScale, 1);
   if (cfg) for (const s of cfg) if (!Number.isFinite(s)) throw new RangeError(`cfgScale must be finite, got ${s}`);
   return {
@@ -169,10 +188,15 @@ export function samplingSettings(opts: SampleOptions, blockSize: number): Sampli
 export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOptions = {}): Program<SampleResult> {
   const c = model.config;
   if (!(labels instanceof Tensor) || labels.ndim !== 1 || (labels.dtype !== 'int64' && labels.dtype !== 'int32'))
-    throw new TypeError(`labels must be an int64 [B] Tensor, got ${labels instanceof Tensor ? labels.toString() : String(labels)}`);
+    throw new TypeError(
+      `labels must be an int64 [B] Tensor, got ${labels instanceof Tensor ? labels.toString() : String(labels)}`,
+    );
   const B = labels.shape[0]!;
-  const lab = labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
-  for (const l of lab) if (!Number.isInteger(l) || l < 0 || l > c.class_num) throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
+  const lab =
+    labels.dtype === 'int64' ? Array.from(labels.toArray<'int64'>(), Number) : Array.from(labels.toArray<'int32'>());
+  for (const l of lab)
+    if (!Number.isInteger(l) || l < 0 || l > c.class_num)
+      throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
   const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;
@@ -189,19 +213,28 @@ export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOp
     let rows = logits.toFloat32();
     if (cfg) rows = guideLogits(rows, B, V[k], cfg[k]);
     const picks: number[] = [];
-    for (let b = 0; b < B; ++b) picks.push(sampleRow(rows.subarray(b * V[k], (b + 1) * V[k]), temperature[k], topK[k], topP[k], rng));
+    for (let b = 0; b < B; ++b)
+      picks.push(sampleRow(rows.subarray(b * V[k], (b + 1) * V[k]), temperature[k], topK[k], topP[k], rng));
     return picks;
   };
   const idx = (vals: number[]) => {
     const all = cfg ? [...vals, ...vals] : vals;
-    return Tensor.from(BigInt64Array.from(all, (v) => BigInt(v)), [Bt, 1]);
+    return Tensor.from(
+      BigInt64Array.from(all, (v) => BigInt(v)),
+      [Bt, 1],
+    );
   };
 
   for (let n = 0; n < steps; ++n) {
     opts.signal?.throwIfAborted();
     const x =
       n === 0
-        ? yield* model.classEmbedding(Tensor.from(BigInt64Array.from(allLabels, (v) => BigInt(v)), [Bt]))
+        ? yield* model.classEmbedding(
+            Tensor.from(
+              BigInt64Array.from(allLabels, (v) => BigInt(v)),
+              [Bt],
+            ),
+          )
         : yield* model.tokenEmbedding(idx(prevPre), idx(prevPost));
     const h = yield* model.spatialStep(x, spatialCaches, n);
     yield* release(x);

@@ -47,7 +47,13 @@ const DEFAULT_MAX_COMPRESSION_RATIO = 64;
 /** Materialized tensor bytes allowed beyond twice the storages' bytes (zero-stride views). */
 const EXPANSION_SLACK = 16 << 20;
 
-async function openZipSource(fd: number, size: number, label: string, po: TorchPickleOptions, maxRatio: number): Promise<TorchSource> {
+async function openZipSource(
+  fd: number,
+  size: number,
+  label: string,
+  po: TorchPickleOptions,
+  maxRatio: number,
+): Promise<TorchSource> {
   const zip = await openZip(fd, size, label, { maxCompressionRatio: maxRatio });
   try {
     const pkls = [...zip.entries.keys()].filter((n) => /^[^/]+\/data\.pkl$/.test(n));
@@ -59,7 +65,8 @@ async function openZipSource(fd: number, size: number, label: string, po: TorchP
       const byteorder = zip.entries.get(`${prefix}byteorder`);
       if (byteorder) {
         const bo = new TextDecoder().decode(await zip.read(byteorder.fileName, { maxBytes: 64 })).trim();
-        if (bo !== 'little') badFile(label, `byte order ${describePickled(bo, 20)} is not supported (only little-endian)`);
+        if (bo !== 'little')
+          badFile(label, `byte order ${describePickled(bo, 20)} is not supported (only little-endian)`);
       }
       const pkl = await zip.read(`${prefix}data.pkl`, { maxBytes: MAX_PICKLE_BYTES });
       const storages = new Map<string, TorchStorageRef>();
@@ -91,7 +98,12 @@ async function openZipSource(fd: number, size: number, label: string, po: TorchP
 }
 
 /** Opens a torch.save file of either format; the source owns the file descriptor. */
-async function openSource(path: string, label: string, o: LoadCheckpointOptions, unknown: Set<string>): Promise<TorchSource> {
+async function openSource(
+  path: string,
+  label: string,
+  o: LoadCheckpointOptions,
+  unknown: Set<string>,
+): Promise<TorchSource> {
   const fd = fs.openSync(path, 'r');
   try {
     const size = fs.fstatSync(fd).size;
@@ -102,7 +114,11 @@ async function openSource(path: string, label: string, o: LoadCheckpointOptions,
     let src: TorchSource;
     if (head[0] === 0x50 && head[1] === 0x4b) src = await openZipSource(fd, size, label, po, ratio);
     else if (isLegacyHeader(head)) src = openLegacy(fd, size, label, po);
-    else badFile(label, `not a torch.save file (neither a zip archive nor the legacy format; starts with ${Buffer.from(head.subarray(0, 4)).toString('hex')})`);
+    else
+      badFile(
+        label,
+        `not a torch.save file (neither a zip archive nor the legacy format; starts with ${Buffer.from(head.subarray(0, 4)).toString('hex')})`,
+      );
     const close = src.close;
     return {
       ...src,
@@ -207,10 +223,13 @@ function checkOptions(opts: unknown): LoadCheckpointOptions {
   if (opts === undefined) return {};
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
   const o = opts as LoadCheckpointOptions;
-  if (o.prefer !== undefined && o.prefer !== 'ema' && o.prefer !== 'raw') typeError('opts.prefer', "'ema' or 'raw'", o.prefer);
+  if (o.prefer !== undefined && o.prefer !== 'ema' && o.prefer !== 'raw')
+    typeError('opts.prefer', "'ema' or 'raw'", o.prefer);
   if (o.key !== undefined && typeof o.key !== 'string') typeError('opts.key', 'a string', o.key);
-  if (o.unknownGlobals !== undefined && o.unknownGlobals !== 'placeholder' && o.unknownGlobals !== 'refuse') typeError('opts.unknownGlobals', "'placeholder' or 'refuse'", o.unknownGlobals);
-  if (o.onWarning !== undefined && typeof o.onWarning !== 'function') typeError('opts.onWarning', 'a function', o.onWarning);
+  if (o.unknownGlobals !== undefined && o.unknownGlobals !== 'placeholder' && o.unknownGlobals !== 'refuse')
+    typeError('opts.unknownGlobals', "'placeholder' or 'refuse'", o.unknownGlobals);
+  if (o.onWarning !== undefined && typeof o.onWarning !== 'function')
+    typeError('opts.onWarning', 'a function', o.onWarning);
   for (const k of ['maxCompressionRatio', 'maxTensorBytes'] as const) {
     const v = o[k];
     if (v !== undefined && (typeof v !== 'number' || !(v > 0))) typeError(`opts.${k}`, 'a positive number', v);
@@ -237,7 +256,13 @@ function keyName(k: unknown): string {
  * Reads the object a checkpoint pickled (dicts as Maps, tensors as unread `TorchTensorRef`s)
  * without loading tensor data, with the pickle policy of `loadCheckpoint`.
  */
-export async function readCheckpointObject(path: string, opts: Pick<LoadCheckpointOptions, 'unknownGlobals' | 'skipUnknownGlobals' | 'onWarning' | 'maxCompressionRatio' | 'label'> = {}): Promise<unknown> {
+export async function readCheckpointObject(
+  path: string,
+  opts: Pick<
+    LoadCheckpointOptions,
+    'unknownGlobals' | 'skipUnknownGlobals' | 'onWarning' | 'maxCompressionRatio' | 'label'
+  > = {},
+): Promise<unknown> {
   checkPath(path);
   const o = checkOptions(opts);
   const label = o.label ?? path;
@@ -252,7 +277,8 @@ export async function readCheckpointObject(path: string, opts: Pick<LoadCheckpoi
   }
 }
 
-const isTensorMap = (v: unknown): v is Map<unknown, unknown> => v instanceof Map && v.size > 0 && [...v.values()].some((x) => x instanceof TorchTensorRef);
+const isTensorMap = (v: unknown): v is Map<unknown, unknown> =>
+  v instanceof Map && v.size > 0 && [...v.values()].some((x) => x instanceof TorchTensorRef);
 
 /**
  * Checks the view `t` against its storage (before any byte is read) and returns its dense size in
@@ -266,7 +292,11 @@ function checkView(label: string, name: string, t: TorchTensorRef): number {
   const storageElems = Math.floor(t.storage.nbytes / es);
   let last = t.offset;
   for (let d = 0; d < t.shape.length; d++) last += (t.shape[d]! - 1) * t.stride[d]!;
-  if (!Number.isSafeInteger(last) || last >= storageElems) badFile(label, `tensor ${name} (offset ${t.offset}, size [${t.shape}], stride [${t.stride}]) reaches element ${last} of a storage of ${storageElems}`);
+  if (!Number.isSafeInteger(last) || last >= storageElems)
+    badFile(
+      label,
+      `tensor ${name} (offset ${t.offset}, size [${t.shape}], stride [${t.stride}]) reaches element ${last} of a storage of ${storageElems}`,
+    );
   return n * es;
 }
 
@@ -289,7 +319,12 @@ function gather(t: TorchTensorRef, storage: Uint8Array): Uint8Array {
   const out = new Uint8Array(n * es);
   const word = es === 8 ? 4 : es;
   const per = es / word;
-  const mk = (b: Uint8Array) => (word === 4 ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4) : word === 2 ? new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) : b);
+  const mk = (b: Uint8Array) =>
+    word === 4
+      ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4)
+      : word === 2
+        ? new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2)
+        : b;
   const src = mk(storage.byteOffset % word === 0 ? storage : storage.slice());
   const dst = mk(out);
   const nd = t.shape.length;
@@ -310,11 +345,22 @@ function gather(t: TorchTensorRef, storage: Uint8Array): Uint8Array {
 
 function toTensor(label: string, name: string, t: TorchTensorRef, bytes: Uint8Array, convertF64: boolean): Tensor {
   if (t.dtype === 'float64') {
-    if (!convertF64) throw new MergeVQError(`${label}: tensor ${name} is float64; pass { convertF64: true } to load it as float32`, 'ERR_UNSUPPORTED_DTYPE');
-    return Tensor.from(Float32Array.from(new Float64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8)), t.shape);
+    if (!convertF64)
+      throw new MergeVQError(
+        `${label}: tensor ${name} is float64; pass { convertF64: true } to load it as float32`,
+        'ERR_UNSUPPORTED_DTYPE',
+      );
+    return Tensor.from(
+      Float32Array.from(new Float64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8)),
+      t.shape,
+    );
   }
   const dtype = LOADS_AS[t.dtype];
-  if (!dtype) throw new MergeVQError(`${label}: tensor ${name} has dtype ${t.dtype}, which mergevq tensors do not support`, 'ERR_UNSUPPORTED_DTYPE');
+  if (!dtype)
+    throw new MergeVQError(
+      `${label}: tensor ${name} has dtype ${t.dtype}, which mergevq tensors do not support`,
+      'ERR_UNSUPPORTED_DTYPE',
+    );
   return Tensor.from(bytes, t.shape, { dtype });
 }
 
@@ -338,12 +384,17 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
   const o = checkOptions(opts);
   const label = o.label ?? path;
   const expected = o.expected === undefined ? undefined : [...o.expected];
-  if (expected && !expected.every((e) => typeof e === 'string')) typeError('opts.expected', 'an iterable of strings', o.expected);
+  if (expected && !expected.every((e) => typeof e === 'string'))
+    typeError('opts.expected', 'an iterable of strings', o.expected);
   const unknown = new Set<string>();
   const a = await openSource(path, label, o, unknown);
   try {
     const top = await a.readObject();
-    if (!(top instanceof Map)) badFile(label, `the pickled object is not a dict (got ${top === null ? 'None' : top instanceof PickleObject ? top.global : typeof top})`);
+    if (!(top instanceof Map))
+      badFile(
+        label,
+        `the pickled object is not a dict (got ${top === null ? 'None' : top instanceof PickleObject ? top.global : typeof top})`,
+      );
     let sdKey: string;
     if (o.key !== undefined) {
       if (!(top.get(o.key) instanceof Map)) badFile(label, `top-level entry ${JSON.stringify(o.key)} is not a dict`);
@@ -351,7 +402,14 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     } else if (top.get('state_dict') instanceof Map) sdKey = 'state_dict';
     else if (isTensorMap(top.get('model'))) sdKey = 'model';
     else if (top.size === 0 || [...top.values()].some((v) => v instanceof TorchTensorRef)) sdKey = '';
-    else badFile(label, `no state dict found (top-level keys: ${[...top.keys()].slice(0, 20).map((k) => describePickled(k, 60)).join(', ')}${top.size > 20 ? ', ...' : ''})`);
+    else
+      badFile(
+        label,
+        `no state dict found (top-level keys: ${[...top.keys()]
+          .slice(0, 20)
+          .map((k) => describePickled(k, 60))
+          .join(', ')}${top.size > 20 ? ', ...' : ''})`,
+      );
     const sd = (sdKey === '' ? top : top.get(sdKey)) as Map<unknown, unknown>;
 
     const dropped: string[] = [];
@@ -371,7 +429,11 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
       if (typeof v === 'number') return v;
       return undefined;
     };
-    const ema: LoadedCheckpoint['ema'] = { available: emaEntries.size > 0 || topEma !== undefined, used: false, ambiguous: [] };
+    const ema: LoadedCheckpoint['ema'] = {
+      available: emaEntries.size > 0 || topEma !== undefined,
+      used: false,
+      ambiguous: [],
+    };
     const chosen = new Map<string, TorchTensorRef>(raw);
     const emaScalars = new Map<string, TorchTensorRef>();
     for (const meta of ['num_updates', 'decay']) {
@@ -406,7 +468,8 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
           continue;
         }
         const target = raw.get(names[0]!)!;
-        if (target.shape.join() !== v.shape.join()) badFile(label, `EMA weight model_ema.${s} has shape [${v.shape}] but ${names[0]} has [${target.shape}]`);
+        if (target.shape.join() !== v.shape.join())
+          badFile(label, `EMA weight model_ema.${s} has shape [${v.shape}] but ${names[0]} has [${target.shape}]`);
         chosen.set(names[0]!, v);
       }
       ema.used = true;
@@ -423,7 +486,17 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     }
 
     if (chosen.size === 0) {
-      badFile(label, `no tensors to load (the state dict${sdKey ? ` ${JSON.stringify(sdKey)}` : ''} has ${sd.size} entries${dropped.length ? `; left out: ${dropped.slice(0, 5).map((d) => describePickled(d, 60)).join(', ')}${dropped.length > 5 ? ', ...' : ''}` : ''})`);
+      badFile(
+        label,
+        `no tensors to load (the state dict${sdKey ? ` ${JSON.stringify(sdKey)}` : ''} has ${sd.size} entries${
+          dropped.length
+            ? `; left out: ${dropped
+                .slice(0, 5)
+                .map((d) => describePickled(d, 60))
+                .join(', ')}${dropped.length > 5 ? ', ...' : ''}`
+            : ''
+        })`,
+      );
     }
     // Check every view against its storage and the memory budget before reading any storage.
     const all = [...chosen.values(), ...emaScalars.values()];
@@ -437,13 +510,17 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     let stored = 0;
     for (const b of storageBytes.values()) stored += b;
     const maxBytes = o.maxTensorBytes ?? 2 * stored + EXPANSION_SLACK;
-    if (dense > maxBytes) badFile(label, `the tensors would take ${dense} bytes, more than the limit of ${maxBytes} (twice the ${stored} bytes of their storages plus ${EXPANSION_SLACK}: zero-stride or repeated views?)`);
+    if (dense > maxBytes)
+      badFile(
+        label,
+        `the tensors would take ${dense} bytes, more than the limit of ${maxBytes} (twice the ${stored} bytes of their storages plus ${EXPANSION_SLACK}: zero-stride or repeated views?)`,
+      );
 
     // Materialize, reading each storage once and releasing it after its last use.
     const uses = new Map<string, number>();
     for (const t of all) uses.set(t.storage.key, (uses.get(t.storage.key) ?? 0) + 1);
     const cache = new Map<string, Uint8Array>();
-    const load = async (name: string, t: TorchTensorRef): Promise<Uint8Array> => {
+    const load = async (_name: string, t: TorchTensorRef): Promise<Uint8Array> => {
       let bytes = cache.get(t.storage.key);
       if (!bytes) {
         bytes = await a.readStorage(t.storage);
@@ -455,7 +532,8 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
       return gather(t, bytes);
     };
     const tensors = new Map<string, Tensor>();
-    for (const [name, t] of chosen) tensors.set(name, toTensor(label, name, t, await load(name, t), o.convertF64 === true));
+    for (const [name, t] of chosen)
+      tensors.set(name, toTensor(label, name, t, await load(name, t), o.convertF64 === true));
     for (const [meta, t] of emaScalars) {
       const v = toTensor(label, `model_ema.${meta}`, t, await load(`model_ema.${meta}`, t), true).item();
       if (meta === 'decay') ema.decay = v;
@@ -468,10 +546,18 @@ export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions =
     const extra = new Map<string, unknown>();
     if (sdKey !== '') for (const [k, v] of top) if (k !== sdKey) extra.set(keyName(k), v);
     warnUnknown(label, unknown, o);
-    return { tensors, stateDictKey: sdKey, ema, dropped, missing, unexpected, unknownGlobals: [...unknown], format: a.format, extra };
+    return {
+      tensors,
+      stateDictKey: sdKey,
+      ema,
+      dropped,
+      missing,
+      unexpected,
+      unknownGlobals: [...unknown],
+      format: a.format,
+      extra,
+    };
   } finally {
     a.close();
   }
 }
-
-

@@ -10,7 +10,8 @@ export type ImageInput = string | Buffer | Uint8Array;
 export type ImageFormat = 'png' | 'jpeg' | 'webp';
 
 async function decodeRgb(input: ImageInput, size: number): Promise<Uint8Array> {
-  if (typeof input !== 'string' && !(input instanceof Uint8Array)) typeError('image', 'a file path or an encoded image Buffer', input);
+  if (typeof input !== 'string' && !(input instanceof Uint8Array))
+    typeError('image', 'a file path or an encoded image Buffer', input);
   try {
     const { data } = await sharp(input)
       .rotate()
@@ -31,15 +32,15 @@ async function decodeRgb(input: ImageInput, size: number): Promise<Uint8Array> {
  * side is resized to `size` (Lanczos) and the center is cropped.
  */
 export async function loadImages(inputs: readonly ImageInput[], size: number): Promise<Tensor> {
-  if (!Array.isArray(inputs) || inputs.length === 0) typeError('inputs', 'a non-empty array of image paths or buffers', inputs);
+  if (!Array.isArray(inputs) || inputs.length === 0)
+    typeError('inputs', 'a non-empty array of image paths or buffers', inputs);
   checkInt('size', size, 1, 16384);
   const B = inputs.length;
   const hw = size * size;
   const out = new Float32Array(B * 3 * hw);
   const decoded = await Promise.all(inputs.map((i) => decodeRgb(i, size)));
   decoded.forEach((rgb, b) => {
-    for (let p = 0; p < hw; ++p)
-      for (let c = 0; c < 3; ++c) out[(b * 3 + c) * hw + p] = rgb[p * 3 + c]! / 127.5 - 1;
+    for (let p = 0; p < hw; ++p) for (let c = 0; c < 3; ++c) out[(b * 3 + c) * hw + p] = rgb[p * 3 + c]! / 127.5 - 1;
   });
   return Tensor.from(out, [B, 3, size, size]);
 }
@@ -67,7 +68,9 @@ export function toRgbBytes(images: Tensor, b = 0): { data: Uint8Array; width: nu
 }
 
 async function encode(data: Uint8Array, width: number, height: number, format: ImageFormat): Promise<Buffer> {
-  const img = sharp(Buffer.from(data.buffer, data.byteOffset, data.byteLength), { raw: { width, height, channels: 3 } });
+  const img = sharp(Buffer.from(data.buffer, data.byteOffset, data.byteLength), {
+    raw: { width, height, channels: 3 },
+  });
   if (format === 'png') return img.png().toBuffer();
   if (format === 'jpeg') return img.jpeg({ quality: 95 }).toBuffer();
   if (format === 'webp') return img.webp({ quality: 95 }).toBuffer();
@@ -75,18 +78,30 @@ async function encode(data: Uint8Array, width: number, height: number, format: I
 }
 
 /** Encodes image b of a [B, 3, H, W] tensor in [-1, 1] as PNG/JPEG/WebP. */
-export async function encodeImage(images: Tensor, opts: { index?: number; format?: ImageFormat } = {}): Promise<Buffer> {
+export async function encodeImage(
+  images: Tensor,
+  opts: { index?: number; format?: ImageFormat } = {},
+): Promise<Buffer> {
   const { data, width, height } = toRgbBytes(images, opts.index ?? 0);
   return encode(data, width, height, opts.format ?? 'png');
 }
 
 /** Tiles rows of [B, 3, H, W] tensors (e.g. originals and reconstructions) into one image. */
-export async function imageGrid(rows: readonly Tensor[], opts: { format?: ImageFormat; pad?: number } = {}): Promise<Buffer> {
+export async function imageGrid(
+  rows: readonly Tensor[],
+  opts: { format?: ImageFormat; pad?: number } = {},
+): Promise<Buffer> {
   if (!Array.isArray(rows) || rows.length === 0) typeError('rows', 'a non-empty array of [B, 3, H, W] tensors', rows);
   const pad = opts.pad ?? 2;
   const [B, , H, W] = rows[0]!.shape as [number, number, number, number];
   for (const r of rows)
-    if (r.ndim !== 4 || r.shape[0] !== B || r.shape[2] !== H || r.shape[3] !== W || (r.shape[1] !== 1 && r.shape[1] !== 3))
+    if (
+      r.ndim !== 4 ||
+      r.shape[0] !== B ||
+      r.shape[2] !== H ||
+      r.shape[3] !== W ||
+      (r.shape[1] !== 1 && r.shape[1] !== 3)
+    )
       throw new RangeError(`imageGrid: every row must be [${B}, 3 or 1, ${H}, ${W}], got [${r.shape.join(', ')}]`);
   const width = B * W + (B + 1) * pad;
   const height = rows.length * H + (rows.length + 1) * pad;
@@ -103,7 +118,12 @@ export async function imageGrid(rows: readonly Tensor[], opts: { format?: ImageF
 }
 
 /** Image b of `image` with every full-grid cell painted by its merge group, as RGB bytes. */
-function sourceMapPixels(image: Tensor, source: Tensor, b: number, alpha: number): { data: Uint8Array; width: number; height: number } {
+function sourceMapPixels(
+  image: Tensor,
+  source: Tensor,
+  b: number,
+  alpha: number,
+): { data: Uint8Array; width: number; height: number } {
   const { data, width, height } = toRgbBytes(image, b);
   const L = source.shape[1]!;
   const g = Math.round(Math.sqrt(L));
@@ -125,7 +145,10 @@ function sourceMapPixels(image: Tensor, source: Tensor, b: number, alpha: number
       const c = color(k);
       const onEdge =
         (x > 0 && Math.floor(x / cellW) !== Math.floor((x - 1) / cellW) && Number(map[b * L + cell - 1]!) !== k) ||
-        (y > 0 && Math.floor(y / cellH) !== Math.floor((y - 1) / cellH) && cell >= g && Number(map[b * L + cell - g]!) !== k);
+        (y > 0 &&
+          Math.floor(y / cellH) !== Math.floor((y - 1) / cellH) &&
+          cell >= g &&
+          Number(map[b * L + cell - g]!) !== k);
       for (let ch = 0; ch < 3; ++ch) {
         const p = (y * width + x) * 3 + ch;
         data[p] = onEdge ? 255 : Math.round((1 - alpha) * data[p]! + alpha * c[ch]!);
@@ -136,7 +159,8 @@ function sourceMapPixels(image: Tensor, source: Tensor, b: number, alpha: number
 
 function checkSourceMap(image: Tensor, source: Tensor): void {
   if (!(image instanceof Tensor) || image.ndim !== 4) typeError('image', 'a [B, C, H, W] Tensor', image);
-  if (!(source instanceof Tensor) || source.ndim !== 2 || source.shape[0] !== image.shape[0]) typeError('source', `an int64 [${image.shape[0]}, L] Tensor`, source);
+  if (!(source instanceof Tensor) || source.ndim !== 2 || source.shape[0] !== image.shape[0])
+    typeError('source', `an int64 [${image.shape[0]}, L] Tensor`, source);
   const g = Math.round(Math.sqrt(source.shape[1]!));
   if (g * g !== source.shape[1]) throw new RangeError(`source: L must be a square, got ${source.shape[1]}`);
 }
@@ -145,7 +169,11 @@ function checkSourceMap(image: Tensor, source: Tensor): void {
  * The picture the paper uses to explain merging: the image with every full-grid cell painted by
  * its merge group (cells of one kept token share a color), blended over the image.
  */
-export async function sourceMapImage(image: Tensor, source: Tensor, opts: { alpha?: number; index?: number } = {}): Promise<Buffer> {
+export async function sourceMapImage(
+  image: Tensor,
+  source: Tensor,
+  opts: { alpha?: number; index?: number } = {},
+): Promise<Buffer> {
   checkSourceMap(image, source);
   const { data, width, height } = sourceMapPixels(image, source, opts.index ?? 0, opts.alpha ?? 0.55);
   return encode(data, width, height, 'png');
@@ -158,7 +186,8 @@ export function sourceMapTensor(images: Tensor, source: Tensor, opts: { alpha?: 
   const out = new Float32Array(B * 3 * H * W);
   for (let b = 0; b < B; ++b) {
     const { data } = sourceMapPixels(images, source, b, opts.alpha ?? 0.55);
-    for (let p = 0; p < H * W; ++p) for (let c = 0; c < 3; ++c) out[((b * 3 + c) * H * W) + p] = data[p * 3 + c]! / 127.5 - 1;
+    for (let p = 0; p < H * W; ++p)
+      for (let c = 0; c < 3; ++c) out[(b * 3 + c) * H * W + p] = data[p * 3 + c]! / 127.5 - 1;
   }
   return Tensor.from(out, [B, 3, H, W]);
 }
@@ -166,7 +195,8 @@ export function sourceMapTensor(images: Tensor, source: Tensor, opts: { alpha?: 
 /** Nearest-neighbour upscaling of [B, C, H, W] images by an integer factor (for viewing small images). */
 export function upscaleNearest(images: Tensor, factor: number): Tensor {
   if (!(images instanceof Tensor) || images.ndim !== 4) typeError('images', 'a [B, C, H, W] Tensor', images);
-  if (!Number.isInteger(factor) || factor < 1 || factor > 64) throw new RangeError(`factor must be an integer in [1, 64], got ${factor}`);
+  if (!Number.isInteger(factor) || factor < 1 || factor > 64)
+    throw new RangeError(`factor must be an integer in [1, 64], got ${factor}`);
   const [B, C, H, W] = images.shape as [number, number, number, number];
   const src = images.toFloat32();
   const Ho = H * factor;

@@ -14,7 +14,15 @@
  */
 import * as fs from 'node:fs';
 import { PickleTruncatedError, describePickled, unpickleAt, type UnpickleOptions } from './pickle.js';
-import { ELEMENT_SIZE, badFile, makeResolver, storageRef, type TorchPickleOptions, type TorchSource, type TorchStorageRef } from './torch.js';
+import {
+  ELEMENT_SIZE,
+  badFile,
+  makeResolver,
+  storageRef,
+  type TorchPickleOptions,
+  type TorchSource,
+  type TorchStorageRef,
+} from './torch.js';
 
 /** The number the legacy format starts with. */
 export const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
@@ -40,7 +48,11 @@ function preadFully(fd: number, dst: Uint8Array, pos: number, label: string): vo
 async function preadFullyAsync(fd: number, dst: Uint8Array, pos: number, label: string): Promise<void> {
   let done = 0;
   while (done < dst.byteLength) {
-    const n = await new Promise<number>((resolve, reject) => fs.read(fd, dst, done, Math.min(dst.byteLength - done, 1 << 30), pos + done, (e, k) => (e ? reject(e) : resolve(k))));
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.read(fd, dst, done, Math.min(dst.byteLength - done, 1 << 30), pos + done, (e, k) =>
+        e ? reject(e) : resolve(k),
+      ),
+    );
     if (n === 0) badFile(label, `unexpected end of file at byte ${pos + done}`);
     done += n;
   }
@@ -61,15 +73,26 @@ interface Parsed {
 function parse(head: Uint8Array, label: string, opts: TorchPickleOptions, unknown: Set<string>): Parsed {
   const storages = new Map<string, TorchStorageRef>();
   const roots = new Map<string, number>();
-  const base: UnpickleOptions = { label, resolveGlobal: () => undefined, unknownGlobals: 'refuse', limits: { maxDepth: 8, maxOps: 4096 } };
+  const base: UnpickleOptions = {
+    label,
+    resolveGlobal: () => undefined,
+    unknownGlobals: 'refuse',
+    limits: { maxDepth: 8, maxOps: 4096 },
+  };
   let at = 0;
   const magic = unpickleAt(head, at, base);
-  if (magic.value !== LEGACY_MAGIC) badFile(label, `not a torch.save file (first pickle is ${describePickled(magic.value, 40)}, not the magic number)`);
+  if (magic.value !== LEGACY_MAGIC)
+    badFile(label, `not a torch.save file (first pickle is ${describePickled(magic.value, 40)}, not the magic number)`);
   const proto = unpickleAt(head, magic.end, base);
-  if (proto.value !== PROTOCOL_VERSION) badFile(label, `legacy torch.save protocol ${describePickled(proto.value, 40)} is not supported (only ${PROTOCOL_VERSION})`);
+  if (proto.value !== PROTOCOL_VERSION)
+    badFile(
+      label,
+      `legacy torch.save protocol ${describePickled(proto.value, 40)} is not supported (only ${PROTOCOL_VERSION})`,
+    );
   const sys = unpickleAt(head, proto.end, base);
   if (!(sys.value instanceof Map)) badFile(label, 'the system-information pickle is not a dict');
-  if (sys.value.get('little_endian') !== true) badFile(label, 'written on a big-endian machine (only little-endian files are supported)');
+  if (sys.value.get('little_endian') !== true)
+    badFile(label, 'written on a big-endian machine (only little-endian files are supported)');
   at = sys.end;
   const obj = unpickleAt(head, at, {
     label: `${label} (object pickle)`,
@@ -79,21 +102,24 @@ function parse(head: Uint8Array, label: string, opts: TorchPickleOptions, unknow
     persistentLoad: (pid) =>
       storageRef(label, pid, storages, (key, nbytes) => {
         const prior = roots.get(key);
-        if (prior !== undefined && prior !== nbytes) badFile(label, `storage ${key} is described twice with different sizes`);
+        if (prior !== undefined && prior !== nbytes)
+          badFile(label, `storage ${key} is described twice with different sizes`);
         roots.set(key, nbytes);
         return nbytes;
       }),
   });
   const keysPickle = unpickleAt(head, obj.end, { ...base, label: `${label} (storage keys)`, limits: { maxDepth: 2 } });
   const keys = keysPickle.value;
-  if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string')) badFile(label, 'the storage keys pickle is not a list of strings');
+  if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string'))
+    badFile(label, 'the storage keys pickle is not a list of strings');
   const seen = new Set<string>();
   for (const k of keys as string[]) {
     if (seen.has(k)) badFile(label, `storage key ${describePickled(k, 40)} is listed twice`);
     if (!roots.has(k)) badFile(label, `storage key ${describePickled(k, 40)} is listed but no tensor uses it`);
     seen.add(k);
   }
-  for (const k of roots.keys()) if (!seen.has(k)) badFile(label, `storage ${k} is used by a tensor but missing from the storage keys`);
+  for (const k of roots.keys())
+    if (!seen.has(k)) badFile(label, `storage ${k} is used by a tensor but missing from the storage keys`);
   const elementSize = new Map<string, number>();
   for (const r of storages.values()) {
     const root = r.base?.key ?? r.key;
@@ -131,13 +157,16 @@ export function openLegacy(fd: number, size: number, label: string, opts: TorchP
   let pos = parsed.end;
   const count = new Uint8Array(8);
   for (const k of parsed.keys) {
-    if (pos + 8 > size) badFile(label, `truncated: storage ${k}'s header at byte ${pos} is past the end (${size} bytes)`);
+    if (pos + 8 > size)
+      badFile(label, `truncated: storage ${k}'s header at byte ${pos} is past the end (${size} bytes)`);
     preadFully(fd, count, pos, label);
     const n = new DataView(count.buffer).getBigUint64(0, true);
     const nbytes = parsed.roots.get(k)!;
     const es = parsed.elementSize.get(k)!;
-    if (n !== BigInt(nbytes / es)) badFile(label, `storage ${k} holds ${n} elements in the file, the pickle says ${nbytes / es}`);
-    if (pos + 8 + nbytes > size) badFile(label, `truncated: storage ${k} needs bytes [${pos + 8}, ${pos + 8 + nbytes}) of a ${size}-byte file`);
+    if (n !== BigInt(nbytes / es))
+      badFile(label, `storage ${k} holds ${n} elements in the file, the pickle says ${nbytes / es}`);
+    if (pos + 8 + nbytes > size)
+      badFile(label, `truncated: storage ${k} needs bytes [${pos + 8}, ${pos + 8 + nbytes}) of a ${size}-byte file`);
     start.set(k, pos + 8);
     pos += 8 + nbytes;
   }

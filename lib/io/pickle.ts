@@ -77,25 +77,138 @@ export const DEFAULT_PICKLE_LIMITS: Readonly<Omit<PickleLimits, 'maxCopy' | 'max
 
 /** Modules any of whose globals can run code or reach the system (the prefix covers submodules). */
 const CODE_MODULES = [
-  'os', 'posix', 'nt', 'posixpath', 'ntpath', 'subprocess', 'sys', 'shutil', 'socket', 'pty', 'commands', 'popen2', 'platform',
-  'importlib', 'imp', 'pkgutil', 'runpy', 'code', 'codeop', 'ctypes', 'marshal', 'pickle', '_pickle', 'cPickle', 'pickletools',
-  'copyreg', 'copy_reg', 'dill', 'cloudpickle', 'joblib', 'multiprocessing', 'threading', '_thread', 'thread', 'asyncio', 'concurrent',
-  'signal', 'webbrowser', 'timeit', 'pdb', 'bdb', 'trace', 'profile', 'cProfile', 'inspect', 'types', 'ast', 'gc', 'io', '_io',
-  'tempfile', 'glob', 'fileinput', 'zipimport', 'http', 'urllib', 'urllib2', 'ftplib', 'smtplib', 'telnetlib', 'requests',
-  'sqlite3', 'shelve', 'dbm', 'ensurepip', 'venv', 'distutils', 'setuptools', 'pip', 'IPython', 'operator', '_operator',
-  'functools', 'itertools', 'torch.hub', 'torch.jit', 'torch.package', 'torch.serialization', 'torch._C', 'torch.ops',
-  'torch.utils.cpp_extension', 'numpy.lib.npyio', 'numpy.f2py', 'numpy.distutils', 'numpy.testing', 'yaml', 'jinja2',
+  'os',
+  'posix',
+  'nt',
+  'posixpath',
+  'ntpath',
+  'subprocess',
+  'sys',
+  'shutil',
+  'socket',
+  'pty',
+  'commands',
+  'popen2',
+  'platform',
+  'importlib',
+  'imp',
+  'pkgutil',
+  'runpy',
+  'code',
+  'codeop',
+  'ctypes',
+  'marshal',
+  'pickle',
+  '_pickle',
+  'cPickle',
+  'pickletools',
+  'copyreg',
+  'copy_reg',
+  'dill',
+  'cloudpickle',
+  'joblib',
+  'multiprocessing',
+  'threading',
+  '_thread',
+  'thread',
+  'asyncio',
+  'concurrent',
+  'signal',
+  'webbrowser',
+  'timeit',
+  'pdb',
+  'bdb',
+  'trace',
+  'profile',
+  'cProfile',
+  'inspect',
+  'types',
+  'ast',
+  'gc',
+  'io',
+  '_io',
+  'tempfile',
+  'glob',
+  'fileinput',
+  'zipimport',
+  'http',
+  'urllib',
+  'urllib2',
+  'ftplib',
+  'smtplib',
+  'telnetlib',
+  'requests',
+  'sqlite3',
+  'shelve',
+  'dbm',
+  'ensurepip',
+  'venv',
+  'distutils',
+  'setuptools',
+  'pip',
+  'IPython',
+  'operator',
+  '_operator',
+  'functools',
+  'itertools',
+  'torch.hub',
+  'torch.jit',
+  'torch.package',
+  'torch.serialization',
+  'torch._C',
+  'torch.ops',
+  'torch.utils.cpp_extension',
+  'numpy.lib.npyio',
+  'numpy.f2py',
+  'numpy.distutils',
+  'numpy.testing',
+  'yaml',
+  'jinja2',
 ];
 
 /** Builtins that evaluate code, import modules, reach attributes by name or open files. */
 const CODE_BUILTINS = new Set([
-  'eval', 'exec', 'execfile', 'compile', '__import__', 'getattr', 'setattr', 'delattr', 'globals', 'locals', 'vars', 'open',
-  'file', 'input', 'raw_input', 'breakpoint', 'apply', 'reload', 'help', 'exit', 'quit', 'memoryview', 'classmethod',
-  'staticmethod', 'property', 'super', 'type', 'object', '__build_class__', '__loader__', '__spec__',
+  'eval',
+  'exec',
+  'execfile',
+  'compile',
+  '__import__',
+  'getattr',
+  'setattr',
+  'delattr',
+  'globals',
+  'locals',
+  'vars',
+  'open',
+  'file',
+  'input',
+  'raw_input',
+  'breakpoint',
+  'apply',
+  'reload',
+  'help',
+  'exit',
+  'quit',
+  'memoryview',
+  'classmethod',
+  'staticmethod',
+  'property',
+  'super',
+  'type',
+  'object',
+  '__build_class__',
+  '__loader__',
+  '__spec__',
 ]);
 
 /** Single globals outside those modules that load or run other pickles or code. */
-const CODE_GLOBALS = new Set(['torch.load', 'torch.storage._load_from_bytes', 'numpy.load', 'numpy.loads', 'pandas.read_pickle']);
+const CODE_GLOBALS = new Set([
+  'torch.load',
+  'torch.storage._load_from_bytes',
+  'numpy.load',
+  'numpy.loads',
+  'pandas.read_pickle',
+]);
 
 /**
  * Whether a global can execute code or reach the system when called: globals of modules such as
@@ -109,7 +222,9 @@ export function isCodeExecutionGlobal(module: string, name: string): boolean {
   if (CODE_GLOBALS.has(`${m}.${name}`)) return true;
   // Names are matched as written and after folding case (Windows module names are not case-sensitive).
   const lower = m.toLowerCase();
-  return CODE_MODULES.some((c) => m === c || m.startsWith(`${c}.`) || lower === c.toLowerCase() || lower.startsWith(`${c.toLowerCase()}.`));
+  return CODE_MODULES.some(
+    (c) => m === c || m.startsWith(`${c}.`) || lower === c.toLowerCase() || lower.startsWith(`${c.toLowerCase()}.`),
+  );
 }
 
 /**
@@ -121,7 +236,8 @@ export function describePickled(v: unknown, budget = 120): string {
   const walk = (x: unknown, depth: number): string => {
     left--;
     if (left <= 0 || depth > 16) return '...';
-    if (typeof x === 'string') return x.length > left ? `${JSON.stringify(x.slice(0, Math.max(0, left)))}...` : JSON.stringify(x);
+    if (typeof x === 'string')
+      return x.length > left ? `${JSON.stringify(x.slice(0, Math.max(0, left)))}...` : JSON.stringify(x);
     if (typeof x === 'number' || typeof x === 'bigint' || typeof x === 'boolean') return String(x);
     if (x === null || x === undefined) return 'None';
     if (x instanceof Uint8Array) return `bytes(${x.byteLength})`;
@@ -155,7 +271,10 @@ export function describePickled(v: unknown, budget = 120): string {
  * Calling it in the pickle yields a `PickleObject`; nothing is ever executed.
  */
 export class UnknownGlobal {
-  constructor(readonly module: string, readonly name: string) {}
+  constructor(
+    readonly module: string,
+    readonly name: string,
+  ) {}
   get qualname(): string {
     return `${this.module}.${this.name}`;
   }
@@ -169,7 +288,10 @@ export class PickleObject {
   readonly items: [unknown, unknown][] = [];
   /** Values added by APPEND(S) (list subclasses). */
   readonly list: unknown[] = [];
-  constructor(readonly global: string, readonly args: readonly unknown[]) {}
+  constructor(
+    readonly global: string,
+    readonly args: readonly unknown[],
+  ) {}
 }
 
 /** Options of `unpickle`. */
@@ -212,9 +334,13 @@ export class PickleTruncatedError extends MergeVQError {
 }
 
 /** How an `UnpickleOptions.unknownGlobals` / `skipUnknownGlobals` pair resolves. */
-export function unknownGlobalsPolicy(o: { unknownGlobals?: unknown; skipUnknownGlobals?: unknown }): 'placeholder' | 'refuse' {
+export function unknownGlobalsPolicy(o: {
+  unknownGlobals?: unknown;
+  skipUnknownGlobals?: unknown;
+}): 'placeholder' | 'refuse' {
   if (o.unknownGlobals !== undefined) {
-    if (o.unknownGlobals !== 'placeholder' && o.unknownGlobals !== 'refuse') throw new TypeError(`unknownGlobals must be 'placeholder' or 'refuse', got ${String(o.unknownGlobals)}`);
+    if (o.unknownGlobals !== 'placeholder' && o.unknownGlobals !== 'refuse')
+      throw new TypeError(`unknownGlobals must be 'placeholder' or 'refuse', got ${String(o.unknownGlobals)}`);
     return o.unknownGlobals;
   }
   return o.skipUnknownGlobals === false ? 'refuse' : 'placeholder';
@@ -245,7 +371,8 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   let objectBytes = 0;
   const charge = (n: number) => {
     objectBytes += n;
-    if (objectBytes > lim.maxObjectBytes) bad(`the values would take more than ${lim.maxObjectBytes} bytes (limit maxObjectBytes)`);
+    if (objectBytes > lim.maxObjectBytes)
+      bad(`the values would take more than ${lim.maxObjectBytes} bytes (limit maxObjectBytes)`);
   };
   const made = <T>(v: T): T => {
     if (Array.isArray(v)) charge(48 + 8 * v.length);
@@ -260,7 +387,8 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   const ctx: PickleCallContext = {
     charge(units: number) {
       copied += units;
-      if (!(copied <= lim.maxCopy)) bad(`the allowed callables would copy more than ${lim.maxCopy} elements (limit maxCopy)`);
+      if (!(copied <= lim.maxCopy))
+        bad(`the allowed callables would copy more than ${lim.maxCopy} elements (limit maxCopy)`);
     },
   };
   const maxIntBytes = Math.ceil(lim.maxIntDigits / 2.4);
@@ -272,7 +400,10 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
 
   const need = (n: number, what: string): number => {
     if (!Number.isSafeInteger(n) || n < 0) bad(`${what} of ${n} bytes at byte ${pos}`);
-    if (pos + n > data.byteLength) throw new PickleTruncatedError(`${label}: invalid pickle: ${what} of ${n} bytes at byte ${pos} runs past the end (${data.byteLength} bytes)`);
+    if (pos + n > data.byteLength)
+      throw new PickleTruncatedError(
+        `${label}: invalid pickle: ${what} of ${n} bytes at byte ${pos} runs past the end (${data.byteLength} bytes)`,
+      );
     const p = pos;
     pos += n;
     return p;
@@ -299,16 +430,19 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   const line = () => {
     const lineStart = pos;
     const end = data.indexOf(0x0a, pos);
-    if (end < 0) throw new PickleTruncatedError(`${label}: invalid pickle: unterminated text line at byte ${lineStart}`);
+    if (end < 0)
+      throw new PickleTruncatedError(`${label}: invalid pickle: unterminated text line at byte ${lineStart}`);
     pos = end + 1;
     return latin1(data.subarray(lineStart, end));
   };
   const pop = (): unknown => {
-    if (stack.length === 0 || (marks.length > 0 && stack.length <= marks[marks.length - 1]!)) bad(`stack underflow at byte ${pos}`);
+    if (stack.length === 0 || (marks.length > 0 && stack.length <= marks[marks.length - 1]!))
+      bad(`stack underflow at byte ${pos}`);
     return stack.pop();
   };
   const top = (): unknown => {
-    if (stack.length === 0 || (marks.length > 0 && stack.length <= marks[marks.length - 1]!)) bad(`stack underflow at byte ${pos}`);
+    if (stack.length === 0 || (marks.length > 0 && stack.length <= marks[marks.length - 1]!))
+      bad(`stack underflow at byte ${pos}`);
     return stack[stack.length - 1];
   };
   const popMark = (): unknown[] => {
@@ -324,7 +458,8 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
     if (!memo.has(i) && memo.size >= lim.maxMemo) bad(`more than ${lim.maxMemo} memo entries (limit maxMemo)`);
     memo.set(i, top());
   };
-  const intFrom = (v: bigint): number | bigint => (v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+  const intFrom = (v: bigint): number | bigint =>
+    v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   const longLE = (b: Uint8Array): number | bigint => {
     if (b.length === 0) return 0;
     if (b.length > maxIntBytes) bad(`integer of ${b.length} bytes (limit maxIntDigits = ${lim.maxIntDigits} digits)`);
@@ -336,13 +471,17 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   };
   const decimal = (s: string, what: string): number | bigint => {
     if (!/^[+-]?\d+$/.test(s)) bad(`${what} ${describePickled(s, 40)}`);
-    if (s.length > lim.maxIntDigits + 1) bad(`${what} of ${s.length} digits (limit maxIntDigits = ${lim.maxIntDigits})`);
+    if (s.length > lim.maxIntDigits + 1)
+      bad(`${what} of ${s.length} digits (limit maxIntDigits = ${lim.maxIntDigits})`);
     return intFrom(BigInt(s));
   };
   const resolve = (module: string, name: string): unknown => {
     const shown = `${describePickled(module, 80).replace(/^"|"$/g, '')}.${describePickled(name, 80).replace(/^"|"$/g, '')}`;
     if (isCodeExecutionGlobal(module, name)) {
-      throw new MergeVQError(`${label}: refusing to load: the pickle names the global ${shown}, which can execute code (nothing was run)`, 'ERR_UNSAFE_PICKLE');
+      throw new MergeVQError(
+        `${label}: refusing to load: the pickle names the global ${shown}, which can execute code (nothing was run)`,
+        'ERR_UNSAFE_PICKLE',
+      );
     }
     const v = opts.resolveGlobal(module, name);
     if (v !== undefined) return v;
@@ -370,7 +509,8 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
     if (kv.length % 2 !== 0) bad('SETITEMS with an odd number of values');
     charge(8 * kv.length);
     if (target instanceof Map) for (let i = 0; i < kv.length; i += 2) target.set(kv[i], kv[i + 1]);
-    else if (target instanceof PickleObject) for (let i = 0; i < kv.length; i += 2) target.items.push([kv[i], kv[i + 1]]);
+    else if (target instanceof PickleObject)
+      for (let i = 0; i < kv.length; i += 2) target.items.push([kv[i], kv[i + 1]]);
     else bad(`SETITEM(S) on a ${typeof target} that is not a dict`);
   };
   const appendItems = (target: unknown, vs: unknown[]) => {
@@ -386,9 +526,11 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
 
   while (true) {
     const opPos = pos;
-    if (pos >= data.byteLength) throw new PickleTruncatedError(`${label}: invalid pickle: missing STOP opcode (truncated pickle)`);
+    if (pos >= data.byteLength)
+      throw new PickleTruncatedError(`${label}: invalid pickle: missing STOP opcode (truncated pickle)`);
     if (++ops > lim.maxOps) bad(`more than ${lim.maxOps} opcodes (limit maxOps)`);
-    if (stack.length + marks.length > lim.maxStack) bad(`more than ${lim.maxStack} values and MARKs on the stack at byte ${opPos} (limit maxStack)`);
+    if (stack.length + marks.length > lim.maxStack)
+      bad(`more than ${lim.maxStack} values and MARKs on the stack at byte ${opPos} (limit maxStack)`);
     const op = data[pos++]!;
     switch (op) {
       case 0x80: // PROTO
@@ -528,7 +670,12 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
         stack.push(str(u64()));
         break;
       case 0x56: // UNICODE (raw-unicode-escape text)
-        stack.push(line().replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_, a: string | undefined, b: string | undefined) => String.fromCodePoint(parseInt(a ?? b!, 16))));
+        stack.push(
+          line().replace(
+            /\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g,
+            (_, a: string | undefined, b: string | undefined) => String.fromCodePoint(parseInt(a ?? b!, 16)),
+          ),
+        );
         break;
       case 0x42: // BINBYTES
         stack.push(new Uint8Array(bytes(u32(), 'BINBYTES')));
@@ -642,7 +789,9 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
         const cls = pop();
         if (!(kwargs instanceof Map) || kwargs.size !== 0) {
           if (cls instanceof UnknownGlobal) {
-            stack.push(made(new PickleObject(cls.qualname, [...(Array.isArray(args) ? (args as unknown[]) : [args]), kwargs])));
+            stack.push(
+              made(new PickleObject(cls.qualname, [...(Array.isArray(args) ? (args as unknown[]) : [args]), kwargs])),
+            );
             break;
           }
           bad('NEWOBJ_EX with keyword arguments');
@@ -691,7 +840,10 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
       case 0x82:
       case 0x83:
       case 0x84: // EXT1/2/4: globals from the copyreg extension registry, which we cannot vet
-        throw new MergeVQError(`${label}: refusing to load: the pickle uses an extension-registry global (opcode 0x${op.toString(16)}) at byte ${opPos}`, 'ERR_UNSAFE_PICKLE');
+        throw new MergeVQError(
+          `${label}: refusing to load: the pickle uses an extension-registry global (opcode 0x${op.toString(16)}) at byte ${opPos}`,
+          'ERR_UNSAFE_PICKLE',
+        );
       case 0x97:
       case 0x98: // NEXT_BUFFER / READONLY_BUFFER
         bad(`out-of-band buffers (opcode 0x${op.toString(16)}) are not supported`);
@@ -702,7 +854,8 @@ export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOption
   }
 }
 
-const isContainer = (v: unknown): v is object => Array.isArray(v) || v instanceof Map || v instanceof Set || v instanceof PickleObject;
+const isContainer = (v: unknown): v is object =>
+  Array.isArray(v) || v instanceof Map || v instanceof Set || v instanceof PickleObject;
 
 function* childrenOf(v: object): Generator<unknown> {
   if (Array.isArray(v) || v instanceof Set) yield* v;

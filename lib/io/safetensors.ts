@@ -160,7 +160,7 @@ function badFile(label: string, problem: string): never {
 }
 
 function isDType(s: unknown): s is SafetensorsDType {
-  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(SAFETENSORS_DTYPE_SIZE, s);
+  return typeof s === 'string' && Object.hasOwn(SAFETENSORS_DTYPE_SIZE, s);
 }
 
 /** Decodes the 8-byte length prefix and checks it against the limit and the file size. */
@@ -169,7 +169,8 @@ function checkHeaderLength(prefix: Uint8Array, fileSize: number, label: string):
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) badFile(label, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   const len = Number(n);
-  if (8 + len > fileSize) badFile(label, `header length ${len} extends beyond the end of the file (${fileSize} bytes): truncated file?`);
+  if (8 + len > fileSize)
+    badFile(label, `header length ${len} extends beyond the end of the file (${fileSize} bytes): truncated file?`);
   if (len < 2) badFile(label, `header length ${len} is too short to hold a JSON object`);
   return len;
 }
@@ -209,25 +210,30 @@ function validateHeader(bytes: Uint8Array, headerLength: number, fileSize: numbe
   for (const [name, entry] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (entry === null) continue;
-      if (typeof entry !== 'object' || Array.isArray(entry)) badFile(label, `__metadata__ must be an object of strings, got ${describeValue(entry)}`);
+      if (typeof entry !== 'object' || Array.isArray(entry))
+        badFile(label, `__metadata__ must be an object of strings, got ${describeValue(entry)}`);
       const pairs: [string, string][] = [];
       for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
-        if (typeof v !== 'string') badFile(label, `__metadata__[${JSON.stringify(k)}] must be a string, got ${describeValue(v)}`);
+        if (typeof v !== 'string')
+          badFile(label, `__metadata__[${JSON.stringify(k)}] must be a string, got ${describeValue(v)}`);
         pairs.push([k, v]);
       }
       metadata = Object.fromEntries(pairs);
       continue;
     }
     const where = `tensor ${JSON.stringify(name)}`;
-    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) badFile(label, `${where} must be an object, got ${describeValue(entry)}`);
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry))
+      badFile(label, `${where} must be an object, got ${describeValue(entry)}`);
     const e = entry as Record<string, unknown>;
     if (!isDType(e.dtype)) badFile(label, `${where} has unknown dtype ${describeValue(e.dtype)}`);
     const shape = checkIntArray(label, `${where} shape`, e.shape, 'non-negative integers');
     const offsets = checkIntArray(label, `${where} data_offsets`, e.data_offsets, 'two non-negative integers');
-    if (offsets.length !== 2) badFile(label, `${where} data_offsets must be [begin, end], got ${offsets.length} values`);
+    if (offsets.length !== 2)
+      badFile(label, `${where} data_offsets must be [begin, end], got ${offsets.length} values`);
     const [begin, end] = offsets as [number, number];
     if (begin > end) badFile(label, `${where} data_offsets [${begin}, ${end}] has begin > end`);
-    if (end > dataSize) badFile(label, `${where} data_offsets [${begin}, ${end}] extend beyond the data section (${dataSize} bytes)`);
+    if (end > dataSize)
+      badFile(label, `${where} data_offsets [${begin}, ${end}] extend beyond the data section (${dataSize} bytes)`);
     let numel = 1;
     for (const s of shape) {
       numel *= s;
@@ -236,24 +242,52 @@ function validateHeader(bytes: Uint8Array, headerLength: number, fileSize: numbe
     const byteLength = numel * SAFETENSORS_DTYPE_SIZE[e.dtype];
     if (!Number.isSafeInteger(byteLength)) badFile(label, `${where} shape [${shape.join(', ')}] is too large`);
     if (byteLength !== end - begin) {
-      badFile(label, `${where} holds ${end - begin} bytes but shape [${shape.join(', ')}] of ${e.dtype} needs ${byteLength}`);
+      badFile(
+        label,
+        `${where} holds ${end - begin} bytes but shape [${shape.join(', ')}] of ${e.dtype} needs ${byteLength}`,
+      );
     }
-    tensors.set(name, Object.freeze({ dtype: e.dtype, shape: Object.freeze([...shape]), byteLength, dataOffsets: Object.freeze([begin, end] as [number, number]) }));
+    tensors.set(
+      name,
+      Object.freeze({
+        dtype: e.dtype,
+        shape: Object.freeze([...shape]),
+        byteLength,
+        dataOffsets: Object.freeze([begin, end] as [number, number]),
+      }),
+    );
     names.push(name);
   }
   // The tensors must tile the data section: sorted by offset, each begins where the previous ends.
-  const sorted = names.map((n) => [n, tensors.get(n)!] as const).sort((a, b) => a[1].dataOffsets[0] - b[1].dataOffsets[0] || a[1].dataOffsets[1] - b[1].dataOffsets[1]);
+  const sorted = names
+    .map((n) => [n, tensors.get(n)!] as const)
+    .sort((a, b) => a[1].dataOffsets[0] - b[1].dataOffsets[0] || a[1].dataOffsets[1] - b[1].dataOffsets[1]);
   let pos = 0;
   let prev = '';
   for (const [n, info] of sorted) {
     const [b, e] = info.dataOffsets;
-    if (b < pos) badFile(label, `tensor ${JSON.stringify(n)} [${b}, ${e}] overlaps tensor ${JSON.stringify(prev)} (which ends at ${pos})`);
+    if (b < pos)
+      badFile(
+        label,
+        `tensor ${JSON.stringify(n)} [${b}, ${e}] overlaps tensor ${JSON.stringify(prev)} (which ends at ${pos})`,
+      );
     if (b > pos) badFile(label, `data section has a hole: bytes [${pos}, ${b}) belong to no tensor`);
     pos = e;
     prev = n;
   }
-  if (pos !== dataSize) badFile(label, `data section is ${dataSize} bytes but the tensors cover ${pos}: ${pos < dataSize ? 'trailing bytes' : 'truncated file'}`);
-  return Object.freeze({ names: Object.freeze(names), tensors, metadata: Object.freeze(metadata), headerLength, dataStart, fileSize });
+  if (pos !== dataSize)
+    badFile(
+      label,
+      `data section is ${dataSize} bytes but the tensors cover ${pos}: ${pos < dataSize ? 'trailing bytes' : 'truncated file'}`,
+    );
+  return Object.freeze({
+    names: Object.freeze(names),
+    tensors,
+    metadata: Object.freeze(metadata),
+    headerLength,
+    dataStart,
+    fileSize,
+  });
 }
 
 /** Reads exactly `len` bytes at `pos` from `fd` into `dst`, failing clearly on a short read. */
@@ -278,7 +312,13 @@ async function readFully(fh: fs.promises.FileHandle, dst: Uint8Array, pos: numbe
 }
 
 function isFileHandle(v: unknown): v is fs.promises.FileHandle {
-  return typeof v === 'object' && v !== null && typeof (v as { fd?: unknown }).fd === 'number' && typeof (v as { read?: unknown }).read === 'function' && typeof (v as { stat?: unknown }).stat === 'function';
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof (v as { fd?: unknown }).fd === 'number' &&
+    typeof (v as { read?: unknown }).read === 'function' &&
+    typeof (v as { stat?: unknown }).stat === 'function'
+  );
 }
 
 /**
@@ -292,14 +332,18 @@ function isFileHandle(v: unknown): v is fs.promises.FileHandle {
  */
 export function parseSafetensorsHeader(source: Uint8Array | number, label?: string): SafetensorsHeader;
 export function parseSafetensorsHeader(source: fs.promises.FileHandle, label?: string): Promise<SafetensorsHeader>;
-export function parseSafetensorsHeader(source: Uint8Array | number | fs.promises.FileHandle, label?: string): SafetensorsHeader | Promise<SafetensorsHeader> {
+export function parseSafetensorsHeader(
+  source: Uint8Array | number | fs.promises.FileHandle,
+  label?: string,
+): SafetensorsHeader | Promise<SafetensorsHeader> {
   if (source instanceof Uint8Array) {
     const lbl = label ?? '<buffer>';
     const n = checkHeaderLength(source, source.byteLength, lbl);
     return validateHeader(source.subarray(8, 8 + n), n, source.byteLength, lbl);
   }
   if (typeof source === 'number') {
-    if (!Number.isInteger(source) || source < 0) typeError('source', 'a Uint8Array, a file descriptor or a FileHandle', source);
+    if (!Number.isInteger(source) || source < 0)
+      typeError('source', 'a Uint8Array, a file descriptor or a FileHandle', source);
     const lbl = label ?? `<fd ${source}>`;
     const size = fs.fstatSync(source).size;
     const prefix = new Uint8Array(8);
@@ -361,7 +405,8 @@ function viewAs(dtype: SafetensorsDType, buf: ArrayBuffer): SafetensorsArray {
 }
 
 function checkHostEndianness(): void {
-  if (endianness() !== 'LE') throw new MergeVQError('safetensors data is little-endian; big-endian hosts are not supported', 'ERR_UNSUPPORTED');
+  if (endianness() !== 'LE')
+    throw new MergeVQError('safetensors data is little-endian; big-endian hosts are not supported', 'ERR_UNSUPPORTED');
 }
 
 /**
@@ -452,10 +497,16 @@ export class SafetensorsFile {
     const info = this.info(name);
     if (info.dtype === 'F64') {
       if (!(opts.convertF64 ?? this.convertF64)) {
-        throw new MergeVQError(`${this.label}: tensor ${JSON.stringify(name)} is F64; pass { convertF64: true } to convert it to float32`, 'ERR_UNSUPPORTED_DTYPE');
+        throw new MergeVQError(
+          `${this.label}: tensor ${JSON.stringify(name)} is F64; pass { convertF64: true } to convert it to float32`,
+          'ERR_UNSUPPORTED_DTYPE',
+        );
       }
     } else if (!ST_TO_MERGEVQ[info.dtype]) {
-      throw new MergeVQError(`${this.label}: tensor ${JSON.stringify(name)} has dtype ${info.dtype}, which mergevq tensors do not support; use array()`, 'ERR_UNSUPPORTED_DTYPE');
+      throw new MergeVQError(
+        `${this.label}: tensor ${JSON.stringify(name)} has dtype ${info.dtype}, which mergevq tensors do not support; use array()`,
+        'ERR_UNSUPPORTED_DTYPE',
+      );
     }
     return info;
   }
@@ -507,7 +558,8 @@ export class SafetensorsFile {
 }
 
 function checkSource(source: unknown): asserts source is string | Uint8Array {
-  if (typeof source !== 'string' && !(source instanceof Uint8Array)) typeError('source', 'a file path (string) or a Uint8Array', source);
+  if (typeof source !== 'string' && !(source instanceof Uint8Array))
+    typeError('source', 'a file path (string) or a Uint8Array', source);
 }
 
 /**
@@ -536,7 +588,10 @@ export function readSafetensorsSync(source: string | Uint8Array, opts: ReadSafet
  * now; use `tensorAsync`/`arrayAsync` (or the sync methods) for data and `closeAsync()` at the end.
  * @throws MergeVQError `ERR_BAD_FILE` when the header is invalid (the file is then closed).
  */
-export async function readSafetensors(source: string | Uint8Array, opts: ReadSafetensorsOptions = {}): Promise<SafetensorsFile> {
+export async function readSafetensors(
+  source: string | Uint8Array,
+  opts: ReadSafetensorsOptions = {},
+): Promise<SafetensorsFile> {
   checkSource(source);
   if (source instanceof Uint8Array) return readSafetensorsSync(source, opts);
   const label = opts.label ?? source;
@@ -568,23 +623,33 @@ function normalizeEntry(name: string, t: unknown): { dtype: SafetensorsDType; sh
   const r = t as Partial<RawTensor>;
   let dtype: SafetensorsDType;
   if (isDType(r.dtype)) dtype = r.dtype;
-  else if (typeof r.dtype === 'string' && Object.prototype.hasOwnProperty.call(MERGEVQ_TO_ST, r.dtype)) dtype = MERGEVQ_TO_ST[r.dtype as DType];
-  else return typeError(`${argName}.dtype`, `one of ${Object.keys(SAFETENSORS_DTYPE_SIZE).join(', ')} (or a mergevq dtype)`, r.dtype);
+  else if (typeof r.dtype === 'string' && Object.hasOwn(MERGEVQ_TO_ST, r.dtype))
+    dtype = MERGEVQ_TO_ST[r.dtype as DType];
+  else
+    return typeError(
+      `${argName}.dtype`,
+      `one of ${Object.keys(SAFETENSORS_DTYPE_SIZE).join(', ')} (or a mergevq dtype)`,
+      r.dtype,
+    );
   if (!Array.isArray(r.shape)) typeError(`${argName}.shape`, 'an array of non-negative integers', r.shape);
   for (const [i, s] of r.shape.entries()) {
-    if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0) typeError(`${argName}.shape[${i}]`, 'a non-negative integer', s);
+    if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0)
+      typeError(`${argName}.shape[${i}]`, 'a non-negative integer', s);
   }
   if (!ArrayBuffer.isView(r.data)) typeError(`${argName}.data`, 'a TypedArray, DataView or Buffer', r.data);
   const need = numelOf(r.shape) * SAFETENSORS_DTYPE_SIZE[dtype];
   if (r.data.byteLength !== need) {
-    throw new RangeError(`${argName}.data must hold ${need} bytes (shape [${r.shape.join(', ')}] of ${dtype}), got ${r.data.byteLength}`);
+    throw new RangeError(
+      `${argName}.data must hold ${need} bytes (shape [${r.shape.join(', ')}] of ${dtype}), got ${r.data.byteLength}`,
+    );
   }
   return { dtype, shape: [...r.shape], bytes: new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength) };
 }
 
 function checkMetadata(metadata: unknown): Record<string, string> | undefined {
   if (metadata === undefined) return undefined;
-  if (metadata === null || typeof metadata !== 'object' || Array.isArray(metadata)) typeError('metadata', 'an object of strings', metadata);
+  if (metadata === null || typeof metadata !== 'object' || Array.isArray(metadata))
+    typeError('metadata', 'an object of strings', metadata);
   for (const [k, v] of Object.entries(metadata)) {
     if (typeof v !== 'string') typeError(`metadata[${JSON.stringify(k)}]`, 'a string', v);
   }
@@ -598,15 +663,21 @@ function checkMetadata(metadata: unknown): Record<string, string> | undefined {
  * @param tensors name -> Tensor (copied from any device) or raw `{dtype, shape, data}`.
  * @param metadata optional `__metadata__` string map.
  */
-export function encodeSafetensors(tensors: Record<string, Tensor | RawTensor>, metadata?: Record<string, string>): Buffer {
-  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) typeError('tensors', 'an object mapping names to tensors', tensors);
+export function encodeSafetensors(
+  tensors: Record<string, Tensor | RawTensor>,
+  metadata?: Record<string, string>,
+): Buffer {
+  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors))
+    typeError('tensors', 'an object mapping names to tensors', tensors);
   const meta = checkMetadata(metadata);
   checkHostEndianness();
   const entries = Object.entries(tensors).map(([name, t]) => {
     if (name === '__metadata__') throw new RangeError('tensors must not contain the reserved name "__metadata__"');
     return { name, ...normalizeEntry(name, t) };
   });
-  entries.sort((a, b) => LAYOUT_RANK[a.dtype] - LAYOUT_RANK[b.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  entries.sort(
+    (a, b) => LAYOUT_RANK[a.dtype] - LAYOUT_RANK[b.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+  );
   const header: Record<string, unknown> = {};
   if (meta) header.__metadata__ = meta;
   let offset = 0;
@@ -632,7 +703,11 @@ export function encodeSafetensors(tensors: Record<string, Tensor | RawTensor>, m
  * Writes tensors to a safetensors file (see `encodeSafetensors` for the layout). The file is
  * written to a temporary name next to `path` and renamed, so a reader never sees half a file.
  */
-export async function writeSafetensors(path: string, tensors: Record<string, Tensor | RawTensor>, metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: Record<string, Tensor | RawTensor>,
+  metadata?: Record<string, string>,
+): Promise<void> {
   if (typeof path !== 'string' || path === '') typeError('path', 'a non-empty file path', path);
   const bytes = encodeSafetensors(tensors, metadata);
   const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
@@ -646,7 +721,11 @@ export async function writeSafetensors(path: string, tensors: Record<string, Ten
 }
 
 /** Synchronous `writeSafetensors`. */
-export function writeSafetensorsSync(path: string, tensors: Record<string, Tensor | RawTensor>, metadata?: Record<string, string>): void {
+export function writeSafetensorsSync(
+  path: string,
+  tensors: Record<string, Tensor | RawTensor>,
+  metadata?: Record<string, string>,
+): void {
   if (typeof path !== 'string' || path === '') typeError('path', 'a non-empty file path', path);
   const bytes = encodeSafetensors(tensors, metadata);
   const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;

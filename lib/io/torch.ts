@@ -8,7 +8,17 @@ import type { DType } from '../native.js';
 import { PickleCallable, describePickled, type PickleCallContext } from './pickle.js';
 
 /** Element types of torch storages that this loader knows. */
-export type TorchDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
+export type TorchDType =
+  | 'float32'
+  | 'float16'
+  | 'bfloat16'
+  | 'float64'
+  | 'int64'
+  | 'int32'
+  | 'int16'
+  | 'int8'
+  | 'uint8'
+  | 'bool';
 
 /** Bytes per element of each torch dtype. */
 export const ELEMENT_SIZE: Readonly<Record<TorchDType, number>> = {
@@ -37,12 +47,18 @@ export const LOADS_AS: Partial<Record<TorchDType, DType>> = {
 
 /** A storage class named by the pickle (`torch.FloatStorage`, ...): data, never called. */
 export class TorchStorageType {
-  constructor(readonly qualname: string, readonly dtype: TorchDType | 'untyped') {}
+  constructor(
+    readonly qualname: string,
+    readonly dtype: TorchDType | 'untyped',
+  ) {}
 }
 
 /** A dtype object named by the pickle (`torch.float32`, ...). */
 export class TorchDTypeRef {
-  constructor(readonly qualname: string, readonly dtype: TorchDType) {}
+  constructor(
+    readonly qualname: string,
+    readonly dtype: TorchDType,
+  ) {}
 }
 
 /** A storage of the file, as referenced by the pickle; its bytes are read only when needed. */
@@ -163,13 +179,15 @@ export const isNonNegInt = (v: unknown): v is number => typeof v === 'number' &&
 const MAX_DIMS = 64;
 
 function intList(label: string, what: string, v: unknown): number[] {
-  if (!Array.isArray(v) || v.length > MAX_DIMS || !v.every(isNonNegInt)) badFile(label, `${what} must be a tuple of at most ${MAX_DIMS} non-negative integers`);
+  if (!Array.isArray(v) || v.length > MAX_DIMS || !v.every(isNonNegInt))
+    badFile(label, `${what} must be a tuple of at most ${MAX_DIMS} non-negative integers`);
   return v as number[];
 }
 
 /** Builds the resolver of the allowed globals for the pickle of file `label`. */
 export function makeResolver(label: string): (module: string, name: string) => unknown {
-  const sizeOf = (v: unknown): number => (v instanceof Map || v instanceof Set ? v.size : Array.isArray(v) ? v.length : 0);
+  const sizeOf = (v: unknown): number =>
+    v instanceof Map || v instanceof Set ? v.size : Array.isArray(v) ? v.length : 0;
   const toMap = (args: readonly unknown[], ctx: PickleCallContext): Map<unknown, unknown> => {
     const m = new Map<unknown, unknown>();
     const src = args[0];
@@ -189,7 +207,8 @@ export function makeResolver(label: string): (module: string, name: string) => u
     if (!isNonNegInt(offset)) badFile(label, '_rebuild_tensor storage offset must be a non-negative integer');
     const shape = intList(label, 'tensor size', size);
     const strides = intList(label, 'tensor stride', stride);
-    if (shape.length !== strides.length) badFile(label, `tensor size has ${shape.length} dims but stride has ${strides.length}`);
+    if (shape.length !== strides.length)
+      badFile(label, `tensor size has ${shape.length} dims but stride has ${strides.length}`);
     let numel = 1;
     for (const s of shape) numel *= s;
     if (!Number.isSafeInteger(numel)) badFile(label, `tensor size [${shape.join(', ')}] has more than 2^53 elements`);
@@ -210,7 +229,8 @@ export function makeResolver(label: string): (module: string, name: string) => u
     return new TorchTensorRef(t.storage, t.dtype, t.offset, t.shape, t.stride, true);
   };
   const path = (args: readonly unknown[]): string => {
-    if (!args.every((a) => typeof a === 'string')) badFile(label, `pathlib path from parts that are not strings: ${describePickled(args)}`);
+    if (!args.every((a) => typeof a === 'string'))
+      badFile(label, `pathlib path from parts that are not strings: ${describePickled(args)}`);
     return args.join('/').replace(/\/+/g, '/');
   };
   const copy = (a: readonly unknown[], ctx: PickleCallContext): unknown[] => {
@@ -231,7 +251,8 @@ export function makeResolver(label: string): (module: string, name: string) => u
     'builtins.tuple': new PickleCallable('builtins.tuple', (a, ctx) => Object.freeze(copy(a, ctx))),
     '_codecs.encode': new PickleCallable('_codecs.encode', (a, ctx) => {
       const [s, enc] = a;
-      if (typeof s !== 'string' || (enc !== 'latin1' && enc !== 'latin-1')) badFile(label, '_codecs.encode other than latin1 of a string');
+      if (typeof s !== 'string' || (enc !== 'latin1' && enc !== 'latin-1'))
+        badFile(label, '_codecs.encode other than latin1 of a string');
       ctx.charge(s.length);
       const out = new Uint8Array(s.length);
       for (let i = 0; i < s.length; i++) {
@@ -244,17 +265,25 @@ export function makeResolver(label: string): (module: string, name: string) => u
     'torch._utils._rebuild_tensor_v2': new PickleCallable('torch._utils._rebuild_tensor_v2', (a) => rebuild(a, false)),
     'torch._utils._rebuild_tensor_v3': new PickleCallable('torch._utils._rebuild_tensor_v3', (a) => rebuild(a, true)),
     'torch._utils._rebuild_parameter': new PickleCallable('torch._utils._rebuild_parameter', asParameter),
-    'torch._utils._rebuild_parameter_with_state': new PickleCallable('torch._utils._rebuild_parameter_with_state', asParameter),
-    'torch.Size': new PickleCallable('torch.Size', (a) => Object.freeze(intList(label, 'torch.Size', a[0] ?? []).slice())),
-    'torch.device': new PickleCallable('torch.device', (a) => (a.length > 1 && a[1] !== null ? `${plain(a[0])}:${plain(a[1])}` : plain(a[0]))),
+    'torch._utils._rebuild_parameter_with_state': new PickleCallable(
+      'torch._utils._rebuild_parameter_with_state',
+      asParameter,
+    ),
+    'torch.Size': new PickleCallable('torch.Size', (a) =>
+      Object.freeze(intList(label, 'torch.Size', a[0] ?? []).slice()),
+    ),
+    'torch.device': new PickleCallable('torch.device', (a) =>
+      a.length > 1 && a[1] !== null ? `${plain(a[0])}:${plain(a[1])}` : plain(a[0]),
+    ),
   };
   for (const q of ATTRIBUTE_DICTS) table[q] = new PickleCallable(q, toMap);
-  for (const p of ['PosixPath', 'PurePosixPath', 'WindowsPath', 'PureWindowsPath']) table[`pathlib.${p}`] = new PickleCallable(`pathlib.${p}`, path);
+  for (const p of ['PosixPath', 'PurePosixPath', 'WindowsPath', 'PureWindowsPath'])
+    table[`pathlib.${p}`] = new PickleCallable(`pathlib.${p}`, path);
   for (const [s, d] of Object.entries(STORAGE_DTYPES)) table[`torch.${s}`] = new TorchStorageType(`torch.${s}`, d);
   for (const [s, d] of Object.entries(DTYPE_OBJECTS)) table[`torch.${s}`] = new TorchDTypeRef(`torch.${s}`, d);
   return (module, name) => {
     const q = `${module === '__builtin__' ? 'builtins' : module}.${name}`;
-    return Object.prototype.hasOwnProperty.call(table, q) ? table[q] : undefined;
+    return Object.hasOwn(table, q) ? table[q] : undefined;
   };
 }
 
@@ -263,18 +292,24 @@ export function isStorageRef(v: unknown): v is TorchStorageRef {
   return typeof v === 'object' && v !== null && (v as { __storage?: boolean }).__storage === true;
 }
 
-
 /**
  * Validates a storage persistent id `('storage', type, key, location, numel[, view_metadata])`
  * and returns its description, the same object for every mention of one key. `byteLength` says
  * how many bytes the file holds for a key (undefined: no such storage); legacy view storages are
  * checked against their base.
  */
-export function storageRef(label: string, pid: unknown, seen: Map<string, TorchStorageRef>, byteLength: (key: string, nbytes: number) => number | undefined): TorchStorageRef {
-  if (!Array.isArray(pid) || pid.length < 5 || pid.length > 6 || pid[0] !== 'storage') badFile(label, `persistent id ${describePickled(pid, 60)} is not a (storage, type, key, location, numel) tuple`);
+export function storageRef(
+  label: string,
+  pid: unknown,
+  seen: Map<string, TorchStorageRef>,
+  byteLength: (key: string, nbytes: number) => number | undefined,
+): TorchStorageRef {
+  if (!Array.isArray(pid) || pid.length < 5 || pid.length > 6 || pid[0] !== 'storage')
+    badFile(label, `persistent id ${describePickled(pid, 60)} is not a (storage, type, key, location, numel) tuple`);
   const [, type, key, location, numel, view] = pid as unknown[];
   if (!(type instanceof TorchStorageType)) badFile(label, `storage ${describePickled(key, 40)} has no storage class`);
-  const plainKey = (k: unknown): k is string => typeof k === 'string' && k.length <= 64 && /^[A-Za-z0-9_.-]+$/.test(k) && !k.includes('..');
+  const plainKey = (k: unknown): k is string =>
+    typeof k === 'string' && k.length <= 64 && /^[A-Za-z0-9_.-]+$/.test(k) && !k.includes('..');
   if (!plainKey(key)) badFile(label, `storage key ${describePickled(key, 40)} is not a plain name`);
   if (!isNonNegInt(numel)) badFile(label, `storage ${key} size must be a non-negative integer`);
   if (typeof location !== 'string') badFile(label, `storage ${key} location must be a string`);
@@ -285,24 +320,44 @@ export function storageRef(label: string, pid: unknown, seen: Map<string, TorchS
   let viewKey = key;
   if (view !== undefined && view !== null) {
     // Old torch: (view_key, offset, view_size) names a view of the root storage `key`.
-    if (!Array.isArray(view) || view.length !== 3 || !plainKey(view[0]) || !isNonNegInt(view[1]) || !isNonNegInt(view[2])) badFile(label, `storage ${key} has malformed view metadata ${describePickled(view, 60)}`);
+    if (
+      !Array.isArray(view) ||
+      view.length !== 3 ||
+      !plainKey(view[0]) ||
+      !isNonNegInt(view[1]) ||
+      !isNonNegInt(view[2])
+    )
+      badFile(label, `storage ${key} has malformed view metadata ${describePickled(view, 60)}`);
     const [vk, off, vsize] = view as [string, number, number];
-    if (off + vsize > numel) badFile(label, `storage view ${vk} [${off}, ${off + vsize}) exceeds its base ${key} of ${numel} elements`);
+    if (off + vsize > numel)
+      badFile(label, `storage view ${vk} [${off}, ${off + vsize}) exceeds its base ${key} of ${numel} elements`);
     base = { key, offset: off };
     viewKey = vk;
   }
   const prior = seen.get(viewKey);
   if (prior) {
-    if (prior.dtype !== type.dtype || (base ? prior.base?.key !== base.key || prior.base.offset !== base.offset : prior.numel !== numel)) {
+    if (
+      prior.dtype !== type.dtype ||
+      (base ? prior.base?.key !== base.key || prior.base.offset !== base.offset : prior.numel !== numel)
+    ) {
       badFile(label, `storage ${viewKey} is described twice with different types or sizes`);
     }
     return prior;
   }
   const have = byteLength(key, nbytes);
   if (have === undefined) badFile(label, `storage ${key} is not in the file`);
-  if (have !== nbytes) badFile(label, `storage ${key} entry holds ${have} bytes but ${numel} elements of ${type.dtype} need ${nbytes}`);
+  if (have !== nbytes)
+    badFile(label, `storage ${key} entry holds ${have} bytes but ${numel} elements of ${type.dtype} need ${nbytes}`);
   const vnumel = base ? (view as number[])[2]! : numel;
-  const ref: TorchStorageRef = Object.freeze({ __storage: true, key: viewKey, dtype: type.dtype, numel: vnumel, nbytes: vnumel * es, location, ...(base ? { base: Object.freeze(base) } : {}) });
+  const ref: TorchStorageRef = Object.freeze({
+    __storage: true,
+    key: viewKey,
+    dtype: type.dtype,
+    numel: vnumel,
+    nbytes: vnumel * es,
+    location,
+    ...(base ? { base: Object.freeze(base) } : {}),
+  });
   seen.set(viewKey, ref);
   return ref;
 }

@@ -68,7 +68,8 @@ class GuardedReader extends yauzl.RandomAccessReader {
   }
 
   private outside(start: number, end: number): Error | undefined {
-    if (Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && start <= end && end <= this.size) return undefined;
+    if (Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && start <= end && end <= this.size)
+      return undefined;
     return new Error(`the archive asks for bytes [${start}, ${end}) of a file of ${this.size} bytes`);
   }
 
@@ -100,8 +101,16 @@ class GuardedReader extends yauzl.RandomAccessReader {
     });
   }
 
-  override read(buffer: Buffer, offset: number, length: number, position: number, callback: (err: Error | null, bytesRead?: number) => void): void {
-    const err = this.outside(position, position + length) ?? (offset < 0 || offset + length > buffer.length ? new Error('read past the end of the buffer') : undefined);
+  override read(
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number,
+    callback: (err: Error | null, bytesRead?: number) => void,
+  ): void {
+    const err =
+      this.outside(position, position + length) ??
+      (offset < 0 || offset + length > buffer.length ? new Error('read past the end of the buffer') : undefined);
     if (err) {
       setImmediate(() => this.safely(() => callback(err)));
       return;
@@ -141,8 +150,11 @@ export async function openZip(fd: number, size: number, label: string, limits: Z
   const reader = new GuardedReader(fd, size);
   const zip = await reader
     .guard<yauzl.ZipFile>((resolve, reject) => {
-      yauzl.fromRandomAccessReader(reader, size, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false, decodeStrings: true }, (err, z) =>
-        err ? reject(err) : resolve(z),
+      yauzl.fromRandomAccessReader(
+        reader,
+        size,
+        { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false, decodeStrings: true },
+        (err, z) => (err ? reject(err) : resolve(z)),
       );
     })
     .catch((err: Error) => bad(label, `not a zip archive written by torch.save (${err.message})`));
@@ -156,7 +168,8 @@ export async function openZip(fd: number, size: number, label: string, limits: Z
     .guard<void>((resolve, reject) => {
       zip.on('entry', (e: yauzl.Entry) =>
         reader.safely(() => {
-          if (entries.has(e.fileName)) return reject(new Error(`duplicate entry ${JSON.stringify(e.fileName.slice(0, 100))}`));
+          if (entries.has(e.fileName))
+            return reject(new Error(`duplicate entry ${JSON.stringify(e.fileName.slice(0, 100))}`));
           entries.set(e.fileName, e);
           zip.readEntry();
         }),
@@ -171,13 +184,23 @@ export async function openZip(fd: number, size: number, label: string, limits: Z
     const e = entries.get(name);
     if (!e) bad(label, `missing zip entry ${name}`);
     const n = e.uncompressedSize;
-    if (opts.expectBytes !== undefined && n !== opts.expectBytes) bad(label, `zip entry ${name} holds ${n} bytes, the pickle says ${opts.expectBytes}`);
-    if (opts.maxBytes !== undefined && n > opts.maxBytes) bad(label, `zip entry ${name} is too large (${n} bytes; limit ${opts.maxBytes})`);
+    if (opts.expectBytes !== undefined && n !== opts.expectBytes)
+      bad(label, `zip entry ${name} holds ${n} bytes, the pickle says ${opts.expectBytes}`);
+    if (opts.maxBytes !== undefined && n > opts.maxBytes)
+      bad(label, `zip entry ${name} is too large (${n} bytes; limit ${opts.maxBytes})`);
     if (!Number.isSafeInteger(n) || n < 0) bad(label, `zip entry ${name} declares ${n} bytes`);
-    if (e.compressionMethod === 0 ? e.compressedSize !== n : n > 1 << 20 && n > limits.maxCompressionRatio * e.compressedSize) {
-      bad(label, `zip entry ${name} expands ${e.compressedSize} bytes to ${n} (limit: ratio ${limits.maxCompressionRatio})`);
+    if (
+      e.compressionMethod === 0
+        ? e.compressedSize !== n
+        : n > 1 << 20 && n > limits.maxCompressionRatio * e.compressedSize
+    ) {
+      bad(
+        label,
+        `zip entry ${name} expands ${e.compressedSize} bytes to ${n} (limit: ratio ${limits.maxCompressionRatio})`,
+      );
     }
-    if (e.compressedSize > size) bad(label, `zip entry ${name} claims ${e.compressedSize} compressed bytes in a file of ${size}`);
+    if (e.compressedSize > size)
+      bad(label, `zip entry ${name} claims ${e.compressedSize} compressed bytes in a file of ${size}`);
     const out = new Uint8Array(n);
     if (n === 0) return out;
     await reader
@@ -194,7 +217,9 @@ export async function openZip(fd: number, size: number, label: string, limits: Z
             out.set(chunk, pos);
             pos += chunk.byteLength;
           });
-          stream.on('end', () => (pos === n ? resolve() : reject(new Error(`entry shorter than its declared size (${pos} of ${n})`))));
+          stream.on('end', () =>
+            pos === n ? resolve() : reject(new Error(`entry shorter than its declared size (${pos} of ${n})`)),
+          );
         });
       })
       .catch((err: Error) => bad(label, `cannot read zip entry ${name} (${err.message})`));

@@ -9,9 +9,7 @@ import { op1 } from '../graph.js';
 import { Tensor } from '../tensor.js';
 
 /** How a parameter is initialized by `initRandom` (the reference's initializers). */
-export type InitKind =
-  | { kind: 'normal'; std: number }
-  | { kind: 'const'; value: number };
+export type InitKind = { kind: 'normal'; std: number } | { kind: 'const'; value: number };
 
 export interface LoadReport {
   /** Declared parameters the source did not provide. */
@@ -74,8 +72,15 @@ export class ParamStore {
     const t = this.values.get(name);
     if (t) return t;
     if (!this.shapes.has(name)) throw new Error(`parameter ${name} was never declared`);
-    if (this.freed) throw new MergeVQError(`the model was disposed (weight '${name}'); load weights or call initRandom() to use it again`, 'ERR_DISPOSED');
-    throw new MergeVQError(`weight '${name}' is not loaded (load a checkpoint or call initRandom())`, 'ERR_MISSING_WEIGHT');
+    if (this.freed)
+      throw new MergeVQError(
+        `the model was disposed (weight '${name}'); load weights or call initRandom() to use it again`,
+        'ERR_DISPOSED',
+      );
+    throw new MergeVQError(
+      `weight '${name}' is not loaded (load a checkpoint or call initRandom())`,
+      'ERR_MISSING_WEIGHT',
+    );
   }
 
   /** Replaces one parameter's value; shape and dtype must match the declaration. */
@@ -85,7 +90,10 @@ export class ParamStore {
     if (!(t instanceof Tensor)) throw new TypeError(`set: value for '${name}' must be a Tensor`);
     const got = t.shape;
     if (got.length !== shape.length || got.some((s, i) => s !== shape[i]))
-      throw new MergeVQError(`weight '${name}' has shape [${got.join(', ')}], the model expects [${shape.join(', ')}]`, 'ERR_SHAPE_MISMATCH');
+      throw new MergeVQError(
+        `weight '${name}' has shape [${got.join(', ')}], the model expects [${shape.join(', ')}]`,
+        'ERR_SHAPE_MISMATCH',
+      );
     this.values.set(name, t.dtype === 'float32' ? t : t.cast('float32'));
   }
 
@@ -105,12 +113,18 @@ export class ParamStore {
       }
       const got = t.shape;
       if (got.length !== shape.length || got.some((s: number, i: number) => s !== shape[i]))
-        throw new MergeVQError(`weight '${name}' has shape [${got.join(', ')}], the model expects [${shape.join(', ')}]`, 'ERR_SHAPE_MISMATCH');
+        throw new MergeVQError(
+          `weight '${name}' has shape [${got.join(', ')}], the model expects [${shape.join(', ')}]`,
+          'ERR_SHAPE_MISMATCH',
+        );
       staged.set(name, t.dtype === 'float32' ? t : t.cast('float32'));
     }
     const missing = this.names().filter((n) => !staged.has(n) && !this.values.has(n));
     if (opts.strict && missing.length)
-      throw new MergeVQError(`missing ${missing.length} weights, e.g. ${missing.slice(0, 3).join(', ')}`, 'ERR_MISSING_WEIGHT');
+      throw new MergeVQError(
+        `missing ${missing.length} weights, e.g. ${missing.slice(0, 3).join(', ')}`,
+        'ERR_MISSING_WEIGHT',
+      );
     for (const [n, t] of staged) this.values.set(n, t);
     if (staged.size) this.freed = false;
     return { missing, unexpected };
@@ -145,4 +159,9 @@ export class ParamStore {
   }
 }
 
-export const W = { normal: (std = 0.02): InitKind => ({ kind: 'normal', std }), zeros: { kind: 'const', value: 0 } as InitKind, ones: { kind: 'const', value: 1 } as InitKind, value: (v: number): InitKind => ({ kind: 'const', value: v }) };
+export const W = {
+  normal: (std = 0.02): InitKind => ({ kind: 'normal', std }),
+  zeros: { kind: 'const', value: 0 } as InitKind,
+  ones: { kind: 'const', value: 1 } as InitKind,
+  value: (v: number): InitKind => ({ kind: 'const', value: v }),
+};

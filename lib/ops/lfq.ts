@@ -7,11 +7,12 @@
  */
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 import { checkInt, rangeError, typeError } from '../errors.js';
 
 function checkTemperature(t: number): number {
-  if (typeof t !== 'number' || !(t > 0) || !Number.isFinite(t)) rangeError('temperature', 'a positive finite number', t);
+  if (typeof t !== 'number' || !(t > 0) || !Number.isFinite(t))
+    rangeError('temperature', 'a positive finite number', t);
   return t;
 }
 
@@ -41,7 +42,10 @@ function checkBits(bits: readonly number[]): [number, number] {
 }
 
 /** Splits indices into sub-tokens: pre = bits 0..b0-1, post = bits b0..b0+b1-1. */
-export function* lfqFactorize(indices: Tensor, bits: readonly [number, number]): Program<{ pre: Tensor; post: Tensor }> {
+export function* lfqFactorize(
+  indices: Tensor,
+  bits: readonly [number, number],
+): Program<{ pre: Tensor; post: Tensor }> {
   tensorArg('indices', indices);
   const [pre, post] = yield* call('lfq_factorize', [indices], { bits: checkBits(bits) });
   return { pre: pre!, post: post! };

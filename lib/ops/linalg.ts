@@ -9,7 +9,7 @@
  */
 import { optTensor, tensorArg } from './args.js';
 import { call, call1, runSync, type Program } from '../graph.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 import { typeError, rangeError } from '../errors.js';
 
 function boolArg(name: string, v: unknown, dflt: boolean): boolean {
@@ -104,7 +104,11 @@ function convAttrs(opts: Conv2dOptions): { stride: number[]; padding: number[]; 
   const groups = opts.groups ?? 1;
   if (typeof groups !== 'number' || !Number.isInteger(groups)) typeError('opts.groups', 'an integer', groups);
   if (groups < 1) rangeError('opts.groups', 'an integer >= 1', groups);
-  return { stride: pairArg('opts.stride', opts.stride, 1, 1), padding: pairArg('opts.padding', opts.padding, 0, 0), groups };
+  return {
+    stride: pairArg('opts.stride', opts.stride, 1, 1),
+    padding: pairArg('opts.padding', opts.padding, 0, 0),
+    groups,
+  };
 }
 
 /** 2-D convolution (cross-correlation, NCHW): x [B, C, H, W], w [O, C/groups, kh, kw], bias [O]. */

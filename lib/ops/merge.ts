@@ -17,7 +17,6 @@ import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { checkInt, typeError } from '../errors.js';
 
-
 /** Merge decisions of one bipartite soft matching step. */
 export interface MergeDecisions {
   unmIdx: Tensor;

@@ -9,7 +9,7 @@
  */
 import { optTensor, tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 import { rangeError, typeError } from '../errors.js';
 
 /** Activation fused after a normalization's affine step. */
@@ -28,7 +28,8 @@ function finiteNum(name: string, v: unknown, min = -Infinity): number {
   return v;
 }
 function oneOf<T extends string>(name: string, v: unknown, allowed: readonly T[]): T {
-  if (typeof v !== 'string' || !allowed.includes(v as T)) typeError(name, `one of ${allowed.map((s) => `'${s}'`).join(', ')}`, v);
+  if (typeof v !== 'string' || !allowed.includes(v as T))
+    typeError(name, `one of ${allowed.map((s) => `'${s}'`).join(', ')}`, v);
   return v as T;
 }
 const ACTS: readonly FusedAct[] = ['none', 'silu', 'gelu', 'gelu_tanh'];
@@ -49,12 +50,21 @@ export interface GroupNormOptions {
  * GroupNorm over `x [B, C, ...]` with optional per-channel `weight`/`bias` and a fused activation.
  * Statistics are float64. Returns `[y, mean [B, G], rstd [B, G]]`.
  */
-export function* groupNorm(x: Tensor, weight: Tensor | null | undefined, bias: Tensor | null | undefined, opts: GroupNormOptions): Program<[Tensor, Tensor, Tensor]> {
+export function* groupNorm(
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  opts: GroupNormOptions,
+): Program<[Tensor, Tensor, Tensor]> {
   tensorArg('x', x);
   const groups = posInt('groups', opts?.groups);
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
   const act = oneOf('act', opts.act ?? 'none', ACTS);
-  const out = yield* call('group_norm', [x, optTensor('weight', weight), optTensor('bias', bias)], { groups, eps, act });
+  const out = yield* call('group_norm', [x, optTensor('weight', weight), optTensor('bias', bias)], {
+    groups,
+    eps,
+    act,
+  });
   return [out[0]!, out[1]!, out[2]!];
 }
 
@@ -63,36 +73,65 @@ export function* groupNorm(x: Tensor, weight: Tensor | null | undefined, bias: T
  * pre-activation is recomputed). Returns `[gx, gweight | null, gbias | null]`.
  */
 export function* groupNormBackward(
-  x: Tensor, weight: Tensor | null | undefined, bias: Tensor | null | undefined, mean: Tensor, rstd: Tensor, gy: Tensor,
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  mean: Tensor,
+  rstd: Tensor,
+  gy: Tensor,
   opts: { groups: number; act?: FusedAct; hasWeight?: boolean; hasBias?: boolean },
 ): Program<[Tensor, Tensor | null, Tensor | null]> {
   const groups = posInt('groups', opts?.groups);
   const act = oneOf('act', opts.act ?? 'none', ACTS);
   const w = optTensor('weight', weight);
   const b = optTensor('bias', bias);
-  const out = yield* call('group_norm_backward', [tensorArg('x', x), w, tensorArg('mean', mean), tensorArg('rstd', rstd), tensorArg('gy', gy), b], {
-    groups, act, has_weight: opts.hasWeight ?? w !== null, has_bias: opts.hasBias ?? b !== null,
-  });
+  const out = yield* call(
+    'group_norm_backward',
+    [tensorArg('x', x), w, tensorArg('mean', mean), tensorArg('rstd', rstd), tensorArg('gy', gy), b],
+    {
+      groups,
+      act,
+      has_weight: opts.hasWeight ?? w !== null,
+      has_bias: opts.hasBias ?? b !== null,
+    },
+  );
   return [out[0]!, out[1] ?? null, out[2] ?? null];
 }
 
 // ---- layer norm / RMS norm -----------------------------------------------------------------------
 
 /** LayerNorm over the last dim of `x [..., C]`. Returns `[y, mean [...], rstd [...]]`. */
-export function* layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, opts: { eps?: number } = {}): Program<[Tensor, Tensor, Tensor]> {
+export function* layerNorm(
+  x: Tensor,
+  weight?: Tensor | null,
+  bias?: Tensor | null,
+  opts: { eps?: number } = {},
+): Program<[Tensor, Tensor, Tensor]> {
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
-  const out = yield* call('layer_norm', [tensorArg('x', x), optTensor('weight', weight), optTensor('bias', bias)], { eps });
+  const out = yield* call('layer_norm', [tensorArg('x', x), optTensor('weight', weight), optTensor('bias', bias)], {
+    eps,
+  });
   return [out[0]!, out[1]!, out[2]!];
 }
 
 /** Backward of {@link layerNorm}: `[gx, gweight | null, gbias | null]`. */
 export function* layerNormBackward(
-  x: Tensor, weight: Tensor | null | undefined, mean: Tensor, rstd: Tensor, gy: Tensor, opts: { hasWeight?: boolean; hasBias?: boolean } = {},
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  mean: Tensor,
+  rstd: Tensor,
+  gy: Tensor,
+  opts: { hasWeight?: boolean; hasBias?: boolean } = {},
 ): Program<[Tensor, Tensor | null, Tensor | null]> {
   const w = optTensor('weight', weight);
-  const out = yield* call('layer_norm_backward', [tensorArg('x', x), w, tensorArg('mean', mean), tensorArg('rstd', rstd), tensorArg('gy', gy)], {
-    has_weight: opts.hasWeight ?? w !== null, has_bias: opts.hasBias ?? true,
-  });
+  const out = yield* call(
+    'layer_norm_backward',
+    [tensorArg('x', x), w, tensorArg('mean', mean), tensorArg('rstd', rstd), tensorArg('gy', gy)],
+    {
+      has_weight: opts.hasWeight ?? w !== null,
+      has_bias: opts.hasBias ?? true,
+    },
+  );
   return [out[0]!, out[1] ?? null, out[2] ?? null];
 }
 
@@ -108,7 +147,12 @@ export function* rmsNorm(x: Tensor, weight: Tensor, opts: { eps?: number } = {})
 
 /** Backward of {@link rmsNorm}: `[gx, gweight]`. */
 export function* rmsNormBackward(x: Tensor, weight: Tensor, rstd: Tensor, gy: Tensor): Program<[Tensor, Tensor]> {
-  const out = yield* call('rms_norm_backward', [tensorArg('x', x), tensorArg('weight', weight), tensorArg('rstd', rstd), tensorArg('gy', gy)]);
+  const out = yield* call('rms_norm_backward', [
+    tensorArg('x', x),
+    tensorArg('weight', weight),
+    tensorArg('rstd', rstd),
+    tensorArg('gy', gy),
+  ]);
   return [out[0]!, out[1]!];
 }
 
@@ -128,26 +172,53 @@ export interface BatchNormOptions {
  * were given); in eval they are copied.
  */
 export function* batchNorm(
-  x: Tensor, weight: Tensor | null | undefined, bias: Tensor | null | undefined,
-  runningMean: Tensor | null | undefined, runningVar: Tensor | null | undefined, opts: BatchNormOptions = {},
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  runningMean: Tensor | null | undefined,
+  runningVar: Tensor | null | undefined,
+  opts: BatchNormOptions = {},
 ): Program<[Tensor, Tensor, Tensor, Tensor | null, Tensor | null]> {
   const training = opts.training ?? false;
   if (typeof training !== 'boolean') typeError('training', 'a boolean', training);
   const momentum = finiteNum('momentum', opts.momentum ?? 0.1);
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
-  const out = yield* call('batch_norm', [
-    tensorArg('x', x), optTensor('weight', weight), optTensor('bias', bias), optTensor('runningMean', runningMean), optTensor('runningVar', runningVar),
-  ], { training, momentum, eps });
+  const out = yield* call(
+    'batch_norm',
+    [
+      tensorArg('x', x),
+      optTensor('weight', weight),
+      optTensor('bias', bias),
+      optTensor('runningMean', runningMean),
+      optTensor('runningVar', runningVar),
+    ],
+    { training, momentum, eps },
+  );
   return [out[0]!, out[1]!, out[2]!, out[3] ?? null, out[4] ?? null];
 }
 
 /** Backward of {@link batchNorm}: `[gx, gweight, gbias]`. */
 export function* batchNormBackward(
-  x: Tensor, weight: Tensor | null | undefined, mean: Tensor, invstd: Tensor, gy: Tensor, opts: { training?: boolean } = {},
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  mean: Tensor,
+  invstd: Tensor,
+  gy: Tensor,
+  opts: { training?: boolean } = {},
 ): Program<[Tensor, Tensor, Tensor]> {
-  const out = yield* call('batch_norm_backward', [tensorArg('x', x), optTensor('weight', weight), tensorArg('mean', mean), tensorArg('invstd', invstd), tensorArg('gy', gy)], {
-    training: opts.training ?? false,
-  });
+  const out = yield* call(
+    'batch_norm_backward',
+    [
+      tensorArg('x', x),
+      optTensor('weight', weight),
+      tensorArg('mean', mean),
+      tensorArg('invstd', invstd),
+      tensorArg('gy', gy),
+    ],
+    {
+      training: opts.training ?? false,
+    },
+  );
   return [out[0]!, out[1]!, out[2]!];
 }
 
@@ -177,7 +248,9 @@ export function* leakyRelu(x: Tensor, opts: { slope?: number } = {}): Program<Te
 }
 /** Backward of {@link leakyRelu}. */
 export function* leakyReluBackward(x: Tensor, gy: Tensor, opts: { slope?: number } = {}): Program<Tensor> {
-  return yield* call1('leaky_relu_backward', [tensorArg('x', x), tensorArg('gy', gy)], { slope: finiteNum('slope', opts.slope ?? 0.2) });
+  return yield* call1('leaky_relu_backward', [tensorArg('x', x), tensorArg('gy', gy)], {
+    slope: finiteNum('slope', opts.slope ?? 0.2),
+  });
 }
 /** SwiGLU gate (LlamaGen FFN): `silu(a) * b`. */
 export function* swiglu(a: Tensor, b: Tensor): Program<Tensor> {
@@ -209,7 +282,9 @@ export function* softmaxBackward(y: Tensor, gy: Tensor, opts: { dim?: number } =
 }
 /** Backward of {@link logSoftmax} from its output `y`: `gy - exp(y) * sum(gy)`. */
 export function* logSoftmaxBackward(y: Tensor, gy: Tensor, opts: { dim?: number } = {}): Program<Tensor> {
-  return yield* call1('log_softmax_backward', [tensorArg('y', y), tensorArg('gy', gy)], { dim: dimArg(opts.dim ?? -1) });
+  return yield* call1('log_softmax_backward', [tensorArg('y', y), tensorArg('gy', gy)], {
+    dim: dimArg(opts.dim ?? -1),
+  });
 }
 
 // ---- losses --------------------------------------------------------------------------------------
@@ -235,18 +310,42 @@ export function* crossEntropy(logits: Tensor, target: Tensor, opts: CrossEntropy
   return yield* call1('cross_entropy', [tensorArg('logits', logits), tensorArg('target', target)], ceAttrs(opts));
 }
 /** Backward of {@link crossEntropy}: the gradient wrt the logits. */
-export function* crossEntropyBackward(logits: Tensor, target: Tensor, gloss: Tensor, opts: CrossEntropyOptions = {}): Program<Tensor> {
-  return yield* call1('cross_entropy_backward', [tensorArg('logits', logits), tensorArg('target', target), tensorArg('gloss', gloss)], ceAttrs(opts));
+export function* crossEntropyBackward(
+  logits: Tensor,
+  target: Tensor,
+  gloss: Tensor,
+  opts: CrossEntropyOptions = {},
+): Program<Tensor> {
+  return yield* call1(
+    'cross_entropy_backward',
+    [tensorArg('logits', logits), tensorArg('target', target), tensorArg('gloss', gloss)],
+    ceAttrs(opts),
+  );
 }
 /** Cross entropy against probability targets `probs [N, C]` (mean divides by N). */
-export function* softCrossEntropy(logits: Tensor, probs: Tensor, opts: { reduction?: Reduction } = {}): Program<Tensor> {
-  return yield* call1('soft_cross_entropy', [tensorArg('logits', logits), tensorArg('probs', probs)], { reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS) });
-}
-/** Backward of {@link softCrossEntropy}: `[glogits, gprobs]`. */
-export function* softCrossEntropyBackward(logits: Tensor, probs: Tensor, gloss: Tensor, opts: { reduction?: Reduction } = {}): Program<[Tensor, Tensor]> {
-  const out = yield* call('soft_cross_entropy_backward', [tensorArg('logits', logits), tensorArg('probs', probs), tensorArg('gloss', gloss)], {
+export function* softCrossEntropy(
+  logits: Tensor,
+  probs: Tensor,
+  opts: { reduction?: Reduction } = {},
+): Program<Tensor> {
+  return yield* call1('soft_cross_entropy', [tensorArg('logits', logits), tensorArg('probs', probs)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });
+}
+/** Backward of {@link softCrossEntropy}: `[glogits, gprobs]`. */
+export function* softCrossEntropyBackward(
+  logits: Tensor,
+  probs: Tensor,
+  gloss: Tensor,
+  opts: { reduction?: Reduction } = {},
+): Program<[Tensor, Tensor]> {
+  const out = yield* call(
+    'soft_cross_entropy_backward',
+    [tensorArg('logits', logits), tensorArg('probs', probs), tensorArg('gloss', gloss)],
+    {
+      reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
+    },
+  );
   return [out[0]!, out[1]!];
 }
 /**
@@ -256,29 +355,58 @@ export function* softCrossEntropyBackward(logits: Tensor, probs: Tensor, gloss: 
 export function* klDivSoftmax(student: Tensor, teacher: Tensor, opts: { temperature?: number } = {}): Program<Tensor> {
   const temperature = finiteNum('temperature', opts.temperature ?? 1, 0);
   if (temperature === 0) rangeError('temperature', 'a number > 0', temperature);
-  return yield* call1('kl_div_softmax', [tensorArg('student', student), tensorArg('teacher', teacher)], { temperature });
+  return yield* call1('kl_div_softmax', [tensorArg('student', student), tensorArg('teacher', teacher)], {
+    temperature,
+  });
 }
 /** Backward of {@link klDivSoftmax} wrt the student logits. */
-export function* klDivSoftmaxBackward(student: Tensor, teacher: Tensor, gloss: Tensor, opts: { temperature?: number } = {}): Program<Tensor> {
+export function* klDivSoftmaxBackward(
+  student: Tensor,
+  teacher: Tensor,
+  gloss: Tensor,
+  opts: { temperature?: number } = {},
+): Program<Tensor> {
   const temperature = finiteNum('temperature', opts.temperature ?? 1, 0);
   if (temperature === 0) rangeError('temperature', 'a number > 0', temperature);
-  return yield* call1('kl_div_softmax_backward', [tensorArg('student', student), tensorArg('teacher', teacher), tensorArg('gloss', gloss)], { temperature });
+  return yield* call1(
+    'kl_div_softmax_backward',
+    [tensorArg('student', student), tensorArg('teacher', teacher), tensorArg('gloss', gloss)],
+    { temperature },
+  );
 }
 /** Mean/sum/none of `|a - b|`. */
 export function* l1Loss(a: Tensor, b: Tensor, opts: { reduction?: Reduction } = {}): Program<Tensor> {
-  return yield* call1('l1_loss', [tensorArg('a', a), tensorArg('b', b)], { reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS) });
+  return yield* call1('l1_loss', [tensorArg('a', a), tensorArg('b', b)], {
+    reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
+  });
 }
 /** Backward of {@link l1Loss}: `[ga, gb]` (sign(0) = 0). */
-export function* l1LossBackward(a: Tensor, b: Tensor, gloss: Tensor, opts: { reduction?: Reduction } = {}): Program<[Tensor, Tensor]> {
-  const out = yield* call('l1_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], { reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS) });
+export function* l1LossBackward(
+  a: Tensor,
+  b: Tensor,
+  gloss: Tensor,
+  opts: { reduction?: Reduction } = {},
+): Program<[Tensor, Tensor]> {
+  const out = yield* call('l1_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], {
+    reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
+  });
   return [out[0]!, out[1]!];
 }
 /** Mean/sum/none of `(a - b)^2`. */
 export function* mseLoss(a: Tensor, b: Tensor, opts: { reduction?: Reduction } = {}): Program<Tensor> {
-  return yield* call1('mse_loss', [tensorArg('a', a), tensorArg('b', b)], { reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS) });
+  return yield* call1('mse_loss', [tensorArg('a', a), tensorArg('b', b)], {
+    reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
+  });
 }
 /** Backward of {@link mseLoss}: `[ga, gb]`. */
-export function* mseLossBackward(a: Tensor, b: Tensor, gloss: Tensor, opts: { reduction?: Reduction } = {}): Program<[Tensor, Tensor]> {
-  const out = yield* call('mse_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], { reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS) });
+export function* mseLossBackward(
+  a: Tensor,
+  b: Tensor,
+  gloss: Tensor,
+  opts: { reduction?: Reduction } = {},
+): Program<[Tensor, Tensor]> {
+  const out = yield* call('mse_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], {
+    reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
+  });
   return [out[0]!, out[1]!];
 }

@@ -53,7 +53,13 @@ export interface AdamStepOptions {
  * m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g; p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
  * No tensor may share memory with another. Multithreaded for large tensors.
  */
-export function* adamStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, opts: AdamStepOptions): Program<void> {
+export function* adamStep(
+  param: Tensor,
+  grad: Tensor,
+  expAvg: Tensor,
+  expAvgSq: Tensor,
+  opts: AdamStepOptions,
+): Program<void> {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
   const attrs = {
     lr: num('lr', opts.lr, 0),
@@ -64,7 +70,11 @@ export function* adamStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq:
     decoupled: Boolean(opts.decoupled),
     step: checkInt('step', opts.step, 1, Number.MAX_SAFE_INTEGER),
   };
-  yield* call('adam_step', [f32('param', param), f32('grad', grad), f32('expAvg', expAvg), f32('expAvgSq', expAvgSq)], attrs);
+  yield* call(
+    'adam_step',
+    [f32('param', param), f32('grad', grad), f32('expAvg', expAvg), f32('expAvgSq', expAvgSq)],
+    attrs,
+  );
 }
 
 /**

@@ -12,7 +12,7 @@
  */
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 import { rangeError, typeError } from '../errors.js';
 
 /** An int or [h, w] pair, each >= min. */
@@ -45,13 +45,18 @@ export interface MaxPool2dAttrs {
 
 /** Checks `opts` and fills the defaults. @throws TypeError / RangeError naming the bad option. */
 export function maxPool2dAttrs(opts: MaxPool2dOptions): MaxPool2dAttrs {
-  if (opts === null || typeof opts !== 'object') typeError('opts', 'an object with kernel (and optional stride, padding)', opts);
+  if (opts === null || typeof opts !== 'object')
+    typeError('opts', 'an object with kernel (and optional stride, padding)', opts);
   if (opts.kernel === undefined) typeError('opts.kernel', 'an integer or an [h, w] pair of integers', opts.kernel);
   const kernel = pairArg('opts.kernel', opts.kernel, 1);
   const stride = opts.stride === undefined ? kernel : pairArg('opts.stride', opts.stride, 1);
   const padding = opts.padding === undefined ? ([0, 0] as [number, number]) : pairArg('opts.padding', opts.padding, 0);
   if (2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1])
-    rangeError('opts.padding', `at most half the kernel ([${Math.floor(kernel[0] / 2)}, ${Math.floor(kernel[1] / 2)}])`, `[${padding.join(', ')}]`);
+    rangeError(
+      'opts.padding',
+      `at most half the kernel ([${Math.floor(kernel[0] / 2)}, ${Math.floor(kernel[1] / 2)}])`,
+      `[${padding.join(', ')}]`,
+    );
   return { kernel, stride, padding };
 }
 
@@ -66,7 +71,11 @@ export function maxPool2dOutputSize(inputHW: readonly [number, number], opts: Ma
   for (let d = 0; d < 2; ++d) {
     const extent = inputHW[d]! + 2 * padding[d]! - kernel[d]!;
     if (!(inputHW[d]! >= 1) || extent < 0)
-      rangeError('input size', `at least ${Math.max(1, kernel[d]! - 2 * padding[d]!)} along ${d === 0 ? 'H' : 'W'} for kernel ${kernel[d]} with padding ${padding[d]}`, inputHW[d]);
+      rangeError(
+        'input size',
+        `at least ${Math.max(1, kernel[d]! - 2 * padding[d]!)} along ${d === 0 ? 'H' : 'W'} for kernel ${kernel[d]} with padding ${padding[d]}`,
+        inputHW[d],
+      );
     out.push(Math.floor(extent / stride[d]!) + 1);
   }
   return [out[0]!, out[1]!];
@@ -98,7 +107,8 @@ export interface MaxPool2dBackwardOptions {
 export function* maxPool2dBackward(gy: Tensor, indices: Tensor, opts: MaxPool2dBackwardOptions): Program<Tensor> {
   tensorArg('gy', gy);
   tensorArg('indices', indices);
-  if (indices.dtype !== 'int64' && indices.dtype !== 'int32') typeError('indices', 'an int64 or int32 Tensor', indices.dtype);
+  if (indices.dtype !== 'int64' && indices.dtype !== 'int32')
+    typeError('indices', 'an int64 or int32 Tensor', indices.dtype);
   const shape = opts?.inputShape;
   if (!Array.isArray(shape) || shape.length !== 4 || shape.some((s) => !Number.isInteger(s) || s < 0))
     typeError('opts.inputShape', 'the input shape [B, C, H, W] (non-negative integers)', shape);

@@ -26,11 +26,19 @@ function finite(name: string, v: unknown): number {
 
 /** a + alpha * b with NumPy broadcasting. */
 export function* add(a: Tensor, b: Tensor, alpha = 1): Program<Tensor> {
-  return yield* call1('add', [tensorArg('a', a), tensorArg('b', b)], alpha === 1 ? undefined : { alpha: finite('alpha', alpha) });
+  return yield* call1(
+    'add',
+    [tensorArg('a', a), tensorArg('b', b)],
+    alpha === 1 ? undefined : { alpha: finite('alpha', alpha) },
+  );
 }
 /** a - alpha * b with NumPy broadcasting. */
 export function* sub(a: Tensor, b: Tensor, alpha = 1): Program<Tensor> {
-  return yield* call1('sub', [tensorArg('a', a), tensorArg('b', b)], alpha === 1 ? undefined : { alpha: finite('alpha', alpha) });
+  return yield* call1(
+    'sub',
+    [tensorArg('a', a), tensorArg('b', b)],
+    alpha === 1 ? undefined : { alpha: finite('alpha', alpha) },
+  );
 }
 /** a * b with NumPy broadcasting. */
 export function* mul(a: Tensor, b: Tensor): Program<Tensor> {
@@ -50,7 +58,9 @@ export function* minimum(a: Tensor, b: Tensor): Program<Tensor> {
 }
 /** a + value * b * c, broadcasting all three (optimizer / EMA updates). */
 export function* addcmul(a: Tensor, b: Tensor, c: Tensor, value = 1): Program<Tensor> {
-  return yield* call1('addcmul', [tensorArg('a', a), tensorArg('b', b), tensorArg('c', c)], { value: finite('value', value) });
+  return yield* call1('addcmul', [tensorArg('a', a), tensorArg('b', b), tensorArg('c', c)], {
+    value: finite('value', value),
+  });
 }
 /** cond (uint8) != 0 ? a : b, broadcasting all three; a and b share a dtype. */
 export function* where(cond: Tensor, a: Tensor, b: Tensor): Program<Tensor> {
@@ -169,7 +179,10 @@ export function* indexSelect(x: Tensor, idx: Tensor, dim: number): Program<Tenso
 }
 /** Scatter-add of g back to a tensor with `size` entries along `dim`. */
 export function* indexSelectBackward(g: Tensor, idx: Tensor, dim: number, size: number): Program<Tensor> {
-  return yield* call1('index_select_backward', [tensorArg('g', g), indexArg('idx', idx)], { dim: checkInt('dim', dim), size: checkInt('size', size, 0) });
+  return yield* call1('index_select_backward', [tensorArg('g', g), indexArg('idx', idx)], {
+    dim: checkInt('dim', dim),
+    size: checkInt('size', size, 0),
+  });
 }
 /** weight [V, D] rows at idx [...] -> [..., D]. */
 export function* embedding(weight: Tensor, idx: Tensor): Program<Tensor> {
@@ -177,7 +190,9 @@ export function* embedding(weight: Tensor, idx: Tensor): Program<Tensor> {
 }
 /** Gradient of embedding w.r.t. weight: [V, D]. */
 export function* embeddingBackward(g: Tensor, idx: Tensor, numEmbeddings: number): Program<Tensor> {
-  return yield* call1('embedding_backward', [tensorArg('g', g), indexArg('idx', idx)], { num_embeddings: checkInt('numEmbeddings', numEmbeddings, 0) });
+  return yield* call1('embedding_backward', [tensorArg('g', g), indexArg('idx', idx)], {
+    num_embeddings: checkInt('numEmbeddings', numEmbeddings, 0),
+  });
 }
 /** torch.gather(x, dim, idx). */
 export function* gather(x: Tensor, idx: Tensor, dim: number): Program<Tensor> {
@@ -185,7 +200,10 @@ export function* gather(x: Tensor, idx: Tensor, dim: number): Program<Tensor> {
 }
 /** Gradient of gather w.r.t. x (of `shape`). */
 export function* gatherBackward(g: Tensor, idx: Tensor, dim: number, shape: readonly number[]): Program<Tensor> {
-  return yield* call1('gather_backward', [tensorArg('g', g), indexArg('idx', idx)], { dim: checkInt('dim', dim), shape: intArray('shape', shape) });
+  return yield* call1('gather_backward', [tensorArg('g', g), indexArg('idx', idx)], {
+    dim: checkInt('dim', dim),
+    shape: intArray('shape', shape),
+  });
 }
 /** Options of scatterReduce, as torch.Tensor.scatter_reduce. */
 export interface ScatterReduceOpts {
@@ -199,11 +217,25 @@ function scatterAttrs(o: ScatterReduceOpts) {
 }
 /** base.scatter_reduce(dim, idx, src, reduce, include_self) (torch semantics). */
 export function* scatterReduce(base: Tensor, idx: Tensor, src: Tensor, opts: ScatterReduceOpts): Program<Tensor> {
-  return yield* call1('scatter_reduce', [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src)], scatterAttrs(opts));
+  return yield* call1(
+    'scatter_reduce',
+    [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src)],
+    scatterAttrs(opts),
+  );
 }
 /** Gradients [gBase, gSrc] of scatterReduce for reduce 'sum' / 'mean'. */
-export function* scatterReduceBackward(base: Tensor, idx: Tensor, src: Tensor, gy: Tensor, opts: ScatterReduceOpts): Program<[Tensor, Tensor]> {
-  const out = yield* call('scatter_reduce_backward', [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src), tensorArg('gy', gy)], scatterAttrs(opts));
+export function* scatterReduceBackward(
+  base: Tensor,
+  idx: Tensor,
+  src: Tensor,
+  gy: Tensor,
+  opts: ScatterReduceOpts,
+): Program<[Tensor, Tensor]> {
+  const out = yield* call(
+    'scatter_reduce_backward',
+    [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src), tensorArg('gy', gy)],
+    scatterAttrs(opts),
+  );
   return [out[0]!, out[1]!];
 }
 
@@ -216,7 +248,11 @@ export function* permute(x: Tensor, dims: readonly number[]): Program<Tensor> {
 /** Concatenation along `dim`. */
 export function* concat(xs: readonly Tensor[], dim: number): Program<Tensor> {
   if (!Array.isArray(xs) || xs.length === 0) typeError('xs', 'a non-empty array of Tensors', xs);
-  return yield* call1('concat', xs.map((t, i) => tensorArg(`xs[${i}]`, t)), { dim: checkInt('dim', dim) });
+  return yield* call1(
+    'concat',
+    xs.map((t, i) => tensorArg(`xs[${i}]`, t)),
+    { dim: checkInt('dim', dim) },
+  );
 }
 /** Splits along `dim` into pieces of `sizes` (dense copies). */
 export function* split(x: Tensor, dim: number, sizes: readonly number[]): Program<Tensor[]> {
@@ -224,7 +260,12 @@ export function* split(x: Tensor, dim: number, sizes: readonly number[]): Progra
 }
 /** x[start:end:step] along `dim` (Python semantics, step >= 1), as a dense copy. */
 export function* slice(x: Tensor, dim: number, start = 0, end?: number, step = 1): Program<Tensor> {
-  return yield* call1('slice', [tensorArg('x', x)], { dim: checkInt('dim', dim), start: checkInt('start', start), end: end === undefined ? undefined : checkInt('end', end), step: checkInt('step', step, 1) });
+  return yield* call1('slice', [tensorArg('x', x)], {
+    dim: checkInt('dim', dim),
+    start: checkInt('start', start),
+    end: end === undefined ? undefined : checkInt('end', end),
+    step: checkInt('step', step, 1),
+  });
 }
 /** Pads the last two dims: pad = [left, right, top, bottom] (>= 0), filled with value. */
 export function* pad2d(x: Tensor, pad: readonly [number, number, number, number], value = 0): Program<Tensor> {
@@ -257,7 +298,11 @@ export function* permuteView(x: Tensor, dims: readonly number[]): Program<Tensor
 }
 /** Strided view of x[start : start + length] along `dim` (no copy). */
 export function* narrow(x: Tensor, dim: number, start: number, length: number): Program<Tensor> {
-  return yield* call1('narrow', [tensorArg('x', x)], { dim: checkInt('dim', dim), start: checkInt('start', start, 0), length: checkInt('length', length, 0) });
+  return yield* call1('narrow', [tensorArg('x', x)], {
+    dim: checkInt('dim', dim),
+    start: checkInt('start', start, 0),
+    length: checkInt('length', length, 0),
+  });
 }
 /** Strided view of x at `index` along `dim`, that dim removed (no copy). */
 export function* select(x: Tensor, dim: number, index: number): Program<Tensor> {
@@ -291,7 +336,7 @@ export function precompute2dFreqs(gridSize: number, hd: number, base = 10000, cl
   const half = hd / 2;
   const quarter = hd / 4;
   const freqs = new Float32Array(quarter);
-  for (let k = 0; k < quarter; ++k) freqs[k] = f(1 / f(Math.pow(base, f((2 * k) / half))));
+  for (let k = 0; k < quarter; ++k) freqs[k] = f(1 / f(base ** f((2 * k) / half)));
   const rows = clsTokenNum + gridSize * gridSize;
   const out = new Float32Array(rows * half * 2);
   for (let y = 0; y < gridSize; ++y) {
@@ -330,7 +375,13 @@ export function* randomNormal(shape: readonly number[], opts: RandomNormalOpts):
   const truncate = finite('truncate', opts.truncate ?? 0);
   if (truncate !== 0 && !(truncate >= 0.5)) rangeError('truncate', '0 or a number >= 0.5', truncate);
   const seed = checkInt('seed', opts.seed, 0, 2 ** 53 - 1);
-  return yield* call1('random_normal', [], { shape: intArray('shape', shape), mean: finite('mean', opts.mean ?? 0), std, seed, truncate });
+  return yield* call1('random_normal', [], {
+    shape: intArray('shape', shape),
+    mean: finite('mean', opts.mean ?? 0),
+    std,
+    seed,
+    truncate,
+  });
 }
 /** The same values as a new handle; autograd does not differentiate through it. */
 export function* detach(x: Tensor): Program<Tensor> {

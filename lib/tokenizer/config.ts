@@ -58,7 +58,8 @@ function num(o: Record<string, unknown>, key: string, where: string, dflt?: numb
     if (dflt !== undefined) return dflt;
     throw new MergeVQError(`${where}: missing '${key}'`, 'ERR_BAD_CONFIG');
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new MergeVQError(`${where}: '${key}' must be a number, got ${JSON.stringify(v)}`, 'ERR_BAD_CONFIG');
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new MergeVQError(`${where}: '${key}' must be a number, got ${JSON.stringify(v)}`, 'ERR_BAD_CONFIG');
   return v;
 }
 
@@ -80,7 +81,9 @@ export function normalizeConfig(raw: unknown): TokenizerConfig {
     out_ch: num(dd, 'out_ch', where, 3),
     ch: num(dd, 'ch', where),
     ch_mult: chMult as number[],
-    num_res_blocks: Array.isArray(dd.num_res_blocks) ? (dd.num_res_blocks as number[]) : num(dd, 'num_res_blocks', where, 2),
+    num_res_blocks: Array.isArray(dd.num_res_blocks)
+      ? (dd.num_res_blocks as number[])
+      : num(dd, 'num_res_blocks', where, 2),
     num_att_blocks: num(dd, 'num_att_blocks', where, 12),
   };
   const k2l = r.k2lconfig && typeof r.k2lconfig === 'object' ? (r.k2lconfig as K2LConfig) : null;

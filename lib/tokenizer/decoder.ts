@@ -83,7 +83,8 @@ export class MergeVQDecoder {
     this.convIn = new Conv2d(store, `${name}.conv_in`, dd.z_channels, blockIn, 3, { padding: 1 });
     this.posEmbed = new Conv2d(store, `${name}.attn.pos_embed`, blockIn, blockIn, 3, { padding: 1, groups: blockIn });
     const initValues = typeof dd.init_values === 'number' ? dd.init_values : undefined;
-    for (let j = 0; j < dd.num_att_blocks; ++j) this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, blockIn, heads, { mix: true, initValues }));
+    for (let j = 0; j < dd.num_att_blocks; ++j)
+      this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, blockIn, heads, { mix: true, initValues }));
     const adaptive: AdaptiveGroupNorm[] = new Array(n);
     const up: { blocks: ResBlock[]; upsample: Upsampler | null }[] = new Array(n);
     for (let i = n - 1; i >= 0; --i) {

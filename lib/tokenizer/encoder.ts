@@ -79,13 +79,23 @@ export function encoderGeometry(dd: DDConfig): EncoderGeometry {
   if (iso && typeof dd.isotropic === 'number' && dd.isotropic > 1) embedDim = dd.isotropic;
   const numHeads = dd.num_heads ?? 8;
   const heads = dd.head_dim ? Math.max(Math.floor(embedDim / dd.head_dim), numHeads) : numHeads;
-  if (embedDim % heads !== 0) throw new RangeError(`ddconfig: embed dim ${embedDim} is not divisible by ${heads} heads`);
-  return { embedRes, embedDim, heads, fullNum: embedRes * embedRes, isotropic: iso, patchSize: dd.resolution / embedRes };
+  if (embedDim % heads !== 0)
+    throw new RangeError(`ddconfig: embed dim ${embedDim} is not divisible by ${heads} heads`);
+  return {
+    embedRes,
+    embedDim,
+    heads,
+    fullNum: embedRes * embedRes,
+    isotropic: iso,
+    patchSize: dd.resolution / embedRes,
+  };
 }
 
 function resBlockCounts(dd: DDConfig): number[] {
   const n = dd.ch_mult.length;
-  return Array.isArray(dd.num_res_blocks) ? dd.num_res_blocks : Array.from({ length: n }, () => dd.num_res_blocks as number);
+  return Array.isArray(dd.num_res_blocks)
+    ? dd.num_res_blocks
+    : Array.from({ length: n }, () => dd.num_res_blocks as number);
 }
 
 export class MergeVQEncoder {
@@ -109,9 +119,13 @@ export class MergeVQEncoder {
     const inMult = [1, ...dd.ch_mult];
     const counts = resBlockCounts(dd);
     if (dd.num_rep_blocks && dd.num_rep_blocks > 0)
-      throw new RangeError('ddconfig: num_rep_blocks > 0 (extra representation blocks) is not supported by this implementation');
+      throw new RangeError(
+        'ddconfig: num_rep_blocks > 0 (extra representation blocks) is not supported by this implementation',
+      );
     if (g.isotropic) {
-      this.convIn = new Conv2d(store, `${name}.conv_in.0`, dd.in_channels, g.embedDim, g.patchSize, { stride: g.patchSize });
+      this.convIn = new Conv2d(store, `${name}.conv_in.0`, dd.in_channels, g.embedDim, g.patchSize, {
+        stride: g.patchSize,
+      });
       this.convInNorm = new GroupNorm(store, `${name}.conv_in.1`, g.embedDim, g.embedDim, 1e-6);
     } else {
       this.convIn = new Conv2d(store, `${name}.conv_in`, dd.in_channels, dd.ch, 3, { padding: 1, bias: false });
@@ -124,7 +138,8 @@ export class MergeVQEncoder {
           blocks.push(new ResBlock(store, `${name}.down.${i}.block.${j}`, c, out));
           c = out;
         }
-        const downsample = i < n - 1 ? new Conv2d(store, `${name}.down.${i}.downsample`, out, out, 3, { stride: 2, padding: 1 }) : null;
+        const downsample =
+          i < n - 1 ? new Conv2d(store, `${name}.down.${i}.downsample`, out, out, 3, { stride: 2, padding: 1 }) : null;
         this.levels.push({ blocks, downsample });
       }
     }
@@ -132,7 +147,8 @@ export class MergeVQEncoder {
     this.clsToken = store.declare(`${name}.attn.cls_token`, [1, 1, C], W.normal(1e-6));
     // init_values: LayerScale's initial gamma (the reference's 1e-5 unless the config sets it)
     const initValues = typeof dd.init_values === 'number' ? dd.init_values : undefined;
-    for (let j = 0; j < dd.num_att_blocks; ++j) this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, C, g.heads, { initValues }));
+    for (let j = 0; j < dd.num_att_blocks; ++j)
+      this.blocks.push(new Block(store, `${name}.attn.blocks.${j}`, C, g.heads, { initValues }));
     this.normOut = new GroupNorm(store, `${name}.norm_out`, 32, C, 1e-6);
     this.convOut = new Conv2d(store, `${name}.conv_out`, C, dd.z_channels, 1);
     if (dd.dist_head) {
@@ -151,7 +167,10 @@ export class MergeVQEncoder {
       } else {
         this.distHead = {
           kind: 'ln',
-          layers: [new Linear(store, `${name}.dist_head.0`, C, hidden), new Linear(store, `${name}.dist_head.3`, hidden, classes)],
+          layers: [
+            new Linear(store, `${name}.dist_head.0`, C, hidden),
+            new Linear(store, `${name}.dist_head.3`, hidden, classes),
+          ],
           norm: new LayerNorm(store, `${name}.dist_head.2`, hidden, 1e-5),
         };
       }
@@ -202,14 +221,21 @@ export class MergeVQEncoder {
    * Full forward. `rList` is the per-block merge count (its sum = L - K, see schedule.ts).
    */
   *forward(image: Tensor, rList: readonly number[]): Program<EncoderOutput> {
-    if (rList.length !== this.blocks.length) throw new RangeError(`rList must have ${this.blocks.length} entries, got ${rList.length}`);
+    if (rList.length !== this.blocks.length)
+      throw new RangeError(`rList must have ${this.blocks.length} entries, got ${rList.length}`);
     const encCnn = yield* this.forwardCnn(image);
     const [B, C, h, w] = encCnn.shape as [number, number, number, number];
     const L = h * w;
     const tokens = yield* imageToTokens(encCnn);
     const cls = this.store.get(this.clsToken);
     // cls [1, 1, C] repeated to [B, 1, C]; tokens [B, L, C] -> x [B, 1 + L, C]
-    const clsB = B === 1 ? cls : yield* concat(Array.from({ length: B }, () => cls), 0);
+    const clsB =
+      B === 1
+        ? cls
+        : yield* concat(
+            Array.from({ length: B }, () => cls),
+            0,
+          );
     let x = yield* concat([clsB, tokens], 1);
     const ident = new BigInt64Array(B * (L + 1));
     for (let b = 0; b < B; ++b) for (let l = 0; l <= L; ++l) ident[b * (L + 1) + l] = BigInt(l);
@@ -222,7 +248,8 @@ export class MergeVQEncoder {
     const N = x.shape[1]!;
     const K = N - 1;
     const s = Math.round(Math.sqrt(K));
-    if (s * s !== K) throw new MergeVQError(`the merge schedule left ${K} tokens, which is not a square`, 'ERR_SCHEDULE');
+    if (s * s !== K)
+      throw new MergeVQError(`the merge schedule left ${K} tokens, which is not a square`, 'ERR_SCHEDULE');
     // x [B, 1 + K, C]: cls row [B, 1, C] -> [B, C]; kept rows [B, K, C] -> [B, C, K] -> [B, C, s, s]
     const clsOut = yield* reshape(yield* slice(x, 1, 0, 1), [B, C]);
     const kept = yield* slice(x, 1, 1, N);
@@ -234,4 +261,3 @@ export class MergeVQEncoder {
     return { encCnn, z, sourceMap: state.map, size, cls: clsOut, clsHead, keep: K };
   }
 }
-

@@ -12,7 +12,12 @@ export interface KeepCandidates {
 }
 
 /** The encoder's candidates (the config's cand_distribution), or the single default K without one. */
-export function keepCandidatesFor(numBlocks: number, fullNum: number, mergeNum: number, candDistribution: string | null): KeepCandidates {
+export function keepCandidatesFor(
+  numBlocks: number,
+  fullNum: number,
+  mergeNum: number,
+  candDistribution: string | null,
+): KeepCandidates {
   const embedRes = Math.round(Math.sqrt(fullNum));
   if (!candDistribution) {
     return { keep: [fullNum - mergeNum], r: [checkParseR(numBlocks, mergeNum, fullNum, -0.5)], cumulative: [1] };

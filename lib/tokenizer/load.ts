@@ -25,7 +25,10 @@ export interface LoadTokenizerOptions {
 }
 
 /** Reads the tensors of a weights file by name (safetensors or checkpoint). */
-export async function readWeights(path: string, opts: { prefer?: 'ema' | 'raw'; expected?: Iterable<string> } = {}): Promise<Map<string, Tensor>> {
+export async function readWeights(
+  path: string,
+  opts: { prefer?: 'ema' | 'raw'; expected?: Iterable<string> } = {},
+): Promise<Map<string, Tensor>> {
   if (typeof path !== 'string') typeError('weights', 'a file path', path);
   const ext = extname(path).toLowerCase();
   if (ext === '.safetensors') {
@@ -39,12 +42,19 @@ export async function readWeights(path: string, opts: { prefer?: 'ema' | 'raw'; 
       await f.closeAsync();
     }
   }
-  const ck = await loadCheckpoint(path, { prefer: opts.prefer ?? 'ema', expected: opts.expected, skipUnknownGlobals: true, convertF64: true });
+  const ck = await loadCheckpoint(path, {
+    prefer: opts.prefer ?? 'ema',
+    expected: opts.expected,
+    skipUnknownGlobals: true,
+    convertF64: true,
+  });
   return ck.tensors;
 }
 
 /** Builds a tokenizer and loads its weights. Returns the tokenizer and the load report. */
-export async function loadTokenizer(opts: LoadTokenizerOptions): Promise<{ tokenizer: MergeVQTokenizer; report: LoadReport }> {
+export async function loadTokenizer(
+  opts: LoadTokenizerOptions,
+): Promise<{ tokenizer: MergeVQTokenizer; report: LoadReport }> {
   const tok = MergeVQTokenizer.fromConfig(opts.config);
   if (!opts.weights) {
     tok.store.initRandom(opts.seed ?? 0);

@@ -60,7 +60,13 @@ export class SourceRecovery {
     const kv = yield* this.normIn.forward(yield* this.recEmbed.forward(kept));
     const rec = this.store.get(this.recTokens);
     // rec_tokens [1, L, D] repeated to queries [B, L, D]; kv [B, K, D]
-    let q = B === 1 ? rec : yield* concat(Array.from({ length: B }, () => rec), 0);
+    let q =
+      B === 1
+        ? rec
+        : yield* concat(
+            Array.from({ length: B }, () => rec),
+            0,
+          );
     for (const blk of this.blocks) q = yield* blk.forward(q, kv);
     const qh = yield* this.recHead.forward(q); // [B, L, D]
     const kh = yield* this.recHead.forward(kv); // [B, K, D]

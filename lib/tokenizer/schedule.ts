@@ -221,7 +221,14 @@ export class MergeSchedulePicker {
     const keep = c.remainList[index]!;
     const totalMerge = c.total - keep;
     const r = c.rCandList[index]!;
-    return { index, r, keep, totalMerge, mergeRes: Math.trunc(Math.sqrt(keep)), perLayer: parseR(c.numLayers, r, c.inflect, totalMerge) };
+    return {
+      index,
+      r,
+      keep,
+      totalMerge,
+      mergeRes: Math.trunc(Math.sqrt(keep)),
+      perLayer: parseR(c.numLayers, r, c.inflect, totalMerge),
+    };
   }
 
   /** The reference's deterministic cycle: u = (step mod 100) * 0.01. */

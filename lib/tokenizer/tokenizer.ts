@@ -96,7 +96,7 @@ export class MergeVQTokenizer {
     this.decoder = new MergeVQDecoder(this.store, dd);
     this.fullNum = this.encoder.geo.fullNum;
     const k2l = config.k2lconfig;
-    this.recovery = k2l && k2l.learn_source ? new SourceRecovery(this.store, k2l, this.fullNum, config.embed_dim) : null;
+    this.recovery = k2l?.learn_source ? new SourceRecovery(this.store, k2l, this.fullNum, config.embed_dim) : null;
     const mergeNum = dd.merge_num ?? 0;
     this.defaultKeep = k2l?.keep_num ?? this.fullNum - mergeNum;
     this.candidates = keepCandidatesFor(dd.num_att_blocks, this.fullNum, mergeNum, dd.cand_distribution ?? null);
@@ -109,7 +109,10 @@ export class MergeVQTokenizer {
   }
 
   /** Loads weights by reference name (missing/unexpected reported, shapes checked). */
-  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+  loadWeights(
+    tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
+    opts: { strict?: boolean } = {},
+  ): LoadReport {
     return this.store.load(tensors, opts);
   }
 
@@ -125,10 +128,20 @@ export class MergeVQTokenizer {
 
   private checkImages(images: Tensor): void {
     if (!(images instanceof Tensor))
-      typeError('images', 'a float32 Tensor [B, 3, R, R] (the async encode() also takes image files or buffers)', images);
+      typeError(
+        'images',
+        'a float32 Tensor [B, 3, R, R] (the async encode() also takes image files or buffers)',
+        images,
+      );
     const dd = this.config.ddconfig;
     const s = images.shape;
-    if (images.dtype !== 'float32' || s.length !== 4 || s[1] !== dd.in_channels || s[2] !== dd.resolution || s[3] !== dd.resolution)
+    if (
+      images.dtype !== 'float32' ||
+      s.length !== 4 ||
+      s[1] !== dd.in_channels ||
+      s[2] !== dd.resolution ||
+      s[3] !== dd.resolution
+    )
       throw new RangeError(
         `images must be float32 [B, ${dd.in_channels}, ${dd.resolution}, ${dd.resolution}], got ${images.dtype} [${s.join(', ')}]`,
       );
@@ -147,7 +160,8 @@ export class MergeVQTokenizer {
     this.checkImages(images);
     const keep = this.checkKeep(opts.keep ?? this.defaultKeep);
     const enc = yield* this.encoder.forward(images, this.mergeSchedule(keep));
-    if (enc.keep !== keep) throw new MergeVQError(`the merge schedule kept ${enc.keep} tokens instead of ${keep}`, 'ERR_SCHEDULE');
+    if (enc.keep !== keep)
+      throw new MergeVQError(`the merge schedule kept ${enc.keep} tokens instead of ${keep}`, 'ERR_SCHEDULE');
     // codes [B, d, s, s] (+1/-1), idx [B, s, s] int64
     const { codes, indices: idx } = yield* lfqQuantize(enc.z, { dim: 1 });
     const B = images.shape[0]!;
@@ -175,7 +189,8 @@ export class MergeVQTokenizer {
       if (!(idx instanceof Tensor)) typeError('input.indices', 'an int64 Tensor [B, K] (or give input.codes)', idx);
       const [B, K] = idx.shape as [number, number];
       const s = Math.round(Math.sqrt(K));
-      if (idx.shape.length !== 2 || s * s !== K) throw new RangeError(`input.indices must be [B, K] with K square, got [${idx.shape.join(', ')}]`);
+      if (idx.shape.length !== 2 || s * s !== K)
+        throw new RangeError(`input.indices must be [B, K] with K square, got [${idx.shape.join(', ')}]`);
       const c = yield* lfqIndicesToCodes(idx, { bits: d, dim: 1 }); // [B, d, K]
       codes = yield* reshape(c, [B, d, s, s]);
     } else if (!(codes instanceof Tensor)) {
@@ -184,7 +199,8 @@ export class MergeVQTokenizer {
     const B = codes.shape[0]!;
     const K = codes.numel / (B * d);
     if (input.source === 'learned') {
-      if (!this.recovery) throw new MergeVQError("source 'learned' needs a config with k2lconfig.learn_source: true", 'ERR_NO_RECOVERY');
+      if (!this.recovery)
+        throw new MergeVQError("source 'learned' needs a config with k2lconfig.learn_source: true", 'ERR_NO_RECOVERY');
       const kept = yield* permute(yield* reshape(codes, [B, d, K]), [0, 2, 1]); // [B, K, d]
       const rec = yield* this.recovery.forward(kept);
       const h = Math.round(Math.sqrt(this.fullNum));
@@ -216,7 +232,10 @@ export class MergeVQTokenizer {
    * Encodes images (a [B, 3, R, R] tensor in [-1, 1], or image files / buffers) to indices, codes
    * and the source map.
    */
-  async encode(images: Tensor | ImageInput | readonly ImageInput[], opts: { keep?: number } = {}): Promise<EncodeResult> {
+  async encode(
+    images: Tensor | ImageInput | readonly ImageInput[],
+    opts: { keep?: number } = {},
+  ): Promise<EncodeResult> {
     return runAsync(this.encodeProgram(await this.toImageTensor(images), opts));
   }
   encodeSync(images: Tensor, opts: { keep?: number } = {}): EncodeResult {
@@ -236,13 +255,22 @@ export class MergeVQTokenizer {
   ): Promise<DecodeResult & { encoded: EncodeResult }> {
     checkKeys('reconstruct options', opts, ['keep', 'source']);
     const encoded = await this.encode(images, opts.keep === undefined ? {} : { keep: opts.keep });
-    const dec = await this.decode({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
+    const dec = await this.decode({
+      codes: encoded.codes,
+      source: opts.source === 'learned' ? 'learned' : encoded.source,
+    });
     return { ...dec, encoded };
   }
-  reconstructSync(images: Tensor, opts: { keep?: number; source?: 'given' | 'learned' } = {}): DecodeResult & { encoded: EncodeResult } {
+  reconstructSync(
+    images: Tensor,
+    opts: { keep?: number; source?: 'given' | 'learned' } = {},
+  ): DecodeResult & { encoded: EncodeResult } {
     checkKeys('reconstruct options', opts, ['keep', 'source']);
     const encoded = this.encodeSync(images, opts.keep === undefined ? {} : { keep: opts.keep });
-    const dec = this.decodeSync({ codes: encoded.codes, source: opts.source === 'learned' ? 'learned' : encoded.source });
+    const dec = this.decodeSync({
+      codes: encoded.codes,
+      source: opts.source === 'learned' ? 'learned' : encoded.source,
+    });
     return { ...dec, encoded };
   }
 

@@ -28,7 +28,15 @@ export interface LossWeights {
   temperature: number;
 }
 
-export const DEFAULT_LOSS_WEIGHTS: LossWeights = { recon: 'l1', aux: 0.1, commitment: 0.25, cls: 1.0, source: 0.5, labelSmoothing: 0.1, temperature: 0.01 };
+export const DEFAULT_LOSS_WEIGHTS: LossWeights = {
+  recon: 'l1',
+  aux: 0.1,
+  commitment: 0.25,
+  cls: 1.0,
+  source: 0.5,
+  labelSmoothing: 0.1,
+  temperature: 0.01,
+};
 
 export interface LossTerms {
   loss: Tensor;
@@ -75,7 +83,13 @@ export interface ForwardTerms {
  * true source, decode; plus the quantizer, class and source-recovery terms. The reconstruction
  * and adversarial terms are the caller's (see `tokenizerLoss`, or the full objective).
  */
-export function* tokenizerForward(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: Pick<LossWeights, 'cls' | 'source' | 'labelSmoothing' | 'temperature'> = DEFAULT_LOSS_WEIGHTS): Program<ForwardTerms> {
+export function* tokenizerForward(
+  tok: MergeVQTokenizer,
+  images: Tensor,
+  labels: Tensor | null,
+  keep: number,
+  w: Pick<LossWeights, 'cls' | 'source' | 'labelSmoothing' | 'temperature'> = DEFAULT_LOSS_WEIGHTS,
+): Program<ForwardTerms> {
   const enc = yield* tok.encoder.forward(images, tok.mergeSchedule(keep));
   const { codes } = yield* lfqQuantize(enc.z, { dim: 1 }); // [B, d, s, s]
   const source = keptSourceMap(enc.sourceMap); // [B, L] int64
@@ -109,12 +123,35 @@ export function* tokenizerForward(tok: MergeVQTokenizer, images: Tensor, labels:
 }
 
 /** The training loss of one batch (images [B, 3, R, R], integer labels [B] for the class loss). */
-export function* tokenizerLoss(tok: MergeVQTokenizer, images: Tensor, labels: Tensor | null, keep: number, w: LossWeights = DEFAULT_LOSS_WEIGHTS): Program<LossTerms> {
+export function* tokenizerLoss(
+  tok: MergeVQTokenizer,
+  images: Tensor,
+  labels: Tensor | null,
+  keep: number,
+  w: LossWeights = DEFAULT_LOSS_WEIGHTS,
+): Program<LossTerms> {
   const f = yield* tokenizerForward(tok, images, labels, keep, w);
-  const recon = w.recon === 'l1' ? yield* l1Loss(f.decoded, images, { reduction: 'mean' }) : yield* mseLoss(f.decoded, images, { reduction: 'mean' });
-  const terms: [Tensor, number][] = [[recon, 1], [f.aux, w.aux], [f.commitment, w.commitment]];
+  const recon =
+    w.recon === 'l1'
+      ? yield* l1Loss(f.decoded, images, { reduction: 'mean' })
+      : yield* mseLoss(f.decoded, images, { reduction: 'mean' });
+  const terms: [Tensor, number][] = [
+    [recon, 1],
+    [f.aux, w.aux],
+    [f.commitment, w.commitment],
+  ];
   if (f.cls) terms.push([f.cls, w.cls]);
   if (f.source) terms.push([f.source, w.source]);
   const loss = yield* weighted(terms);
-  return { loss, recon, aux: f.aux, perSample: f.perSample, codebook: f.codebook, commitment: f.commitment, cls: f.cls, source: f.source, decoded: f.decoded };
+  return {
+    loss,
+    recon,
+    aux: f.aux,
+    perSample: f.perSample,
+    codebook: f.codebook,
+    commitment: f.commitment,
+    cls: f.cls,
+    source: f.source,
+    decoded: f.decoded,
+  };
 }

@@ -28,7 +28,7 @@ import { runAsync, runSync, type OpObserver, type Program } from '../graph.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { reshape } from '../nn/layers.js';
 import { crossEntropy } from '../ops/nn.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 import type { GPTLogits, MergeVQGPT } from '../generator/gpt.js';
 import { MergeARGPT } from '../generator/mergear.js';
 import { readCodes, type Codes } from './codes.js';
@@ -112,8 +112,27 @@ export interface ARStepLog {
 }
 
 const KNOWN = new Set([
-  'model', 'codes', 'batchSize', 'seed', 'shuffle', 'dropLast', 'learningRate', 'weightDecay', 'twde', 'betas', 'eps', 'maxEpochs', 'wp', 'wp0', 'wpe',
-  'accumulate', 'gradientClip', 'labelDropout', 'useEma', 'emaDecay', 'sync',
+  'model',
+  'codes',
+  'batchSize',
+  'seed',
+  'shuffle',
+  'dropLast',
+  'learningRate',
+  'weightDecay',
+  'twde',
+  'betas',
+  'eps',
+  'maxEpochs',
+  'wp',
+  'wp0',
+  'wpe',
+  'accumulate',
+  'gradientClip',
+  'labelDropout',
+  'useEma',
+  'emaDecay',
+  'sync',
 ]);
 
 const KIND = 'mergevq-ar-training';
@@ -151,11 +170,14 @@ export class ARTrainer {
 
   constructor(o: ARTrainOptions) {
     if (o === null || typeof o !== 'object') typeError('options', 'an options object', o);
-    for (const k of Object.keys(o)) if (!KNOWN.has(k)) throw new RangeError(`ARTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
+    for (const k of Object.keys(o))
+      if (!KNOWN.has(k)) throw new RangeError(`ARTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
     const model = o.model;
-    if (!model || typeof model !== 'object' || !model.store || typeof model.loss !== 'function') typeError('model', 'a MergeVQGPT or MergeARGPT', model);
+    if (!model || typeof model !== 'object' || !model.store || typeof model.loss !== 'function')
+      typeError('model', 'a MergeVQGPT or MergeARGPT', model);
     const codes = o.codes;
-    if (!codes || typeof codes !== 'object' || !(codes.indices instanceof BigInt64Array)) typeError('codes', 'a Codes object (or use ARTrainer.create with a path)', codes);
+    if (!codes || typeof codes !== 'object' || !(codes.indices instanceof BigInt64Array))
+      typeError('codes', 'a Codes object (or use ARTrainer.create with a path)', codes);
     const r: Resolved = {
       model,
       codes,
@@ -180,26 +202,38 @@ export class ARTrainer {
       sync: o.sync ?? false,
     };
     if (r.gradientClip !== null) finite('gradientClip', r.gradientClip, 0);
-    if (typeof r.labelDropout !== 'number' || !(r.labelDropout >= 0 && r.labelDropout <= 1)) rangeError('labelDropout', 'a probability in [0, 1]', r.labelDropout);
-    for (const k of ['useEma', 'sync', 'shuffle', 'dropLast'] as const) if (typeof r[k] !== 'boolean') typeError(k, 'a boolean', r[k]);
+    if (typeof r.labelDropout !== 'number' || !(r.labelDropout >= 0 && r.labelDropout <= 1))
+      rangeError('labelDropout', 'a probability in [0, 1]', r.labelDropout);
+    for (const k of ['useEma', 'sync', 'shuffle', 'dropLast'] as const)
+      if (typeof r[k] !== 'boolean') typeError(k, 'a boolean', r[k]);
     this.opts = r;
 
     const c = model.config;
     const meta = codes.meta;
     if (meta.fullNum !== c.block_size)
-      rangeError('codes.meta.fullNum', `the model's block_size ${c.block_size} (sequences of the full grid)`, meta.fullNum);
+      rangeError(
+        'codes.meta.fullNum',
+        `the model's block_size ${c.block_size} (sequences of the full grid)`,
+        meta.fullNum,
+      );
     const labels = codes.labels;
     if (labels) {
       for (let i = 0; i < labels.length; ++i)
-        if (labels[i]! < 0n || labels[i]! >= BigInt(c.class_num)) rangeError(`codes.labels[${i}]`, `a class in [0, ${c.class_num})`, labels[i]);
+        if (labels[i]! < 0n || labels[i]! >= BigInt(c.class_num))
+          rangeError(`codes.labels[${i}]`, `a class in [0, ${c.class_num})`, labels[i]);
     }
     this.mergeAR = model instanceof MergeARGPT;
     if (this.mergeAR) {
       const nc = (model as MergeARGPT).numCandidates;
       if (meta.keepCandidates.length !== nc)
-        rangeError('codes.meta.keepCandidates', `a list of the model's ${nc} keep candidates (merge_emb rows)`, meta.keepCandidates);
+        rangeError(
+          'codes.meta.keepCandidates',
+          `a list of the model's ${nc} keep candidates (merge_emb rows)`,
+          meta.keepCandidates,
+        );
       for (let i = 0; i < codes.keepIndex.length; ++i)
-        if (codes.keepIndex[i]! < 0n || codes.keepIndex[i]! >= BigInt(nc)) rangeError(`codes.keepIndex[${i}]`, `a candidate index in [0, ${nc})`, codes.keepIndex[i]);
+        if (codes.keepIndex[i]! < 0n || codes.keepIndex[i]! >= BigInt(nc))
+          rangeError(`codes.keepIndex[${i}]`, `a candidate index in [0, ${nc})`, codes.keepIndex[i]);
     }
     this.model = model;
     this.loader = new CodeLoader(codes, {
@@ -223,11 +257,20 @@ export class ARTrainer {
     const maxIt = r.maxEpochs * this.loader.batchesPerEpoch;
     const wpIt = pyRound(r.wp * this.loader.batchesPerEpoch);
     if (maxIt - 1 - wpIt <= 0)
-      rangeError('maxEpochs', `a schedule longer than warm-up + 1 step (${wpIt} warm-up steps of ${this.loader.batchesPerEpoch} per epoch)`, r.maxEpochs);
+      rangeError(
+        'maxEpochs',
+        `a schedule longer than warm-up + 1 step (${wpIt} warm-up steps of ${this.loader.batchesPerEpoch} per epoch)`,
+        r.maxEpochs,
+      );
     this.names = model.store.names();
     for (const n of this.names) model.store.get(n); // every weight must be loaded or initialized
     const groups = arParamGroups(this.names, model.store.shapeMap(), r.weightDecay);
-    this.optimizer = new AdamW(model.store, groups, { lr: r.learningRate, betas: r.betas, eps: r.eps, weightDecay: r.weightDecay });
+    this.optimizer = new AdamW(model.store, groups, {
+      lr: r.learningRate,
+      betas: r.betas,
+      eps: r.eps,
+      weightDecay: r.weightDecay,
+    });
     this.ema = r.useEma ? new LitEma(model.store, this.names, { decay: r.emaDecay }) : null;
     this.dropRng = TrainRng.derive(r.seed, 'label-drop');
   }
@@ -336,7 +379,11 @@ export class ARTrainer {
    * Trains on up to `steps` more micro-batches (stopping early when `signal` aborts, between
    * batches, or when the schedule's `maxEpochs` are done), calling `onStep` with each log.
    */
-  async fit(opts: { steps: number; signal?: AbortSignal; onStep?: (log: ARStepLog) => void | Promise<void> }): Promise<ARStepLog[]> {
+  async fit(opts: {
+    steps: number;
+    signal?: AbortSignal;
+    onStep?: (log: ARStepLog) => void | Promise<void>;
+  }): Promise<ARStepLog[]> {
     if (opts === null || typeof opts !== 'object') typeError('opts', '{ steps, signal?, onStep? }', opts);
     checkInt('steps', opts.steps, 0);
     const logs: ARStepLog[] = [];
@@ -380,7 +427,8 @@ export class ARTrainer {
 
   /** Everything a resumed run needs, as one training state. */
   stateTensors(): { tensors: Map<string, Tensor>; meta: Record<string, unknown> } {
-    if (this.acc.count !== 0) throw new MergeVQError('save: a gradient accumulation is in progress; save after an optimizer step', 'ERR_BUSY');
+    if (this.acc.count !== 0)
+      throw new MergeVQError('save: a gradient accumulation is in progress; save after an optimizer step', 'ERR_BUSY');
     const tensors = new Map<string, Tensor>();
     for (const [n, t] of this.model.store.stateDict()) tensors.set(`model.${n}`, t);
     const opt = this.optimizer.stateDict();
@@ -413,7 +461,11 @@ export class ARTrainer {
     if (meta.kind !== KIND) throw new MergeVQError(`${path}: not an AR generator training state`, 'ERR_BAD_FILE');
     const mine = JSON.stringify(JSON.parse(JSON.stringify(this.fingerprint())));
     const theirs = JSON.stringify(meta.fingerprint);
-    if (mine !== theirs) throw new MergeVQError(`${path}: saved with other data, model or loader settings (${theirs}; this trainer: ${mine})`, 'ERR_STATE_MISMATCH');
+    if (mine !== theirs)
+      throw new MergeVQError(
+        `${path}: saved with other data, model or loader settings (${theirs}; this trainer: ${mine})`,
+        'ERR_STATE_MISMATCH',
+      );
     const pick = (prefix: string) => {
       const m = new Map<string, Tensor>();
       for (const [k, t] of st.tensors) if (k.startsWith(prefix)) m.set(k.slice(prefix.length), t);
@@ -434,7 +486,10 @@ export class ARTrainer {
    * reference's state_dict names without the `transformer.` prefix (as `loadWeights` takes them;
    * a MergeARGPT adds `merge_emb.weight`).
    */
-  async exportWeights(path: string, opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {}): Promise<void> {
+  async exportWeights(
+    path: string,
+    opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {},
+  ): Promise<void> {
     const useEma = (opts.ema ?? true) && this.ema !== null;
     const out: Record<string, Tensor> = {};
     for (const n of this.names) {

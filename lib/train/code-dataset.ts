@@ -64,7 +64,10 @@ export interface CodeBatch {
  * Splits full LFQ indices into the two sub-tokens: pre = index & (2^b0 - 1), post = index >> b0.
  * Every index must lie in [0, 2^(b0 + b1)).
  */
-export function splitSubTokens(indices: ArrayLike<bigint>, bits: readonly number[]): { pre: BigInt64Array; post: BigInt64Array } {
+export function splitSubTokens(
+  indices: ArrayLike<bigint>,
+  bits: readonly number[],
+): { pre: BigInt64Array; post: BigInt64Array } {
   if (!Array.isArray(bits) || bits.length !== 2) typeError('bits', 'a pair [b0, b1]', bits);
   const b0 = checkInt('bits[0]', bits[0], 1, 30);
   const b1 = checkInt('bits[1]', bits[1], 1, 30);
@@ -107,8 +110,10 @@ export class CodeLoader {
     const N = checkInt('codes.meta.count', codes.meta.count, 1);
     const L = checkInt('codes.meta.fullNum', codes.meta.fullNum, 1);
     if (codes.indices.length !== N * L) rangeError('codes.indices', `N * L = ${N * L} values`, codes.indices.length);
-    if (!(codes.keepIndex instanceof BigInt64Array) || codes.keepIndex.length !== N) rangeError('codes.keepIndex', `${N} values`, codes.keepIndex?.length);
-    if (codes.labels !== null && (!(codes.labels instanceof BigInt64Array) || codes.labels.length !== N)) rangeError('codes.labels', `null or ${N} values`, codes.labels?.length);
+    if (!(codes.keepIndex instanceof BigInt64Array) || codes.keepIndex.length !== N)
+      rangeError('codes.keepIndex', `${N} values`, codes.keepIndex?.length);
+    if (codes.labels !== null && (!(codes.labels instanceof BigInt64Array) || codes.labels.length !== N))
+      rangeError('codes.labels', `null or ${N} values`, codes.labels?.length);
     this.batchSize = checkInt('batchSize', opts.batchSize, 1);
     this.seed = checkInt('seed', opts.seed ?? 0, 0, Number.MAX_SAFE_INTEGER);
     this.shuffle = opts.shuffle ?? true;
@@ -119,7 +124,8 @@ export class CodeLoader {
     if (!Array.isArray(bits) || bits.length !== 2) typeError('factorizedBits', 'a pair [b0, b1]', bits);
     if (bits[0]! + bits[1]! !== codes.meta.bits)
       rangeError('factorizedBits', `two sub-token widths summing to the codes' ${codes.meta.bits} bits`, bits);
-    if (this.dropLast && N < this.batchSize) rangeError('batchSize', `at most the ${N} sequences (dropLast would leave no batch)`, this.batchSize);
+    if (this.dropLast && N < this.batchSize)
+      rangeError('batchSize', `at most the ${N} sequences (dropLast would leave no batch)`, this.batchSize);
     this.codes = codes;
     this.count = N;
     this.length = L;
@@ -128,7 +134,8 @@ export class CodeLoader {
     this.post = split.post;
     if (codes.labels) this.labels = codes.labels;
     else {
-      if (opts.unlabeledClass === undefined) typeError('unlabeledClass', 'a class for the samples of unlabeled codes', undefined);
+      if (opts.unlabeledClass === undefined)
+        typeError('unlabeledClass', 'a class for the samples of unlabeled codes', undefined);
       const u = checkInt('unlabeledClass', opts.unlabeledClass, 0);
       this.labels = new BigInt64Array(N).fill(BigInt(u));
     }

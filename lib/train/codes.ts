@@ -60,11 +60,17 @@ export function candidateFor(cumulative: readonly number[], u: number): number {
  * Tokenizes one epoch of `loader` with `tok` (true source, no learned recovery) and returns the
  * codes. Batches are encoded once per keep count present in them.
  */
-export async function extractCodes(tok: MergeVQTokenizer, loader: DataLoader, opts: ExtractOptions = {}): Promise<Codes> {
+export async function extractCodes(
+  tok: MergeVQTokenizer,
+  loader: DataLoader,
+  opts: ExtractOptions = {},
+): Promise<Codes> {
   const keepMode = opts.keep ?? 'sample';
   const cands = tok.candidates;
   if (keepMode !== 'sample' && !cands.keep.includes(keepMode))
-    throw new RangeError(`keep must be 'sample' or one of the candidates ${cands.keep.join(', ')}, got ${String(keepMode)}`);
+    throw new RangeError(
+      `keep must be 'sample' or one of the candidates ${cands.keep.join(', ')}, got ${String(keepMode)}`,
+    );
   const seed = opts.seed ?? 0;
   const rng = TrainRng.derive(seed, 'codes-keep');
   const L = tok.fullNum;
@@ -82,7 +88,9 @@ export async function extractCodes(tok: MergeVQTokenizer, loader: DataLoader, op
     if (batch.epoch !== startEpoch) break;
     const B = batch.images.shape[0]!;
     const n = Math.min(B, total - done);
-    const ks = Array.from({ length: n }, () => (keepMode === 'sample' ? candidateFor(cands.cumulative, rng.next()) : cands.keep.indexOf(keepMode)));
+    const ks = Array.from({ length: n }, () =>
+      keepMode === 'sample' ? candidateFor(cands.cumulative, rng.next()) : cands.keep.indexOf(keepMode),
+    );
     const rows = new Array<{ idx: BigInt64Array; src: BigInt64Array }>(n);
     for (const ki of new Set(ks)) {
       const sel = ks.flatMap((k, i) => (k === ki ? [i] : []));
@@ -157,12 +165,22 @@ export async function readCodes(path: string): Promise<Codes> {
   }
   const N = meta.count;
   const L = meta.fullNum;
-  if (!Number.isInteger(N) || N < 0 || !Number.isInteger(L) || L < 1 || !Number.isInteger(meta.bits) || meta.bits < 1 || meta.bits > 30) bad('bad count, fullNum or bits in the metadata');
+  if (
+    !Number.isInteger(N) ||
+    N < 0 ||
+    !Number.isInteger(L) ||
+    L < 1 ||
+    !Number.isInteger(meta.bits) ||
+    meta.bits < 1 ||
+    meta.bits > 30
+  )
+    bad('bad count, fullNum or bits in the metadata');
   const get = async (name: string, shape: number[]): Promise<BigInt64Array> => {
     if (!f.has(name)) return bad(`missing '${name}'`);
     const info = f.info(name);
-    if (info.dtype !== 'I64' || info.shape.length !== shape.length || info.shape.some((s, i) => s !== shape[i])) bad(`'${name}' must be int64 [${shape.join(', ')}]`);
-    return BigInt64Array.from(await f.arrayAsync(name) as BigInt64Array);
+    if (info.dtype !== 'I64' || info.shape.length !== shape.length || info.shape.some((s, i) => s !== shape[i]))
+      bad(`'${name}' must be int64 [${shape.join(', ')}]`);
+    return BigInt64Array.from((await f.arrayAsync(name)) as BigInt64Array);
   };
   let indices: BigInt64Array, source: BigInt64Array, keepIndex: BigInt64Array, labels: BigInt64Array | null;
   try {
@@ -175,6 +193,8 @@ export async function readCodes(path: string): Promise<Codes> {
   }
   const V = 2n ** BigInt(meta.bits);
   for (const v of indices) if (v < 0n || v >= V) bad(`index ${v} outside [0, 2^${meta.bits})`);
-  for (const v of keepIndex) if (v < 0n || v >= BigInt(meta.keepCandidates.length)) bad(`keep_index ${v} outside the ${meta.keepCandidates.length} candidates`);
+  for (const v of keepIndex)
+    if (v < 0n || v >= BigInt(meta.keepCandidates.length))
+      bad(`keep_index ${v} outside the ${meta.keepCandidates.length} candidates`);
   return { indices, source, keepIndex, labels, meta };
 }

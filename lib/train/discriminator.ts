@@ -98,7 +98,8 @@ export class NLayerDiscriminator {
     this.inputNc = checkInt('inputNc', opts.inputNc ?? 3, 1);
     this.ndf = checkInt('ndf', opts.ndf ?? 64, 1);
     this.nLayers = checkInt('nLayers', opts.nLayers ?? 3, 1, 64);
-    if ((opts.useActnorm ?? false) !== false) rangeError('useActnorm', 'false (ActNorm is not implemented; the tokenizer uses BatchNorm)', opts.useActnorm);
+    if ((opts.useActnorm ?? false) !== false)
+      rangeError('useActnorm', 'false (ActNorm is not implemented; the tokenizer uses BatchNorm)', opts.useActnorm);
     let idx = 0;
     const add = (inC: number, outC: number, stride: number, bias: boolean, norm: boolean, act: boolean) => {
       const conv = `main.${idx++}`;
@@ -129,7 +130,8 @@ export class NLayerDiscriminator {
   /** BatchNorm buffer names (`main.3.running_mean`, `main.3.running_var`, `main.3.num_batches_tracked`, ...). */
   bufferNames(): string[] {
     const out: string[] = [];
-    for (const s of this.stages) if (s.bn) out.push(`${s.bn}.running_mean`, `${s.bn}.running_var`, `${s.bn}.num_batches_tracked`);
+    for (const s of this.stages)
+      if (s.bn) out.push(`${s.bn}.running_mean`, `${s.bn}.running_var`, `${s.bn}.num_batches_tracked`);
     return out;
   }
   /** The BatchNorm prefixes (`main.3`, ...). */
@@ -157,7 +159,10 @@ export class NLayerDiscriminator {
     let k = 0;
     const next = () => (seed * 1000003 + 7919 * ++k) % 2 ** 52;
     for (const s of this.stages) {
-      this.store.set(`${s.conv}.weight`, runSync(randomNormal([s.outChannels, s.inChannels, KERNEL, KERNEL], { std: 0.02, seed: next() })));
+      this.store.set(
+        `${s.conv}.weight`,
+        runSync(randomNormal([s.outChannels, s.inChannels, KERNEL, KERNEL], { std: 0.02, seed: next() })),
+      );
       if (s.bias) {
         const bound = 1 / Math.sqrt(s.inChannels * KERNEL * KERNEL);
         this.store.set(`${s.conv}.bias`, Tensor.from(uniformDraws(s.outChannels, next(), bound), [s.outChannels]));
@@ -179,7 +184,8 @@ export class NLayerDiscriminator {
     if (!(x instanceof Tensor)) typeError('x', 'a Tensor', x);
     if (x.dtype !== 'float32' || x.ndim !== 4 || x.shape[1] !== this.inputNc)
       rangeError('x', `a float32 [B, ${this.inputNc}, H, W] tensor`, `${x.dtype} [${x.shape.join(', ')}]`);
-    if (opts === null || typeof opts !== 'object' || typeof opts.training !== 'boolean') typeError('opts.training', 'a boolean', opts?.training);
+    if (opts === null || typeof opts !== 'object' || typeof opts.training !== 'boolean')
+      typeError('opts.training', 'a boolean', opts?.training);
     const training = opts.training;
     let h = x;
     for (const s of this.stages) {
@@ -189,9 +195,18 @@ export class NLayerDiscriminator {
       if (s.bn) {
         const rm = this.stats.get(`${s.bn}.running_mean`)!;
         const rv = this.stats.get(`${s.bn}.running_var`)!;
-        const [y, , , nrm, nrv] = yield* batchNorm(h, this.store.get(`${s.bn}.weight`), this.store.get(`${s.bn}.bias`), rm, rv, {
-          training, momentum: BN_MOMENTUM, eps: BN_EPS,
-        });
+        const [y, , , nrm, nrv] = yield* batchNorm(
+          h,
+          this.store.get(`${s.bn}.weight`),
+          this.store.get(`${s.bn}.bias`),
+          rm,
+          rv,
+          {
+            training,
+            momentum: BN_MOMENTUM,
+            eps: BN_EPS,
+          },
+        );
         if (training) {
           this.stats.set(`${s.bn}.running_mean`, nrm!);
           this.stats.set(`${s.bn}.running_var`, nrv!);
@@ -207,7 +222,11 @@ export class NLayerDiscriminator {
   /** The running statistics of one BatchNorm (`main.3`). */
   runningStats(bn: string): { runningMean: Tensor; runningVar: Tensor; numBatchesTracked: number } {
     if (!this.tracked.has(bn)) rangeError('bn', `one of ${this.batchNormNames().join(', ')}`, bn);
-    return { runningMean: this.stats.get(`${bn}.running_mean`)!, runningVar: this.stats.get(`${bn}.running_var`)!, numBatchesTracked: this.tracked.get(bn)! };
+    return {
+      runningMean: this.stats.get(`${bn}.running_mean`)!,
+      runningVar: this.stats.get(`${bn}.running_var`)!,
+      numBatchesTracked: this.tracked.get(bn)!,
+    };
   }
 
   /**
@@ -245,20 +264,32 @@ export class NLayerDiscriminator {
       }
       const prefix = name.slice(0, name.lastIndexOf('.'));
       if (name.endsWith('.num_batches_tracked')) {
-        if (t.numel !== 1) throw new MergeVQError(`buffer '${name}' has shape [${t.shape.join(', ')}], the model expects []`, 'ERR_SHAPE_MISMATCH');
+        if (t.numel !== 1)
+          throw new MergeVQError(
+            `buffer '${name}' has shape [${t.shape.join(', ')}], the model expects []`,
+            'ERR_SHAPE_MISMATCH',
+          );
         const v = Number(t.toArray()[0]);
         if (!Number.isInteger(v) || v < 0) rangeError(name, 'a non-negative integer', v);
         tracked.set(prefix, v);
       } else {
         const c = this.stats.get(name)!.shape[0]!;
-        if (t.ndim !== 1 || t.shape[0] !== c) throw new MergeVQError(`buffer '${name}' has shape [${t.shape.join(', ')}], the model expects [${c}]`, 'ERR_SHAPE_MISMATCH');
+        if (t.ndim !== 1 || t.shape[0] !== c)
+          throw new MergeVQError(
+            `buffer '${name}' has shape [${t.shape.join(', ')}], the model expects [${c}]`,
+            'ERR_SHAPE_MISMATCH',
+          );
         stats.set(name, t.dtype === 'float32' ? t : t.cast('float32'));
       }
     }
     const missingBuffers = this.bufferNames().filter((n) =>
-      n.endsWith('.num_batches_tracked') ? !tracked.has(n.slice(0, n.lastIndexOf('.'))) : !stats.has(n));
+      n.endsWith('.num_batches_tracked') ? !tracked.has(n.slice(0, n.lastIndexOf('.'))) : !stats.has(n),
+    );
     if (opts.strict && missingBuffers.length)
-      throw new MergeVQError(`missing ${missingBuffers.length} discriminator buffers, e.g. ${missingBuffers.slice(0, 3).join(', ')}`, 'ERR_MISSING_WEIGHT');
+      throw new MergeVQError(
+        `missing ${missingBuffers.length} discriminator buffers, e.g. ${missingBuffers.slice(0, 3).join(', ')}`,
+        'ERR_MISSING_WEIGHT',
+      );
     // Parameters are validated (shapes, strict) before any buffer is replaced.
     const report = this.store.load(params, opts);
     for (const [n, t] of stats) this.stats.set(n, t);

@@ -28,7 +28,8 @@ export function emaBufferName(paramName: string): string {
   return paramName.replace(/\./g, '');
 }
 
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((s, i) => s === b[i]);
+const sameShape = (a: readonly number[], b: readonly number[]) =>
+  a.length === b.length && a.every((s, i) => s === b[i]);
 
 /** LitEma: shadows of the trainable parameters (see the module comment). */
 export class LitEma {
@@ -57,9 +58,11 @@ export class LitEma {
     for (const n of this.names) {
       if (typeof n !== 'string') typeError('names', 'an array of strings', n);
       const b = emaBufferName(n);
-      if (b === 'decay' || b === 'num_updates') throw new RangeError(`LitEma: parameter '${n}' would shadow the '${b}' buffer`);
+      if (b === 'decay' || b === 'num_updates')
+        throw new RangeError(`LitEma: parameter '${n}' would shadow the '${b}' buffer`);
       const other = buffers.get(b);
-      if (other !== undefined) throw new RangeError(`LitEma: parameters '${other}' and '${n}' have the same buffer name '${b}'`);
+      if (other !== undefined)
+        throw new RangeError(`LitEma: parameters '${other}' and '${n}' have the same buffer name '${b}'`);
       buffers.set(b, n);
     }
     for (const n of this.names) {
@@ -90,7 +93,10 @@ export class LitEma {
       if (!(p instanceof Tensor) || p.dtype !== 'float32') typeError(`params.get('${n}')`, 'a float32 Tensor', p);
       const s = this.shadows.get(n)!;
       if (!sameShape(p.shape, s.shape))
-        throw new MergeVQError(`LitEma: '${n}' has shape [${p.shape.join(', ')}], its shadow [${s.shape.join(', ')}]`, 'ERR_SHAPE_MISMATCH');
+        throw new MergeVQError(
+          `LitEma: '${n}' has shape [${p.shape.join(', ')}], its shadow [${s.shape.join(', ')}]`,
+          'ERR_SHAPE_MISMATCH',
+        );
       return p;
     });
     const decay = this.nextDecay();
@@ -107,7 +113,8 @@ export class LitEma {
   *copyTo(params: ParamSource): Program<void> {
     const targets = this.names.map((n) => {
       const p = params.get(n);
-      if (!(p instanceof Tensor) || !sameShape(p.shape, this.shadows.get(n)!.shape)) typeError(`params.get('${n}')`, 'a Tensor of the shadow\'s shape', p);
+      if (!(p instanceof Tensor) || !sameShape(p.shape, this.shadows.get(n)!.shape))
+        typeError(`params.get('${n}')`, "a Tensor of the shadow's shape", p);
       return p;
     });
     for (let i = 0; i < targets.length; ++i) yield* copyInto(targets[i]!, this.shadows.get(this.names[i]!)!);
@@ -151,7 +158,8 @@ export class LitEma {
     if (!(sd instanceof Map)) typeError('sd', 'a Map of buffers', sd);
     const decayT = sd.get('decay');
     const numT = sd.get('num_updates');
-    if (!(decayT instanceof Tensor) || decayT.numel !== 1) throw new MergeVQError("LitEma.loadStateDict: missing the 'decay' buffer", 'ERR_MISSING_WEIGHT');
+    if (!(decayT instanceof Tensor) || decayT.numel !== 1)
+      throw new MergeVQError("LitEma.loadStateDict: missing the 'decay' buffer", 'ERR_MISSING_WEIGHT');
     if (!(numT instanceof Tensor) || numT.numel !== 1 || (numT.dtype !== 'int32' && numT.dtype !== 'int64'))
       throw new MergeVQError("LitEma.loadStateDict: missing the integer 'num_updates' buffer", 'ERR_MISSING_WEIGHT');
     const decay = decayT.toFloat32()[0]!;
@@ -159,10 +167,14 @@ export class LitEma {
     const staged = this.names.map((n) => {
       const b = emaBufferName(n);
       const t = sd.get(b);
-      if (!(t instanceof Tensor)) throw new MergeVQError(`LitEma.loadStateDict: missing buffer '${b}'`, 'ERR_MISSING_WEIGHT');
+      if (!(t instanceof Tensor))
+        throw new MergeVQError(`LitEma.loadStateDict: missing buffer '${b}'`, 'ERR_MISSING_WEIGHT');
       const s = this.shadows.get(n)!;
       if (!sameShape(t.shape, s.shape))
-        throw new MergeVQError(`LitEma.loadStateDict: '${b}' has shape [${t.shape.join(', ')}], expected [${s.shape.join(', ')}]`, 'ERR_SHAPE_MISMATCH');
+        throw new MergeVQError(
+          `LitEma.loadStateDict: '${b}' has shape [${t.shape.join(', ')}], expected [${s.shape.join(', ')}]`,
+          'ERR_SHAPE_MISMATCH',
+        );
       return t.dtype === 'float32' ? t : t.cast('float32');
     });
     const copies = staged.map((t) => runSync(clone(t)));

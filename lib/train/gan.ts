@@ -34,7 +34,8 @@ const SOFTPLUS_THRESHOLD = 20;
 
 function logitsArg(name: string, t: unknown): Tensor {
   if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  if (t.dtype !== 'float32' || t.ndim < 1 || t.numel === 0) rangeError(name, 'a non-empty float32 [B, ...] tensor', `${t.dtype} [${t.shape.join(', ')}]`);
+  if (t.dtype !== 'float32' || t.ndim < 1 || t.numel === 0)
+    rangeError(name, 'a non-empty float32 [B, ...] tensor', `${t.dtype} [${t.shape.join(', ')}]`);
   return t;
 }
 
@@ -79,7 +80,8 @@ export function* vanillaDLoss(logitsReal: Tensor, logitsFake: Tensor): Program<T
 export function* nonSaturatingDLoss(logitsReal: Tensor, logitsFake: Tensor): Program<Tensor> {
   logitsArg('logitsReal', logitsReal);
   logitsArg('logitsFake', logitsFake);
-  if (logitsReal.shape[0] !== logitsFake.shape[0]) rangeError('logitsFake', `a batch of ${logitsReal.shape[0]} like logitsReal`, logitsFake.shape[0]);
+  if (logitsReal.shape[0] !== logitsFake.shape[0])
+    rangeError('logitsFake', `a batch of ${logitsReal.shape[0]} like logitsReal`, logitsFake.shape[0]);
   const mReal = yield* perSampleMean(logitsReal);
   const mFake = yield* perSampleMean(logitsFake);
   const lossReal = yield* mean(yield* softplus(yield* scale(mReal, -1)));
@@ -192,9 +194,12 @@ export class LeCAM {
   /** Restores the EMAs from {@link state} (the decay is fixed at construction and must match). */
   loadState(s: Partial<LeCAMState>): void {
     if (s === null || typeof s !== 'object') typeError('state', 'an object with emaReal and emaFake', s);
-    if (typeof s.emaReal !== 'number' || !Number.isFinite(s.emaReal)) typeError('state.emaReal', 'a finite number', s.emaReal);
-    if (typeof s.emaFake !== 'number' || !Number.isFinite(s.emaFake)) typeError('state.emaFake', 'a finite number', s.emaFake);
-    if (s.decay !== undefined && s.decay !== this.decay) rangeError('state.decay', `${this.decay} (this LeCAM's decay)`, s.decay);
+    if (typeof s.emaReal !== 'number' || !Number.isFinite(s.emaReal))
+      typeError('state.emaReal', 'a finite number', s.emaReal);
+    if (typeof s.emaFake !== 'number' || !Number.isFinite(s.emaFake))
+      typeError('state.emaFake', 'a finite number', s.emaFake);
+    if (s.decay !== undefined && s.decay !== this.decay)
+      rangeError('state.decay', `${this.decay} (this LeCAM's decay)`, s.decay);
     this.emaReal = s.emaReal;
     this.emaFake = s.emaFake;
   }

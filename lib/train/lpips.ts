@@ -42,10 +42,15 @@ export const VGG16_CHNS: readonly number[] = Object.freeze([64, 128, 256, 512, 5
 
 /**
  * torchvision `vgg16().features` indices of the 3x3 convolutions in each of LPIPS's five slices
- * (slice k covers the layers [SLICE_STARTS[k], SLICE_STARTS[k + 1])).
+ * (the slices start at features 0, 4, 9, 16 and 23 and end at 30).
  */
-export const VGG16_SLICE_CONVS: readonly (readonly number[])[] = Object.freeze([[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]);
-const SLICE_STARTS = [0, 4, 9, 16, 23, 30];
+export const VGG16_SLICE_CONVS: readonly (readonly number[])[] = Object.freeze([
+  [0, 2],
+  [5, 7],
+  [10, 12, 14],
+  [17, 19, 21],
+  [24, 26, 28],
+]);
 
 /** LPIPS's ScalingLayer constants: the ImageNet mean and std mapped to inputs in [-1, 1]. */
 const SCALING_SHIFT = [-0.03, -0.088, -0.188];
@@ -84,7 +89,8 @@ export interface LPIPSLoadOptions {
 }
 
 function checkChns(chns: unknown): number[] {
-  if (!Array.isArray(chns) || chns.length !== 5) typeError('chns', 'an array of 5 positive integers (one width per VGG16 slice)', chns);
+  if (!Array.isArray(chns) || chns.length !== 5)
+    typeError('chns', 'an array of 5 positive integers (one width per VGG16 slice)', chns);
   for (const [i, c] of (chns as unknown[]).entries())
     if (typeof c !== 'number' || !Number.isInteger(c) || c < 1) rangeError(`chns[${i}]`, 'a positive integer', c);
   return [...(chns as number[])];
@@ -157,10 +163,12 @@ export class LPIPS {
    * parts (e.g. the VGG file, then the lin file).
    */
   loadWeights(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LPIPSLoadOptions = {}): LoadReport {
-    if (source === null || typeof source !== 'object') typeError('source', 'a Map or a record of Tensors by name', source);
+    if (source === null || typeof source !== 'object')
+      typeError('source', 'a Map or a record of Tensors by name', source);
     const prefix = opts.prefix ?? '';
     if (typeof prefix !== 'string') typeError('opts.prefix', 'a string', prefix);
-    const entries = source instanceof Map ? [...(source as ReadonlyMap<string, Tensor>).entries()] : Object.entries(source);
+    const entries =
+      source instanceof Map ? [...(source as ReadonlyMap<string, Tensor>).entries()] : Object.entries(source);
     const unexpected: string[] = [];
     const direct = new Map<string, Tensor>();
     const aliased = new Map<string, [string, Tensor]>();
@@ -248,7 +256,12 @@ export class LPIPS {
         h = p;
       }
       for (const n of VGG16_SLICE_CONVS[k]!) {
-        const c = yield* linalg.conv2d(h, s.get(`net.slice${k + 1}.${n}.weight`), s.get(`net.slice${k + 1}.${n}.bias`), { padding: 1 });
+        const c = yield* linalg.conv2d(
+          h,
+          s.get(`net.slice${k + 1}.${n}.weight`),
+          s.get(`net.slice${k + 1}.${n}.bias`),
+          { padding: 1 },
+        );
         yield* release(h);
         h = yield* nn.leakyRelu(c, { slope: 0 });
         yield* release(c);
@@ -265,16 +278,23 @@ export class LPIPS {
    */
   *distance(feats0: readonly Tensor[], feats1: readonly Tensor[]): Program<Tensor> {
     this.checkLoaded();
-    for (const [name, f] of [['feats0', feats0], ['feats1', feats1]] as const) {
+    for (const [name, f] of [
+      ['feats0', feats0],
+      ['feats1', feats1],
+    ] as const) {
       if (!Array.isArray(f) || f.length !== 5 || f.some((t) => !(t instanceof Tensor)))
         typeError(name, 'the 5 feature maps of LPIPS.features()', f);
     }
     let total: Tensor | null = null;
     for (let k = 0; k < 5; ++k) {
-      const a = feats0[k]!, b = feats1[k]!;
-      const sa = a.shape, sb = b.shape;
+      const a = feats0[k]!,
+        b = feats1[k]!;
+      const sa = a.shape,
+        sb = b.shape;
       if (sa.length !== 4 || sa[1] !== this.chns_[k] || sa.some((d, i) => d !== sb[i]))
-        throw new RangeError(`distance: feature ${k} must be [B, ${this.chns_[k]}, h, w] in both sets, got [${sa.join(', ')}] and [${sb.join(', ')}]`);
+        throw new RangeError(
+          `distance: feature ${k} must be [B, ${this.chns_[k]}, h, w] in both sets, got [${sa.join(', ')}] and [${sb.join(', ')}]`,
+        );
       const d = yield* T.sub(a, b);
       const d2 = yield* T.mul(d, d);
       yield* release(d);
@@ -300,7 +320,9 @@ export class LPIPS {
     this.checkImage('in0', in0);
     this.checkImage('in1', in1);
     if (in0.shape.some((d, i) => d !== in1.shape[i]))
-      throw new RangeError(`in0 and in1 must have one shape, got [${in0.shape.join(', ')}] and [${in1.shape.join(', ')}]`);
+      throw new RangeError(
+        `in0 and in1 must have one shape, got [${in0.shape.join(', ')}] and [${in1.shape.join(', ')}]`,
+      );
     this.checkLoaded();
     const f0 = yield* this.features(in0);
     const f1 = yield* this.features(in1);

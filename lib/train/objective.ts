@@ -103,7 +103,8 @@ function nullableNum(name: string, v: unknown): number | null {
 }
 function oneOf<T extends string>(name: string, v: unknown, def: T, allowed: readonly T[]): T {
   if (v === undefined) return def;
-  if (typeof v !== 'string' || !allowed.includes(v as T)) typeError(name, `one of ${allowed.map((a) => `'${a}'`).join(', ')}`, v);
+  if (typeof v !== 'string' || !allowed.includes(v as T))
+    typeError(name, `one of ${allowed.map((a) => `'${a}'`).join(', ')}`, v);
   return v as T;
 }
 
@@ -116,20 +117,37 @@ export function resolveLossConfig(kwargs: Record<string, unknown>): { config: VQ
   const k: Record<string, unknown> = {};
   const ignored: string[] = [];
   const known = new Set([
-    'disc_start', 'disc_loss', 'disc_dim', 'disc_type', 'disc_num_layers', 'disc_in_channels', 'disc_factor', 'disc_weight', 'gen_adv_loss',
-    'reconstruction_loss', 'perceptual_weight', 'cls_loss_weight', 'commit_weight', 'codebook_weight', 'codebook_enlarge_ratio',
-    'codebook_enlarge_steps', 'gen_loss_weight', 'lecam_loss_weight', 'disc_conditional',
+    'disc_start',
+    'disc_loss',
+    'disc_dim',
+    'disc_type',
+    'disc_num_layers',
+    'disc_in_channels',
+    'disc_factor',
+    'disc_weight',
+    'gen_adv_loss',
+    'reconstruction_loss',
+    'perceptual_weight',
+    'cls_loss_weight',
+    'commit_weight',
+    'codebook_weight',
+    'codebook_enlarge_ratio',
+    'codebook_enlarge_steps',
+    'gen_loss_weight',
+    'lecam_loss_weight',
+    'disc_conditional',
   ]);
   for (const [key, v] of Object.entries(kwargs)) {
     const s = snake(key);
-    if (Object.prototype.hasOwnProperty.call(k, s)) rangeError(key, `given once (also given as '${s}')`, v);
+    if (Object.hasOwn(k, s)) rangeError(key, `given once (also given as '${s}')`, v);
     if (known.has(s)) k[s] = v;
     else ignored.push(key);
   }
   if (k.disc_start === undefined) typeError('disc_start', 'a number (required)', undefined);
   oneOf('disc_type', k.disc_type, 'patchgan', ['patchgan'] as const);
   oneOf('reconstruction_loss', k.reconstruction_loss, 'l1', ['l1'] as const);
-  if (k.disc_conditional !== undefined && k.disc_conditional !== false) rangeError('disc_conditional', 'false (a conditional discriminator is not supported)', k.disc_conditional);
+  if (k.disc_conditional !== undefined && k.disc_conditional !== false)
+    rangeError('disc_conditional', 'false (a conditional discriminator is not supported)', k.disc_conditional);
   const int = (name: string, def: number, min: number) => {
     const v = num(name, k[name], def, min);
     if (!Number.isInteger(v)) typeError(name, 'an integer', v);
@@ -153,7 +171,8 @@ export function resolveLossConfig(kwargs: Record<string, unknown>): { config: VQ
     genLossWeight: nullableNum('gen_loss_weight', k.gen_loss_weight),
     lecamLossWeight: nullableNum('lecam_loss_weight', k.lecam_loss_weight),
   };
-  if (config.codebookEnlargeRatio > 0 && !(config.codebookEnlargeSteps > 0)) rangeError('codebook_enlarge_steps', 'a number > 0 when codebook_enlarge_ratio > 0', config.codebookEnlargeSteps);
+  if (config.codebookEnlargeRatio > 0 && !(config.codebookEnlargeSteps > 0))
+    rangeError('codebook_enlarge_steps', 'a number > 0 when codebook_enlarge_ratio > 0', config.codebookEnlargeSteps);
   return { config, ignored: ignored.filter((key) => !INERT_KEYS.has(snake(key))) };
 }
 
@@ -231,12 +250,14 @@ export interface VQLPIPSState {
 
 function image(name: string, t: unknown): Tensor {
   if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  if (t.dtype !== 'float32' || t.ndim !== 4) rangeError(name, 'a float32 [B, C, H, W] tensor', `${t.dtype} [${t.shape.join(', ')}]`);
+  if (t.dtype !== 'float32' || t.ndim !== 4)
+    rangeError(name, 'a float32 [B, C, H, W] tensor', `${t.dtype} [${t.shape.join(', ')}]`);
   return t;
 }
 function scalar(name: string, t: unknown): Tensor {
   if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
-  if (t.dtype !== 'float32' || t.numel !== 1) rangeError(name, 'a float32 one-element tensor', `${t.dtype} [${t.shape.join(', ')}]`);
+  if (t.dtype !== 'float32' || t.numel !== 1)
+    rangeError(name, 'a float32 one-element tensor', `${t.dtype} [${t.shape.join(', ')}]`);
   return t;
 }
 function step(v: unknown): number {
@@ -265,15 +286,24 @@ export class VQLPIPSWithDiscriminator {
   /** The perceptual loss (required unless perceptual_weight is 0). */
   perceptual: PerceptualLoss | null;
 
-  constructor(lossKwargs: VQLPIPSLossKwargs | Record<string, unknown>, opts: { perceptual?: PerceptualLoss | null; discriminatorSeed?: number } = {}) {
+  constructor(
+    lossKwargs: VQLPIPSLossKwargs | Record<string, unknown>,
+    opts: { perceptual?: PerceptualLoss | null; discriminatorSeed?: number } = {},
+  ) {
     const { config, ignored } = resolveLossConfig(lossKwargs as Record<string, unknown>);
     this.config = config;
     this.ignoredKeys = ignored;
-    this.discriminator = new NLayerDiscriminator({ inputNc: config.discInChannels, ndf: config.discDim, nLayers: config.discNumLayers, useActnorm: false });
+    this.discriminator = new NLayerDiscriminator({
+      inputNc: config.discInChannels,
+      ndf: config.discDim,
+      nLayers: config.discNumLayers,
+      useActnorm: false,
+    });
     this.discriminator.initRandom(opts.discriminatorSeed ?? 0);
     this.lecam = config.lecamLossWeight === null ? null : new LeCAM();
     const p = opts.perceptual ?? null;
-    if (p !== null && (typeof p !== 'object' || typeof (p as PerceptualLoss).forward !== 'function')) typeError('perceptual', 'an object with forward(in0, in1)', p);
+    if (p !== null && (typeof p !== 'object' || typeof (p as PerceptualLoss).forward !== 'function'))
+      typeError('perceptual', 'an object with forward(in0, in1)', p);
     this.perceptual = p;
   }
 
@@ -285,7 +315,9 @@ export class VQLPIPSWithDiscriminator {
   /** The multiplier of the weighted codebook loss at this step (1 plus the enlargement). */
   codebookScale(globalStep: number): number {
     const c = this.config;
-    return c.codebookEnlargeRatio > 0 ? c.codebookEnlargeRatio * Math.max(0, 1 - step(globalStep) / c.codebookEnlargeSteps) : 0;
+    return c.codebookEnlargeRatio > 0
+      ? c.codebookEnlargeRatio * Math.max(0, 1 - step(globalStep) / c.codebookEnlargeSteps)
+      : 0;
   }
 
   /**
@@ -299,7 +331,8 @@ export class VQLPIPSWithDiscriminator {
     const c = this.config;
     const x = image('inputs', a.inputs);
     const xrec = image('reconstructions', a.reconstructions);
-    if (x.shape.some((d, i) => d !== xrec.shape[i])) rangeError('reconstructions', `the shape of inputs [${x.shape.join(', ')}]`, `[${xrec.shape.join(', ')}]`);
+    if (x.shape.some((d, i) => d !== xrec.shape[i]))
+      rangeError('reconstructions', `the shape of inputs [${x.shape.join(', ')}]`, `[${xrec.shape.join(', ')}]`);
     const codebookLoss = scalar('codebookLoss', a.codebookLoss);
     const perSampleEntropy = scalar('perSampleEntropy', a.perSampleEntropy);
     const codebookEntropy = scalar('codebookEntropy', a.codebookEntropy);
@@ -311,8 +344,14 @@ export class VQLPIPSWithDiscriminator {
     const discFactor = this.discFactor(globalStep);
     const adaptive = c.genLossWeight === null;
     if (adaptive && training && discFactor !== 0) {
-      if (!(a.lastLayer instanceof Tensor)) typeError('lastLayer', 'the last layer weight Tensor (gen_loss_weight is null: the adaptive d_weight needs it)', a.lastLayer);
-      if (!a.tape || typeof a.tape.backward !== 'function') typeError('tape', 'the Tape recording this pass (the adaptive d_weight needs it)', a.tape);
+      if (!(a.lastLayer instanceof Tensor))
+        typeError(
+          'lastLayer',
+          'the last layer weight Tensor (gen_loss_weight is null: the adaptive d_weight needs it)',
+          a.lastLayer,
+        );
+      if (!a.tape || typeof a.tape.backward !== 'function')
+        typeError('tape', 'the Tape recording this pass (the adaptive d_weight needs it)', a.tape);
     }
 
     // nll = mean(|x - xrec| + pw * p) = mean|x - xrec| + pw * mean(p) (p is constant over C, H, W)
@@ -321,9 +360,16 @@ export class VQLPIPSWithDiscriminator {
     let pMean: Tensor | null = null;
     let nll = rec;
     if (c.perceptualWeight > 0) {
-      if (!this.perceptual) throw new MergeVQError('VQLPIPSWithDiscriminator: perceptual_weight > 0 needs a perceptual loss (pass { perceptual: lpips })', 'ERR_MISSING_WEIGHT');
+      if (!this.perceptual)
+        throw new MergeVQError(
+          'VQLPIPSWithDiscriminator: perceptual_weight > 0 needs a perceptual loss (pass { perceptual: lpips })',
+          'ERR_MISSING_WEIGHT',
+        );
       pLoss = yield* this.perceptual.forward(x, xrec);
-      if (!(pLoss instanceof Tensor) || pLoss.numel !== x.shape[0]) throw new RangeError(`perceptual.forward must return one value per sample ([${x.shape[0]}, 1, 1, 1]), got ${String(pLoss)}`);
+      if (!(pLoss instanceof Tensor) || pLoss.numel !== x.shape[0])
+        throw new RangeError(
+          `perceptual.forward must return one value per sample ([${x.shape[0]}, 1, 1, 1]), got ${String(pLoss)}`,
+        );
       pMean = yield* mean(pLoss);
       nll = yield* add(rec, yield* scale(pMean, c.perceptualWeight));
     }
@@ -371,7 +417,15 @@ export class VQLPIPSWithDiscriminator {
       log.g_loss = gLoss;
     }
     if (useCls) log.cls_loss = clsLoss!.item();
-    return { loss: total, pLoss, nllLoss: nll, genAdvLoss: gRaw, logitsFake, dWeight: discFactor === 0 ? 0 : dWeight, log };
+    return {
+      loss: total,
+      pLoss,
+      nllLoss: nll,
+      genAdvLoss: gRaw,
+      logitsFake,
+      dWeight: discFactor === 0 ? 0 : dWeight,
+      log,
+    };
   }
 
   /**
@@ -382,7 +436,10 @@ export class VQLPIPSWithDiscriminator {
     const gn = (yield* tape.backward(nll, null, { wrt: [last] })).get(last);
     const gg = (yield* tape.backward(g, null, { wrt: [last] })).get(last);
     if (!gn || !gg)
-      throw new MergeVQError(`adaptive d_weight: the ${!gn ? 'reconstruction' : 'adversarial'} loss does not depend on lastLayer on this tape (record the decoder and this pass with tape.observe)`, 'ERR_NO_GRAD');
+      throw new MergeVQError(
+        `adaptive d_weight: the ${!gn ? 'reconstruction' : 'adversarial'} loss does not depend on lastLayer on this tape (record the decoder and this pass with tape.observe)`,
+        'ERR_NO_GRAD',
+      );
     const ratio = (yield* norm(gn)) / (Math.fround(yield* norm(gg)) + 1e-4);
     return Math.fround(Math.fround(Math.min(Math.max(Math.fround(ratio), 0), 1e4)) * this.config.discWeight);
   }
@@ -396,7 +453,8 @@ export class VQLPIPSWithDiscriminator {
     const c = this.config;
     const x = image('inputs', a.inputs);
     const xrec = image('reconstructions', a.reconstructions);
-    if (x.shape.some((d, i) => d !== xrec.shape[i])) rangeError('reconstructions', `the shape of inputs [${x.shape.join(', ')}]`, `[${xrec.shape.join(', ')}]`);
+    if (x.shape.some((d, i) => d !== xrec.shape[i]))
+      rangeError('reconstructions', `the shape of inputs [${x.shape.join(', ')}]`, `[${xrec.shape.join(', ')}]`);
     const globalStep = step(a.globalStep);
     const training = a.training ?? true;
     if (typeof training !== 'boolean') typeError('training', 'a boolean', training);
@@ -432,6 +490,7 @@ export class VQLPIPSWithDiscriminator {
   loadState(s: VQLPIPSState): void {
     if (s === null || typeof s !== 'object') typeError('state', 'a VQLPIPSState object', s);
     if (this.lecam && s.lecam) this.lecam.loadState(s.lecam);
-    else if (this.lecam && !s.lecam) rangeError('state.lecam', 'the LeCAM EMA state (lecam_loss_weight is set)', s.lecam);
+    else if (this.lecam && !s.lecam)
+      rangeError('state.lecam', 'the LeCAM EMA state (lecam_loss_weight is set)', s.lecam);
   }
 }

@@ -104,8 +104,14 @@ export class Adam {
    * @param groups parameter groups, or a plain list of names (one group with the options' lr and
    *   weight decay). A name may appear in one group only.
    */
-  constructor(source: ParamSource, groups: readonly ParamGroupSpec[] | readonly string[], opts: AdamOptions, decoupled = false) {
-    if (!source || typeof (source as ParamSource).get !== 'function') typeError('source', 'an object with get(name): Tensor', source);
+  constructor(
+    source: ParamSource,
+    groups: readonly ParamGroupSpec[] | readonly string[],
+    opts: AdamOptions,
+    decoupled = false,
+  ) {
+    if (!source || typeof (source as ParamSource).get !== 'function')
+      typeError('source', 'an object with get(name): Tensor', source);
     if (!Array.isArray(groups)) typeError('groups', 'an array of parameter groups or of names', groups);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
     this.source = source;
@@ -123,7 +129,8 @@ export class Adam {
       ? [{ names: groups as readonly string[] }]
       : (groups as readonly ParamGroupSpec[]);
     this.groups = specs.map((g, gi) => {
-      if (g === null || typeof g !== 'object' || !Array.isArray(g.names)) typeError(`groups[${gi}]`, 'a group { names: string[] }', g);
+      if (g === null || typeof g !== 'object' || !Array.isArray(g.names))
+        typeError(`groups[${gi}]`, 'a group { names: string[] }', g);
       const group: ParamGroup = {
         names: [...g.names],
         lr: g.lr === undefined ? lr : finiteNonNeg(`groups[${gi}].lr`, g.lr),
@@ -165,13 +172,20 @@ export class Adam {
         if (!(g instanceof Tensor)) typeError(`grads.get('${name}')`, 'a Tensor', g);
         const p = this.source.get(name);
         if (!(p instanceof Tensor)) typeError(`source.get('${name}')`, 'a Tensor', p);
-        if (p.dtype !== 'float32' || !p.native.isContiguous) typeError(`parameter '${name}'`, 'a dense float32 Tensor', p.toString());
+        if (p.dtype !== 'float32' || !p.native.isContiguous)
+          typeError(`parameter '${name}'`, 'a dense float32 Tensor', p.toString());
         if (g.dtype !== 'float32') typeError(`gradient of '${name}'`, 'a float32 Tensor', g.toString());
         if (!sameShape(g.shape, p.shape))
-          throw new MergeVQError(`gradient of '${name}' has shape ${shapeStr(g.shape)}, the parameter ${shapeStr(p.shape)}`, 'ERR_SHAPE_MISMATCH');
+          throw new MergeVQError(
+            `gradient of '${name}' has shape ${shapeStr(g.shape)}, the parameter ${shapeStr(p.shape)}`,
+            'ERR_SHAPE_MISMATCH',
+          );
         const st = this.state.get(name);
         if (st && !sameShape(st.expAvg.shape, p.shape))
-          throw new MergeVQError(`optimizer state of '${name}' has shape ${shapeStr(st.expAvg.shape)}, the parameter ${shapeStr(p.shape)}`, 'ERR_SHAPE_MISMATCH');
+          throw new MergeVQError(
+            `optimizer state of '${name}' has shape ${shapeStr(st.expAvg.shape)}, the parameter ${shapeStr(p.shape)}`,
+            'ERR_SHAPE_MISMATCH',
+          );
         work.push({ name, p, g, group });
       }
     });
@@ -234,35 +248,58 @@ export class Adam {
       typeError('sd', 'a state dict { tensors: Map, meta }', sd);
     const meta = sd.meta;
     const kind = this.decoupled ? 'adamw' : 'adam';
-    if (meta.kind !== kind) throw new RangeError(`loadStateDict: the state dict is for ${String(meta.kind)}, this optimizer is ${kind}`);
+    if (meta.kind !== kind)
+      throw new RangeError(`loadStateDict: the state dict is for ${String(meta.kind)}, this optimizer is ${kind}`);
     if (!Array.isArray(meta.groups) || meta.groups.length !== this.groups.length)
-      throw new RangeError(`loadStateDict: the state dict has ${meta.groups?.length} groups, this optimizer ${this.groups.length}`);
+      throw new RangeError(
+        `loadStateDict: the state dict has ${meta.groups?.length} groups, this optimizer ${this.groups.length}`,
+      );
     meta.groups.forEach((g, gi) => {
       const mine = this.groups[gi]!;
-      if (!Array.isArray(g.names) || g.names.length !== mine.names.length || g.names.some((n, i) => n !== mine.names[i]))
+      if (
+        !Array.isArray(g.names) ||
+        g.names.length !== mine.names.length ||
+        g.names.some((n, i) => n !== mine.names[i])
+      )
         throw new RangeError(`loadStateDict: group ${gi} names other parameters than this optimizer's group ${gi}`);
       finiteNonNeg(`meta.groups[${gi}].lr`, g.lr);
       finiteNonNeg(`meta.groups[${gi}].weightDecay`, g.weightDecay);
     });
-    if (!Array.isArray(meta.betas) || meta.betas[0] !== this.betas[0] || meta.betas[1] !== this.betas[1] || meta.eps !== this.eps)
-      throw new RangeError(`loadStateDict: betas/eps ${JSON.stringify(meta.betas)}/${meta.eps} differ from this optimizer's ${JSON.stringify(this.betas)}/${this.eps}`);
+    if (
+      !Array.isArray(meta.betas) ||
+      meta.betas[0] !== this.betas[0] ||
+      meta.betas[1] !== this.betas[1] ||
+      meta.eps !== this.eps
+    )
+      throw new RangeError(
+        `loadStateDict: betas/eps ${JSON.stringify(meta.betas)}/${meta.eps} differ from this optimizer's ${JSON.stringify(this.betas)}/${this.eps}`,
+      );
     const staged = new Map<string, { m: Tensor; v: Tensor; step: number }>();
     for (const [name, step] of Object.entries(meta.steps ?? {})) {
-      if (!this.groupOf.has(name)) throw new RangeError(`loadStateDict: state for '${name}', which this optimizer does not manage`);
+      if (!this.groupOf.has(name))
+        throw new RangeError(`loadStateDict: state for '${name}', which this optimizer does not manage`);
       if (!Number.isInteger(step) || step < 1) rangeError(`meta.steps['${name}']`, 'an integer >= 1', step);
       const m = sd.tensors.get(`exp_avg.${name}`);
       const v = sd.tensors.get(`exp_avg_sq.${name}`);
-      if (!(m instanceof Tensor) || !(v instanceof Tensor)) throw new MergeVQError(`loadStateDict: missing exp_avg / exp_avg_sq of '${name}'`, 'ERR_MISSING_WEIGHT');
+      if (!(m instanceof Tensor) || !(v instanceof Tensor))
+        throw new MergeVQError(`loadStateDict: missing exp_avg / exp_avg_sq of '${name}'`, 'ERR_MISSING_WEIGHT');
       const p = this.source.get(name);
-      for (const [what, t] of [['exp_avg', m], ['exp_avg_sq', v]] as const) {
+      for (const [what, t] of [
+        ['exp_avg', m],
+        ['exp_avg_sq', v],
+      ] as const) {
         if (t.dtype !== 'float32') typeError(`${what}.${name}`, 'a float32 Tensor', t.toString());
         if (!sameShape(t.shape, p.shape))
-          throw new MergeVQError(`loadStateDict: ${what}.${name} has shape ${shapeStr(t.shape)}, the parameter ${shapeStr(p.shape)}`, 'ERR_SHAPE_MISMATCH');
+          throw new MergeVQError(
+            `loadStateDict: ${what}.${name} has shape ${shapeStr(t.shape)}, the parameter ${shapeStr(p.shape)}`,
+            'ERR_SHAPE_MISMATCH',
+          );
       }
       staged.set(name, { m, v, step });
     }
     const copies = new Map<string, ParamState>();
-    for (const [name, s] of staged) copies.set(name, { expAvg: runSync(clone(s.m)), expAvgSq: runSync(clone(s.v)), step: s.step });
+    for (const [name, s] of staged)
+      copies.set(name, { expAvg: runSync(clone(s.m)), expAvgSq: runSync(clone(s.v)), step: s.step });
     this.state.clear();
     for (const [n, s] of copies) this.state.set(n, s);
     meta.groups.forEach((g, gi) => {
@@ -318,8 +355,17 @@ export interface ClipOptions {
  * that appears under several names is scaled once). Returns the total norm (float32-rounded).
  * A NaN / infinite total scales by NaN / 0 as torch does, unless `errorIfNonfinite`.
  */
-export function* clipGradNorm(grads: ReadonlyMap<string, Tensor> | readonly Tensor[], maxNorm: number, opts: ClipOptions = {}): Program<number> {
-  const list = grads instanceof Map ? [...grads.values()] : Array.isArray(grads) ? [...grads] : typeError('grads', 'a Map of gradients or an array of Tensors', grads);
+export function* clipGradNorm(
+  grads: ReadonlyMap<string, Tensor> | readonly Tensor[],
+  maxNorm: number,
+  opts: ClipOptions = {},
+): Program<number> {
+  const list =
+    grads instanceof Map
+      ? [...grads.values()]
+      : Array.isArray(grads)
+        ? [...grads]
+        : typeError('grads', 'a Map of gradients or an array of Tensors', grads);
   if (typeof maxNorm !== 'number' || Number.isNaN(maxNorm)) typeError('maxNorm', 'a number', maxNorm);
   if (!(maxNorm >= 0)) rangeError('maxNorm', 'a number >= 0', maxNorm);
   if (list.length === 0) return 0;
@@ -359,7 +405,10 @@ export class GradAccumulator {
       if (!(g instanceof Tensor) || g.dtype !== 'float32') typeError(`grads.get('${name}')`, 'a float32 Tensor', g);
       const prev = this.sums.get(name);
       if (prev && !sameShape(prev.shape, g.shape))
-        throw new MergeVQError(`GradAccumulator: gradient of '${name}' has shape ${shapeStr(g.shape)}, earlier ones ${shapeStr(prev.shape)}`, 'ERR_SHAPE_MISMATCH');
+        throw new MergeVQError(
+          `GradAccumulator: gradient of '${name}' has shape ${shapeStr(g.shape)}, earlier ones ${shapeStr(prev.shape)}`,
+          'ERR_SHAPE_MISMATCH',
+        );
     }
     for (const [name, g] of grads) {
       const prev = this.sums.get(name);

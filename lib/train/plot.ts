@@ -30,7 +30,8 @@ async function importEsm(specifier: string): Promise<unknown> {
   }
 }
 let libs: Promise<[Vega, VegaLite]> | null = null;
-const load = () => (libs ??= Promise.all([importEsm('vega') as Promise<Vega>, importEsm('vega-lite') as Promise<VegaLite>]));
+const load = () =>
+  (libs ??= Promise.all([importEsm('vega') as Promise<Vega>, importEsm('vega-lite') as Promise<VegaLite>]));
 
 /** One named curve: (step, value) points. */
 export interface CurveSeries {
@@ -69,7 +70,12 @@ export async function curvesSvg(series: readonly CurveSeries[], opts: CurveOptio
     mark: { type: 'line', strokeWidth: 1.5 },
     encoding: {
       x: { field: 'step', type: 'quantitative', title: opts.xTitle ?? 'step' },
-      y: { field: 'value', type: 'quantitative', title: opts.yTitle ?? 'loss', scale: opts.logY ? { type: 'log' } : { zero: false } },
+      y: {
+        field: 'value',
+        type: 'quantitative',
+        title: opts.yTitle ?? 'loss',
+        scale: opts.logY ? { type: 'log' } : { zero: false },
+      },
       color: { field: 'series', type: 'nominal', title: null },
     },
   };
@@ -83,7 +89,11 @@ export async function curvesSvg(series: readonly CurveSeries[], opts: CurveOptio
 }
 
 /** Writes the chart as a PNG file. */
-export async function writeCurvesPng(path: string, series: readonly CurveSeries[], opts: CurveOptions = {}): Promise<void> {
+export async function writeCurvesPng(
+  path: string,
+  series: readonly CurveSeries[],
+  opts: CurveOptions = {},
+): Promise<void> {
   const svg = await curvesSvg(series, opts);
   await sharp(Buffer.from(svg)).png().toFile(path);
 }

@@ -234,7 +234,8 @@ export class TrainRng {
     for (let i = 0; i < 4; ++i) checkInt(`state.s[${i}]`, s[i], 0, 0xffffffff);
     if ((s[0] | s[1] | s[2] | s[3]) === 0) rangeError('state.s', 'not all zero (the all-zero state is invalid)', 0);
     const spare = state.spare as unknown;
-    if (spare !== null && (typeof spare !== 'number' || !Number.isFinite(spare))) typeError('state.spare', 'null or a finite number', spare);
+    if (spare !== null && (typeof spare !== 'number' || !Number.isFinite(spare)))
+      typeError('state.spare', 'null or a finite number', spare);
     [this.s0, this.s1, this.s2, this.s3] = s as [number, number, number, number];
     this.spare = spare as number | null;
   }

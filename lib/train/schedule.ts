@@ -81,7 +81,12 @@ export function linearWarmup(step: number, warmupSteps: number): number {
  * LambdaLR multiplier "linear-warmup_cosine-decay": linear warm-up, then
  * max(0.5 * (cos((step - warmup) / (maxSteps - warmup) * pi) + 1), multiplerMin).
  */
-export function linearWarmupCosineDecay(step: number, warmupSteps: number, maxSteps: number, multiplerMin: number): number {
+export function linearWarmupCosineDecay(
+  step: number,
+  warmupSteps: number,
+  maxSteps: number,
+  multiplerMin: number,
+): number {
   stepArg(step);
   num('warmupSteps', warmupSteps);
   num('maxSteps', maxSteps);
@@ -150,7 +155,11 @@ export interface HasParamGroups {
  * Sets every group's lr and weight decay for AR step `step` (as the reference does, the
  * no-decay group included, so after the first step it decays too). Returns the values set.
  */
-export function applyArAnnealing(opt: HasParamGroups, step: number, cfg: ArAnnealConfig): { lr: number; weightDecay: number } {
+export function applyArAnnealing(
+  opt: HasParamGroups,
+  step: number,
+  cfg: ArAnnealConfig,
+): { lr: number; weightDecay: number } {
   const v = arLrWd(step, cfg);
   for (const g of opt.groups) {
     g.lr = v.lr;

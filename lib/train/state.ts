@@ -70,7 +70,8 @@ function checkJson(v: unknown, where: string, depth: number): void {
   }
   if (typeof v === 'object') {
     const proto = Object.getPrototypeOf(v);
-    if (proto !== Object.prototype && proto !== null) typeError(where, 'a plain object, array, string, finite number, boolean or null', v);
+    if (proto !== Object.prototype && proto !== null)
+      typeError(where, 'a plain object, array, string, finite number, boolean or null', v);
     for (const [k, x] of Object.entries(v as Record<string, unknown>)) checkJson(x, `${where}.${k}`, depth + 1);
     return;
   }
@@ -88,7 +89,8 @@ function entriesOf(tensors: Map<string, Tensor>): Entry[] {
   if (!(tensors instanceof Map)) typeError('state.tensors', 'a Map<string, Tensor>', tensors);
   const out: Entry[] = [];
   for (const [name, t] of tensors) {
-    if (typeof name !== 'string' || name === '' || name === '__metadata__') typeError('state.tensors key', 'a non-empty string other than "__metadata__"', name);
+    if (typeof name !== 'string' || name === '' || name === '__metadata__')
+      typeError('state.tensors key', 'a non-empty string other than "__metadata__"', name);
     if (!(t instanceof Tensor)) typeError(`state.tensors[${JSON.stringify(name)}]`, 'a Tensor', t);
     if (t.disposed) typeError(`state.tensors[${JSON.stringify(name)}]`, 'a live (not disposed) Tensor', t);
     const data = t.device === 'cpu' ? t.toArray() : t.to('cpu').toArray();
@@ -102,7 +104,9 @@ function entriesOf(tensors: Map<string, Tensor>): Entry[] {
  * SHA-256 over the tensors in name order: each name, dtype, shape and bytes, length-prefixed so
  * that no two different sets of tensors hash the same stream.
  */
-function digest(items: readonly { name: string; dtype: string; shape: readonly number[]; bytes: Uint8Array }[]): string {
+function digest(
+  items: readonly { name: string; dtype: string; shape: readonly number[]; bytes: Uint8Array }[],
+): string {
   const h = createHash('sha256');
   const u32 = (n: number) => {
     const b = Buffer.alloc(8);
@@ -198,7 +202,11 @@ async function trustedOrValid(file: string): Promise<{ ok: true } | { ok: false;
  * so that it never pushes out the good `.prev`.
  * @throws TypeError on a bad state (nothing is written then).
  */
-export async function saveTrainingState(file: string, state: TrainingState, opts: SaveTrainingStateOptions = {}): Promise<void> {
+export async function saveTrainingState(
+  file: string,
+  state: TrainingState,
+  opts: SaveTrainingStateOptions = {},
+): Promise<void> {
   if (typeof file !== 'string' || file === '') typeError('path', 'a non-empty file path', file);
   if (state === null || typeof state !== 'object') typeError('state', 'a TrainingState { tensors, meta }', state);
   const meta = state.meta;
@@ -254,30 +262,51 @@ interface VerifiedItem {
   bytes: Uint8Array;
 }
 
-const FROM_ST: Readonly<Record<string, DType>> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16', I32: 'int32', I64: 'int64', U8: 'uint8' };
+const FROM_ST: Readonly<Record<string, DType>> = {
+  F32: 'float32',
+  F16: 'float16',
+  BF16: 'bfloat16',
+  I32: 'int32',
+  I64: 'int64',
+  U8: 'uint8',
+};
 
 /** Reads `file` whole and checks its structure, format marker and digest. */
 function readVerified(file: string): { items: VerifiedItem[]; meta: { [key: string]: JsonValue } } {
   const f = readSafetensorsSync(file);
   try {
     const md = f.metadata;
-    if (md.format !== FORMAT) throw new MergeVQError(`${file}: not a mergevq training state (metadata format ${JSON.stringify(md.format)})`, 'ERR_BAD_FILE');
-    if (md.version !== VERSION) throw new MergeVQError(`${file}: unsupported training state version ${JSON.stringify(md.version)}`, 'ERR_BAD_FILE');
+    if (md.format !== FORMAT)
+      throw new MergeVQError(
+        `${file}: not a mergevq training state (metadata format ${JSON.stringify(md.format)})`,
+        'ERR_BAD_FILE',
+      );
+    if (md.version !== VERSION)
+      throw new MergeVQError(
+        `${file}: unsupported training state version ${JSON.stringify(md.version)}`,
+        'ERR_BAD_FILE',
+      );
     let meta: unknown;
     try {
       meta = JSON.parse(md.meta ?? '');
     } catch {
       throw new MergeVQError(`${file}: metadata "meta" is not valid JSON`, 'ERR_BAD_FILE');
     }
-    if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw new MergeVQError(`${file}: metadata "meta" is ${describe(meta)}, not an object`, 'ERR_BAD_FILE');
+    if (meta === null || typeof meta !== 'object' || Array.isArray(meta))
+      throw new MergeVQError(`${file}: metadata "meta" is ${describe(meta)}, not an object`, 'ERR_BAD_FILE');
     const names = [...f.names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     const items = names.map((name): VerifiedItem => {
       const info = f.info(name);
       const dtype = FROM_ST[info.dtype];
-      if (!dtype) throw new MergeVQError(`${file}: tensor ${JSON.stringify(name)} has dtype ${info.dtype}, which training states do not use`, 'ERR_BAD_FILE');
+      if (!dtype)
+        throw new MergeVQError(
+          `${file}: tensor ${JSON.stringify(name)} has dtype ${info.dtype}, which training states do not use`,
+          'ERR_BAD_FILE',
+        );
       return { name, dtype, shape: info.shape, bytes: f.bytes(name) };
     });
-    if (digest(items) !== md.sha256) throw new MergeVQError(`${file}: tensor data does not match its SHA-256 (damaged file)`, 'ERR_BAD_FILE');
+    if (digest(items) !== md.sha256)
+      throw new MergeVQError(`${file}: tensor data does not match its SHA-256 (damaged file)`, 'ERR_BAD_FILE');
     return { items, meta: meta as { [key: string]: JsonValue } };
   } finally {
     f.close();

@@ -87,8 +87,24 @@ export interface TokenizerStepLog {
 }
 
 const KNOWN = new Set([
-  'tokenizer', 'data', 'loss', 'perceptual', 'learningRate', 'betas', 'lrDropEpoch', 'lrDropRate', 'useEma', 'emaDecay', 'accumulate',
-  'gradientClip', 'keepSampling', 'fixedKeep', 'sourceWeight', 'labelSmoothing', 'seed', 'sync',
+  'tokenizer',
+  'data',
+  'loss',
+  'perceptual',
+  'learningRate',
+  'betas',
+  'lrDropEpoch',
+  'lrDropRate',
+  'useEma',
+  'emaDecay',
+  'accumulate',
+  'gradientClip',
+  'keepSampling',
+  'fixedKeep',
+  'sourceWeight',
+  'labelSmoothing',
+  'seed',
+  'sync',
 ]);
 
 const DISC = 'loss.discriminator.';
@@ -98,7 +114,8 @@ function scalars(log: Record<string, unknown>, prefix = ''): Record<string, numb
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(log)) {
     if (typeof v === 'number') out[prefix + k] = v;
-    else if (v && typeof v === 'object' && 'numel' in v && (v as Tensor).numel === 1) out[prefix + k] = (v as Tensor).item();
+    else if (v && typeof v === 'object' && 'numel' in v && (v as Tensor).numel === 1)
+      out[prefix + k] = (v as Tensor).item();
   }
   return out;
 }
@@ -121,7 +138,9 @@ export class TokenizerTrainer {
   private readonly accGen: GradAccumulator;
   private readonly accDisc: GradAccumulator;
   private readonly keepRng: TrainRng;
-  private readonly opts: Required<Omit<TokenizerTrainOptions, 'perceptual' | 'loss' | 'fixedKeep' | 'gradientClip' | 'lrDropEpoch'>> & {
+  private readonly opts: Required<
+    Omit<TokenizerTrainOptions, 'perceptual' | 'loss' | 'fixedKeep' | 'gradientClip' | 'lrDropEpoch'>
+  > & {
     fixedKeep: number | null;
     gradientClip: number | null;
     lrDropEpoch: number[];
@@ -131,8 +150,11 @@ export class TokenizerTrainer {
 
   constructor(o: TokenizerTrainOptions) {
     if (o === null || typeof o !== 'object') typeError('options', 'an options object', o);
-    for (const k of Object.keys(o)) if (!KNOWN.has(k)) throw new RangeError(`TokenizerTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
-    if (!o.tokenizer || typeof o.tokenizer.encoder !== 'object') typeError('tokenizer', 'a MergeVQTokenizer', o.tokenizer);
+    for (const k of Object.keys(o))
+      if (!KNOWN.has(k))
+        throw new RangeError(`TokenizerTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
+    if (!o.tokenizer || typeof o.tokenizer.encoder !== 'object')
+      typeError('tokenizer', 'a MergeVQTokenizer', o.tokenizer);
     if (!o.data || typeof o.data !== 'object' || !o.data.dataset) typeError('data', '{ dataset, batchSize }', o.data);
     const seed = o.seed ?? 0;
     this.opts = {
@@ -153,8 +175,10 @@ export class TokenizerTrainer {
       seed,
       sync: o.sync ?? false,
     };
-    if (!Number.isInteger(this.opts.accumulate) || this.opts.accumulate < 1) rangeError('accumulate', 'a positive integer', this.opts.accumulate);
-    if (this.opts.keepSampling !== 'cycle' && this.opts.keepSampling !== 'random') rangeError('keepSampling', "'cycle' or 'random'", this.opts.keepSampling);
+    if (!Number.isInteger(this.opts.accumulate) || this.opts.accumulate < 1)
+      rangeError('accumulate', 'a positive integer', this.opts.accumulate);
+    if (this.opts.keepSampling !== 'cycle' && this.opts.keepSampling !== 'random')
+      rangeError('keepSampling', "'cycle' or 'random'", this.opts.keepSampling);
     const tok = o.tokenizer;
     if (this.opts.fixedKeep !== null && !tok.candidates.keep.includes(this.opts.fixedKeep))
       rangeError('fixedKeep', `one of the keep candidates ${tok.candidates.keep.join(', ')}`, this.opts.fixedKeep);
@@ -172,11 +196,20 @@ export class TokenizerTrainer {
     const adam = { lr: this.opts.learningRate, betas: this.opts.betas, eps: 1e-8, weightDecay: 0 };
     this.optGen = new Adam(tok.store, this.genNames, adam);
     this.optDisc = new Adam(discSource, this.discNames, adam);
-    this.ema = this.opts.useEma ? new LitEma(this.params, [...this.genNames, ...this.discNames.map((n) => DISC + n)], { decay: this.opts.emaDecay }) : null;
+    this.ema = this.opts.useEma
+      ? new LitEma(this.params, [...this.genNames, ...this.discNames.map((n) => DISC + n)], {
+          decay: this.opts.emaDecay,
+        })
+      : null;
     this.accGen = new GradAccumulator();
     this.accDisc = new GradAccumulator();
     this.keepRng = TrainRng.derive(seed, 'keep');
-    this.loader = new DataLoader(o.data.dataset, { batchSize: o.data.batchSize, seed: o.data.seed ?? seed, prefetch: o.data.prefetch ?? 2, dropLast: o.data.dropLast ?? true });
+    this.loader = new DataLoader(o.data.dataset, {
+      batchSize: o.data.batchSize,
+      seed: o.data.seed ?? seed,
+      prefetch: o.data.prefetch ?? 2,
+      dropLast: o.data.dropLast ?? true,
+    });
   }
 
   private run<T>(p: Program<T>, observe?: Tape['observe']): Promise<T> {
@@ -232,14 +265,29 @@ export class TokenizerTrainer {
 
     // generator pass
     const tape = new Tape();
-    const w = { cls: this.objective.config.clsLossWeight || 1, source: this.opts.sourceWeight, labelSmoothing: this.opts.labelSmoothing, temperature: 0.01 };
+    const w = {
+      cls: this.objective.config.clsLossWeight || 1,
+      source: this.opts.sourceWeight,
+      labelSmoothing: this.opts.labelSmoothing,
+      temperature: 0.01,
+    };
     const fwd = await this.run(
       (function* (self: TokenizerTrainer): Program<{ f: ForwardTerms; total: Tensor; log: Record<string, unknown> }> {
         const f = yield* tokenizerForward(tok, batch.images, batch.labels, keep, w);
-        const lastLayer = self.objective.config.genLossWeight === null ? tok.store.get('decoder.conv_out.weight') : null;
+        const lastLayer =
+          self.objective.config.genLossWeight === null ? tok.store.get('decoder.conv_out.weight') : null;
         const g = yield* self.objective.generatorPass({
-          inputs: batch.images, reconstructions: f.decoded, codebookLoss: f.aux, perSampleEntropy: f.perSample, codebookEntropy: f.codebook,
-          commitment: f.commitment, clsLoss: f.cls, globalStep: step, lastLayer, tape, training: true,
+          inputs: batch.images,
+          reconstructions: f.decoded,
+          codebookLoss: f.aux,
+          perSampleEntropy: f.perSample,
+          codebookEntropy: f.codebook,
+          commitment: f.commitment,
+          clsLoss: f.cls,
+          globalStep: step,
+          lastLayer,
+          tape,
+          training: true,
         });
         let total = g.loss;
         if (f.source) total = yield* add(total, yield* scale(f.source, self.opts.sourceWeight));
@@ -253,7 +301,15 @@ export class TokenizerTrainer {
 
     // discriminator pass (reconstructions detached inside)
     const dtape = new Tape();
-    const dres = await this.run(this.objective.discriminatorPass({ inputs: batch.images, reconstructions: fwd.f.decoded, globalStep: step, training: true }), dtape.observe);
+    const dres = await this.run(
+      this.objective.discriminatorPass({
+        inputs: batch.images,
+        reconstructions: fwd.f.decoded,
+        globalStep: step,
+        training: true,
+      }),
+      dtape.observe,
+    );
     // accumulated gradients are averaged by the accumulator (the reference divides each loss by
     // the count and sums: the same mean)
     const gradsD = await this.run(dtape.backward(dres.loss, null, { free: true }));
@@ -292,7 +348,11 @@ export class TokenizerTrainer {
    * Trains for `steps` more micro-batches (or until `signal` aborts, between batches), calling
    * `onStep` with each log. Returns the logs.
    */
-  async fit(opts: { steps: number; signal?: AbortSignal; onStep?: (log: TokenizerStepLog) => void | Promise<void> }): Promise<TokenizerStepLog[]> {
+  async fit(opts: {
+    steps: number;
+    signal?: AbortSignal;
+    onStep?: (log: TokenizerStepLog) => void | Promise<void>;
+  }): Promise<TokenizerStepLog[]> {
     if (!Number.isInteger(opts.steps) || opts.steps < 0) rangeError('steps', 'a non-negative integer', opts.steps);
     const logs: TokenizerStepLog[] = [];
     for (let i = 0; i < opts.steps; ++i) {
@@ -327,7 +387,8 @@ export class TokenizerTrainer {
     for (const [n, t] of g.tensors) tensors.set(`opt_gen.${n}`, t);
     for (const [n, t] of d.tensors) tensors.set(`opt_disc.${n}`, t);
     if (this.ema) for (const [n, t] of this.ema.stateDict()) tensors.set(`ema.${n}`, t);
-    if (this.accGen.count !== 0) throw new MergeVQError('save: a gradient accumulation is in progress; save after an optimizer step', 'ERR_BUSY');
+    if (this.accGen.count !== 0)
+      throw new MergeVQError('save: a gradient accumulation is in progress; save after an optimizer step', 'ERR_BUSY');
     const meta = {
       kind: 'mergevq-tokenizer-training',
       globalStep: this.globalStep,
@@ -356,7 +417,8 @@ export class TokenizerTrainer {
   async resume(path: string): Promise<{ loadedFrom: string; which: 'latest' | 'previous' }> {
     const st = await loadTrainingState(path);
     const meta = st.meta as Record<string, unknown>;
-    if (meta.kind !== 'mergevq-tokenizer-training') throw new MergeVQError(`${path}: not a tokenizer training state`, 'ERR_BAD_FILE');
+    if (meta.kind !== 'mergevq-tokenizer-training')
+      throw new MergeVQError(`${path}: not a tokenizer training state`, 'ERR_BAD_FILE');
     const pick = (prefix: string) => {
       const m = new Map<string, Tensor>();
       for (const [k, t] of st.tensors) if (k.startsWith(prefix)) m.set(k.slice(prefix.length), t);
@@ -380,14 +442,20 @@ export class TokenizerTrainer {
    * Writes the tokenizer's weights (EMA by default) as safetensors with the reference's names,
    * loadable by `MergeVQTokenizer.loadWeights` / `readWeights`.
    */
-  async exportWeights(path: string, opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {}): Promise<void> {
+  async exportWeights(
+    path: string,
+    opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {},
+  ): Promise<void> {
     const useEma = (opts.ema ?? true) && this.ema !== null;
     const out: Record<string, Tensor> = {};
     for (const n of this.genNames) {
       const t = useEma ? this.ema!.shadow(n) : this.tokenizer.store.get(n);
       out[n] = opts.dtype && opts.dtype !== 'float32' ? t.cast(opts.dtype) : t;
     }
-    await writeSafetensors(path, out, { format: 'pt', mergevq: JSON.stringify({ kind: 'tokenizer', config: this.tokenizer.config, step: this.globalStep, ema: useEma }) });
+    await writeSafetensors(path, out, {
+      format: 'pt',
+      mergevq: JSON.stringify({ kind: 'tokenizer', config: this.tokenizer.config, step: this.globalStep, ema: useEma }),
+    });
   }
 
   /** Stops the loader's prefetching. */
