@@ -25,7 +25,7 @@ import { TokenizerTrainer, type TokenizerStepLog } from '../train/tokenizer-trai
 import { ARTrainer, type ARStepLog } from '../train/ar-trainer.js';
 import { extractCodes, readCodes, writeCodes } from '../train/codes.js';
 import { MergeVQGPT } from '../generator/gpt.js';
-import { MergeARGPT } from '../generator/mergear.js';
+import { MERGEAR_WINDOW, MergeARGPT } from '../generator/mergear.js';
 import { parseGPTConfigYaml } from '../generator/config.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import { writeCurvesPng } from '../train/plot.js';
@@ -387,7 +387,7 @@ export function addTrainCommands(program: Command): void {
         const model = useMergeAR
           ? new MergeARGPT(gcfg, {
               numCandidates: codes.meta.keepCandidates.length,
-              window: Math.trunc(num(mer.window, 2)),
+              window: Math.trunc(num(mer.window, MERGEAR_WINDOW)),
             })
           : new MergeVQGPT(gcfg);
         model.store.initRandom(o.seed);
