@@ -403,7 +403,7 @@ defineGrad('reshape', function* (req, _o, [g]) {
   return [yield* reshape(g!, req.inputs[0]!.shape)];
 });
 defineGrad('contiguous', function* (_req, _o, [g]) {
-  return [g];
+  return [g ?? null];
 });
 defineGrad('select', function* (req, _o, [g]) {
   const x = req.inputs[0]!;
@@ -474,7 +474,7 @@ defineGrad('unmerge', function* (req, _o, [g]) {
 });
 // Straight-through estimator: codes = z + stopgrad(sign(z) - z).
 defineGrad('lfq_quantize', function* (_req, _o, gouts) {
-  return [gouts[0]];
+  return [gouts[0] ?? null];
 });
 defineGrad('l1_loss', function* (req, _o, [g]) {
   const [a, b] = req.inputs;

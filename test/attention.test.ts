@@ -68,7 +68,7 @@ function refForward(
           P[row * M + j] = p;
           if (p === 0) continue;
           const vo = ((b * H + h) * M + j) * hd;
-          for (let c = 0; c < hd; ++c) out[qo + c] += p * v[vo + c]!;
+          for (let c = 0; c < hd; ++c) out[qo + c]! += p * v[vo + c]!;
         }
       }
   return { out, lse, P };
@@ -108,11 +108,11 @@ function refBackward(
           if (p === 0) continue;
           const ds = p * (dP[j]! - D);
           const ko = ((b * H + h) * M + j) * hd;
-          gb[b * M + j] += ds;
+          gb[b * M + j]! += ds;
           for (let c = 0; c < hd; ++c) {
-            gq[qo + c] += scale * ds * k[ko + c]!;
-            gk[ko + c] += scale * ds * q[qo + c]!;
-            gv[ko + c] += p * go[qo + c]!;
+            gq[qo + c]! += scale * ds * k[ko + c]!;
+            gk[ko + c]! += scale * ds * q[qo + c]!;
+            gv[ko + c]! += p * go[qo + c]!;
           }
         }
       }

@@ -68,7 +68,7 @@ function refConvGrads(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, gy: Ar
       for (let oh = 0; oh < Ho; ++oh)
         for (let ow = 0; ow < Wo; ++ow) {
           const gv = gy[((b * c.O + o) * Ho + oh) * Wo + ow]!;
-          gb[o] += gv;
+          gb[o]! += gv;
           for (let ci = 0; ci < Cg; ++ci) {
             const ch = g * Cg + ci;
             for (let i = 0; i < c.kh; ++i) {
@@ -79,8 +79,8 @@ function refConvGrads(c: Cfg, x: ArrayLike<number>, w: ArrayLike<number>, gy: Ar
                 if (iw < 0 || iw >= c.W) continue;
                 const xi = ((b * c.C + ch) * c.H + ih) * c.W + iw,
                   wi = ((o * Cg + ci) * c.kh + i) * c.kw + j;
-                gx[xi] += gv * w[wi]!;
-                gw[wi] += gv * x[xi]!;
+                gx[xi]! += gv * w[wi]!;
+                gw[wi]! += gv * x[xi]!;
               }
             }
           }

@@ -78,7 +78,7 @@ function reduceTo(g: Float64Array, gshape: number[], shape: number[]): Float64Ar
   for (let i = 0; i < g.length; ++i) {
     let o = 0;
     for (let d = 0; d < nd; ++d) o = o * ps[d]! + (ps[d] === 1 ? 0 : idx[d]);
-    out[o] += g[i]!;
+    out[o]! += g[i]!;
     for (let d = nd - 1; d >= 0; --d) {
       if (++idx[d] < gshape[d]!) break;
       idx[d] = 0;
@@ -348,7 +348,7 @@ describe('linear', () => {
         expect(relErr(gw.toFloat32(), rgw), seedInfo(rng.seed)).toBeLessThan(1e-5);
         if (withBias) {
           const rgb = new Float64Array(N);
-          for (let i = 0; i < rows; ++i) for (let j = 0; j < N; ++j) rgb[j] += gy[i * N + j]!;
+          for (let i = 0; i < rows; ++i) for (let j = 0; j < N; ++j) rgb[j]! += gy[i * N + j]!;
           expect(relErr(gb!.toFloat32(), rgb), seedInfo(rng.seed)).toBeLessThan(1e-5);
         } else {
           expect(gb).toBeNull();

@@ -115,7 +115,7 @@ describe('index_select and embedding', () => {
     expect(gw.shape).toEqual([V, D]);
     const ref = new Float64Array(V * D);
     iv.forEach((r, k) => {
-      for (let j = 0; j < D; ++j) ref[r * D + j] += g[k * D + j]!;
+      for (let j = 0; j < D; ++j) ref[r * D + j]! += g[k * D + j]!;
     });
     expect(relErr(gw.toFloat32(), ref), seedInfo(rng.seed)).toBeLessThan(1e-7);
     const fd = finiteDiffCheck(w.data, (v) => dot(g, selectRef(v, [V, D], 0, iv)), gw.toFloat32(), {

@@ -233,7 +233,7 @@ describe('damaged and hostile legacy files', () => {
     expect((await refused(file)).message).toMatch(/limit maxStack/);
     // A storage key in the list that no tensor uses, and a magic number that is not torch's.
     const b = Buffer.from(whole);
-    b[5] ^= 1;
+    b[5]! ^= 1;
     fs.writeFileSync(file, b);
     expect((await refused(file)).message).toMatch(/not the magic number/);
   });

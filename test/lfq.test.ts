@@ -55,7 +55,7 @@ function entropyRef(rows: number[][], T: number, gps = 1, gcb = 1) {
       const lp = l[c]! - m - Math.log(den);
       p[c] = Math.exp(lp);
       h -= p[c]! * lp;
-      pbar[c] += p[c]! / N;
+      pbar[c]! += p[c]! / N;
     }
     ps += h / N;
     P.push(p);
@@ -76,7 +76,7 @@ function entropyRef(rows: number[][], T: number, gps = 1, gcb = 1) {
     const gz = new Array<number>(d).fill(0);
     for (let c = 0; c < K; ++c) {
       const dl = p[c]! * (g[c]! - pg);
-      for (let j = 0; j < d; ++j) gz[j] += (dl * 2 * ((c >> j) & 1 ? 1 : -1)) / T;
+      for (let j = 0; j < d; ++j) gz[j]! += (dl * 2 * ((c >> j) & 1 ? 1 : -1)) / T;
     }
     void z;
     void h;
@@ -280,7 +280,7 @@ describe('lfq_entropy against a float64 full-softmax reference', () => {
       for (let c = 0; c < 1 << d; ++c) {
         let p = 1;
         for (let j = 0; j < d; ++j) p *= (c >> j) & 1 ? p1[n]![j]! : 1 - p1[n]![j]!;
-        pbar[c] += p / N;
+        pbar[c]! += p / N;
       }
     let cb = 0;
     for (const v of pbar) cb -= v * Math.log(v + 1e-5);

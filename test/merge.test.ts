@@ -65,7 +65,7 @@ function refMatch(m: Float32Array, B: number, N: number, C: number, r: number, c
       let bj = -1;
       for (let j = 0; j < Nb; ++j) {
         const acc = new Array<number>(8).fill(0);
-        for (let k = 0; k < C; ++k) acc[k % 8] += xn[2 * i]![k]! * xn[2 * j + 1]![k]!;
+        for (let k = 0; k < C; ++k) acc[k % 8]! += xn[2 * i]![k]! * xn[2 * j + 1]![k]!;
         const sc = f(acc[0]! + acc[1]! + (acc[2]! + acc[3]!) + (acc[4]! + acc[5]! + (acc[6]! + acc[7]!)));
         if (bj < 0 || sc > bv) {
           bv = sc;
@@ -114,11 +114,11 @@ function refMerge(x: ArrayLike<number>, s: ArrayLike<number> | null, B: number, 
     for (let i = 0; i < N; ++i) {
       const si = s ? s[b * N + i]! : 1;
       const o = b * O + dest[i]!;
-      ss[o] += si;
-      for (let k = 0; k < C; ++k) xs[o * C + k] += x[(b * N + i) * C + k]! * si;
+      ss[o]! += si;
+      for (let k = 0; k < C; ++k) xs[o * C + k]! += x[(b * N + i) * C + k]! * si;
     }
   }
-  for (let o = 0; o < B * O; ++o) for (let k = 0; k < C; ++k) xs[o * C + k] /= ss[o]!;
+  for (let o = 0; o < B * O; ++o) for (let k = 0; k < C; ++k) xs[o * C + k]! /= ss[o]!;
   return { x: xs, size: ss, O };
 }
 
@@ -365,7 +365,7 @@ describe('tome_merge / source / unmerge against float64 references', () => {
       const gkr = new Float64Array(B * ref.O * C);
       for (let b = 0; b < B; ++b)
         for (let l = 0; l < N; ++l)
-          for (let k = 0; k < C; ++k) gkr[(b * ref.O + mp[b * N + l]!) * C + k] += wf[(b * N + l) * C + k]!;
+          for (let k = 0; k < C; ++k) gkr[(b * ref.O + mp[b * N + l]!) * C + k]! += wf[(b * N + l) * C + k]!;
       expect(maxAbsErr(gk, gkr)).toBeLessThan(1e-5);
       const keptD = Float32Array.from(kept);
       const uloss = (kk: Float32Array) => {

@@ -73,8 +73,8 @@ function gnBackRef(
         const gz = gy[k]! * actGrad(p.act, z[k]!);
         xh[j] = (x[k]! - m) * rs;
         gxh[j] = gz * (w ? w[ch]! : 1);
-        gw[ch] += gz * xh[j]!;
-        gb[ch] += gz;
+        gw[ch]! += gz * xh[j]!;
+        gb[ch]! += gz;
         m1 += gxh[j]!;
         m2 += gxh[j]! * xh[j]!;
       }
@@ -118,8 +118,8 @@ function lnBackRef(x: ArrayLike<number>, w: ArrayLike<number> | null, gy: ArrayL
     for (let c = 0; c < C; ++c) {
       xh[c] = (x[r * C + c]! - mean[r]!) * rstd[r]!;
       g[c] = gy[r * C + c]! * (w ? w[c]! : 1);
-      gw[c] += gy[r * C + c]! * xh[c]!;
-      gb[c] += gy[r * C + c]!;
+      gw[c]! += gy[r * C + c]! * xh[c]!;
+      gb[c]! += gy[r * C + c]!;
       m1 += g[c]!;
       m2 += g[c]! * xh[c]!;
     }
@@ -153,7 +153,7 @@ function rmsBackRef(x: ArrayLike<number>, w: ArrayLike<number>, gy: ArrayLike<nu
     s /= C;
     for (let c = 0; c < C; ++c) {
       gx[r * C + c] = rs * gy[r * C + c]! * w[c]! - x[r * C + c]! * rs ** 3 * s;
-      gw[c] += gy[r * C + c]! * x[r * C + c]! * rs;
+      gw[c]! += gy[r * C + c]! * x[r * C + c]! * rs;
     }
   }
   return { gx, gw };

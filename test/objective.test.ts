@@ -484,9 +484,9 @@ describe('generator objective vs float64 finite differences (fresh random inputs
           sg = 0;
         for (let i = 0; i < lwArr.length; ++i) {
           const wp = Float64Array.from(lwArr);
-          wp[i] += h;
+          wp[i]! += h;
           const wm = Float64Array.from(lwArr);
-          wm[i] -= h;
+          wm[i]! -= h;
           const rp = recon64(wp),
             rm = recon64(wm);
           const gp = g64(rp),
@@ -522,9 +522,9 @@ describe('generator objective vs float64 finite differences (fresh random inputs
         for (let tries = 0; tries < 60 && done < 10; ++tries) {
           const i = rng.int(data.length);
           const xp = Float64Array.from(data);
-          xp[i] += h;
+          xp[i]! += h;
           const xm = Float64Array.from(data);
-          xm[i] -= h;
+          xm[i]! -= h;
           const p = evalAt(xp),
             q = evalAt(xm);
           if (p.kinks.some((s, k) => s !== q.kinks[k] || s === 0)) continue;

@@ -76,7 +76,7 @@ function refUnpool(c: Cfg, idx: ArrayLike<number>, gy: ArrayLike<number>): Float
   const [Ho, Wo] = outHW(c);
   const gx = new Float64Array(B * C * H * W);
   for (let pl = 0; pl < B * C; ++pl)
-    for (let j = 0; j < Ho * Wo; ++j) gx[pl * H * W + idx[pl * Ho * Wo + j]!] += gy[pl * Ho * Wo + j]!;
+    for (let j = 0; j < Ho * Wo; ++j) gx[pl * H * W + idx[pl * Ho * Wo + j]!]! += gy[pl * Ho * Wo + j]!;
   return gx;
 }
 

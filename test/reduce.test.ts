@@ -149,7 +149,7 @@ describe('reductions', () => {
         const c = coordsOf(i, g).slice(g.length - s.length);
         let o = 0;
         for (let d = 0; d < s.length; ++d) o = o * s[d]! + (s[d] === 1 ? 0 : c[d]!);
-        ref[o] += gt.data[i]!;
+        ref[o]! += gt.data[i]!;
       }
       expect(relErr(y.toFloat32(), ref), `${g} -> ${s} ${seedInfo(rng.seed)}`).toBeLessThan(2e-7);
     }

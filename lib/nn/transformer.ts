@@ -38,7 +38,7 @@ export class SelfAttention {
     const [o] = yield* attention(q!, k!, v!, keyBias, null, { scale: 1 / Math.sqrt(this.headDim) }); // [B, H, N, hd]
     const merged = yield* mergeHeads(o); // [B, N, C]
     const out = yield* this.proj.forward(merged);
-    return { out, k };
+    return { out, k: k! };
   }
 }
 
