@@ -9,7 +9,7 @@ import { linear } from '../lib/ops/linalg.js';
 import { gelu } from '../lib/ops/nn.js';
 import { add, concat, mean, mul, scale, slice } from '../lib/ops/tensor.js';
 import type { Tensor } from '../lib/tensor.js';
-import { Rng, seedInfo } from './helpers.js';
+import { Rng, seedInfo, tinyGRArgs } from './helpers.js';
 import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
 import { tokenizerLoss } from '../lib/tokenizer/train.js';
 import { Tensor as T } from '../lib/tensor.js';
@@ -68,27 +68,7 @@ describe('Tape.backward free', () => {
 
   it('on a whole G+R tokenizer loss (merging, LFQ, attention, recovery) every parameter gradient is bit-identical', () => {
     const rng = new Rng();
-    const tok = MergeVQTokenizer.fromConfig({
-      ddconfig: {
-        z_channels: 8,
-        resolution: 16,
-        in_channels: 1,
-        out_ch: 1,
-        ch: 32,
-        ch_mult: [1, 2, 2],
-        num_res_blocks: 1,
-        num_att_blocks: 3,
-        num_heads: 2,
-        dist_head: 'layer3',
-        num_classes: 10,
-        merge_num: 7,
-        cand_distribution: 'gaussian-3',
-        init_values: 0.1,
-      },
-      k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
-      n_embed: 256,
-      embed_dim: 8,
-    });
+    const tok = MergeVQTokenizer.fromConfig(tinyGRArgs());
     tok.store.initRandom(rng.int(1000));
     const x = rng.tensor([3, 1, 16, 16], 0.5);
     const labels = T.from(BigInt64Array.from([1n, 4n, 7n]), [3]);

@@ -16,7 +16,7 @@ import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
 import { writeSafetensors } from '../lib/io/safetensors.js';
 import { createProgram } from '../lib/cli/program.js';
 import { vi } from 'vitest';
-import { Rng, seedInfo } from './helpers.js';
+import { Rng, seedInfo, tinyGRArgs } from './helpers.js';
 
 const PY = '/usr/bin/python3';
 const hasSkimage = existsSync(PY) && spawnSync(PY, ['-c', 'import skimage.metrics'], { encoding: 'utf8' }).status === 0;
@@ -217,27 +217,7 @@ describe('linear probe', () => {
   });
 });
 
-const TINY_ARGS = {
-  ddconfig: {
-    z_channels: 8,
-    resolution: 16,
-    in_channels: 1,
-    out_ch: 1,
-    ch: 32,
-    ch_mult: [1, 2, 2],
-    num_res_blocks: 1,
-    num_att_blocks: 3,
-    num_heads: 2,
-    dist_head: 'layer3',
-    num_classes: 10,
-    merge_num: 7,
-    cand_distribution: 'gaussian-3',
-    init_values: 0.1,
-  },
-  k2lconfig: { learn_source: true, rec_embed_dim: 16, num_layers: 1, num_heads: 2 },
-  n_embed: 256,
-  embed_dim: 8,
-};
+const TINY_ARGS = tinyGRArgs();
 
 function tinyTokenizer(seed: number): MergeVQTokenizer {
   const tok = MergeVQTokenizer.fromConfig(TINY_ARGS);

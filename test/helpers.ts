@@ -127,3 +127,31 @@ export function finiteDiffCheck(
   }
   return { maxRel, worst };
 }
+
+/**
+ * Model arguments of a tiny G+R tokenizer on 16 px one-channel images (4x4 = 16 tokens, 7 merged
+ * per stage, layer3 class head over 10 classes, learned source recovery of width `recEmbedDim`).
+ */
+export function tinyGRArgs(recEmbedDim = 16) {
+  return {
+    ddconfig: {
+      z_channels: 8,
+      resolution: 16,
+      in_channels: 1,
+      out_ch: 1,
+      ch: 32,
+      ch_mult: [1, 2, 2],
+      num_res_blocks: 1,
+      num_att_blocks: 3,
+      num_heads: 2,
+      dist_head: 'layer3',
+      num_classes: 10,
+      merge_num: 7,
+      cand_distribution: 'gaussian-3',
+      init_values: 0.1,
+    },
+    k2lconfig: { learn_source: true, rec_embed_dim: recEmbedDim, num_layers: 1, num_heads: 2 },
+    n_embed: 256,
+    embed_dim: 8,
+  };
+}

@@ -9,6 +9,7 @@ import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
 import { FASHION_MNIST_DIR } from '../lib/data/idx.js';
 import { Uint8ImageDataset, fashionMnistDataset } from '../lib/data/loader.js';
 import { TokenizerTrainer, type TokenizerTrainOptions } from '../lib/train/tokenizer-trainer.js';
+import { tinyGRArgs } from './helpers.js';
 
 const haveFashion = fs.existsSync(path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'));
 if (!haveFashion)
@@ -18,27 +19,7 @@ if (!haveFashion)
 
 /** A tiny G+R tokenizer on 16 px images: 4x4 = 16 tokens, 9 kept by default, learned recovery. */
 function tinyTokenizer(seed: number): MergeVQTokenizer {
-  const tok = MergeVQTokenizer.fromConfig({
-    ddconfig: {
-      z_channels: 8,
-      resolution: 16,
-      in_channels: 1,
-      out_ch: 1,
-      ch: 32,
-      ch_mult: [1, 2, 2],
-      num_res_blocks: 1,
-      num_att_blocks: 3,
-      num_heads: 2,
-      dist_head: 'layer3',
-      num_classes: 10,
-      merge_num: 7,
-      cand_distribution: 'gaussian-3',
-      init_values: 0.1,
-    },
-    k2lconfig: { learn_source: true, rec_embed_dim: 32, num_layers: 1, num_heads: 2 },
-    n_embed: 256,
-    embed_dim: 8,
-  });
+  const tok = MergeVQTokenizer.fromConfig(tinyGRArgs(32));
   tok.store.initRandom(seed);
   return tok;
 }
