@@ -146,8 +146,11 @@ std::vector<Tensor> op_cross_entropy_backward(const OpArgs& a) {
       float m;
       row_lse(xp + n * C, C, orow, &s, &m);
       const double gs = g[n] / s, off = g[n] * o.smoothing / C;
+      const double et = orow[t[n]];
       for (int64_t c = 0; c < C; ++c) orow[c] = static_cast<float>(orow[c] * gs - off);
-      orow[t[n]] = static_cast<float>(orow[t[n]] - g[n] * (1.0 - o.smoothing));
+      // p_t - 1 = -(sum of the other classes' exps) / s, taken in double from the double sum: forming
+      // p_t first and subtracting 1 cancels every digit when the target class holds nearly all the mass.
+      orow[t[n]] = static_cast<float>(g[n] * (o.smoothing - (s - et) / s) - off);
     }
   });
   return {gx};
