@@ -64,7 +64,16 @@ export interface Addon {
   buildInfo(): { cuda: boolean; simd: string; threads: number };
 }
 
-export const addon = addonModule as Addon;
+/** What lib/addon.cjs exports: the addon, or the report of why no build could be loaded. */
+export type AddonLoad = Addon | { loadError: { code: string; message: string } };
+
+/** The addon out of a load result; a failed load throws its one MergeVQError (ERR_CPU_UNSUPPORTED, ERR_ADDON_LOAD). */
+export function addonFromLoad(loaded: AddonLoad): Addon {
+  if ('loadError' in loaded) throw new MergeVQError(loaded.loadError.message, loaded.loadError.code);
+  return loaded;
+}
+
+export const addon = addonFromLoad(addonModule as AddonLoad);
 addon.setErrorClass(MergeVQError);
 
 /** Runs a native op synchronously on the calling thread (plus the native thread pool). */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addon } from '../lib/native.js';
+import { type AddonLoad, addon, addonFromLoad } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
 import { MergeVQError } from '../lib/errors.js';
 
@@ -142,5 +142,67 @@ describe('tensor lifetime', () => {
     const back = new Tensor(out!).toFloat32();
     expect(back[999]).toBe(250); // 249.75 rounded to bfloat16 (8 significant bits)
     expect(back[4]).toBe(1);
+  });
+});
+
+describe('addon loader', () => {
+  // Loads lib/addon.cjs in a fresh Node with the given environment and returns what it exported:
+  // the load report when loading failed, or { loaded: true }.
+  const loadIn = async (env: Record<string, string>): Promise<{ loadError?: { code: string; message: string } }> => {
+    const { spawnSync } = await import('node:child_process');
+    const { createRequire } = await import('node:module');
+    const addonPath = createRequire(import.meta.url).resolve('../lib/addon.cjs');
+    const code = `const r = require(${JSON.stringify(addonPath)});
+      process.stdout.write(JSON.stringify(r.loadError ? { loadError: r.loadError } : { loaded: typeof r.runOp === 'function' }));`;
+    const out = spawnSync(process.execPath, ['-e', code], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    expect(out.status, out.stderr).toBe(0);
+    return JSON.parse(out.stdout);
+  };
+  const tmp = async (name: string, text: string | Uint8Array): Promise<string> => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mergevq-loader-'));
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, text);
+    return file;
+  };
+
+  it.runIf(process.arch === 'x64' && process.platform === 'linux')(
+    'a CPU without AVX2 gets one actionable ERR_CPU_UNSUPPORTED MergeVQError instead of a crash',
+    async () => {
+      // An x86-64-v2 CPU (SSE4.2, no AVX): what an old Xeon reports.
+      const cpuinfo = await tmp('cpuinfo', 'processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt\n');
+      const r = await loadIn({ MERGEVQ_CPUINFO: cpuinfo });
+      expect(r.loadError?.code).toBe('ERR_CPU_UNSUPPORTED');
+      expect(r.loadError?.message).toMatch(/lacks avx, avx2, bmi1, bmi2, f16c, fma, abm, movbe, xsave/);
+      expect(r.loadError?.message).toMatch(/AVX2 and FMA/);
+      const err = (() => {
+        try {
+          addonFromLoad(r as AddonLoad);
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(MergeVQError);
+      expect((err as MergeVQError).code).toBe('ERR_CPU_UNSUPPORTED');
+      // The CPU this runs on passes the same check.
+      expect((await loadIn({})).loadError).toBeUndefined();
+    },
+  );
+
+  it('a broken build is one ERR_ADDON_LOAD naming the file, its error and how to rebuild', async () => {
+    const bad = await tmp('mergevq.node', new Uint8Array([0x7f, 0x45, 0x4c, 0x46, 1, 2, 3]));
+    const r = await loadIn({ MERGEVQ_ADDON: bad });
+    expect(r.loadError?.code).toBe('ERR_ADDON_LOAD');
+    expect(r.loadError?.message).toContain(bad);
+    expect(r.loadError?.message).toMatch(/npm run build:native/);
+    expect(() => addonFromLoad(r as AddonLoad)).toThrow(MergeVQError);
+    const missing = await loadIn({ MERGEVQ_ADDON: `${bad}.absent` });
+    expect(missing.loadError?.message).toMatch(/not built/);
+  });
+
+  it('MERGEVQ_PREFER_GYP=1 skips the cmake-js build and loads the node-gyp one', async () => {
+    expect(await loadIn({ MERGEVQ_PREFER_GYP: '1' })).toEqual({ loaded: true });
   });
 });
