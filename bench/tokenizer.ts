@@ -7,7 +7,7 @@
  * - encode = image -> indices + codes + compact source (+ cls, dist_head), the async API
  *   `await tok.encode(images)` (what users call); the sync form is reported once as `encode_sync`.
  * - decode = codes + source -> image (unmerge with the true source, then the decoder).
- * - gflops = 2 * MAC / time with the SPEC 6 MAC counts (46.2 G encoder, 65.2 G decoder per image).
+ * - gflops = 2 * MAC / time, MACs per image from docs/model.md, "Cost model (MACs)" (46.2 G encoder, 65.2 G decoder).
  * - Batch 1: median of 3 after a warm-up; batch 8: a warm-up, then 1-3 repeats time-boxed.
  * - `reference_published_ms`: the reference code's published numbers for batch 1 on this
  *   machine (not measured here).

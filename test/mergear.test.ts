@@ -1,4 +1,4 @@
-// MergeAR (SPEC 4): code groups, the teacher-forced mask against the compacted-cache decode
+// MergeAR (docs/model.md, "MergeAR"): code groups, the teacher-forced mask against the compacted-cache decode
 // (logits and the explicit visible-key sets per query), no-repeat equivalence with the plain GPT,
 // gradients of the MergeAR loss against finite differences, and the sampler.
 import { describe, expect, it } from 'vitest';

@@ -37,7 +37,7 @@ GR_D64 = dict(ch=64, ch_mult=[1, 1, 2, 4, 8], num_res_blocks=4, num_att_blocks=1
               num_res_extra=1)
 
 
-# ---- merge schedule (SPEC 1.4) ----
+# ---- merge schedule (docs/model.md, "Merge schedules") ----
 def parse_r(n, r, inflect, total=None):
     lo = int(r * (1.0 - inflect))
     hi = 2 * r - lo
@@ -149,7 +149,7 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-# ---- ToMe (SPEC 1.3) ----
+# ---- ToMe (docs/model.md, "Token merging (ToMe)") ----
 def bipartite_match(metric, r):
     """Class-token bipartite soft matching: (unm_idx [B,Na-r], src_idx [B,r], dst_idx [B,r]) or None."""
     N = metric.shape[1]

@@ -1,5 +1,5 @@
 /**
- * Configuration of the AR generator (SPEC 3): the reference GPT's constructor keys
+ * Configuration of the AR generator (docs/model.md, "AR generator"): the reference GPT's constructor keys
  * (`taming.modules.transformer.gpt.GPT`), with the reference's defaults, read from a plain object
  * or from the stage-2 YAML files (`model.init_args.transformer_config.params`).
  */

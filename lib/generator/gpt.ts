@@ -1,5 +1,5 @@
 /**
- * MergeVQGPT: the LlamaGen-style class-conditional AR generator with token factorization (SPEC 3),
+ * MergeVQGPT: LlamaGen-style class-conditional AR generator with token factorization (docs/model.md, "AR generator"),
  * parameter names as the reference's `taming.modules.transformer.gpt.GPT` state_dict.
  *
  * Sequence [cls_emb(label), e_0 .. e_{L-2}] (e_n = pre_emb(pre_n) + post_emb(post_n)); position n

@@ -1,4 +1,4 @@
-/** The AR generator (SPEC 3): configuration, model, sampling. */
+/** The AR generator (docs/model.md, "AR generator"): configuration, model, sampling. */
 export * from './config.js';
 export * from './gpt.js';
 export * from './sample.js';

@@ -1,5 +1,5 @@
 /**
- * MergeAR (SPEC 4): KV-cache compression of the AR generator for token sequences with repeated
+ * MergeAR (docs/model.md, "MergeAR"): KV-cache compression of the AR generator for token sequences with repeated
  * codes (an unmerged grid carries only about K distinct codes).
  *
  * Groups: g(i) = the first position j <= i whose (pre, post) code equals token i's code; token i is

@@ -1,5 +1,5 @@
 /**
- * Autoregressive sampling of MergeVQGPT (SPEC 3): per position, the spatial blocks advance one
+ * Autoregressive sampling of MergeVQGPT (docs/model.md, "AR generator"): per position, the spatial blocks advance one
  * token with their KV caches, then the two sub-tokens are drawn in turn through the factorized
  * blocks (pre from head.0, then post from head.1 given pre_emb(pre)).
  *

@@ -11,7 +11,7 @@
  * Visibility of key j for query row i, whose absolute position is `qOffset + i`:
  * - always `j < kvLen` (default M, the valid prefix of a KV cache);
  * - with `causal`: `j <= qOffset + i`;
- * - with a `keep` mask (MergeAR, SPEC 4): `keep[b, j] != 0` or `(qOffset + i) - j <= window`
+ * - with a `keep` mask (MergeAR; docs/model.md, "MergeAR"): `keep[b, j] != 0` or `(qOffset + i) - j <= window`
  *   (window default 2), so a duplicate key stays visible only inside the recent window; the query's
  *   own position is always visible.
  * A query that sees no key gets o = 0 and lse = -Infinity (never NaN).

@@ -3,7 +3,7 @@
  * token factorization, and the entropy / commitment losses with their gradients.
  *
  * The entropy losses are computed exactly through the bit factorization of the reference's
- * softmax over all 2^d codes (SPEC 1.6), so memory stays O(N 2^(d/2) + 2^d), never O(N 2^d).
+ * softmax over all 2^d codes (docs/model.md, "LFQ quantizer"), so memory stays O(N 2^(d/2) + 2^d), never O(N 2^d).
  */
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';

@@ -273,7 +273,7 @@ export function* pad2d(x: Tensor, pad: readonly [number, number, number, number]
   if (p.length !== 4) rangeError('pad', '[left, right, top, bottom]', pad);
   return yield* call1('pad2d', [tensorArg('x', x)], { pad: p, value: finite('value', value) });
 }
-/** [B, C*r*r, H, W] -> [B, C, H*r, W*r] in DCR order (SPEC 1.8). */
+/** [B, C*r*r, H, W] -> [B, C, H*r, W*r] in DCR order (docs/model.md, "Decoder"). */
 export function* depthToSpace(x: Tensor, block: number): Program<Tensor> {
   return yield* call1('depth_to_space', [tensorArg('x', x)], { block: checkInt('block', block, 1) });
 }

@@ -1,5 +1,5 @@
 /**
- * MergeVQ decoder (SPEC 1.8): conv_in -> DWConv positional encoding + transformer blocks with
+ * MergeVQ decoder (docs/model.md, "Decoder"): conv_in -> DWConv positional encoding + transformer blocks with
  * MixMlp -> per level AdaptiveGroupNorm (style = the decoder input), ResBlocks, depth-to-space
  * upsampler -> GN, SiLU, conv_out.
  */

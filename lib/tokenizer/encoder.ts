@@ -1,7 +1,7 @@
 /**
  * MergeVQ encoder: CNN (or isotropic patch embedding) -> cls + ToMe transformer that merges the
  * token count from L down to K -> generation head (GN, SiLU, 1x1 conv to z) and representation
- * head (`dist_head` on the cls token). SPEC 1.2, 1.3, 1.5.
+ * head (`dist_head` on the cls token). See docs/model.md, "Encoder", "Token merging (ToMe)", "Encoder heads".
  */
 import { MergeVQError } from '../errors.js';
 import { release, type Program } from '../graph.js';

@@ -1,6 +1,6 @@
 /**
  * Keep counts for a tokenizer configuration: the candidate list (with the probabilities training
- * draws from) and the per-block merge schedule that keeps exactly K tokens (SPEC 1.4).
+ * draws from) and the per-block merge schedule that keeps exactly K tokens (docs/model.md, "Merge schedules").
  */
 import { checkParseR, mergeCandidates, parseR } from './schedule.js';
 

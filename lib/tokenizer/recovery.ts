@@ -1,5 +1,5 @@
 /**
- * Learned SourceRecovery (SPEC 1.7): K kept tokens -> L full tokens. Learned queries
+ * Learned SourceRecovery (docs/model.md, "Source recovery"): K kept tokens -> L full tokens. Learned queries
  * (`rec_tokens`, one per full position) cross-attend to the embedded kept tokens; a shared head
  * scores every (full position, kept token) pair; softmax over kept tokens gives S_hat [B, L, K];
  * the hard assignment (argmax) unmerges the kept tokens.

@@ -1,5 +1,5 @@
 /**
- * Merge schedules: how many tokens each ToMe block merges (SPEC 1.4), reproducing the reference's
+ * How many tokens each ToMe block merges (docs/model.md, "Merge schedules"), reproducing the reference's
  * Python / NumPy arithmetic exactly (int() truncation, float64 order of operations, NumPy's
  * pairwise summation and round-half-even `np.around`).
  */

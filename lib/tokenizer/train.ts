@@ -1,5 +1,5 @@
 /**
- * The tokenizer's generator-side training loss (SPEC 2), as an op program so it can be recorded by
+ * The tokenizer's generator-side loss (docs/model.md, "Training objective"), as an op program so it can be recorded by
  * a `Tape` and differentiated. Terms: reconstruction (L1 as the reference code, or L2 as the
  * paper), LFQ entropy aux (per-sample minus codebook entropy), commitment, the class loss
  * (label-smoothed cross-entropy on labels when no teacher is given), and this project's

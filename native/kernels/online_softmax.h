@@ -4,7 +4,7 @@
 // Visibility of key j for a query at absolute position qpos (= q_offset + i):
 //   j < kv_len                                   always required
 //   j <= qpos                                    when causal
-//   keep[j] != 0  or  qpos - j <= window         when a keep mask is given (MergeAR, SPEC 4):
+//   keep[j] != 0  or  qpos - j <= window         when a keep mask is given (docs/model.md, "MergeAR"):
 //                                                duplicates stay visible only inside the recent window;
 //                                                j = qpos is always visible since window >= 0.
 //
