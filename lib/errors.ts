@@ -46,11 +46,29 @@ export function checkInt(name: string, v: unknown, min = -Infinity, max = Infini
 
 /**
  * Throws a RangeError naming the first key of the options object `opts` that is not in `known`
- * (a misspelt option would otherwise be ignored silently), listing the known ones.
+ * (a misspelt option would otherwise be ignored silently), listing the known ones. `name` names
+ * the entry point: `'attention options'`, `'DataLoader options'`, `'TokenizerTrainer.fit options'`.
+ * Build `known` with {@link optionKeys} next to the options type.
  */
 export function checkKeys(name: string, opts: object | null | undefined, known: readonly string[]): void {
   if (opts === null || opts === undefined) return;
   for (const k of Object.keys(opts)) {
     if (!known.includes(k)) throw new RangeError(`${name}: unknown option '${k}' (known: ${known.join(', ')})`);
   }
+}
+
+/** The keys of T that the list K leaves out (`never` when K names them all). */
+export type MissingKeys<T, K extends readonly PropertyKey[]> = Exclude<keyof T, K[number]>;
+
+/**
+ * The option names of the options type `T`, as the list {@link checkKeys} reads, checked against
+ * the type at compile time: `optionKeys<FooOptions>()(['a', 'b'])` compiles only when the list
+ * names every key of `FooOptions` and nothing else, so the list cannot drift from the type. (The
+ * call is curried so that `T` is given while the list's literal type is inferred.) Build the list
+ * once, at module level, next to the type.
+ */
+export function optionKeys<T extends object>() {
+  return <const K extends readonly (keyof T & string)[]>(
+    keys: K & ([MissingKeys<T, K>] extends [never] ? unknown : { readonly 'missing option keys': MissingKeys<T, K> }),
+  ): K => keys;
 }

@@ -16,7 +16,7 @@
  *   own position is always visible.
  * A query that sees no key gets o = 0 and lse = -Infinity (never NaN).
  */
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 import { call, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
 import { tensorArg } from './args.js';
@@ -35,6 +35,7 @@ export interface AttentionOptions {
   /** Number of valid keys (a KV cache's filled length). Default M. */
   kvLen?: number;
 }
+const ATTENTION_KEYS = optionKeys<AttentionOptions>()(['scale', 'causal', 'qOffset', 'window', 'kvLen']);
 
 function checkTensor(name: string, t: unknown, rank: number, dtype: string): Tensor {
   if (!(t instanceof Tensor)) typeError(name, 'a Tensor', t);
@@ -74,6 +75,7 @@ export function* attention(
   keep?: Tensor | null,
   opts: AttentionOptions = {},
 ): Program<[Tensor, Tensor]> {
+  checkKeys('attention options', opts, ATTENTION_KEYS);
   checkTensor('q', q, 4, 'float32');
   checkTensor('k', k, 4, 'float32');
   checkTensor('v', v, 4, 'float32');
@@ -101,6 +103,7 @@ export function* attentionBackward(
   go: Tensor,
   opts: AttentionOptions = {},
 ): Program<[Tensor, Tensor, Tensor, Tensor | null]> {
+  checkKeys('attentionBackward options', opts, ATTENTION_KEYS);
   checkTensor('q', q, 4, 'float32');
   checkTensor('k', k, 4, 'float32');
   checkTensor('v', v, 4, 'float32');
@@ -156,6 +159,7 @@ export interface SplitHeadsOptions {
    */
   heads?: number;
 }
+const SPLIT_HEADS_KEYS = optionKeys<SplitHeadsOptions>()(['heads']);
 
 /**
  * Head split as a strided view (no copy): `x` [B, N, H*hd] (any dtype) is reshaped to
@@ -163,6 +167,7 @@ export interface SplitHeadsOptions {
  * [B, N, H, hd] (e.g. a RoPE output) gets only the `permute_view`.
  */
 export function* splitHeads(x: Tensor, opts: SplitHeadsOptions = {}): Program<Tensor> {
+  checkKeys('splitHeads options', opts, SPLIT_HEADS_KEYS);
   checkRank('x', x, [3, 4], 'a [B, N, H*hd] or [B, N, H, hd] Tensor');
   const heads = opts.heads === undefined ? undefined : checkInt('opts.heads', opts.heads, 1);
   let t = x;
@@ -184,6 +189,7 @@ export interface SplitFusedHeadsOptions {
   /** Number of heads H. */
   heads: number;
 }
+const SPLIT_FUSED_HEADS_KEYS = optionKeys<SplitFusedHeadsOptions>()(['parts', 'heads']);
 
 /**
  * Head split of a fused projection as strided views (no copy): `x` [B, N, P*H*hd] (any dtype) is
@@ -192,6 +198,7 @@ export interface SplitFusedHeadsOptions {
  * `qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)` then `unbind(0)`).
  */
 export function* splitFusedHeads(x: Tensor, opts: SplitFusedHeadsOptions): Program<Tensor[]> {
+  checkKeys('splitFusedHeads options', opts, SPLIT_FUSED_HEADS_KEYS);
   checkRank('x', x, [3], 'a [B, N, P*H*hd] Tensor');
   const parts = checkInt('opts.parts', opts?.parts, 1);
   const heads = checkInt('opts.heads', opts.heads, 1);

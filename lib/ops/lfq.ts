@@ -8,7 +8,7 @@
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 function checkTemperature(t: number): number {
   if (typeof t !== 'number' || !(t > 0) || !Number.isFinite(t))
@@ -16,20 +16,38 @@ function checkTemperature(t: number): number {
   return t;
 }
 
+/** Options of {@link lfqQuantize}. */
+export interface LfqQuantizeOptions {
+  /** The channel axis (default 1). */
+  dim?: number;
+}
+const LFQ_QUANTIZE_KEYS = optionKeys<LfqQuantizeOptions>()(['dim']);
+
 /**
  * Sign-quantizes `z` along the channel axis `dim` (1 for images [B, d, H, W], -1 for rows [N, d]).
  * Returns `codes` (float32, same shape, +1 where z > 0 else -1) and `indices` (int64, the shape
  * without `dim`, index = sum_j 2^j [z_j > 0]).
  */
-export function* lfqQuantize(z: Tensor, opts: { dim?: number } = {}): Program<{ codes: Tensor; indices: Tensor }> {
+export function* lfqQuantize(z: Tensor, opts: LfqQuantizeOptions = {}): Program<{ codes: Tensor; indices: Tensor }> {
+  checkKeys('lfqQuantize options', opts, LFQ_QUANTIZE_KEYS);
   tensorArg('z', z);
   const dim = checkInt('dim', opts.dim ?? 1, -z.ndim, z.ndim - 1);
   const [codes, indices] = yield* call('lfq_quantize', [z], { dim });
   return { codes: codes!, indices: indices! };
 }
 
+/** Options of {@link lfqIndicesToCodes}. */
+export interface LfqIndicesToCodesOptions {
+  /** Code width d (1 to 62). */
+  bits: number;
+  /** Where the bits axis is inserted (default 1). */
+  dim?: number;
+}
+const LFQ_INDICES_TO_CODES_KEYS = optionKeys<LfqIndicesToCodesOptions>()(['bits', 'dim']);
+
 /** Codes (+1/-1, float32) of int64 `indices`, with the `bits` axis inserted at `dim` (default 1). */
-export function* lfqIndicesToCodes(indices: Tensor, opts: { bits: number; dim?: number }): Program<Tensor> {
+export function* lfqIndicesToCodes(indices: Tensor, opts: LfqIndicesToCodesOptions): Program<Tensor> {
+  checkKeys('lfqIndicesToCodes options', opts, LFQ_INDICES_TO_CODES_KEYS);
   tensorArg('indices', indices);
   const bits = checkInt('bits', opts.bits, 1, 62);
   const dim = checkInt('dim', opts.dim ?? 1, -(indices.ndim + 1), indices.ndim);
@@ -65,11 +83,27 @@ export interface LfqEntropy {
   avgProbs: Tensor;
 }
 
+/** Options of {@link lfqEntropy}. */
+export interface LfqEntropyOptions {
+  /** Softmax temperature T (default 0.01). */
+  temperature?: number;
+  /** The code axis (default -1). */
+  dim?: number;
+}
+const LFQ_ENTROPY_KEYS = optionKeys<LfqEntropyOptions>()(['temperature', 'dim']);
+
+/** Options of {@link lfqEntropyBackward}: the forward's, plus its `avgProbs`. */
+export interface LfqEntropyBackwardOptions extends LfqEntropyOptions {
+  avgProbs?: Tensor;
+}
+const LFQ_ENTROPY_BACKWARD_KEYS = optionKeys<LfqEntropyBackwardOptions>()(['temperature', 'dim', 'avgProbs']);
+
 /**
  * Per-sample and codebook entropy of p = softmax(2 z.c / T) over all 2^d codes, rows along every
  * axis but `dim` (default -1: z is [N, d]). aux loss = perSample - codebook (weights 1, 1).
  */
-export function* lfqEntropy(z: Tensor, opts: { temperature?: number; dim?: number } = {}): Program<LfqEntropy> {
+export function* lfqEntropy(z: Tensor, opts: LfqEntropyOptions = {}): Program<LfqEntropy> {
+  checkKeys('lfqEntropy options', opts, LFQ_ENTROPY_KEYS);
   tensorArg('z', z);
   const temperature = checkTemperature(opts.temperature ?? 0.01);
   const dim = checkInt('dim', opts.dim ?? -1, -z.ndim, z.ndim - 1);
@@ -85,8 +119,9 @@ export function* lfqEntropyBackward(
   z: Tensor,
   gPerSample: Tensor,
   gCodebook: Tensor,
-  opts: { temperature?: number; dim?: number; avgProbs?: Tensor } = {},
+  opts: LfqEntropyBackwardOptions = {},
 ): Program<Tensor> {
+  checkKeys('lfqEntropyBackward options', opts, LFQ_ENTROPY_BACKWARD_KEYS);
   tensorArg('z', z);
   const temperature = checkTemperature(opts.temperature ?? 0.01);
   const dim = checkInt('dim', opts.dim ?? -1, -z.ndim, z.ndim - 1);

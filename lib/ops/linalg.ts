@@ -10,7 +10,7 @@
 import { optTensor, tensorArg } from './args.js';
 import { call, call1, runSync, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { typeError, rangeError } from '../errors.js';
+import { checkKeys, optionKeys, typeError, rangeError } from '../errors.js';
 
 function boolArg(name: string, v: unknown, dflt: boolean): boolean {
   if (v === undefined) return dflt;
@@ -42,12 +42,14 @@ export interface MatmulOptions {
   /** Scale of the product (default 1). */
   alpha?: number;
 }
+const MATMUL_KEYS = optionKeys<MatmulOptions>()(['transA', 'transB', 'alpha']);
 
 /**
  * alpha * op(a) @ op(b): a [..., M, K], b [..., K, N] -> [..., M, N]. Batch dims broadcast (b may
  * be 2-D and shared by a whole batch). Transposed views (e.g. from `permute`) are used in place.
  */
 export function* matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Program<Tensor> {
+  checkKeys('matmul options', opts, MATMUL_KEYS);
   tensorArg('a', a);
   tensorArg('b', b);
   return yield* call1('matmul', [a, b], {
@@ -59,6 +61,7 @@ export function* matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Program
 
 /** Gradients of `matmul(a, b, opts)` given the output gradient gy: [ga, gb] shaped like a and b. */
 export function* matmulBackward(a: Tensor, b: Tensor, gy: Tensor, opts: MatmulOptions = {}): Program<[Tensor, Tensor]> {
+  checkKeys('matmulBackward options', opts, MATMUL_KEYS);
   tensorArg('a', a);
   tensorArg('b', b);
   tensorArg('gy', gy);
@@ -77,13 +80,21 @@ export function* linear(x: Tensor, w: Tensor, bias?: Tensor | null): Program<Ten
   return yield* call1('linear', [x, w, optTensor('bias', bias)]);
 }
 
+/** Options of {@link linearBackward}. */
+export interface LinearBackwardOptions {
+  /** Compute the bias gradient (default false). */
+  hasBias?: boolean;
+}
+const LINEAR_BACKWARD_KEYS = optionKeys<LinearBackwardOptions>()(['hasBias']);
+
 /** Gradients of `linear`: [gx, gw, gbias] (gbias null unless hasBias). */
 export function* linearBackward(
   x: Tensor,
   w: Tensor,
   gy: Tensor,
-  opts: { hasBias?: boolean } = {},
+  opts: LinearBackwardOptions = {},
 ): Program<[Tensor, Tensor, Tensor | null]> {
+  checkKeys('linearBackward options', opts, LINEAR_BACKWARD_KEYS);
   tensorArg('x', x);
   tensorArg('w', w);
   tensorArg('gy', gy);
@@ -99,6 +110,14 @@ export interface Conv2dOptions {
   /** Channel groups (default 1; groups = C is depthwise). */
   groups?: number;
 }
+const CONV2D_KEYS = optionKeys<Conv2dOptions>()(['stride', 'padding', 'groups']);
+
+/** Options of {@link conv2dBackward}: the forward's, plus whether to compute the bias gradient. */
+export interface Conv2dBackwardOptions extends Conv2dOptions {
+  /** Compute the bias gradient (default false). */
+  hasBias?: boolean;
+}
+const CONV2D_BACKWARD_KEYS = optionKeys<Conv2dBackwardOptions>()([...CONV2D_KEYS, 'hasBias']);
 
 function convAttrs(opts: Conv2dOptions): { stride: number[]; padding: number[]; groups: number } {
   const groups = opts.groups ?? 1;
@@ -113,6 +132,7 @@ function convAttrs(opts: Conv2dOptions): { stride: number[]; padding: number[]; 
 
 /** 2-D convolution (cross-correlation, NCHW): x [B, C, H, W], w [O, C/groups, kh, kw], bias [O]. */
 export function* conv2d(x: Tensor, w: Tensor, bias?: Tensor | null, opts: Conv2dOptions = {}): Program<Tensor> {
+  checkKeys('conv2d options', opts, CONV2D_KEYS);
   tensorArg('x', x);
   tensorArg('w', w);
   return yield* call1('conv2d', [x, w, optTensor('bias', bias)], convAttrs(opts));
@@ -123,8 +143,9 @@ export function* conv2dBackward(
   x: Tensor,
   w: Tensor,
   gy: Tensor,
-  opts: Conv2dOptions & { hasBias?: boolean } = {},
+  opts: Conv2dBackwardOptions = {},
 ): Program<[Tensor, Tensor, Tensor | null]> {
+  checkKeys('conv2dBackward options', opts, CONV2D_BACKWARD_KEYS);
   tensorArg('x', x);
   tensorArg('w', w);
   tensorArg('gy', gy);

@@ -15,7 +15,7 @@
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 
 /** Merge decisions of one bipartite soft matching step. */
 export interface MergeDecisions {
@@ -24,12 +24,22 @@ export interface MergeDecisions {
   dstIdx: Tensor;
 }
 
+/** Options of {@link bipartiteMatch}. */
+export interface BipartiteMatchOptions {
+  /** Tokens to merge (at most (N - p) // 2 are). */
+  r: number;
+  /** Token 0 is a class token, never merged (default false). */
+  classToken?: boolean;
+}
+const BIPARTITE_MATCH_KEYS = optionKeys<BipartiteMatchOptions>()(['r', 'classToken']);
+
 /**
  * Bipartite soft matching on `metric` [B, N, C]: merges r' = min(r, (N - p) // 2) tokens
  * (p = 1 with a class token, which is never merged). Ties: argmax takes the lowest B index, and A
  * rows with equal scores keep ascending index order.
  */
-export function* bipartiteMatch(metric: Tensor, opts: { r: number; classToken?: boolean }): Program<MergeDecisions> {
+export function* bipartiteMatch(metric: Tensor, opts: BipartiteMatchOptions): Program<MergeDecisions> {
+  checkKeys('bipartiteMatch options', opts, BIPARTITE_MATCH_KEYS);
   tensorArg('metric', metric);
   if (metric.ndim !== 3) typeError('metric', 'a [B, N, C] tensor', metric.shape);
   const r = checkInt('r', opts.r, 0);

@@ -10,7 +10,7 @@
 import { optTensor, tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { rangeError, typeError } from '../errors.js';
+import { checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 /** Activation fused after a normalization's affine step. */
 export type FusedAct = 'none' | 'silu' | 'gelu' | 'gelu_tanh';
@@ -45,6 +45,19 @@ export interface GroupNormOptions {
   /** Activation applied after the affine step (default 'none'). */
   act?: FusedAct;
 }
+const GROUP_NORM_KEYS = optionKeys<GroupNormOptions>()(['groups', 'eps', 'act']);
+
+/** Options of {@link groupNormBackward}. */
+export interface GroupNormBackwardOptions {
+  /** The forward's number of groups. */
+  groups: number;
+  /** The forward's fused activation (default 'none'). */
+  act?: FusedAct;
+  /** Compute the weight / bias gradients (default: when weight / bias is given). */
+  hasWeight?: boolean;
+  hasBias?: boolean;
+}
+const GROUP_NORM_BACKWARD_KEYS = optionKeys<GroupNormBackwardOptions>()(['groups', 'act', 'hasWeight', 'hasBias']);
 
 /**
  * GroupNorm over `x [B, C, ...]` with optional per-channel `weight`/`bias` and a fused activation.
@@ -56,6 +69,7 @@ export function* groupNorm(
   bias: Tensor | null | undefined,
   opts: GroupNormOptions,
 ): Program<[Tensor, Tensor, Tensor]> {
+  checkKeys('groupNorm options', opts, GROUP_NORM_KEYS);
   tensorArg('x', x);
   const groups = posInt('groups', opts?.groups);
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
@@ -79,8 +93,9 @@ export function* groupNormBackward(
   mean: Tensor,
   rstd: Tensor,
   gy: Tensor,
-  opts: { groups: number; act?: FusedAct; hasWeight?: boolean; hasBias?: boolean },
+  opts: GroupNormBackwardOptions,
 ): Program<[Tensor, Tensor | null, Tensor | null]> {
+  checkKeys('groupNormBackward options', opts, GROUP_NORM_BACKWARD_KEYS);
   const groups = posInt('groups', opts?.groups);
   const act = oneOf('act', opts.act ?? 'none', ACTS);
   const w = optTensor('weight', weight);
@@ -100,13 +115,30 @@ export function* groupNormBackward(
 
 // ---- layer norm / RMS norm -----------------------------------------------------------------------
 
+/** Options of {@link layerNorm} and {@link rmsNorm}. */
+export interface NormEpsOptions {
+  /** Added to the variance / mean square (default 1e-5). */
+  eps?: number;
+}
+const NORM_EPS_KEYS = optionKeys<NormEpsOptions>()(['eps']);
+
+/** Options of {@link layerNormBackward}. */
+export interface LayerNormBackwardOptions {
+  /** Compute the weight gradient (default: when weight is given). */
+  hasWeight?: boolean;
+  /** Compute the bias gradient (default true). */
+  hasBias?: boolean;
+}
+const LAYER_NORM_BACKWARD_KEYS = optionKeys<LayerNormBackwardOptions>()(['hasWeight', 'hasBias']);
+
 /** LayerNorm over the last dim of `x [..., C]`. Returns `[y, mean [...], rstd [...]]`. */
 export function* layerNorm(
   x: Tensor,
   weight?: Tensor | null,
   bias?: Tensor | null,
-  opts: { eps?: number } = {},
+  opts: NormEpsOptions = {},
 ): Program<[Tensor, Tensor, Tensor]> {
+  checkKeys('layerNorm options', opts, NORM_EPS_KEYS);
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
   const out = yield* call('layer_norm', [tensorArg('x', x), optTensor('weight', weight), optTensor('bias', bias)], {
     eps,
@@ -121,8 +153,9 @@ export function* layerNormBackward(
   mean: Tensor,
   rstd: Tensor,
   gy: Tensor,
-  opts: { hasWeight?: boolean; hasBias?: boolean } = {},
+  opts: LayerNormBackwardOptions = {},
 ): Program<[Tensor, Tensor | null, Tensor | null]> {
+  checkKeys('layerNormBackward options', opts, LAYER_NORM_BACKWARD_KEYS);
   const w = optTensor('weight', weight);
   const out = yield* call(
     'layer_norm_backward',
@@ -139,7 +172,8 @@ export function* layerNormBackward(
  * RMSNorm as LlamaGen (float32): `x * rsqrt(mean(x^2) + eps) * weight` over the last dim.
  * Returns `[y, rstd [...]]`.
  */
-export function* rmsNorm(x: Tensor, weight: Tensor, opts: { eps?: number } = {}): Program<[Tensor, Tensor]> {
+export function* rmsNorm(x: Tensor, weight: Tensor, opts: NormEpsOptions = {}): Program<[Tensor, Tensor]> {
+  checkKeys('rmsNorm options', opts, NORM_EPS_KEYS);
   const eps = finiteNum('eps', opts.eps ?? 1e-5, 0);
   const out = yield* call('rms_norm', [tensorArg('x', x), tensorArg('weight', weight)], { eps });
   return [out[0]!, out[1]!];
@@ -165,6 +199,14 @@ export interface BatchNormOptions {
   momentum?: number;
   eps?: number;
 }
+const BATCH_NORM_KEYS = optionKeys<BatchNormOptions>()(['training', 'momentum', 'eps']);
+
+/** Options of {@link batchNormBackward}. */
+export interface BatchNormBackwardOptions {
+  /** The forward's mode (default false). */
+  training?: boolean;
+}
+const BATCH_NORM_BACKWARD_KEYS = optionKeys<BatchNormBackwardOptions>()(['training']);
 
 /**
  * BatchNorm over `x [B, C, ...]`. Returns `[y, mean [C], invstd [C], newRunningMean, newRunningVar]`;
@@ -179,6 +221,7 @@ export function* batchNorm(
   runningVar: Tensor | null | undefined,
   opts: BatchNormOptions = {},
 ): Program<[Tensor, Tensor, Tensor, Tensor | null, Tensor | null]> {
+  checkKeys('batchNorm options', opts, BATCH_NORM_KEYS);
   const training = opts.training ?? false;
   if (typeof training !== 'boolean') typeError('training', 'a boolean', training);
   const momentum = finiteNum('momentum', opts.momentum ?? 0.1);
@@ -204,8 +247,9 @@ export function* batchNormBackward(
   mean: Tensor,
   invstd: Tensor,
   gy: Tensor,
-  opts: { training?: boolean } = {},
+  opts: BatchNormBackwardOptions = {},
 ): Program<[Tensor, Tensor, Tensor]> {
+  checkKeys('batchNormBackward options', opts, BATCH_NORM_BACKWARD_KEYS);
   const out = yield* call(
     'batch_norm_backward',
     [
@@ -224,13 +268,26 @@ export function* batchNormBackward(
 
 // ---- activations ---------------------------------------------------------------------------------
 
+/** Options of {@link gelu} / {@link geluBackward}. */
+export interface GeluOptions {
+  approximate?: 'none' | 'tanh';
+}
+const GELU_KEYS = optionKeys<GeluOptions>()(['approximate']);
+/** Options of {@link leakyRelu} / {@link leakyReluBackward}. */
+export interface LeakyReluOptions {
+  slope?: number;
+}
+const LEAKY_RELU_KEYS = optionKeys<LeakyReluOptions>()(['slope']);
+
 /** GELU; `approximate: 'none'` is the exact erf form (default), `'tanh'` the tanh approximation. */
-export function* gelu(x: Tensor, opts: { approximate?: 'none' | 'tanh' } = {}): Program<Tensor> {
+export function* gelu(x: Tensor, opts: GeluOptions = {}): Program<Tensor> {
+  checkKeys('gelu options', opts, GELU_KEYS);
   const approximate = oneOf('approximate', opts.approximate ?? 'none', ['none', 'tanh'] as const);
   return yield* call1('gelu', [tensorArg('x', x)], { approximate });
 }
 /** Backward of {@link gelu}. */
-export function* geluBackward(x: Tensor, gy: Tensor, opts: { approximate?: 'none' | 'tanh' } = {}): Program<Tensor> {
+export function* geluBackward(x: Tensor, gy: Tensor, opts: GeluOptions = {}): Program<Tensor> {
+  checkKeys('geluBackward options', opts, GELU_KEYS);
   const approximate = oneOf('approximate', opts.approximate ?? 'none', ['none', 'tanh'] as const);
   return yield* call1('gelu_backward', [tensorArg('x', x), tensorArg('gy', gy)], { approximate });
 }
@@ -243,11 +300,13 @@ export function* siluBackward(x: Tensor, gy: Tensor): Program<Tensor> {
   return yield* call1('silu_backward', [tensorArg('x', x), tensorArg('gy', gy)]);
 }
 /** LeakyReLU: `x > 0 ? x : slope * x` (default slope 0.2). */
-export function* leakyRelu(x: Tensor, opts: { slope?: number } = {}): Program<Tensor> {
+export function* leakyRelu(x: Tensor, opts: LeakyReluOptions = {}): Program<Tensor> {
+  checkKeys('leakyRelu options', opts, LEAKY_RELU_KEYS);
   return yield* call1('leaky_relu', [tensorArg('x', x)], { slope: finiteNum('slope', opts.slope ?? 0.2) });
 }
 /** Backward of {@link leakyRelu}. */
-export function* leakyReluBackward(x: Tensor, gy: Tensor, opts: { slope?: number } = {}): Program<Tensor> {
+export function* leakyReluBackward(x: Tensor, gy: Tensor, opts: LeakyReluOptions = {}): Program<Tensor> {
+  checkKeys('leakyReluBackward options', opts, LEAKY_RELU_KEYS);
   return yield* call1('leaky_relu_backward', [tensorArg('x', x), tensorArg('gy', gy)], {
     slope: finiteNum('slope', opts.slope ?? 0.2),
   });
@@ -264,24 +323,35 @@ export function* swigluBackward(a: Tensor, b: Tensor, gy: Tensor): Program<[Tens
 
 // ---- softmax -------------------------------------------------------------------------------------
 
+/** Options of the softmax family. */
+export interface SoftmaxOptions {
+  /** The axis (default -1). */
+  dim?: number;
+}
+const SOFTMAX_KEYS = optionKeys<SoftmaxOptions>()(['dim']);
+
 function dimArg(v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) typeError('dim', 'an integer', v);
   return v;
 }
 /** Softmax along `dim` (default -1). */
-export function* softmax(x: Tensor, opts: { dim?: number } = {}): Program<Tensor> {
+export function* softmax(x: Tensor, opts: SoftmaxOptions = {}): Program<Tensor> {
+  checkKeys('softmax options', opts, SOFTMAX_KEYS);
   return yield* call1('softmax', [tensorArg('x', x)], { dim: dimArg(opts.dim ?? -1) });
 }
 /** Log-softmax along `dim` (default -1). */
-export function* logSoftmax(x: Tensor, opts: { dim?: number } = {}): Program<Tensor> {
+export function* logSoftmax(x: Tensor, opts: SoftmaxOptions = {}): Program<Tensor> {
+  checkKeys('logSoftmax options', opts, SOFTMAX_KEYS);
   return yield* call1('log_softmax', [tensorArg('x', x)], { dim: dimArg(opts.dim ?? -1) });
 }
 /** Backward of {@link softmax} from its output `y`: `y * (gy - sum(gy * y))`. */
-export function* softmaxBackward(y: Tensor, gy: Tensor, opts: { dim?: number } = {}): Program<Tensor> {
+export function* softmaxBackward(y: Tensor, gy: Tensor, opts: SoftmaxOptions = {}): Program<Tensor> {
+  checkKeys('softmaxBackward options', opts, SOFTMAX_KEYS);
   return yield* call1('softmax_backward', [tensorArg('y', y), tensorArg('gy', gy)], { dim: dimArg(opts.dim ?? -1) });
 }
 /** Backward of {@link logSoftmax} from its output `y`: `gy - exp(y) * sum(gy)`. */
-export function* logSoftmaxBackward(y: Tensor, gy: Tensor, opts: { dim?: number } = {}): Program<Tensor> {
+export function* logSoftmaxBackward(y: Tensor, gy: Tensor, opts: SoftmaxOptions = {}): Program<Tensor> {
+  checkKeys('logSoftmaxBackward options', opts, SOFTMAX_KEYS);
   return yield* call1('log_softmax_backward', [tensorArg('y', y), tensorArg('gy', gy)], {
     dim: dimArg(opts.dim ?? -1),
   });
@@ -297,6 +367,19 @@ export interface CrossEntropyOptions {
   /** 'mean' (over non-ignored rows, default), 'sum' or 'none' ([N]). */
   reduction?: Reduction;
 }
+const CROSS_ENTROPY_KEYS = optionKeys<CrossEntropyOptions>()(['labelSmoothing', 'ignoreIndex', 'reduction']);
+/** Options of the losses that take only a reduction. */
+export interface ReductionOptions {
+  /** 'mean' (default), 'sum' or 'none'. */
+  reduction?: Reduction;
+}
+const REDUCTION_KEYS = optionKeys<ReductionOptions>()(['reduction']);
+/** Options of {@link klDivSoftmax} / {@link klDivSoftmaxBackward}. */
+export interface KlDivOptions {
+  /** Softmax temperature T > 0 (default 1). */
+  temperature?: number;
+}
+const KL_DIV_KEYS = optionKeys<KlDivOptions>()(['temperature']);
 function ceAttrs(opts: CrossEntropyOptions) {
   const ls = finiteNum('labelSmoothing', opts.labelSmoothing ?? 0, 0);
   if (ls > 1) rangeError('labelSmoothing', 'a number in [0, 1]', ls);
@@ -307,6 +390,7 @@ function ceAttrs(opts: CrossEntropyOptions) {
 
 /** Cross entropy of `logits [N, C]` against class `target` (int64 [N]), torch semantics. */
 export function* crossEntropy(logits: Tensor, target: Tensor, opts: CrossEntropyOptions = {}): Program<Tensor> {
+  checkKeys('crossEntropy options', opts, CROSS_ENTROPY_KEYS);
   return yield* call1('cross_entropy', [tensorArg('logits', logits), tensorArg('target', target)], ceAttrs(opts));
 }
 /** Backward of {@link crossEntropy}: the gradient wrt the logits. */
@@ -316,6 +400,7 @@ export function* crossEntropyBackward(
   gloss: Tensor,
   opts: CrossEntropyOptions = {},
 ): Program<Tensor> {
+  checkKeys('crossEntropyBackward options', opts, CROSS_ENTROPY_KEYS);
   return yield* call1(
     'cross_entropy_backward',
     [tensorArg('logits', logits), tensorArg('target', target), tensorArg('gloss', gloss)],
@@ -323,11 +408,8 @@ export function* crossEntropyBackward(
   );
 }
 /** Cross entropy against probability targets `probs [N, C]` (mean divides by N). */
-export function* softCrossEntropy(
-  logits: Tensor,
-  probs: Tensor,
-  opts: { reduction?: Reduction } = {},
-): Program<Tensor> {
+export function* softCrossEntropy(logits: Tensor, probs: Tensor, opts: ReductionOptions = {}): Program<Tensor> {
+  checkKeys('softCrossEntropy options', opts, REDUCTION_KEYS);
   return yield* call1('soft_cross_entropy', [tensorArg('logits', logits), tensorArg('probs', probs)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });
@@ -337,8 +419,9 @@ export function* softCrossEntropyBackward(
   logits: Tensor,
   probs: Tensor,
   gloss: Tensor,
-  opts: { reduction?: Reduction } = {},
+  opts: ReductionOptions = {},
 ): Program<[Tensor, Tensor]> {
+  checkKeys('softCrossEntropyBackward options', opts, REDUCTION_KEYS);
   const out = yield* call(
     'soft_cross_entropy_backward',
     [tensorArg('logits', logits), tensorArg('probs', probs), tensorArg('gloss', gloss)],
@@ -352,7 +435,8 @@ export function* softCrossEntropyBackward(
  * Distillation KL: `KL(softmax(teacher/T) || softmax(student/T))`, summed over classes and
  * averaged over rows (batchmean). Multiply by T^2 yourself (MergeVQ: T = 4, x16).
  */
-export function* klDivSoftmax(student: Tensor, teacher: Tensor, opts: { temperature?: number } = {}): Program<Tensor> {
+export function* klDivSoftmax(student: Tensor, teacher: Tensor, opts: KlDivOptions = {}): Program<Tensor> {
+  checkKeys('klDivSoftmax options', opts, KL_DIV_KEYS);
   const temperature = finiteNum('temperature', opts.temperature ?? 1, 0);
   if (temperature === 0) rangeError('temperature', 'a number > 0', temperature);
   return yield* call1('kl_div_softmax', [tensorArg('student', student), tensorArg('teacher', teacher)], {
@@ -364,8 +448,9 @@ export function* klDivSoftmaxBackward(
   student: Tensor,
   teacher: Tensor,
   gloss: Tensor,
-  opts: { temperature?: number } = {},
+  opts: KlDivOptions = {},
 ): Program<Tensor> {
+  checkKeys('klDivSoftmaxBackward options', opts, KL_DIV_KEYS);
   const temperature = finiteNum('temperature', opts.temperature ?? 1, 0);
   if (temperature === 0) rangeError('temperature', 'a number > 0', temperature);
   return yield* call1(
@@ -375,7 +460,8 @@ export function* klDivSoftmaxBackward(
   );
 }
 /** Mean/sum/none of `|a - b|`. */
-export function* l1Loss(a: Tensor, b: Tensor, opts: { reduction?: Reduction } = {}): Program<Tensor> {
+export function* l1Loss(a: Tensor, b: Tensor, opts: ReductionOptions = {}): Program<Tensor> {
+  checkKeys('l1Loss options', opts, REDUCTION_KEYS);
   return yield* call1('l1_loss', [tensorArg('a', a), tensorArg('b', b)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });
@@ -385,15 +471,17 @@ export function* l1LossBackward(
   a: Tensor,
   b: Tensor,
   gloss: Tensor,
-  opts: { reduction?: Reduction } = {},
+  opts: ReductionOptions = {},
 ): Program<[Tensor, Tensor]> {
+  checkKeys('l1LossBackward options', opts, REDUCTION_KEYS);
   const out = yield* call('l1_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });
   return [out[0]!, out[1]!];
 }
 /** Mean/sum/none of `(a - b)^2`. */
-export function* mseLoss(a: Tensor, b: Tensor, opts: { reduction?: Reduction } = {}): Program<Tensor> {
+export function* mseLoss(a: Tensor, b: Tensor, opts: ReductionOptions = {}): Program<Tensor> {
+  checkKeys('mseLoss options', opts, REDUCTION_KEYS);
   return yield* call1('mse_loss', [tensorArg('a', a), tensorArg('b', b)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });
@@ -403,8 +491,9 @@ export function* mseLossBackward(
   a: Tensor,
   b: Tensor,
   gloss: Tensor,
-  opts: { reduction?: Reduction } = {},
+  opts: ReductionOptions = {},
 ): Program<[Tensor, Tensor]> {
+  checkKeys('mseLossBackward options', opts, REDUCTION_KEYS);
   const out = yield* call('mse_loss_backward', [tensorArg('a', a), tensorArg('b', b), tensorArg('gloss', gloss)], {
     reduction: oneOf('reduction', opts.reduction ?? 'mean', REDUCTIONS),
   });

@@ -11,7 +11,7 @@
 import { tensorArg } from './args.js';
 import { call, op1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 function f32(name: string, t: unknown): Tensor {
   const x = tensorArg(name, t);
@@ -46,6 +46,15 @@ export interface AdamStepOptions {
   /** The 1-based number of this step (bias corrections 1 - beta^step). */
   step: number;
 }
+const ADAM_STEP_KEYS = optionKeys<AdamStepOptions>()([
+  'lr',
+  'beta1',
+  'beta2',
+  'eps',
+  'weightDecay',
+  'decoupled',
+  'step',
+]);
 
 /**
  * IN PLACE: one Adam / AdamW step on `param`, `expAvg`, `expAvgSq` (dense float32, one shape) from
@@ -61,6 +70,7 @@ export function* adamStep(
   opts: AdamStepOptions,
 ): Program<void> {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+  checkKeys('adamStep options', opts, ADAM_STEP_KEYS);
   const attrs = {
     lr: num('lr', opts.lr, 0),
     beta1: num('beta1', opts.beta1, 0, 1, true),
@@ -77,12 +87,20 @@ export function* adamStep(
   );
 }
 
+/** Options of {@link emaUpdate}. */
+export interface EmaUpdateOptions {
+  /** The EMA decay, in [0, 1]. */
+  decay: number;
+}
+const EMA_UPDATE_KEYS = optionKeys<EmaUpdateOptions>()(['decay']);
+
 /**
  * IN PLACE: shadow -= (1 - decay) * (shadow - param), in float32 (LitEma's update; 1 - decay is
  * rounded to float32). `shadow` dense float32; `param` float32 of its shape, any strides.
  */
-export function* emaUpdate(shadow: Tensor, param: Tensor, opts: { decay: number }): Program<void> {
+export function* emaUpdate(shadow: Tensor, param: Tensor, opts: EmaUpdateOptions): Program<void> {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+  checkKeys('emaUpdate options', opts, EMA_UPDATE_KEYS);
   yield* call('ema_update', [f32('shadow', shadow), f32('param', param)], { decay: num('decay', opts.decay, 0, 1) });
 }
 

@@ -13,7 +13,7 @@
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { rangeError, typeError } from '../errors.js';
+import { checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 /** An int or [h, w] pair, each >= min. */
 function pairArg(name: string, v: unknown, min: number): [number, number] {
@@ -35,6 +35,7 @@ export interface MaxPool2dOptions {
   /** Implicit -inf padding on each side, an int or [h, w], at most half the kernel (default 0). */
   padding?: number | readonly [number, number];
 }
+const MAX_POOL2D_KEYS = optionKeys<MaxPool2dOptions>()(['kernel', 'stride', 'padding']);
 
 /** The validated native attributes of a max pool (`kernel`, `stride`, `padding` as [h, w] pairs). */
 export interface MaxPool2dAttrs {
@@ -45,8 +46,14 @@ export interface MaxPool2dAttrs {
 
 /** Checks `opts` and fills the defaults. @throws TypeError / RangeError naming the bad option. */
 export function maxPool2dAttrs(opts: MaxPool2dOptions): MaxPool2dAttrs {
+  return poolAttrs(opts, 'maxPool2dAttrs options');
+}
+
+/** {@link maxPool2dAttrs}, naming the entry point `name` in an unknown-option error. */
+function poolAttrs(opts: MaxPool2dOptions, name: string): MaxPool2dAttrs {
   if (opts === null || typeof opts !== 'object')
     typeError('opts', 'an object with kernel (and optional stride, padding)', opts);
+  checkKeys(name, opts, MAX_POOL2D_KEYS);
   if (opts.kernel === undefined) typeError('opts.kernel', 'an integer or an [h, w] pair of integers', opts.kernel);
   const kernel = pairArg('opts.kernel', opts.kernel, 1);
   const stride = opts.stride === undefined ? kernel : pairArg('opts.stride', opts.stride, 1);
@@ -66,7 +73,7 @@ export function maxPool2dAttrs(opts: MaxPool2dOptions): MaxPool2dAttrs {
  * @throws RangeError when the kernel does not fit the padded input.
  */
 export function maxPool2dOutputSize(inputHW: readonly [number, number], opts: MaxPool2dOptions): [number, number] {
-  const { kernel, stride, padding } = maxPool2dAttrs(opts);
+  const { kernel, stride, padding } = poolAttrs(opts, 'maxPool2dOutputSize options');
   const out: number[] = [];
   for (let d = 0; d < 2; ++d) {
     const extent = inputHW[d]! + 2 * padding[d]! - kernel[d]!;
@@ -88,7 +95,7 @@ export function maxPool2dOutputSize(inputHW: readonly [number, number], opts: Ma
  */
 export function* maxPool2d(x: Tensor, opts: MaxPool2dOptions): Program<[Tensor, Tensor]> {
   tensorArg('x', x);
-  const attrs = maxPool2dAttrs(opts);
+  const attrs = poolAttrs(opts, 'maxPool2d options');
   const out = yield* call('max_pool2d', [x], { ...attrs });
   return [out[0]!, out[1]!];
 }
@@ -98,6 +105,7 @@ export interface MaxPool2dBackwardOptions {
   /** The forward input's shape [B, C, H, W]. */
   inputShape: readonly number[];
 }
+const MAX_POOL2D_BACKWARD_KEYS = optionKeys<MaxPool2dBackwardOptions>()(['inputShape']);
 
 /**
  * Gradient of {@link maxPool2d} with respect to its input: each `gy` element is added at its
@@ -105,6 +113,7 @@ export interface MaxPool2dBackwardOptions {
  * output; every index is checked against `[0, H*W)` before anything is written.
  */
 export function* maxPool2dBackward(gy: Tensor, indices: Tensor, opts: MaxPool2dBackwardOptions): Program<Tensor> {
+  checkKeys('maxPool2dBackward options', opts, MAX_POOL2D_BACKWARD_KEYS);
   tensorArg('gy', gy);
   tensorArg('indices', indices);
   if (indices.dtype !== 'int64' && indices.dtype !== 'int32')

@@ -10,7 +10,7 @@
 import { tensorArg } from './args.js';
 import { call, call1, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 function intArray(name: string, v: unknown): number[] {
   if (!Array.isArray(v)) typeError(name, 'an array of integers', v);
@@ -96,8 +96,16 @@ export const sign = (x: Tensor) => unary('sign', x);
 export const tanh = (x: Tensor) => unary('tanh', x);
 export const sigmoid = (x: Tensor) => unary('sigmoid', x);
 
+/** Options of {@link clamp} / {@link clampBackward}: the bounds. */
+export interface ClampOptions {
+  min?: number;
+  max?: number;
+}
+const CLAMP_KEYS = optionKeys<ClampOptions>()(['min', 'max']);
+
 /** Clamps to [min, max] (either bound may be omitted, not both). */
-export function* clamp(x: Tensor, opts: { min?: number; max?: number }): Program<Tensor> {
+export function* clamp(x: Tensor, opts: ClampOptions): Program<Tensor> {
+  checkKeys('clamp options', opts, CLAMP_KEYS);
   if (opts.min === undefined && opts.max === undefined) typeError('opts', 'an object with min and/or max', opts);
   return yield* call1('clamp', [tensorArg('x', x)], { min: opts.min, max: opts.max });
 }
@@ -111,7 +119,8 @@ export function* tanhBackward(y: Tensor, gy: Tensor): Program<Tensor> {
   return yield* call1('tanh_backward', [tensorArg('y', y), tensorArg('gy', gy)]);
 }
 /** gy where min <= x <= max, else 0. */
-export function* clampBackward(x: Tensor, gy: Tensor, opts: { min?: number; max?: number }): Program<Tensor> {
+export function* clampBackward(x: Tensor, gy: Tensor, opts: ClampOptions): Program<Tensor> {
+  checkKeys('clampBackward options', opts, CLAMP_KEYS);
   return yield* call1('clamp_backward', [tensorArg('x', x), tensorArg('gy', gy)], { min: opts.min, max: opts.max });
 }
 /** gy * sign(x) (0 at x = 0). */
@@ -126,27 +135,39 @@ export interface ReduceOpts {
   dims?: readonly number[];
   keepdim?: boolean;
 }
+const REDUCE_KEYS = optionKeys<ReduceOpts>()(['dims', 'keepdim']);
+/** Options of {@link variance}. */
+export interface VarianceOpts extends ReduceOpts {
+  /** Bessel's correction (default true). */
+  unbiased?: boolean;
+}
+const VARIANCE_KEYS = optionKeys<VarianceOpts>()([...REDUCE_KEYS, 'unbiased']);
 function reduceAttrs(opts: ReduceOpts) {
   return { dims: opts.dims === undefined ? undefined : intArray('dims', opts.dims), keepdim: opts.keepdim ?? false };
 }
 /** Sum over dims (float64 accumulation). */
 export function* sum(x: Tensor, opts: ReduceOpts = {}): Program<Tensor> {
+  checkKeys('sum options', opts, REDUCE_KEYS);
   return yield* call1('sum', [tensorArg('x', x)], reduceAttrs(opts));
 }
 /** Mean over dims. */
 export function* mean(x: Tensor, opts: ReduceOpts = {}): Program<Tensor> {
+  checkKeys('mean options', opts, REDUCE_KEYS);
   return yield* call1('mean', [tensorArg('x', x)], reduceAttrs(opts));
 }
 /** Variance over dims (unbiased by default, as torch). */
-export function* variance(x: Tensor, opts: ReduceOpts & { unbiased?: boolean } = {}): Program<Tensor> {
+export function* variance(x: Tensor, opts: VarianceOpts = {}): Program<Tensor> {
+  checkKeys('variance options', opts, VARIANCE_KEYS);
   return yield* call1('var', [tensorArg('x', x)], { ...reduceAttrs(opts), unbiased: opts.unbiased ?? true });
 }
 /** Maximum over dims. */
 export function* amax(x: Tensor, opts: ReduceOpts = {}): Program<Tensor> {
+  checkKeys('amax options', opts, REDUCE_KEYS);
   return yield* call1('amax', [tensorArg('x', x)], reduceAttrs(opts));
 }
 /** Minimum over dims. */
 export function* amin(x: Tensor, opts: ReduceOpts = {}): Program<Tensor> {
+  checkKeys('amin options', opts, REDUCE_KEYS);
   return yield* call1('amin', [tensorArg('x', x)], reduceAttrs(opts));
 }
 /** Index (int64) of the maximum along one dim; the lowest index wins ties. */
@@ -155,6 +176,7 @@ export function* argmax(x: Tensor, dim: number, keepdim = false): Program<Tensor
 }
 /** Gradient of amax: gy split evenly among the tied maxima. */
 export function* amaxBackward(x: Tensor, y: Tensor, gy: Tensor, opts: ReduceOpts = {}): Program<Tensor> {
+  checkKeys('amaxBackward options', opts, REDUCE_KEYS);
   return yield* call1('amax_backward', [tensorArg('x', x), tensorArg('y', y), tensorArg('gy', gy)], reduceAttrs(opts));
 }
 /** Sums a broadcast gradient back to `shape`. */
@@ -211,12 +233,14 @@ export interface ScatterReduceOpts {
   reduce: 'sum' | 'mean' | 'amax';
   includeSelf?: boolean;
 }
+const SCATTER_REDUCE_KEYS = optionKeys<ScatterReduceOpts>()(['dim', 'reduce', 'includeSelf']);
 function scatterAttrs(o: ScatterReduceOpts) {
   if (!['sum', 'mean', 'amax'].includes(o.reduce)) rangeError('reduce', "'sum', 'mean' or 'amax'", o.reduce);
   return { dim: checkInt('dim', o.dim), reduce: o.reduce, include_self: o.includeSelf ?? true };
 }
 /** base.scatter_reduce(dim, idx, src, reduce, include_self) (torch semantics). */
 export function* scatterReduce(base: Tensor, idx: Tensor, src: Tensor, opts: ScatterReduceOpts): Program<Tensor> {
+  checkKeys('scatterReduce options', opts, SCATTER_REDUCE_KEYS);
   return yield* call1(
     'scatter_reduce',
     [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src)],
@@ -231,6 +255,7 @@ export function* scatterReduceBackward(
   gy: Tensor,
   opts: ScatterReduceOpts,
 ): Program<[Tensor, Tensor]> {
+  checkKeys('scatterReduceBackward options', opts, SCATTER_REDUCE_KEYS);
   const out = yield* call(
     'scatter_reduce_backward',
     [tensorArg('base', base), indexArg('idx', idx), tensorArg('src', src), tensorArg('gy', gy)],
@@ -368,8 +393,10 @@ export interface RandomNormalOpts {
   /** Redraw outside mean +- truncate * std (0, the default, draws a plain normal; else >= 0.5). */
   truncate?: number;
 }
+const RANDOM_NORMAL_KEYS = optionKeys<RandomNormalOpts>()(['mean', 'std', 'seed', 'truncate']);
 /** A new float32 tensor of `shape` filled with normal draws (counter-based, deterministic). */
 export function* randomNormal(shape: readonly number[], opts: RandomNormalOpts): Program<Tensor> {
+  checkKeys('randomNormal options', opts, RANDOM_NORMAL_KEYS);
   const std = finite('std', opts.std ?? 1);
   if (std < 0) rangeError('std', 'a number >= 0', std);
   const truncate = finite('truncate', opts.truncate ?? 0);

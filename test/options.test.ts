@@ -1,0 +1,377 @@
+// Strict options in the TypeScript API: every public entry point that takes an options object
+// refuses a key it does not know with a RangeError naming the entry point, the key and the known
+// keys (checkKeys), instead of ignoring a misspelt option. Each row calls one entry point twice
+// with tiny inputs: with valid options (which must not be refused) and with one key misspelt.
+import { describe, expect, it } from 'vitest';
+import { ops, runSync, Tensor } from '../lib/index.js';
+import { Rng } from './helpers.js';
+
+const rng = new Rng();
+const rand = (shape: number[]) => rng.tensor(shape);
+const i64 = (v: number[], shape: number[]) => Tensor.from(BigInt64Array.from(v, BigInt), shape);
+
+type Opts = Record<string, unknown>;
+/** One entry point: `call` runs it with the options given. */
+interface Row {
+  /** How the entry point names itself in the error: `<name>: unknown option '<key>'`. */
+  name: string;
+  /** Options that are valid (may be empty). */
+  valid: Opts;
+  /** A misspelt key and a value for it. */
+  bad: Opts;
+  call: (opts: Opts) => unknown;
+}
+
+/** Runs `call`: an op program is run with runSync, a promise awaited. Returns what it threw, or null. */
+async function thrown(call: () => unknown): Promise<unknown> {
+  try {
+    const r = call();
+    if (r && typeof r === 'object' && typeof (r as Generator).next === 'function' && Symbol.iterator in r)
+      runSync(r as Generator<never, unknown, never>);
+    else await r;
+    return null;
+  } catch (e) {
+    return e;
+  }
+}
+
+function reEscape(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+function runTable(rows: () => Row[] | Promise<Row[]>): void {
+  it('valid options pass, a misspelt key is a RangeError naming the entry point and the key', async () => {
+    const table = await rows();
+    expect(table.length).toBeGreaterThan(0);
+    for (const row of table) {
+      expect.soft(await thrown(() => row.call(row.valid)), `${row.name} with valid options`).toBeNull();
+      const e = await thrown(() => row.call({ ...row.valid, ...row.bad }));
+      const key = Object.keys(row.bad)[0]!;
+      expect.soft(e, `${row.name} with '${key}'`).toBeInstanceOf(RangeError);
+      expect
+        .soft(String((e as Error)?.message))
+        .toMatch(new RegExp(`^${reEscape(row.name)}: unknown option '${reEscape(key)}' \\(known: `));
+    }
+  });
+}
+
+describe('ops wrappers', () => {
+  const q = rand([1, 2, 4, 8]);
+  const x4 = rand([2, 4, 3, 3]);
+  const w = rand([4, 4, 3, 3]);
+  const x2 = rand([3, 4]);
+  const logits = rand([3, 5]);
+  const target = i64([0, 4, 2], [3]);
+  const f = (shape: number[], v = 0.5) =>
+    Tensor.from(new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(v), shape);
+  runTable(() => {
+    const [o, lse] = runSync(ops.attention.attention(q, q, q, null, null, {}));
+    const [y, mean, rstd] = runSync(ops.nn.layerNorm(x2, f([4], 1), f([4], 0)));
+    const [, pidx] = runSync(ops.pool.maxPool2d(x4, { kernel: 2 }));
+    const py = rand([2, 4, 1, 1]);
+    return [
+      {
+        name: 'attention options',
+        valid: { causal: true },
+        bad: { causl: true },
+        call: (o) => ops.attention.attention(q, q, q, null, null, o),
+      },
+      {
+        name: 'attentionBackward options',
+        valid: { causal: false },
+        bad: { kvlen: 4 },
+        call: (opts) => ops.attention.attentionBackward(q, q, q, null, null, o, lse, q, opts),
+      },
+      {
+        name: 'splitHeads options',
+        valid: { heads: 2 },
+        bad: { head: 2 },
+        call: (o) => ops.attention.splitHeads(rand([1, 3, 8]), o),
+      },
+      {
+        name: 'splitFusedHeads options',
+        valid: { parts: 3, heads: 2 },
+        bad: { part: 3 },
+        call: (o) => ops.attention.splitFusedHeads(rand([1, 3, 12]), o as never),
+      },
+      { name: 'lfqQuantize options', valid: { dim: 1 }, bad: { dims: 1 }, call: (o) => ops.lfq.lfqQuantize(x4, o) },
+      {
+        name: 'lfqIndicesToCodes options',
+        valid: { bits: 4 },
+        bad: { bit: 4 },
+        call: (o) => ops.lfq.lfqIndicesToCodes(target, o as never),
+      },
+      {
+        name: 'lfqEntropy options',
+        valid: { temperature: 0.1 },
+        bad: { temprature: 0.1 },
+        call: (o) => ops.lfq.lfqEntropy(x2, o),
+      },
+      {
+        name: 'lfqEntropyBackward options',
+        valid: {},
+        bad: { avgprobs: null },
+        call: (o) => ops.lfq.lfqEntropyBackward(x2, f([]), f([]), o),
+      },
+      {
+        name: 'matmul options',
+        valid: { transB: true },
+        bad: { transb: true },
+        call: (o) => ops.linalg.matmul(x2, x2, o),
+      },
+      {
+        name: 'matmulBackward options',
+        valid: { transB: true },
+        bad: { alhpa: 2 },
+        call: (o) => ops.linalg.matmulBackward(x2, x2, rand([3, 3]), o),
+      },
+      {
+        name: 'linearBackward options',
+        valid: { hasBias: true },
+        bad: { bias: true },
+        call: (o) => ops.linalg.linearBackward(x2, rand([2, 4]), rand([3, 2]), o),
+      },
+      {
+        name: 'conv2d options',
+        valid: { padding: 1 },
+        bad: { strides: 1 },
+        call: (o) => ops.linalg.conv2d(x4, w, null, o),
+      },
+      {
+        name: 'conv2dBackward options',
+        valid: { padding: 1, hasBias: true },
+        bad: { hasbias: true },
+        call: (o) => ops.linalg.conv2dBackward(x4, w, x4, o),
+      },
+      {
+        name: 'bipartiteMatch options',
+        valid: { r: 1 },
+        bad: { classtoken: true },
+        call: (o) => ops.merge.bipartiteMatch(rand([1, 6, 4]), o as never),
+      },
+      {
+        name: 'groupNorm options',
+        valid: { groups: 2 },
+        bad: { group: 2 },
+        call: (o) => ops.nn.groupNorm(x4, null, null, o as never),
+      },
+      {
+        name: 'groupNormBackward options',
+        valid: { groups: 2 },
+        bad: { hasweight: false },
+        call: (o) => {
+          const [, m, r] = runSync(ops.nn.groupNorm(x4, null, null, { groups: 2 }));
+          return ops.nn.groupNormBackward(x4, null, null, m, r, x4, o as never);
+        },
+      },
+      {
+        name: 'layerNorm options',
+        valid: { eps: 1e-6 },
+        bad: { epsilon: 1e-6 },
+        call: (o) => ops.nn.layerNorm(x2, null, null, o),
+      },
+      {
+        name: 'layerNormBackward options',
+        valid: { hasBias: true },
+        bad: { hasbias: true },
+        call: (o) => ops.nn.layerNormBackward(x2, f([4], 1), mean, rstd, y, o),
+      },
+      {
+        name: 'rmsNorm options',
+        valid: { eps: 1e-6 },
+        bad: { esp: 1e-6 },
+        call: (o) => ops.nn.rmsNorm(x2, f([4], 1), o),
+      },
+      {
+        name: 'batchNorm options',
+        valid: { training: true },
+        bad: { train: true },
+        call: (o) => ops.nn.batchNorm(x4, null, null, null, null, o),
+      },
+      {
+        name: 'batchNormBackward options',
+        valid: { training: true },
+        bad: { trainig: true },
+        call: (o) => {
+          const [, m, s] = runSync(ops.nn.batchNorm(x4, null, null, null, null, { training: true }));
+          return ops.nn.batchNormBackward(x4, null, m, s, x4, o);
+        },
+      },
+      {
+        name: 'gelu options',
+        valid: { approximate: 'tanh' },
+        bad: { approx: 'tanh' },
+        call: (o) => ops.nn.gelu(x2, o),
+      },
+      {
+        name: 'geluBackward options',
+        valid: {},
+        bad: { aproximate: 'none' },
+        call: (o) => ops.nn.geluBackward(x2, x2, o),
+      },
+      {
+        name: 'leakyRelu options',
+        valid: { slope: 0.1 },
+        bad: { negativeSlope: 0.1 },
+        call: (o) => ops.nn.leakyRelu(x2, o),
+      },
+      {
+        name: 'leakyReluBackward options',
+        valid: {},
+        bad: { slop: 0.1 },
+        call: (o) => ops.nn.leakyReluBackward(x2, x2, o),
+      },
+      { name: 'softmax options', valid: { dim: 1 }, bad: { dimm: 1 }, call: (o) => ops.nn.softmax(x2, o) },
+      { name: 'logSoftmax options', valid: { dim: 1 }, bad: { axis: 1 }, call: (o) => ops.nn.logSoftmax(x2, o) },
+      {
+        name: 'softmaxBackward options',
+        valid: {},
+        bad: { dims: [1] },
+        call: (o) => ops.nn.softmaxBackward(x2, x2, o),
+      },
+      {
+        name: 'logSoftmaxBackward options',
+        valid: {},
+        bad: { Dim: 1 },
+        call: (o) => ops.nn.logSoftmaxBackward(x2, x2, o),
+      },
+      {
+        name: 'crossEntropy options',
+        valid: { labelSmoothing: 0.1 },
+        bad: { label_smoothing: 0.1 },
+        call: (o) => ops.nn.crossEntropy(logits, target, o),
+      },
+      {
+        name: 'crossEntropyBackward options',
+        valid: {},
+        bad: { ignore: 1 },
+        call: (o) => ops.nn.crossEntropyBackward(logits, target, f([]), o),
+      },
+      {
+        name: 'softCrossEntropy options',
+        valid: { reduction: 'sum' },
+        bad: { reduce: 'sum' },
+        call: (o) => ops.nn.softCrossEntropy(logits, logits, o),
+      },
+      {
+        name: 'softCrossEntropyBackward options',
+        valid: {},
+        bad: { reducton: 'sum' },
+        call: (o) => ops.nn.softCrossEntropyBackward(logits, logits, f([]), o),
+      },
+      {
+        name: 'klDivSoftmax options',
+        valid: { temperature: 4 },
+        bad: { T: 4 },
+        call: (o) => ops.nn.klDivSoftmax(logits, logits, o),
+      },
+      {
+        name: 'klDivSoftmaxBackward options',
+        valid: {},
+        bad: { temp: 4 },
+        call: (o) => ops.nn.klDivSoftmaxBackward(logits, logits, f([]), o),
+      },
+      {
+        name: 'l1Loss options',
+        valid: { reduction: 'sum' },
+        bad: { reductions: 'sum' },
+        call: (o) => ops.nn.l1Loss(x2, x2, o),
+      },
+      {
+        name: 'l1LossBackward options',
+        valid: {},
+        bad: { mode: 'sum' },
+        call: (o) => ops.nn.l1LossBackward(x2, x2, f([]), o),
+      },
+      {
+        name: 'mseLoss options',
+        valid: { reduction: 'none' },
+        bad: { Reduction: 'none' },
+        call: (o) => ops.nn.mseLoss(x2, x2, o),
+      },
+      {
+        name: 'mseLossBackward options',
+        valid: {},
+        bad: { reduciton: 'sum' },
+        call: (o) => ops.nn.mseLossBackward(x2, x2, f([]), o),
+      },
+      {
+        name: 'adamStep options',
+        valid: { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, step: 1 },
+        bad: { weight_decay: 0.1 },
+        call: (o) => ops.optim.adamStep(f([4]), f([4]), f([4], 0), f([4], 0), o as never),
+      },
+      {
+        name: 'emaUpdate options',
+        valid: { decay: 0.9 },
+        bad: { decy: 0.9 },
+        call: (o) => ops.optim.emaUpdate(f([4]), f([4]), o as never),
+      },
+      {
+        name: 'maxPool2dAttrs options',
+        valid: { kernel: 2 },
+        bad: { kernal: 2 },
+        call: (o) => ops.pool.maxPool2dAttrs(o as never),
+      },
+      {
+        name: 'maxPool2dOutputSize options',
+        valid: { kernel: 2 },
+        bad: { pad: 0 },
+        call: (o) => ops.pool.maxPool2dOutputSize([4, 4], o as never),
+      },
+      {
+        name: 'maxPool2d options',
+        valid: { kernel: 2 },
+        bad: { size: 2 },
+        call: (o) => ops.pool.maxPool2d(x4, o as never),
+      },
+      {
+        name: 'maxPool2dBackward options',
+        valid: { inputShape: x4.shape },
+        bad: { shape: x4.shape },
+        call: (o) => ops.pool.maxPool2dBackward(py, pidx, o as never),
+      },
+      { name: 'clamp options', valid: { min: 0 }, bad: { minimum: 0 }, call: (o) => ops.tensor.clamp(x2, o) },
+      {
+        name: 'clampBackward options',
+        valid: { max: 0 },
+        bad: { maxi: 0 },
+        call: (o) => ops.tensor.clampBackward(x2, x2, o),
+      },
+      { name: 'sum options', valid: { dims: [1] }, bad: { dim: 1 }, call: (o) => ops.tensor.sum(x2, o) },
+      { name: 'mean options', valid: { keepdim: true }, bad: { keepDim: true }, call: (o) => ops.tensor.mean(x2, o) },
+      {
+        name: 'variance options',
+        valid: { unbiased: false },
+        bad: { unbaised: false },
+        call: (o) => ops.tensor.variance(x2, o),
+      },
+      { name: 'amax options', valid: { dims: [0] }, bad: { keepdims: true }, call: (o) => ops.tensor.amax(x2, o) },
+      { name: 'amin options', valid: {}, bad: { dimension: 0 }, call: (o) => ops.tensor.amin(x2, o) },
+      {
+        name: 'amaxBackward options',
+        valid: {},
+        bad: { keep: true },
+        call: (o) => ops.tensor.amaxBackward(x2, runSync(ops.tensor.amax(x2)), f([]), o),
+      },
+      {
+        name: 'scatterReduce options',
+        valid: { dim: 0, reduce: 'sum' },
+        bad: { include_self: false },
+        call: (o) => ops.tensor.scatterReduce(f([3]), i64([0, 1, 1], [3]), f([3]), o as never),
+      },
+      {
+        name: 'scatterReduceBackward options',
+        valid: { dim: 0, reduce: 'mean' },
+        bad: { includeself: false },
+        call: (o) => ops.tensor.scatterReduceBackward(f([3]), i64([0, 1, 1], [3]), f([3]), f([3]), o as never),
+      },
+      {
+        name: 'randomNormal options',
+        valid: { seed: 1 },
+        bad: { sd: 2 },
+        call: (o) => ops.tensor.randomNormal([2, 2], o as never),
+      },
+    ];
+  });
+});
