@@ -63,6 +63,19 @@ function trainer(ds: Uint8ImageDataset, extra: Partial<TokenizerTrainOptions> = 
 
 const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
 
+/** Per keep count drawn in both the first 20 and the last 40 steps: late mean source loss / early mean. */
+function srcRatios(logs: { keep: number; values: Record<string, number> }[]): Map<number, number> {
+  const at = (part: typeof logs, keep: number) => part.filter((l) => l.keep === keep).map((l) => l.values.source_loss!);
+  const early = logs.slice(0, 20);
+  const late = logs.slice(-40);
+  const out = new Map<number, number>();
+  for (const keep of new Set(early.map((l) => l.keep))) {
+    const [a, b] = [at(early, keep), at(late, keep)];
+    if (a.length > 0 && b.length > 0) out.set(keep, mean(b) / mean(a));
+  }
+  return out;
+}
+
 describe.skipIf(!haveFashion)('TokenizerTrainer on Fashion-MNIST', () => {
   it('reconstruction, class and source-recovery losses fall well below their start', async () => {
     const tr = trainer(await slice(256), { keepSampling: 'random' });
@@ -76,7 +89,10 @@ describe.skipIf(!haveFashion)('TokenizerTrainer on Fashion-MNIST', () => {
     const msg = `rec ${mean(rec.slice(0, 5)).toFixed(3)} -> ${mean(rec.slice(-20)).toFixed(3)}, cls ${mean(cls.slice(0, 5)).toFixed(3)} -> ${mean(cls.slice(-20)).toFixed(3)}, src ${mean(src.slice(0, 5)).toFixed(3)} -> ${mean(src.slice(-20)).toFixed(3)}`;
     expect(mean(rec.slice(-20)), msg).toBeLessThan(0.7 * mean(rec.slice(0, 5)));
     expect(mean(cls.slice(-20)), msg).toBeLessThan(0.9 * mean(cls.slice(0, 5)));
-    expect(mean(src.slice(-20)), msg).toBeLessThan(0.85 * mean(src.slice(0, 5)));
+    // The source-recovery loss depends most on how many tokens were kept (4 kept: about 1.2 nats, 16:
+    // about 2.5), so it is compared per keep count: early steps against late ones.
+    for (const [keep, ratio] of srcRatios(logs)) expect(ratio, `${msg}; keep ${keep}`).toBeLessThan(0.92);
+    expect(srcRatios(logs).size, msg).toBeGreaterThan(0);
     // every keep candidate was drawn, and the discriminator came on at disc_start
     expect(new Set(logs.map((l) => l.keep)).size).toBe(tr.tokenizer.candidates.keep.length);
     expect(logs[1]!.values.disc_factor).toBe(0);
