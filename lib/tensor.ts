@@ -3,6 +3,7 @@
  */
 import { addon, type DType, type DeviceName, type NativeTensor } from './native.js';
 import { describe, typeError } from './errors.js';
+import { castNative } from './ops/cast.js';
 
 /** The typed array that holds each dtype's elements on the JS side. */
 export interface TypedArrayFor {
@@ -111,7 +112,7 @@ export class Tensor {
   /** The elements as float32 (converting f16/bf16/int storage). */
   toFloat32(): Float32Array {
     if (this.dtype === 'float32') return this.toArray<'float32'>();
-    return new Tensor(addon.runOp('cast', [this.native], { dtype: 'float32' })[0] as NativeTensor).toArray<'float32'>();
+    return new Tensor(castNative(this.native, 'float32')).toArray<'float32'>();
   }
 
   /** The single element of a one-element tensor, as a number. */
@@ -147,7 +148,7 @@ export class Tensor {
   }
   cast(dtype: DType): Tensor {
     if (dtype === this.dtype) return this;
-    return new Tensor(addon.runOp('cast', [this.native], { dtype })[0] as NativeTensor);
+    return new Tensor(castNative(this.native, dtype));
   }
   /**
    * Releases this handle's native memory now instead of at garbage collection (views and running

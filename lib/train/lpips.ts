@@ -28,7 +28,6 @@
  * sum_c f^2 exceeds about 1e-23.
  */
 import { MergeVQError, typeError, rangeError } from '../errors.js';
-import { defineGrad, hasGrad } from '../autograd.js';
 import { release, type Program } from '../graph.js';
 import { ParamStore, W, type LoadReport } from '../nn/params.js';
 import * as linalg from '../ops/linalg.js';
@@ -61,15 +60,7 @@ const NORM_TINY = 1e-30;
 /** The reference's eps of the channel normalization. */
 const NORM_EPS = 1e-10;
 
-// ReLU is leaky_relu with slope 0, whose backward (gy where x > 0) is torch's ReLU backward. The
-// rule is registered here unless another module registered one already.
-if (!hasGrad('leaky_relu')) {
-  defineGrad('leaky_relu', function* (req, _o, [g]) {
-    if (!g) return [null];
-    const slope = (req.attrs?.slope as number | undefined) ?? 0.2;
-    return [yield* nn.leakyReluBackward(req.inputs[0]!, g, { slope })];
-  });
-}
+// ReLU is leaky_relu with slope 0: its gradient rule (gy where x > 0) is torch's ReLU backward.
 
 /** Options of the {@link LPIPS} constructor. */
 export interface LPIPSOptions {
