@@ -7,7 +7,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import packageRoot from './root.cjs';
-import { MergeVQError, typeError } from './errors.js';
+import { MergeVQError, checkKeys, optionKeys, typeError } from './errors.js';
 import { parseGPTConfigYaml } from './generator/config.js';
 import { MergeVQGPT } from './generator/gpt.js';
 import { MergeARGPT } from './generator/mergear.js';
@@ -60,6 +60,18 @@ export interface LoadGeneratorOptions {
   /** MergeAR's recent window w (default: the config's, else 2). */
   window?: number;
 }
+const LOAD_GENERATOR_KEYS = optionKeys<LoadGeneratorOptions>()(['config', 'weights', 'plain', 'window']);
+
+/** Options of {@link loadDefaultModels}. */
+export interface LoadDefaultModelsOptions {
+  /** The model set under models/ (default {@link DEFAULT_MODEL}). */
+  name?: string;
+  /** MergeAR's recent window w. */
+  window?: number;
+  /** Build the generator without MergeAR. */
+  plain?: boolean;
+}
+const LOAD_DEFAULT_MODELS_KEYS = optionKeys<LoadDefaultModelsOptions>()(['name', 'window', 'plain']);
 
 /**
  * Builds the generator a stage-2 YAML describes and loads its weights (strict: every weight must
@@ -70,6 +82,7 @@ export async function loadGenerator(
   opts: LoadGeneratorOptions,
 ): Promise<{ generator: MergeVQGPT | MergeARGPT; report: LoadReport }> {
   if (!opts || typeof opts !== 'object') typeError('opts', '{ config, weights }', opts);
+  checkKeys('loadGenerator options', opts, LOAD_GENERATOR_KEYS);
   if (typeof opts.config !== 'string') typeError('opts.config', 'a YAML file path', opts.config);
   if (typeof opts.weights !== 'string') typeError('opts.weights', 'a weights file path', opts.weights);
   if (!existsSync(opts.config))
@@ -105,8 +118,9 @@ export interface DefaultModels {
  * `window` sets MergeAR's recent window; `plain` builds the generator without MergeAR.
  */
 export async function loadDefaultModels(
-  opts: { name?: string; window?: number; plain?: boolean } = {},
+  opts: LoadDefaultModelsOptions = {},
 ): Promise<DefaultModels> {
+  checkKeys('loadDefaultModels options', opts, LOAD_DEFAULT_MODELS_KEYS);
   const files = modelFiles(opts.name);
   const { tokenizer } = await loadTokenizer({
     config: files.tokenizerConfig,

@@ -2,13 +2,66 @@
 // refuses a key it does not know with a RangeError naming the entry point, the key and the known
 // keys (checkKeys), instead of ignoring a misspelt option. Each row calls one entry point twice
 // with tiny inputs: with valid options (which must not be refused) and with one key misspelt.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ops, runSync, Tensor } from '../lib/index.js';
-import { Rng } from './helpers.js';
+import {
+  DEFAULT_LOSS_WEIGHTS,
+  MergeARGPT,
+  MergeVQGPT,
+  MergeVQTokenizer,
+  ParamStore,
+  Tensor,
+  generate,
+  generateImages,
+  generateImagesSync,
+  generateMergeAR,
+  generateMergeARSync,
+  generateProbList,
+  generateSync,
+  loadDefaultModels,
+  loadGenerator,
+  loadTokenizer,
+  mergeCandidates,
+  modelFiles,
+  ops,
+  readWeights,
+  runSync,
+  sampleMergeARProgram,
+  sampleProgram,
+  tokenizerForward,
+  tokenizerLoss,
+  writeSafetensors,
+} from '../lib/index.js';
+import { Rng, tinyGRArgs } from './helpers.js';
 
 const rng = new Rng();
 const rand = (shape: number[]) => rng.tensor(shape);
 const i64 = (v: number[], shape: number[]) => Tensor.from(BigInt64Array.from(v, BigInt), shape);
+const tmp = mkdtempSync(join(tmpdir(), 'mergevq-options-'));
+
+/** A tiny G+R tokenizer (16 px, 16 tokens, keep 9) and a MergeAR generator over its codes. */
+const GPT = {
+  vocab_size: 256,
+  block_size: 16,
+  spatial_n_layer: 1,
+  factorized_n_layer: 1,
+  n_head: 2,
+  dim: 16,
+  class_num: 4,
+  factorized_bits: [3, 5],
+  multiple_of: 8,
+};
+function tinyModels() {
+  const tok = MergeVQTokenizer.fromConfig(tinyGRArgs());
+  tok.store.initRandom(1);
+  const gen = new MergeARGPT(GPT, { numCandidates: tok.candidates.keep.length });
+  gen.store.initRandom(2);
+  const plain = new MergeVQGPT(GPT);
+  plain.store.initRandom(3);
+  return { tok, gen, plain };
+}
 
 type Opts = Record<string, unknown>;
 /** One entry point: `call` runs it with the options given. */
@@ -371,6 +424,168 @@ describe('ops wrappers', () => {
         valid: { seed: 1 },
         bad: { sd: 2 },
         call: (o) => ops.tensor.randomNormal([2, 2], o as never),
+      },
+    ];
+  });
+});
+
+describe('tokenizer and generator', () => {
+  runTable(async () => {
+    const { tok, gen, plain } = tinyModels();
+    const images = rand([1, 1, 16, 16]);
+    const enc = tok.encodeSync(images);
+    const weights = join(tmp, 'tok.safetensors');
+    await writeSafetensors(weights, Object.fromEntries(tok.store.stateDict()));
+    const labels = i64([1], [1]);
+    const keepIndex = i64([0], [1]);
+    const pre = i64([1, 2, 1, 0], [1, 4]);
+    const post = i64([3, 0, 3, 1], [1, 4]);
+    const files = modelFiles();
+    const { cls, source, labelSmoothing, temperature } = DEFAULT_LOSS_WEIGHTS;
+    return [
+      { name: 'encode options', valid: { keep: 9 }, bad: { kepp: 9 }, call: (o) => tok.encode(images, o) },
+      { name: 'encode options', valid: {}, bad: { Keep: 4 }, call: (o) => tok.encodeSync(images, o) },
+      { name: 'encode options', valid: { keep: 4 }, bad: { k: 4 }, call: (o) => tok.encodeProgram(images, o) },
+      {
+        name: 'decode input',
+        valid: { indices: enc.indices, source: enc.source },
+        bad: { keep: 9 },
+        call: (o) => tok.decode(o as never),
+      },
+      {
+        name: 'decode input',
+        valid: { codes: enc.codes, source: 'learned' },
+        bad: { src: 1 },
+        call: (o) => tok.decodeSync(o as never),
+      },
+      {
+        name: 'reconstruct options',
+        valid: { source: 'learned' },
+        bad: { sorce: 'learned' },
+        call: (o) => tok.reconstruct(images, o),
+      },
+      { name: 'reconstruct options', valid: { keep: 9 }, bad: { kep: 9 }, call: (o) => tok.reconstructSync(images, o) },
+      {
+        name: 'MergeVQTokenizer.loadWeights options',
+        valid: { strict: false },
+        bad: { strcit: true },
+        call: (o) => tok.loadWeights(new Map(), o),
+      },
+      {
+        name: 'ParamStore.load options',
+        valid: { strict: true },
+        bad: { stirct: true },
+        call: (o) => new ParamStore().load({}, o),
+      },
+      {
+        name: 'loadTokenizer options',
+        valid: { config: tinyGRArgs(), weights, strict: true },
+        bad: { wieghts: weights },
+        call: (o) => loadTokenizer(o as never),
+      },
+      {
+        name: 'readWeights options',
+        valid: { prefer: 'raw' },
+        bad: { perfer: 'raw' },
+        call: (o) => readWeights(weights, o),
+      },
+      {
+        name: 'generateProbList kwargs',
+        valid: { mean: 1, std: 0.5 },
+        bad: { sigma: 0.5 },
+        call: (o) => generateProbList(3, 'gaussian', o),
+      },
+      {
+        name: 'mergeCandidates options',
+        valid: { embedRes: 4, mergeNum: 7, candDistribution: 'gaussian-3', numLayers: 3 },
+        bad: { inflection: 0 },
+        call: (o) => mergeCandidates(o as never),
+      },
+      {
+        name: 'tokenizerForward weights',
+        valid: { cls, source, labelSmoothing, temperature },
+        bad: { labelSmothing: 0.1 },
+        call: (o) => tokenizerForward(tok, images, null, 9, o as never),
+      },
+      {
+        name: 'tokenizerLoss weights',
+        valid: { ...DEFAULT_LOSS_WEIGHTS },
+        bad: { comitment: 0.25 },
+        call: (o) => tokenizerLoss(tok, images, null, 9, o as never),
+      },
+      // the plain sampler has no MergeAR decoding mode
+      {
+        name: 'generate options',
+        valid: { steps: 2, topK: 3 },
+        bad: { mode: 'full' },
+        call: (o) => generate(plain, labels, o),
+      },
+      {
+        name: 'generate options',
+        valid: { steps: 1, cfgScale: 2 },
+        bad: { topk: 3 },
+        call: (o) => generateSync(plain, labels, o),
+      },
+      { name: 'generate options', valid: { steps: 1 }, bad: { sead: 1 }, call: (o) => sampleProgram(plain, labels, o) },
+      {
+        name: 'generateMergeAR options',
+        valid: { steps: 3, mode: 'full' },
+        bad: { mdoe: 'full' },
+        call: (o) => generateMergeAR(gen, labels, keepIndex, o),
+      },
+      {
+        name: 'generateMergeAR options',
+        valid: { steps: 2, seed: 4 },
+        bad: { temperatur: 2 },
+        call: (o) => generateMergeARSync(gen, labels, keepIndex, o),
+      },
+      {
+        name: 'generateMergeAR options',
+        valid: { steps: 2 },
+        bad: { onstep: () => {} },
+        call: (o) => sampleMergeARProgram(gen, labels, keepIndex, o),
+      },
+      {
+        name: 'generateImages options',
+        valid: { classes: [1], topK: 2 },
+        bad: { sead: 3 },
+        call: (o) => generateImages(tok, gen, o as never),
+      },
+      {
+        name: 'generateImages options',
+        valid: { classes: [0], mergear: false },
+        bad: { mergeAR: false },
+        call: (o) => generateImagesSync(tok, plain, o as never),
+      },
+      {
+        name: 'MergeARGPT options',
+        valid: { numCandidates: 3, window: 1 },
+        bad: { windw: 1 },
+        call: (o) => new MergeARGPT(GPT, o as never),
+      },
+      {
+        name: 'MergeARGPT.forwardAR options',
+        valid: { mask: false },
+        bad: { masked: false },
+        call: (o) => gen.forwardAR(pre, post, labels, keepIndex, o),
+      },
+      {
+        name: 'MergeVQGPT.loadWeights options',
+        valid: { strict: false },
+        bad: { Strict: false },
+        call: (o) => plain.loadWeights({}, o),
+      },
+      {
+        name: 'loadGenerator options',
+        valid: { config: files.generatorConfig, weights: files.generatorWeights, window: 1 },
+        bad: { plian: true },
+        call: (o) => loadGenerator(o as never),
+      },
+      {
+        name: 'loadDefaultModels options',
+        valid: { plain: true },
+        bad: { nmae: 'fashion-mnist' },
+        call: (o) => loadDefaultModels(o),
       },
     ];
   });

@@ -10,7 +10,8 @@
  */
 import { release, type Program } from '../graph.js';
 import { Linear } from '../nn/layers.js';
-import { ParamStore, W, type LoadReport } from '../nn/params.js';
+import { checkKeys } from '../errors.js';
+import { LOAD_KEYS, ParamStore, W, type LoadOptions, type LoadReport } from '../nn/params.js';
 import { attention, kvCacheWrite, mergeHeads, splitHeads, type AttentionOptions } from '../ops/attention.js';
 import { crossEntropy, rmsNorm, swiglu } from '../ops/nn.js';
 import { add, concat, embedding, precompute2dFreqs, reshape, rope, select, slice } from '../ops/tensor.js';
@@ -177,8 +178,9 @@ export class MergeVQGPT {
   /** Loads reference state_dict tensors (names without the `transformer.` prefix; a prefix is stripped). */
   loadWeights(
     tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
-    opts: { strict?: boolean } = {},
+    opts: LoadOptions = {},
   ): LoadReport {
+    checkKeys('MergeVQGPT.loadWeights options', opts, LOAD_KEYS);
     const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
     const m = new Map<string, Tensor>();
     for (const [n, t] of entries) m.set(n.startsWith('transformer.') ? n.slice('transformer.'.length) : n, t);

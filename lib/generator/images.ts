@@ -3,7 +3,7 @@
  * sub-token pairs (MergeAR: conditioned on a keep count, with its compacted KV cache), the pairs
  * become LFQ indices and the tokenizer's decoder turns them into images.
  */
-import { checkInt, checkKeys, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import { runAsync, runSync, type Program } from '../graph.js';
 import { lfqUnfactorize } from '../ops/lfq.js';
 import { Tensor } from '../tensor.js';
@@ -21,6 +21,12 @@ export interface GenerateImagesOptions extends Omit<SampleOptions, 'steps'> {
   /** false: decode with a full causal cache instead of MergeAR's compacted one (default true). */
   mergear?: boolean;
 }
+const GENERATE_IMAGES_KEYS = optionKeys<GenerateImagesOptions>()([
+  'classes',
+  'keep',
+  'mergear',
+  ...SAMPLE_OPTION_KEYS.filter((k): k is Exclude<typeof k, 'steps'> => k !== 'steps'),
+]);
 
 /** KV-cache size of a MergeAR generation against a full causal cache. */
 export interface KVCacheUse {
@@ -69,12 +75,7 @@ export function* generateImagesProgram(
 ): Program<GeneratedImages> {
   checkModels(tok, gen);
   if (!opts || typeof opts !== 'object') typeError('opts', '{ classes, ... }', opts);
-  checkKeys('generateImages options', opts, [
-    'classes',
-    'keep',
-    'mergear',
-    ...SAMPLE_OPTION_KEYS.filter((k) => k !== 'steps' && k !== 'mode'),
-  ]);
+  checkKeys('generateImages options', opts, GENERATE_IMAGES_KEYS);
   if (!Array.isArray(opts.classes) || opts.classes.length === 0)
     typeError('opts.classes', 'a non-empty array of class ids', opts.classes);
   const nClass = gen.config.class_num;

@@ -25,6 +25,7 @@
  * every live row is visible, nothing else. Rows of a batch can hold different numbers of live rows;
  * the cache length is the largest, and the shorter rows are padded with dead slots (keep 0).
  */
+import { checkKeys, optionKeys } from '../errors.js';
 import { release, runAsync, runSync, type Program } from '../graph.js';
 import { W } from '../nn/params.js';
 import { kvCacheCompact, type AttentionOptions } from '../ops/attention.js';
@@ -33,7 +34,14 @@ import { add, concat, embedding, precompute2dFreqs, reshape, slice } from '../op
 import { Tensor } from '../tensor.js';
 import { gridSize, type GPTConfig } from './config.js';
 import { MergeVQGPT, type GPTLogits, type LayerCache } from './gpt.js';
-import { guideLogits, sampleRow, samplingSettings, type SampleOptions, type SampleResult } from './sample.js';
+import {
+  SAMPLE_OPTION_KEYS,
+  guideLogits,
+  sampleRow,
+  samplingSettings,
+  type SampleOptions,
+  type SampleResult,
+} from './sample.js';
 
 /** Default MergeAR recent window w. */
 export const MERGEAR_WINDOW = 2;
@@ -100,6 +108,21 @@ export interface MergeAROptions {
   /** Recent window w (default {@link MERGEAR_WINDOW}). */
   window?: number;
 }
+const MERGEAR_KEYS = optionKeys<MergeAROptions>()(['numCandidates', 'window']);
+
+/** Options of {@link MergeARGPT.forwardAR}. */
+export interface ForwardAROptions {
+  /** The MergeAR visibility (default true); false: plain causal attention. */
+  mask?: boolean;
+}
+const FORWARD_AR_KEYS = optionKeys<ForwardAROptions>()(['mask']);
+
+/** Options of the MergeAR samplers: the plain sampler's, plus the decoding mode. */
+export interface MergeARSampleOptions extends SampleOptions {
+  /** 'compact' (default): MergeAR with its compacted cache; 'masked' or 'full' (see {@link DecodeMode}). */
+  mode?: DecodeMode;
+}
+const MERGEAR_SAMPLE_KEYS = optionKeys<MergeARSampleOptions>()([...SAMPLE_OPTION_KEYS, 'mode']);
 
 /**
  * MergeVQGPT with MergeAR: adds `merge_emb.weight` [numCandidates, dim] (the plain
@@ -114,6 +137,7 @@ export class MergeARGPT extends MergeVQGPT {
 
   constructor(config: Partial<GPTConfig> | Record<string, unknown>, opts: MergeAROptions) {
     super(config);
+    checkKeys('MergeARGPT options', opts, MERGEAR_KEYS);
     if (!Number.isInteger(opts.numCandidates) || opts.numCandidates < 1)
       throw new RangeError(`numCandidates must be a positive integer, got ${opts.numCandidates}`);
     const w = opts.window ?? MERGEAR_WINDOW;
@@ -179,8 +203,9 @@ export class MergeARGPT extends MergeVQGPT {
     idxPost: Tensor,
     labels: Tensor,
     keepIndex: Tensor | null,
-    opts: { mask?: boolean } = {},
+    opts: ForwardAROptions = {},
   ): Program<GPTLogits> {
+    checkKeys('MergeARGPT.forwardAR options', opts, FORWARD_AR_KEYS);
     const c = this.config;
     const [B, N] = idxPre.shape as [number, number];
     if (idxPre.ndim !== 2 || idxPost.ndim !== 2 || idxPost.shape[0] !== B || idxPost.shape[1] !== N)
@@ -512,7 +537,7 @@ export function* sampleMergeARProgram(
   model: MergeARGPT,
   labels: Tensor,
   keepIndex: Tensor,
-  opts: SampleOptions & { mode?: DecodeMode } = {},
+  opts: MergeARSampleOptions = {},
 ): Program<SampleResult & { stats: DecodeStepStats[] }> {
   const c = model.config;
   const lab = ints(labels);
@@ -522,6 +547,7 @@ export function* sampleMergeARProgram(
   for (const l of lab)
     if (!Number.isInteger(l) || l < 0 || l > c.class_num)
       throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
+  checkKeys('generateMergeAR options', opts, MERGEAR_SAMPLE_KEYS);
   const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;
@@ -574,7 +600,7 @@ export function generateMergeAR(
   model: MergeARGPT,
   labels: Tensor,
   keepIndex: Tensor,
-  opts: SampleOptions & { mode?: DecodeMode } = {},
+  opts: MergeARSampleOptions = {},
 ) {
   return runAsync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }
@@ -584,7 +610,7 @@ export function generateMergeARSync(
   model: MergeARGPT,
   labels: Tensor,
   keepIndex: Tensor,
-  opts: SampleOptions & { mode?: DecodeMode } = {},
+  opts: MergeARSampleOptions = {},
 ) {
   return runSync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }

@@ -11,7 +11,7 @@
  */
 import { runAsync, runSync, release, type Program } from '../graph.js';
 import { Tensor } from '../tensor.js';
-import { checkKeys } from '../errors.js';
+import { checkKeys, optionKeys } from '../errors.js';
 import type { MergeVQGPT } from './gpt.js';
 
 /** A value for both sub-tokens, or [pre, post]. */
@@ -155,8 +155,8 @@ export interface SamplingSettings {
   rng: SeededRandom;
 }
 
-/** The keys SampleOptions (and MergeAR's `mode`) may hold. */
-export const SAMPLE_OPTION_KEYS = [
+/** The keys of SampleOptions. */
+export const SAMPLE_OPTION_KEYS = optionKeys<SampleOptions>()([
   'steps',
   'temperature',
   'topK',
@@ -165,11 +165,10 @@ export const SAMPLE_OPTION_KEYS = [
   'seed',
   'signal',
   'onStep',
-  'mode',
-] as const;
+]);
 
+/** The sampling settings of `opts` (whose keys the caller has checked). */
 export function samplingSettings(opts: SampleOptions, blockSize: number): SamplingSettings {
-  checkKeys('sampling options', opts, SAMPLE_OPTION_KEYS);
   const steps = opts.steps ?? blockSize;
   if (!Number.isInteger(steps) || steps < 1 || steps > blockSize)
     throw new RangeError(`steps must be an integer in [1, ${blockSize}], got ${steps}`);
@@ -197,6 +196,7 @@ export function* sampleProgram(model: MergeVQGPT, labels: Tensor, opts: SampleOp
   for (const l of lab)
     if (!Number.isInteger(l) || l < 0 || l > c.class_num)
       throw new RangeError(`labels: class id ${l} outside [0, ${c.class_num}]`);
+  checkKeys('generate options', opts, SAMPLE_OPTION_KEYS);
   const { steps, temperature, topK, topP, cfg, rng } = samplingSettings(opts, c.block_size);
   const Bt = cfg ? 2 * B : B;
   const allLabels = cfg ? [...lab, ...lab.map(() => model.nullClass)] : lab;

@@ -4,7 +4,7 @@
  * between this project and the reference. Modules declare what they need; weights are loaded
  * (from safetensors or a Lightning .ckpt) or initialized randomly.
  */
-import { MergeVQError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys } from '../errors.js';
 import { op1 } from '../graph.js';
 import { Tensor } from '../tensor.js';
 
@@ -17,6 +17,14 @@ export interface LoadReport {
   /** Source tensors no parameter declared (ignored). */
   unexpected: string[];
 }
+
+/** Options of the weight loaders (`ParamStore.load`, the models' `loadWeights`). */
+export interface LoadOptions {
+  /** Missing weights are an error (ERR_MISSING_WEIGHT) instead of reported (default false). */
+  strict?: boolean;
+}
+/** The keys of {@link LoadOptions}. */
+export const LOAD_KEYS = optionKeys<LoadOptions>()(['strict']);
 
 export class ParamStore {
   private readonly shapes = new Map<string, number[]>();
@@ -101,7 +109,8 @@ export class ParamStore {
    * Loads tensors by name. Every name must have the declared shape (else ERR_SHAPE_MISMATCH and
    * nothing is changed). With `strict`, missing names are an error (ERR_MISSING_WEIGHT).
    */
-  load(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+  load(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LoadOptions = {}): LoadReport {
+    checkKeys('ParamStore.load options', opts, LOAD_KEYS);
     const entries = source instanceof Map ? [...source.entries()] : Object.entries(source);
     const unexpected: string[] = [];
     const staged = new Map<string, Tensor>();

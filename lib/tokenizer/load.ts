@@ -3,7 +3,7 @@
  * reference's names, or a Lightning/PyTorch .ckpt read with the restricted unpickler).
  */
 import { extname } from 'node:path';
-import { MergeVQError, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys, typeError } from '../errors.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
 import { readSafetensors } from '../io/safetensors.js';
 import type { LoadReport } from '../nn/params.js';
@@ -23,13 +23,24 @@ export interface LoadTokenizerOptions {
   /** Throw when weights are missing (default false: reported). */
   strict?: boolean;
 }
+const LOAD_TOKENIZER_KEYS = optionKeys<LoadTokenizerOptions>()(['config', 'weights', 'prefer', 'seed', 'strict']);
+
+/** Options of {@link readWeights}. */
+export interface ReadWeightsOptions {
+  /** EMA or raw weights from a Lightning checkpoint (default 'ema' when present). */
+  prefer?: 'ema' | 'raw';
+  /** The parameter names the caller expects (a checkpoint's `loadCheckpoint` option). */
+  expected?: Iterable<string>;
+}
+const READ_WEIGHTS_KEYS = optionKeys<ReadWeightsOptions>()(['prefer', 'expected']);
 
 /** Reads the tensors of a weights file by name (safetensors or checkpoint). */
 export async function readWeights(
   path: string,
-  opts: { prefer?: 'ema' | 'raw'; expected?: Iterable<string> } = {},
+  opts: ReadWeightsOptions = {},
 ): Promise<Map<string, Tensor>> {
   if (typeof path !== 'string') typeError('weights', 'a file path', path);
+  checkKeys('readWeights options', opts, READ_WEIGHTS_KEYS);
   const ext = extname(path).toLowerCase();
   if (ext === '.safetensors') {
     const f = await readSafetensors(path);
@@ -55,6 +66,8 @@ export async function readWeights(
 export async function loadTokenizer(
   opts: LoadTokenizerOptions,
 ): Promise<{ tokenizer: MergeVQTokenizer; report: LoadReport }> {
+  if (opts === null || typeof opts !== 'object') typeError('opts', '{ config, weights?, ... }', opts);
+  checkKeys('loadTokenizer options', opts, LOAD_TOKENIZER_KEYS);
   const tok = MergeVQTokenizer.fromConfig(opts.config);
   if (!opts.weights) {
     tok.store.initRandom(opts.seed ?? 0);

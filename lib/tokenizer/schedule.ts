@@ -3,7 +3,7 @@
  * Python / NumPy arithmetic exactly (int() truncation, float64 order of operations, NumPy's
  * pairwise summation and round-half-even `np.around`).
  */
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 
 /**
  * Per-layer merge counts for `numLayers` blocks from (r, inflect): lo = int(r (1 - inflect)),
@@ -90,6 +90,17 @@ export function npAround(x: number, decimals: number): number {
 
 export type CandDistribution = 'gaussian' | 'exponential' | 'uniform';
 
+/** Parameters of {@link generateProbList}'s distributions. */
+export interface ProbListKwargs {
+  /** Gaussian mean (default 0). */
+  mean?: number;
+  /** Gaussian standard deviation (default 1). */
+  std?: number;
+  /** Exponential rate (default 1). */
+  lambd?: number;
+}
+const PROB_LIST_KEYS = optionKeys<ProbListKwargs>()(['mean', 'std', 'lambd']);
+
 /**
  * Cumulative candidate probabilities (rounded to 5 decimals) for `n` candidates j = 0..n-1:
  * gaussian exp(-(j - mean)^2 / (2 std^2)) + 0.05, exponential lambd exp(-lambd j) + 0.1, else uniform.
@@ -97,8 +108,9 @@ export type CandDistribution = 'gaussian' | 'exponential' | 'uniform';
 export function generateProbList(
   n: number,
   distribution: string,
-  kwargs: { mean?: number; std?: number; lambd?: number } = {},
+  kwargs: ProbListKwargs = {},
 ): number[] {
+  checkKeys('generateProbList kwargs', kwargs, PROB_LIST_KEYS);
   checkInt('n', n, 1);
   let p: number[];
   const dist = distribution.toLowerCase();
@@ -140,18 +152,33 @@ export interface MergeCandidates {
   inflect: number;
 }
 
+/** Options of {@link mergeCandidates}. */
+export interface MergeCandidatesOptions {
+  /** Side of the token grid (L = embedRes^2). */
+  embedRes: number;
+  /** Tokens merged at the default keep count. */
+  mergeNum: number;
+  /** "gaussian-n" / "exponential-n" (n defaults to 5). */
+  candDistribution: string;
+  numLayers: number;
+  /** check_parse_r's inflect (default -0.5). */
+  inflect?: number;
+}
+const MERGE_CANDIDATES_KEYS = optionKeys<MergeCandidatesOptions>()([
+  'embedRes',
+  'mergeNum',
+  'candDistribution',
+  'numLayers',
+  'inflect',
+]);
+
 /**
  * Builds the candidates for `candDistribution` "gaussian-n" / "exponential-n" (n defaults to 5):
  * remain_list = [int((sqrt(L - mergeNum) + i)^2) for i in range(-bias, n - bias)], bias = 1 for
  * gaussian (mean 1), 0 otherwise; std 0.5, lambd 2.
  */
-export function mergeCandidates(opts: {
-  embedRes: number;
-  mergeNum: number;
-  candDistribution: string;
-  numLayers: number;
-  inflect?: number;
-}): MergeCandidates {
+export function mergeCandidates(opts: MergeCandidatesOptions): MergeCandidates {
+  checkKeys('mergeCandidates options', opts, MERGE_CANDIDATES_KEYS);
   const embedRes = checkInt('embedRes', opts.embedRes, 1);
   const L = embedRes ** 2;
   const mergeNum = checkInt('mergeNum', opts.mergeNum, 0, L - 1);

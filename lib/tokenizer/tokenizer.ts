@@ -3,14 +3,14 @@
  * decoder. Every method has a Promise form (each native op runs as its own short job off the
  * main thread) and a synchronous `...Sync` form.
  */
-import { MergeVQError, checkInt, checkKeys, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import { runAsync, runSync, type Program } from '../graph.js';
 import { lfqIndicesToCodes, lfqQuantize } from '../ops/lfq.js';
 import { unmerge } from '../ops/merge.js';
 import { permute } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 import { loadImages, type ImageInput } from '../io/image.js';
-import { ParamStore, type LoadReport } from '../nn/params.js';
+import { LOAD_KEYS, ParamStore, type LoadOptions, type LoadReport } from '../nn/params.js';
 import { reshape } from '../nn/layers.js';
 import { loadConfigFile, normalizeConfig, type TokenizerConfig } from './config.js';
 import { MergeVQDecoder } from './decoder.js';
@@ -48,6 +48,21 @@ export interface DecodeInput {
   /** The compact source [B, L] from `encode`, or 'learned' to use the learned SourceRecovery. */
   source: Tensor | 'learned';
 }
+const DECODE_INPUT_KEYS = optionKeys<DecodeInput>()(['indices', 'codes', 'source']);
+
+/** Options of {@link MergeVQTokenizer.encode}. */
+export interface EncodeOptions {
+  /** Tokens kept (a square; default the config's keep count). */
+  keep?: number;
+}
+const ENCODE_KEYS = optionKeys<EncodeOptions>()(['keep']);
+
+/** Options of {@link MergeVQTokenizer.reconstruct}. */
+export interface ReconstructOptions extends EncodeOptions {
+  /** Unmerge with the encoder's own source ('given', default) or the learned recovery. */
+  source?: 'given' | 'learned';
+}
+const RECONSTRUCT_KEYS = optionKeys<ReconstructOptions>()([...ENCODE_KEYS, 'source']);
 
 export interface DecodeResult {
   /** Decoded images [B, out_ch, R, R] in [-1, 1] (not clamped). */
@@ -111,8 +126,9 @@ export class MergeVQTokenizer {
   /** Loads weights by reference name (missing/unexpected reported, shapes checked). */
   loadWeights(
     tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
-    opts: { strict?: boolean } = {},
+    opts: LoadOptions = {},
   ): LoadReport {
+    checkKeys('MergeVQTokenizer.loadWeights options', opts, LOAD_KEYS);
     return this.store.load(tensors, opts);
   }
 
@@ -155,8 +171,8 @@ export class MergeVQTokenizer {
   }
 
   /** Program form of `encode`. */
-  *encodeProgram(images: Tensor, opts: { keep?: number } = {}): Program<EncodeResult> {
-    checkKeys('encode options', opts, ['keep']);
+  *encodeProgram(images: Tensor, opts: EncodeOptions = {}): Program<EncodeResult> {
+    checkKeys('encode options', opts, ENCODE_KEYS);
     this.checkImages(images);
     const keep = this.checkKeep(opts.keep ?? this.defaultKeep);
     const enc = yield* this.encoder.forward(images, this.mergeSchedule(keep));
@@ -181,7 +197,7 @@ export class MergeVQTokenizer {
   /** Program form of `decode`. */
   *decodeProgram(input: DecodeInput): Program<DecodeResult> {
     if (typeof input !== 'object' || input === null) typeError('input', '{ indices | codes, source }', input);
-    checkKeys('decode input', input, ['indices', 'codes', 'source']);
+    checkKeys('decode input', input, DECODE_INPUT_KEYS);
     let codes = input.codes;
     const d = this.config.embed_dim;
     if (!codes) {
@@ -234,11 +250,11 @@ export class MergeVQTokenizer {
    */
   async encode(
     images: Tensor | ImageInput | readonly ImageInput[],
-    opts: { keep?: number } = {},
+    opts: EncodeOptions = {},
   ): Promise<EncodeResult> {
     return runAsync(this.encodeProgram(await this.toImageTensor(images), opts));
   }
-  encodeSync(images: Tensor, opts: { keep?: number } = {}): EncodeResult {
+  encodeSync(images: Tensor, opts: EncodeOptions = {}): EncodeResult {
     return runSync(this.encodeProgram(images, opts));
   }
   /** Decodes indices or codes, restoring the full grid with the given source or the learned recovery. */
@@ -251,9 +267,9 @@ export class MergeVQTokenizer {
   /** encode then decode with the encoder's own source (or 'learned'). */
   async reconstruct(
     images: Tensor | ImageInput | readonly ImageInput[],
-    opts: { keep?: number; source?: 'given' | 'learned' } = {},
+    opts: ReconstructOptions = {},
   ): Promise<DecodeResult & { encoded: EncodeResult }> {
-    checkKeys('reconstruct options', opts, ['keep', 'source']);
+    checkKeys('reconstruct options', opts, RECONSTRUCT_KEYS);
     const encoded = await this.encode(images, opts.keep === undefined ? {} : { keep: opts.keep });
     const dec = await this.decode({
       codes: encoded.codes,
@@ -263,9 +279,9 @@ export class MergeVQTokenizer {
   }
   reconstructSync(
     images: Tensor,
-    opts: { keep?: number; source?: 'given' | 'learned' } = {},
+    opts: ReconstructOptions = {},
   ): DecodeResult & { encoded: EncodeResult } {
-    checkKeys('reconstruct options', opts, ['keep', 'source']);
+    checkKeys('reconstruct options', opts, RECONSTRUCT_KEYS);
     const encoded = this.encodeSync(images, opts.keep === undefined ? {} : { keep: opts.keep });
     const dec = this.decodeSync({
       codes: encoded.codes,

@@ -7,6 +7,7 @@
  * group(l) the kept token that holds position l in the encoder's true source.
  * (Perceptual and GAN terms need user-supplied networks and are added by the caller.)
  */
+import { checkKeys, optionKeys } from '../errors.js';
 import type { Program } from '../graph.js';
 import { lfqEntropy, lfqQuantize } from '../ops/lfq.js';
 import { crossEntropy, l1Loss, mseLoss, softmax } from '../ops/nn.js';
@@ -27,6 +28,16 @@ export interface LossWeights {
   /** LFQ softmax temperature (0.01 in the reference). */
   temperature: number;
 }
+
+const LOSS_WEIGHT_KEYS = optionKeys<LossWeights>()([
+  'recon',
+  'aux',
+  'commitment',
+  'cls',
+  'source',
+  'labelSmoothing',
+  'temperature',
+]);
 
 export const DEFAULT_LOSS_WEIGHTS: LossWeights = {
   recon: 'l1',
@@ -90,6 +101,7 @@ export function* tokenizerForward(
   keep: number,
   w: Pick<LossWeights, 'cls' | 'source' | 'labelSmoothing' | 'temperature'> = DEFAULT_LOSS_WEIGHTS,
 ): Program<ForwardTerms> {
+  checkKeys('tokenizerForward weights', w, LOSS_WEIGHT_KEYS); // a whole LossWeights is fine too
   const enc = yield* tok.encoder.forward(images, tok.mergeSchedule(keep));
   const { codes } = yield* lfqQuantize(enc.z, { dim: 1 }); // [B, d, s, s]
   const source = keptSourceMap(enc.sourceMap); // [B, L] int64
@@ -130,6 +142,7 @@ export function* tokenizerLoss(
   keep: number,
   w: LossWeights = DEFAULT_LOSS_WEIGHTS,
 ): Program<LossTerms> {
+  checkKeys('tokenizerLoss weights', w, LOSS_WEIGHT_KEYS);
   const f = yield* tokenizerForward(tok, images, labels, keep, w);
   const recon =
     w.recon === 'l1'
