@@ -117,9 +117,7 @@ export interface DefaultModels {
  * Loads a shipped model set (default: the Fashion-MNIST tokenizer and MergeAR generator).
  * `window` sets MergeAR's recent window; `plain` builds the generator without MergeAR.
  */
-export async function loadDefaultModels(
-  opts: LoadDefaultModelsOptions = {},
-): Promise<DefaultModels> {
+export async function loadDefaultModels(opts: LoadDefaultModelsOptions = {}): Promise<DefaultModels> {
   checkKeys('loadDefaultModels options', opts, LOAD_DEFAULT_MODELS_KEYS);
   const files = modelFiles(opts.name);
   const { tokenizer } = await loadTokenizer({

@@ -176,10 +176,7 @@ export class MergeVQGPT {
   }
 
   /** Loads reference state_dict tensors (names without the `transformer.` prefix; a prefix is stripped). */
-  loadWeights(
-    tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
-    opts: LoadOptions = {},
-  ): LoadReport {
+  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LoadOptions = {}): LoadReport {
     checkKeys('MergeVQGPT.loadWeights options', opts, LOAD_KEYS);
     const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
     const m = new Map<string, Tensor>();

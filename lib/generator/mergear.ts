@@ -596,12 +596,7 @@ export function* sampleMergeARProgram(
 }
 
 /** {@link sampleMergeARProgram} as a Promise: every op a short native job off the main thread (`signal`, `onStep` as in SampleOptions). */
-export function generateMergeAR(
-  model: MergeARGPT,
-  labels: Tensor,
-  keepIndex: Tensor,
-  opts: MergeARSampleOptions = {},
-) {
+export function generateMergeAR(model: MergeARGPT, labels: Tensor, keepIndex: Tensor, opts: MergeARSampleOptions = {}) {
   return runAsync(sampleMergeARProgram(model, labels, keepIndex, opts));
 }
 

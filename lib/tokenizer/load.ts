@@ -35,10 +35,7 @@ export interface ReadWeightsOptions {
 const READ_WEIGHTS_KEYS = optionKeys<ReadWeightsOptions>()(['prefer', 'expected']);
 
 /** Reads the tensors of a weights file by name (safetensors or checkpoint). */
-export async function readWeights(
-  path: string,
-  opts: ReadWeightsOptions = {},
-): Promise<Map<string, Tensor>> {
+export async function readWeights(path: string, opts: ReadWeightsOptions = {}): Promise<Map<string, Tensor>> {
   if (typeof path !== 'string') typeError('weights', 'a file path', path);
   checkKeys('readWeights options', opts, READ_WEIGHTS_KEYS);
   const ext = extname(path).toLowerCase();

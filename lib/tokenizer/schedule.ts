@@ -105,11 +105,7 @@ const PROB_LIST_KEYS = optionKeys<ProbListKwargs>()(['mean', 'std', 'lambd']);
  * Cumulative candidate probabilities (rounded to 5 decimals) for `n` candidates j = 0..n-1:
  * gaussian exp(-(j - mean)^2 / (2 std^2)) + 0.05, exponential lambd exp(-lambd j) + 0.1, else uniform.
  */
-export function generateProbList(
-  n: number,
-  distribution: string,
-  kwargs: ProbListKwargs = {},
-): number[] {
+export function generateProbList(n: number, distribution: string, kwargs: ProbListKwargs = {}): number[] {
   checkKeys('generateProbList kwargs', kwargs, PROB_LIST_KEYS);
   checkInt('n', n, 1);
   let p: number[];

@@ -124,10 +124,7 @@ export class MergeVQTokenizer {
   }
 
   /** Loads weights by reference name (missing/unexpected reported, shapes checked). */
-  loadWeights(
-    tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>,
-    opts: LoadOptions = {},
-  ): LoadReport {
+  loadWeights(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LoadOptions = {}): LoadReport {
     checkKeys('MergeVQTokenizer.loadWeights options', opts, LOAD_KEYS);
     return this.store.load(tensors, opts);
   }
@@ -248,10 +245,7 @@ export class MergeVQTokenizer {
    * Encodes images (a [B, 3, R, R] tensor in [-1, 1], or image files / buffers) to indices, codes
    * and the source map.
    */
-  async encode(
-    images: Tensor | ImageInput | readonly ImageInput[],
-    opts: EncodeOptions = {},
-  ): Promise<EncodeResult> {
+  async encode(images: Tensor | ImageInput | readonly ImageInput[], opts: EncodeOptions = {}): Promise<EncodeResult> {
     return runAsync(this.encodeProgram(await this.toImageTensor(images), opts));
   }
   encodeSync(images: Tensor, opts: EncodeOptions = {}): EncodeResult {
@@ -277,10 +271,7 @@ export class MergeVQTokenizer {
     });
     return { ...dec, encoded };
   }
-  reconstructSync(
-    images: Tensor,
-    opts: ReconstructOptions = {},
-  ): DecodeResult & { encoded: EncodeResult } {
+  reconstructSync(images: Tensor, opts: ReconstructOptions = {}): DecodeResult & { encoded: EncodeResult } {
     checkKeys('reconstruct options', opts, RECONSTRUCT_KEYS);
     const encoded = this.encodeSync(images, opts.keep === undefined ? {} : { keep: opts.keep });
     const dec = this.decodeSync({
