@@ -20,6 +20,7 @@
 #include "../core/op.h"
 #include "../core/parallel.h"
 #include "../kernels/attention_args.h"
+#include "../kernels/hd.h"
 #include "../kernels/online_softmax.h"
 
 namespace mvq {
@@ -30,8 +31,6 @@ constexpr int PW = 16;   // keys per panel (and head-dim columns per tile)
 constexpr int BQ = 48;   // query rows per block (multiple of RB)
 constexpr int BK = 64;   // keys per block (multiple of PW)
 constexpr int64_t kRowPathMaxN = 3;  // N at or below this uses the per-row path (decode steps)
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // exp(x) for float lanes, exact to a few ulp on [-87.3, 88.3]; 0 below (including -inf).
 // Range reduction x = n ln2 + r with a two-part ln2, then a degree-6 polynomial for exp(r).

@@ -32,6 +32,7 @@
 
 #include "../core/op.h"
 #include "../core/parallel.h"
+#include "../kernels/hd.h"
 #include "../kernels/lfq_math.h"
 #include "gemm.h"
 
@@ -186,8 +187,6 @@ std::vector<Tensor> op_lfq_unfactorize(const OpArgs& a) {
 
 // ---------------------------------------------------------------------------------------------
 // Entropy
-
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // A bit is "free" in a row when both of its factors reach the table floor; a table entry whose
 // code disagrees with a non-free bit's likely value holds a factor < kTableFloor, so it is zero.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/op.h"
+#include "../kernels/hd.h"
 #include "../kernels/lfq_math.h"
 #include "common.cuh"
 
@@ -18,7 +19,6 @@ namespace {
 
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 struct Lay {
   int64_t pre = 1, d = 1, post = 1;
