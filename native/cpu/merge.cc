@@ -15,6 +15,7 @@
 //   even i = 2u: position of u in unm_idx, or Nu + dst_idx[j] when u = src_idx[j];
 //   odd  i = 2v + 1: Nu + v                                       (Nu = Na - r')
 // Compact source: map [B, L] int64, map[b, l] = the current token holding full position l.
+// Argument checks, the decisions' row map and group order: kernels/merge_args.h (shared with CUDA).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,81 +25,16 @@
 
 #include "../core/op.h"
 #include "../core/parallel.h"
+#include "../kernels/merge_args.h"
 
 namespace mvq {
 namespace {
 
-// Validated merge decisions for one call and the input-row -> output-row map they define.
-struct Decisions {
-  int64_t B = 0, N = 0, Na = 0, Nb = 0, Nu = 0, r = 0;
-  bool identity = false;
-  std::vector<int64_t> dest;  // [B, N]: output row of each input row
-  int64_t out_rows() const { return identity ? N : Nu + Nb; }
-};
-
-Decisions decisions(const char* op, const OpArgs& a, size_t first, int64_t B, int64_t N) {
-  const Tensor unm = a.input(first, "unm_idx", DType::I64, 2).contiguous();
-  const Tensor src = a.input(first + 1, "src_idx", DType::I64, 2).contiguous();
-  const Tensor dst = a.input(first + 2, "dst_idx", DType::I64, 2).contiguous();
-  Decisions d;
-  d.B = B;
-  d.N = N;
-  d.Na = (N + 1) / 2;
-  d.Nb = N / 2;
-  MVQ_CHECK_RANGE(unm.size(0) == B && src.size(0) == B && dst.size(0) == B, op, ": 'unm_idx', 'src_idx', 'dst_idx' must have batch ", B,
-                  ", got ", unm.shape_str(), ", ", src.shape_str(), ", ", dst.shape_str());
-  d.r = src.size(1);
-  MVQ_CHECK_RANGE(dst.size(1) == d.r, op, ": 'dst_idx' ", dst.shape_str(), " must match 'src_idx' ", src.shape_str());
-  d.dest.assign(static_cast<size_t>(B * N), 0);
-  if (d.r == 0) {
-    MVQ_CHECK_RANGE(unm.size(1) == 0, op, ": with empty 'src_idx' (r = 0, the identity merge) 'unm_idx' must be empty too, got ",
-                    unm.shape_str());
-    d.identity = true;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < N; ++i) d.dest[b * N + i] = i;
-    return d;
-  }
-  d.Nu = unm.size(1);
-  MVQ_CHECK_RANGE(d.Nu + d.r == d.Na, op, ": 'unm_idx' ", unm.shape_str(), " and 'src_idx' ", src.shape_str(),
-                  " must split the ", d.Na, " even rows of a ", N, "-token input");
-  const int64_t* up = unm.data<int64_t>();
-  const int64_t* sp = src.data<int64_t>();
-  const int64_t* dp = dst.data<int64_t>();
-  std::vector<char> seen(static_cast<size_t>(d.Na));
-  for (int64_t b = 0; b < B; ++b) {
-    std::fill(seen.begin(), seen.end(), 0);
-    int64_t* de = d.dest.data() + b * N;
-    for (int64_t p = 0; p < d.Nu; ++p) {
-      const int64_t u = up[b * d.Nu + p];
-      MVQ_CHECK_RANGE(u >= 0 && u < d.Na && !seen[u], op, ": 'unm_idx' and 'src_idx' must together be a permutation of [0, ", d.Na,
-                      "); bad unm_idx[", b, ", ", p, "] = ", u);
-      seen[u] = 1;
-      de[2 * u] = p;
-    }
-    for (int64_t j = 0; j < d.r; ++j) {
-      const int64_t u = sp[b * d.r + j], v = dp[b * d.r + j];
-      MVQ_CHECK_RANGE(u >= 0 && u < d.Na && !seen[u], op, ": 'unm_idx' and 'src_idx' must together be a permutation of [0, ", d.Na,
-                      "); bad src_idx[", b, ", ", j, "] = ", u);
-      MVQ_CHECK_RANGE(v >= 0 && v < d.Nb, op, ": 'dst_idx' must be in [0, ", d.Nb, "), got dst_idx[", b, ", ", j, "] = ", v);
-      seen[u] = 1;
-      de[2 * u] = d.Nu + v;
-    }
-    for (int64_t v = 0; v < d.Nb; ++v) de[2 * v + 1] = d.Nu + v;
-  }
-  return d;
-}
-
-// ---------------------------------------------------------------------------------------------
-
 std::vector<Tensor> op_tome_match(const OpArgs& a) {
-  const Tensor m = a.input(0, "metric", DType::F32, 3).contiguous();
-  const int64_t B = m.size(0), N = m.size(1), C = m.size(2);
-  const int64_t r_in = a.attrs.i("r");
-  const bool cls = a.attrs.b("class_token", false);
-  MVQ_CHECK_RANGE(r_in >= 0, "tome_match: option 'r' must be >= 0, got ", r_in);
-  const int64_t p = cls ? 1 : 0;
-  const int64_t r = std::max<int64_t>(0, std::min(r_in, (N - p) / 2));
-  const int64_t Na = (N + 1) / 2, Nb = N / 2;
+  const TomeMatchArgs ma = parse_tome_match(a);
+  const Tensor& m = ma.metric;
+  const int64_t B = ma.B, N = ma.N, C = ma.C, r = ma.r, Na = ma.Na, Nb = ma.Nb;
+  const bool cls = ma.cls;
   if (r == 0) return {empty({B, 0}, DType::I64), empty({B, 0}, DType::I64), empty({B, 0}, DType::I64)};
   const int64_t Nu = Na - r;
   Tensor unm = empty({B, Nu}, DType::I64), src = empty({B, r}, DType::I64), dst = empty({B, r}, DType::I64);
@@ -170,68 +106,25 @@ std::vector<Tensor> op_tome_match(const OpArgs& a) {
   return {unm, src, dst};
 }
 
-// Reads size [B, N] or [B, N, 1] (absent -> ones) as a dense [B, N] vector.
-std::vector<float> read_size(const char* op, const OpArgs& a, size_t i, int64_t B, int64_t N, int* rank) {
-  std::vector<float> s(static_cast<size_t>(B * N), 1.0f);
-  *rank = 2;
-  if (!a.has_input(i)) return s;
-  const Tensor t = a.input(i, "size", DType::F32).contiguous();
-  const bool ok = (t.dim() == 2 && t.size(0) == B && t.size(1) == N) || (t.dim() == 3 && t.size(0) == B && t.size(1) == N && t.size(2) == 1);
-  MVQ_CHECK_RANGE(ok, op, ": 'size' must be float32 [", B, ", ", N, "] or [", B, ", ", N, ", 1], got ", t.shape_str());
-  *rank = t.dim();
-  std::memcpy(s.data(), t.data<float>(), s.size() * sizeof(float));
+// size as a dense [B, N] vector (ones when absent).
+std::vector<float> size_values(const TomeMergeArgs& m) {
+  std::vector<float> s(static_cast<size_t>(m.B * m.N), 1.0f);
+  if (m.size.defined()) std::memcpy(s.data(), m.size.data<float>(), s.size() * sizeof(float));
   return s;
-}
-
-// Group sums per output row, accumulated in the reference's order: the Bset row itself, then the
-// merged A rows in src_idx order; unmerged rows alone.
-struct Groups {
-  std::vector<int64_t> first;  // [B * out]: the input row that starts each output row
-  std::vector<int64_t> next;   // [B * N]: the next input row of the same output row, -1 at the end
-};
-Groups groups(const Decisions& d, const OpArgs& a, size_t first_idx) {
-  const int64_t out = d.out_rows();
-  Groups g;
-  g.first.assign(static_cast<size_t>(d.B * out), -1);
-  g.next.assign(static_cast<size_t>(d.B * d.N), -1);
-  std::vector<int64_t> last(static_cast<size_t>(out));
-  const Tensor src = d.identity ? Tensor() : a.in[first_idx + 1].contiguous();
-  for (int64_t b = 0; b < d.B; ++b) {
-    int64_t* f = g.first.data() + b * out;
-    int64_t* nx = g.next.data() + b * d.N;
-    const int64_t* de = d.dest.data() + b * d.N;
-    // Bset rows and unmerged rows start their groups.
-    for (int64_t i = 0; i < d.N; ++i) {
-      const bool merged_src = !d.identity && (i % 2 == 0) && de[i] >= d.Nu;
-      if (!merged_src) {
-        f[de[i]] = i;
-        last[de[i]] = i;
-      }
-    }
-    if (!d.identity) {
-      const int64_t* sp = src.data<int64_t>() + b * d.r;
-      for (int64_t j = 0; j < d.r; ++j) {
-        const int64_t i = 2 * sp[j], o = de[i];
-        nx[last[o]] = i;
-        last[o] = i;
-      }
-    }
-  }
-  return g;
 }
 
 // tome_merge(x [B, N, C], size [B, N] | [B, N, 1] | null, unm_idx, src_idx, dst_idx)
 //   -> [x_new [B, N', C], size_new (size's rank)]: x_new = sum(x*s) / sum(s) per group.
 std::vector<Tensor> op_tome_merge(const OpArgs& a) {
-  const Tensor x = a.input(0, "x", DType::F32, 3).contiguous();
-  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  int srank;
-  const std::vector<float> s = read_size("tome_merge", a, 1, B, N, &srank);
-  const Decisions d = decisions("tome_merge", a, 2, B, N);
-  const Groups g = groups(d, a, 2);
+  const TomeMergeArgs m = parse_tome_merge(a, "tome_merge");
+  const Tensor x = m.x.contiguous();
+  const int64_t B = m.B, N = m.N, C = m.C;
+  const std::vector<float> s = size_values(m);
+  const MergeDecisions& d = m.d;
+  const MergeGroups g = merge_groups(d);
   const int64_t out = d.out_rows();
   Tensor y = empty({B, out, C}, DType::F32);
-  Tensor sz = srank == 3 ? empty({B, out, 1}, DType::F32) : empty({B, out}, DType::F32);
+  Tensor sz = m.size_rank == 3 ? empty({B, out, 1}, DType::F32) : empty({B, out}, DType::F32);
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   float* szp = sz.data<float>();
@@ -257,18 +150,15 @@ std::vector<Tensor> op_tome_merge(const OpArgs& a) {
 // tome_merge_backward(x, size, unm_idx, src_idx, dst_idx, g_x_new) -> [g_x]:
 // g_x[i] = g_x_new[o(i)] * s_i / sum(s over o(i)).
 std::vector<Tensor> op_tome_merge_backward(const OpArgs& a) {
-  const Tensor x = a.input(0, "x", DType::F32, 3);
-  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  int srank;
-  const std::vector<float> s = read_size("tome_merge_backward", a, 1, B, N, &srank);
-  const Decisions d = decisions("tome_merge_backward", a, 2, B, N);
+  const TomeMergeArgs m = parse_tome_merge(a, "tome_merge_backward");
+  const int64_t B = m.B, N = m.N, C = m.C;
+  const std::vector<float> s = size_values(m);
+  const MergeDecisions& d = m.d;
   const int64_t out = d.out_rows();
-  const Tensor gy = a.input(5, "g_x_new", DType::F32, 3).contiguous();
-  MVQ_CHECK_RANGE(gy.size(0) == B && gy.size(1) == out && gy.size(2) == C, "tome_merge_backward: 'g_x_new' must be [", B, ", ", out,
-                  ", ", C, "], got ", gy.shape_str());
+  const Tensor gy = parse_tome_merge_grad(a, m);
   std::vector<float> ssum(static_cast<size_t>(B * out), 0.0f);
   {
-    const Groups g = groups(d, a, 2);
+    const MergeGroups g = merge_groups(d);
     for (int64_t t = 0; t < B * out; ++t) {
       const int64_t b = t / out;
       float acc = 0.0f;
@@ -292,28 +182,16 @@ std::vector<Tensor> op_tome_merge_backward(const OpArgs& a) {
 
 // tome_source_update(map [B, L], unm_idx, src_idx, dst_idx, {n}) -> new map.
 std::vector<Tensor> op_tome_source_update(const OpArgs& a) {
-  const Tensor mp = a.input(0, "map", DType::I64, 2).contiguous();
-  const int64_t B = mp.size(0), L = mp.size(1);
-  const int64_t n = a.attrs.i("n");
-  MVQ_CHECK_RANGE(n >= 1, "tome_source_update: option 'n' (tokens before the merge) must be >= 1, got ", n);
-  // Every current token has at least one source position, so n <= L; checked (with the split the
-  // decisions imply) before the [B, n] table of destinations is allocated.
-  MVQ_CHECK_RANGE(n <= L, "tome_source_update: option 'n' (tokens before the merge) must be <= ", L,
-                  " (the positions of 'map' ", mp.shape_str(), "), got ", n);
-  {
-    const Tensor unm = a.input(1, "unm_idx", DType::I64, 2);
-    const Tensor src = a.input(2, "src_idx", DType::I64, 2);
-    MVQ_CHECK_RANGE(src.size(1) == 0 || unm.size(1) + src.size(1) == (n + 1) / 2, "tome_source_update: 'unm_idx' ", unm.shape_str(),
-                    " and 'src_idx' ", src.shape_str(), " must split the ", (n + 1) / 2, " even rows of n = ", n, " tokens");
-  }
-  const Decisions d = decisions("tome_source_update", a, 1, B, n);
+  const TomeSourceArgs sa = parse_tome_source_update(a);
+  const Tensor& mp = sa.map;
+  const int64_t B = sa.B, L = sa.L, n = sa.n;
+  const MergeDecisions& d = sa.d;
   Tensor out = empty({B, L}, DType::I64);
   const int64_t* ip = mp.data<int64_t>();
   int64_t* op = out.data<int64_t>();
   for (int64_t t = 0; t < B * L; ++t) {
     const int64_t k = ip[t];
-    MVQ_CHECK_RANGE(k >= 0 && k < n, "tome_source_update: 'map' entries must be in [0, ", n, "), got ", k, " at [", t / L, ", ", t % L,
-                    "]");
+    if (!map_entry_ok(k, n)) throw_map_entry_at("tome_source_update", n, k, t, L);
     op[t] = d.dest[(t / L) * n + k];
   }
   return {out};
@@ -321,16 +199,15 @@ std::vector<Tensor> op_tome_source_update(const OpArgs& a) {
 
 // tome_source_dense(map [B, L], {n}) -> f32 [B, n, L], 1 where map[b, l] = k.
 std::vector<Tensor> op_tome_source_dense(const OpArgs& a) {
-  const Tensor mp = a.input(0, "map", DType::I64, 2).contiguous();
-  const int64_t B = mp.size(0), L = mp.size(1);
-  const int64_t n = a.attrs.i("n");
-  MVQ_CHECK_RANGE(n >= 0, "tome_source_dense: option 'n' must be >= 0, got ", n);
+  const TomeSourceArgs sa = parse_tome_source_dense(a);
+  const Tensor& mp = sa.map;
+  const int64_t B = sa.B, L = sa.L, n = sa.n;
   Tensor out = zeros({B, n, L}, DType::F32);
   const int64_t* ip = mp.data<int64_t>();
   float* op = out.data<float>();
   for (int64_t t = 0; t < B * L; ++t) {
     const int64_t k = ip[t];
-    MVQ_CHECK_RANGE(k >= 0 && k < n, "tome_source_dense: 'map' entries must be in [0, ", n, "), got ", k);
+    if (!map_entry_ok(k, n)) throw_map_entry("tome_source_dense", n, k);
     op[((t / L) * n + k) * L + t % L] = 1.0f;
   }
   return {out};
@@ -338,13 +215,11 @@ std::vector<Tensor> op_tome_source_dense(const OpArgs& a) {
 
 // unmerge(kept [B, K, C], map [B, L]) -> [B, L, C], full[l] = kept[map[l]].
 std::vector<Tensor> op_unmerge(const OpArgs& a) {
-  const Tensor kept = a.input(0, "kept", DType::F32, 3).contiguous();
-  const Tensor mp = a.input(1, "map", DType::I64, 2).contiguous();
-  const int64_t B = kept.size(0), K = kept.size(1), C = kept.size(2), L = mp.size(1);
-  MVQ_CHECK_RANGE(mp.size(0) == B, "unmerge: 'map' ", mp.shape_str(), " must have batch ", B);
-  const int64_t* ip = mp.data<int64_t>();
-  for (int64_t t = 0; t < B * L; ++t)
-    MVQ_CHECK_RANGE(ip[t] >= 0 && ip[t] < K, "unmerge: 'map' entries must be in [0, ", K, "), got ", ip[t]);
+  const UnmergeArgs u = parse_unmerge(a);
+  const Tensor& kept = u.x;
+  const int64_t B = u.B, K = u.K, C = u.C, L = u.L;
+  const int64_t* ip = u.map.data<int64_t>();
+  check_map_entries("unmerge", ip, B * L, K);
   Tensor out = empty({B, L, C}, DType::F32);
   const float* kp = kept.data<float>();
   float* op = out.data<float>();
@@ -357,15 +232,11 @@ std::vector<Tensor> op_unmerge(const OpArgs& a) {
 // unmerge_backward(g_full [B, L, C], map [B, L], {k}) -> [g_kept [B, k, C]] (sum over positions,
 // in position order).
 std::vector<Tensor> op_unmerge_backward(const OpArgs& a) {
-  const Tensor g = a.input(0, "g_full", DType::F32, 3).contiguous();
-  const Tensor mp = a.input(1, "map", DType::I64, 2).contiguous();
-  const int64_t B = g.size(0), L = g.size(1), C = g.size(2);
-  const int64_t K = a.attrs.i("k");
-  MVQ_CHECK_RANGE(mp.size(0) == B && mp.size(1) == L, "unmerge_backward: 'map' must be [", B, ", ", L, "], got ", mp.shape_str());
-  MVQ_CHECK_RANGE(K >= 0, "unmerge_backward: option 'k' must be >= 0, got ", K);
-  const int64_t* ip = mp.data<int64_t>();
-  for (int64_t t = 0; t < B * L; ++t)
-    MVQ_CHECK_RANGE(ip[t] >= 0 && ip[t] < K, "unmerge_backward: 'map' entries must be in [0, ", K, "), got ", ip[t]);
+  const UnmergeArgs u = parse_unmerge_backward(a);
+  const Tensor& g = u.x;
+  const int64_t B = u.B, L = u.L, C = u.C, K = u.K;
+  const int64_t* ip = u.map.data<int64_t>();
+  check_map_entries("unmerge_backward", ip, B * L, K);
   Tensor out = zeros({B, K, C}, DType::F32);
   const float* gp = g.data<float>();
   float* op = out.data<float>();

@@ -1,15 +1,18 @@
 // CUDA ToMe ops: tome_match, tome_merge, tome_source_update, unmerge (semantics: native/cpu/merge.cc).
 //
 // The heavy data (metric, x, maps) stays on the device. Merge decisions are small ([B, Na] int64):
-// tome_merge / tome_source_update copy them to the host once to validate them and build the
-// input-row -> output-row map and the per-group order (Bset row first, then merged A rows in
-// src_idx order, as the reference's scatter_reduce), then upload those tables.
+// tome_merge / tome_source_update copy them to the host once, where kernels/merge_args.h (shared
+// with the CPU) validates them and builds the input-row -> output-row map and the per-group order
+// (Bset row first, then merged A rows in src_idx order, as the reference's scatter_reduce); those
+// tables are then uploaded. 'map' entries are checked on the device: the kernel flags the first
+// bad element and the host raises the CPU's message for it.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <vector>
 
 #include "../core/op.h"
+#include "../kernels/merge_args.h"
 #include "common.cuh"
 
 namespace mvq {
@@ -98,13 +101,10 @@ __global__ void scatter_decisions(const int64_t* rank, const int64_t* arg, int64
 }
 
 std::vector<Tensor> op_tome_match(const OpArgs& a) {
-  const Tensor m = a.input(0, "metric", DType::F32, 3).contiguous();
-  const int64_t B = m.size(0), N = m.size(1), C = m.size(2);
-  const int64_t r_in = a.attrs.i("r");
-  const bool cls = a.attrs.b("class_token", false);
-  MVQ_CHECK_RANGE(r_in >= 0, "tome_match: option 'r' must be >= 0, got ", r_in);
-  const int64_t r = std::max<int64_t>(0, std::min(r_in, (N - (cls ? 1 : 0)) / 2));
-  const int64_t Na = (N + 1) / 2;
+  const TomeMatchArgs ma = parse_tome_match(a);
+  const Tensor& m = ma.metric;
+  const int64_t B = ma.B, N = ma.N, C = ma.C, r = ma.r, Na = ma.Na;
+  const bool cls = ma.cls;
   const Device dev = Device::CUDA;
   if (r == 0) return {empty({B, 0}, DType::I64, dev), empty({B, 0}, DType::I64, dev), empty({B, 0}, DType::I64, dev)};
   Tensor xn = empty({B * N * C}, DType::F32, dev);
@@ -125,67 +125,7 @@ std::vector<Tensor> op_tome_match(const OpArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host-side decision tables
-
-struct Tables {
-  int64_t B = 0, N = 0, out = 0;
-  std::vector<int64_t> dest, first, next;
-};
-
-Tables build_tables(const char* op, const OpArgs& a, size_t i0, int64_t B, int64_t N) {
-  const Tensor unm = to_device(a.input(i0, "unm_idx", DType::I64, 2), Device::CPU);
-  const Tensor src = to_device(a.input(i0 + 1, "src_idx", DType::I64, 2), Device::CPU);
-  const Tensor dst = to_device(a.input(i0 + 2, "dst_idx", DType::I64, 2), Device::CPU);
-  const int64_t Na = (N + 1) / 2, Nb = N / 2, r = src.size(1);
-  MVQ_CHECK_RANGE(unm.size(0) == B && src.size(0) == B && dst.size(0) == B && dst.size(1) == r, op,
-                  ": 'unm_idx', 'src_idx', 'dst_idx' must be [", B, ", *] with equal src/dst widths");
-  Tables t;
-  t.B = B;
-  t.N = N;
-  t.dest.assign(static_cast<size_t>(B * N), 0);
-  t.next.assign(static_cast<size_t>(B * N), -1);
-  if (r == 0) {
-    MVQ_CHECK_RANGE(unm.size(1) == 0, op, ": with empty 'src_idx' (the identity merge) 'unm_idx' must be empty too");
-    t.out = N;
-    t.first.resize(static_cast<size_t>(B * N));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < N; ++i) t.dest[b * N + i] = t.first[b * N + i] = i;
-    return t;
-  }
-  const int64_t Nu = unm.size(1);
-  MVQ_CHECK_RANGE(Nu + r == Na, op, ": 'unm_idx' and 'src_idx' must split the ", Na, " even rows");
-  t.out = Nu + Nb;
-  t.first.assign(static_cast<size_t>(B * t.out), -1);
-  std::vector<char> seen(static_cast<size_t>(Na));
-  std::vector<int64_t> last(static_cast<size_t>(t.out));
-  for (int64_t b = 0; b < B; ++b) {
-    std::fill(seen.begin(), seen.end(), 0);
-    int64_t* de = t.dest.data() + b * N;
-    int64_t* f = t.first.data() + b * t.out;
-    int64_t* nx = t.next.data() + b * N;
-    for (int64_t p = 0; p < Nu; ++p) {
-      const int64_t u = unm.data<int64_t>()[b * Nu + p];
-      MVQ_CHECK_RANGE(u >= 0 && u < Na && !seen[u], op, ": 'unm_idx' and 'src_idx' must together be a permutation of [0, ", Na, ")");
-      seen[u] = 1;
-      de[2 * u] = p;
-      f[p] = last[p] = 2 * u;
-    }
-    for (int64_t v = 0; v < Nb; ++v) {
-      de[2 * v + 1] = Nu + v;
-      f[Nu + v] = last[Nu + v] = 2 * v + 1;
-    }
-    for (int64_t j = 0; j < r; ++j) {
-      const int64_t u = src.data<int64_t>()[b * r + j], v = dst.data<int64_t>()[b * r + j];
-      MVQ_CHECK_RANGE(u >= 0 && u < Na && !seen[u], op, ": 'unm_idx' and 'src_idx' must together be a permutation of [0, ", Na, ")");
-      MVQ_CHECK_RANGE(v >= 0 && v < Nb, op, ": 'dst_idx' must be in [0, ", Nb, "), got ", v);
-      seen[u] = 1;
-      de[2 * u] = Nu + v;
-      nx[last[Nu + v]] = 2 * u;
-      last[Nu + v] = 2 * u;
-    }
-  }
-  return t;
-}
+// Decision tables (built on the host by merge_args.h) and 'map' checks
 
 Tensor upload(const std::vector<int64_t>& v) {
   Tensor h = empty({static_cast<int64_t>(v.size())}, DType::I64);
@@ -212,94 +152,105 @@ __global__ void merge_rows(const float* x, const float* s, const int64_t* first,
 }
 
 std::vector<Tensor> op_tome_merge(const OpArgs& a) {
-  const Tensor x = a.input(0, "x", DType::F32, 3).contiguous();
-  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  Tensor s;
-  int srank = 2;
-  if (a.has_input(1)) {
-    s = a.input(1, "size", DType::F32).contiguous();
-    const bool ok = (s.dim() == 2 || (s.dim() == 3 && s.size(2) == 1)) && s.size(0) == B && s.size(1) == N;
-    MVQ_CHECK_RANGE(ok, "tome_merge: 'size' must be float32 [", B, ", ", N, "] or [", B, ", ", N, ", 1], got ", s.shape_str());
-    srank = s.dim();
-  } else {
+  const TomeMergeArgs m = parse_tome_merge(a, "tome_merge");
+  const Tensor x = m.x.contiguous();
+  const int64_t B = m.B, N = m.N, C = m.C;
+  Tensor s = m.size;
+  if (!s.defined()) {
     Tensor h = empty({B, N}, DType::F32);
     std::fill(h.data<float>(), h.data<float>() + B * N, 1.0f);
     s = to_device(h, Device::CUDA);
   }
-  const Tables t = build_tables("tome_merge", a, 2, B, N);
-  const Tensor first = upload(t.first), next = upload(t.next);
-  Tensor y = empty({B, t.out, C}, DType::F32, Device::CUDA);
-  Tensor sz = srank == 3 ? empty({B, t.out, 1}, DType::F32, Device::CUDA) : empty({B, t.out}, DType::F32, Device::CUDA);
-  if (B * t.out > 0 && C > 0) {
-    merge_rows<<<static_cast<unsigned>(B * t.out), C >= 256 ? 256 : 64>>>(x.data<float>(), s.data<float>(), first.data<int64_t>(),
-                                                                          next.data<int64_t>(), y.data<float>(), sz.data<float>(), N,
-                                                                          t.out, C);
+  const int64_t out = m.d.out_rows();
+  const MergeGroups g = merge_groups(m.d);
+  const Tensor first = upload(g.first), next = upload(g.next);
+  Tensor y = empty({B, out, C}, DType::F32, Device::CUDA);
+  Tensor sz = m.size_rank == 3 ? empty({B, out, 1}, DType::F32, Device::CUDA) : empty({B, out}, DType::F32, Device::CUDA);
+  if (B * out > 0 && C > 0) {
+    merge_rows<<<static_cast<unsigned>(B * out), C >= 256 ? 256 : 64>>>(x.data<float>(), s.data<float>(), first.data<int64_t>(),
+                                                                        next.data<int64_t>(), y.data<float>(), sz.data<float>(), N, out,
+                                                                        C);
     cuda::check_launch("tome_merge: merge_rows");
   }
   return {y, sz};
 }
 
-__global__ void remap(const int64_t* map, const int64_t* dest, int64_t* out, int64_t B, int64_t L, int64_t n, int* bad) {
+// The first element of a map whose entry is out of range: atomicMin over element indices into
+// *bad, which starts at kNoBadEntry, so the host reports the same element as the CPU's in-order check.
+constexpr unsigned long long kNoBadEntry = ~0ull;
+
+Tensor bad_entry_flag() {
+  Tensor f = empty({1}, DType::I64, Device::CUDA);
+  cuda::check(cudaMemset(f.raw(), 0xFF, sizeof(unsigned long long)), "cudaMemset");
+  return f;
+}
+
+// Throws the CPU's message (throw_map_entry / _at, merge_args.h) when the kernel flagged an entry.
+void raise_bad_entry(const Tensor& flag, const Tensor& map, const char* op, int64_t lim, bool at) {
+  const unsigned long long t = to_device(flag, Device::CPU).data<unsigned long long>()[0];
+  if (t == kNoBadEntry) return;
+  int64_t k = 0;
+  cuda::check(cudaMemcpy(&k, map.data<int64_t>() + t, sizeof(int64_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  if (at) throw_map_entry_at(op, lim, k, static_cast<int64_t>(t), map.size(1));
+  throw_map_entry(op, lim, k);
+}
+
+__global__ void remap(const int64_t* map, const int64_t* dest, int64_t* out, int64_t B, int64_t L, int64_t n,
+                      unsigned long long* bad) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= B * L) return;
   const int64_t k = map[t];
-  if (k < 0 || k >= n) {
-    *bad = 1;
+  if (!map_entry_ok(k, n)) {
+    atomicMin(bad, static_cast<unsigned long long>(t));
     out[t] = 0;
     return;
   }
   out[t] = dest[(t / L) * n + k];
 }
 
-int read_flag(const Tensor& flag) { return to_device(flag, Device::CPU).data<int>()[0]; }
-Tensor zero_flag() {
-  Tensor f = empty({1}, DType::I32, Device::CUDA);
-  cuda::check(cudaMemset(f.raw(), 0, sizeof(int)), "cudaMemset");
-  return f;
-}
-
 std::vector<Tensor> op_tome_source_update(const OpArgs& a) {
-  const Tensor mp = a.input(0, "map", DType::I64, 2).contiguous();
-  const int64_t B = mp.size(0), L = mp.size(1), n = a.attrs.i("n");
-  MVQ_CHECK_RANGE(n >= 1, "tome_source_update: option 'n' (tokens before the merge) must be >= 1, got ", n);
-  const Tables t = build_tables("tome_source_update", a, 1, B, n);
-  const Tensor dest = upload(t.dest);
+  const TomeSourceArgs sa = parse_tome_source_update(a);
+  const int64_t B = sa.B, L = sa.L, n = sa.n;
+  const Tensor dest = upload(sa.d.dest);
   Tensor out = empty({B, L}, DType::I64, Device::CUDA);
-  Tensor flag = zero_flag();
+  Tensor flag = bad_entry_flag();
   if (B * L > 0) {
-    remap<<<blocks_for(B * L), kThreads>>>(mp.data<int64_t>(), dest.data<int64_t>(), out.data<int64_t>(), B, L, n, flag.data<int>());
+    remap<<<blocks_for(B * L), kThreads>>>(sa.map.data<int64_t>(), dest.data<int64_t>(), out.data<int64_t>(), B, L, n,
+                                           flag.data<unsigned long long>());
     cuda::check_launch("tome_source_update: remap");
   }
-  MVQ_CHECK_RANGE(!read_flag(flag), "tome_source_update: 'map' entries must be in [0, ", n, ")");
+  raise_bad_entry(flag, sa.map, "tome_source_update", n, true);
   return {out};
 }
 
-__global__ void gather_rows(const float* kept, const int64_t* map, float* out, int64_t B, int64_t K, int64_t L, int64_t C, int* bad) {
+// Flags the first entry of map [count] outside [0, lim).
+__global__ void check_entries(const int64_t* map, int64_t count, int64_t lim, unsigned long long* bad) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t < count && !map_entry_ok(map[t], lim)) atomicMin(bad, static_cast<unsigned long long>(t));
+}
+
+__global__ void gather_rows(const float* kept, const int64_t* map, float* out, int64_t B, int64_t K, int64_t L, int64_t C) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= B * L * C) return;
   const int64_t c = t % C, bl = t / C, b = bl / L;
-  const int64_t k = map[bl];
-  if (k < 0 || k >= K) {
-    *bad = 1;
-    out[t] = 0.0f;
-    return;
-  }
-  out[t] = kept[(b * K + k) * C + c];
+  out[t] = kept[(b * K + map[bl]) * C + c];
 }
 
 std::vector<Tensor> op_unmerge(const OpArgs& a) {
-  const Tensor kept = a.input(0, "kept", DType::F32, 3).contiguous();
-  const Tensor mp = a.input(1, "map", DType::I64, 2).contiguous();
-  const int64_t B = kept.size(0), K = kept.size(1), C = kept.size(2), L = mp.size(1);
-  MVQ_CHECK_RANGE(mp.size(0) == B, "unmerge: 'map' ", mp.shape_str(), " must have batch ", B);
+  const UnmergeArgs u = parse_unmerge(a);
+  const int64_t B = u.B, K = u.K, C = u.C, L = u.L;
+  // The entries are checked before the gather (also when C = 0), as on the CPU.
+  Tensor flag = bad_entry_flag();
+  if (B * L > 0) {
+    check_entries<<<blocks_for(B * L), kThreads>>>(u.map.data<int64_t>(), B * L, K, flag.data<unsigned long long>());
+    cuda::check_launch("unmerge: check_entries");
+  }
+  raise_bad_entry(flag, u.map, "unmerge", K, false);
   Tensor out = empty({B, L, C}, DType::F32, Device::CUDA);
-  Tensor flag = zero_flag();
   if (B * L * C > 0) {
-    gather_rows<<<blocks_for(B * L * C), kThreads>>>(kept.data<float>(), mp.data<int64_t>(), out.data<float>(), B, K, L, C,
-                                                      flag.data<int>());
+    gather_rows<<<blocks_for(B * L * C), kThreads>>>(u.x.data<float>(), u.map.data<int64_t>(), out.data<float>(), B, K, L, C);
     cuda::check_launch("unmerge: gather_rows");
   }
-  MVQ_CHECK_RANGE(!read_flag(flag), "unmerge: 'map' entries must be in [0, ", K, ")");
   return {out};
 }
 
