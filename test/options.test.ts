@@ -25,6 +25,7 @@ import {
   loadTokenizer,
   mergeCandidates,
   modelFiles,
+  data,
   ops,
   readWeights,
   runSync,
@@ -32,6 +33,7 @@ import {
   sampleProgram,
   tokenizerForward,
   tokenizerLoss,
+  train,
   writeSafetensors,
 } from '../lib/index.js';
 import { Rng, tinyGRArgs } from './helpers.js';
@@ -53,6 +55,15 @@ const GPT = {
   factorized_bits: [3, 5],
   multiple_of: 8,
 };
+/** N random 16 x 16 gray images with labels in [0, 4). */
+function tinyImages(n: number) {
+  const px = new Uint8Array(n * 256);
+  for (let i = 0; i < px.length; ++i) px[i] = rng.int(256);
+  const labels = Uint8Array.from({ length: n }, (_, i) => i % 4);
+  return new data.Uint8ImageDataset(px, labels, 16, 16, { size: 16 });
+}
+/** The objective's loss_kwargs for a tiny run (no perceptual network). */
+const LOSS = { disc_start: 2, disc_dim: 8, disc_num_layers: 1, perceptual_weight: 0, disc_in_channels: 1 };
 function tinyModels() {
   const tok = MergeVQTokenizer.fromConfig(tinyGRArgs());
   tok.store.initRandom(1);
@@ -73,6 +84,8 @@ interface Row {
   /** A misspelt key and a value for it. */
   bad: Opts;
   call: (opts: Opts) => unknown;
+  /** false: only the misspelt call runs (valid calls need more setup than the table builds). */
+  runValid?: false;
 }
 
 /** Runs `call`: an op program is run with runSync, a promise awaited. Returns what it threw, or null. */
@@ -97,7 +110,8 @@ function runTable(rows: () => Row[] | Promise<Row[]>): void {
     const table = await rows();
     expect(table.length).toBeGreaterThan(0);
     for (const row of table) {
-      expect.soft(await thrown(() => row.call(row.valid)), `${row.name} with valid options`).toBeNull();
+      if (row.runValid !== false)
+        expect.soft(await thrown(() => row.call(row.valid)), `${row.name} with valid options`).toBeNull();
       const e = await thrown(() => row.call({ ...row.valid, ...row.bad }));
       const key = Object.keys(row.bad)[0]!;
       expect.soft(e, `${row.name} with '${key}'`).toBeInstanceOf(RangeError);
@@ -586,6 +600,205 @@ describe('tokenizer and generator', () => {
         valid: { plain: true },
         bad: { nmae: 'fashion-mnist' },
         call: (o) => loadDefaultModels(o),
+      },
+    ];
+  });
+});
+
+describe('training', () => {
+  runTable(async () => {
+    const { tok, gen } = tinyModels();
+    const ds = tinyImages(8);
+    const loader = () => new data.DataLoader(ds, { batchSize: 4, seed: 1, prefetch: 0 });
+    const codes = await train.extractCodes(tok, loader());
+    const grads = () => new Map([['w', rand([4])]]);
+    const params = new ParamStore();
+    params.declare('w', [4], { kind: 'const', value: 1 });
+    params.declare('b', [4], { kind: 'const', value: 0 });
+    params.initRandom(0);
+    const anneal = {
+      itersTrain: 10,
+      maxEpochs: 2,
+      wp: 0.5,
+      wp0: 0.005,
+      wpe: 0.01,
+      weightDecay: 0.05,
+      learningRate: 1e-3,
+    };
+    const tokTrain = (o: Opts = {}) =>
+      new train.TokenizerTrainer({
+        tokenizer: tok,
+        data: { dataset: ds, batchSize: 4, prefetch: 0 },
+        loss: LOSS,
+        sync: true,
+        ...o,
+      } as never);
+    const arTrain = (o: Opts = {}) =>
+      new train.ARTrainer({ model: gen, codes, batchSize: 4, sync: true, ...o } as never);
+    const tt = tokTrain();
+    const at = arTrain();
+    const disc = new train.NLayerDiscriminator({ inputNc: 1, ndf: 4, nLayers: 1 });
+    disc.initRandom(0);
+    const obj = new train.VQLPIPSWithDiscriminator(LOSS);
+    const img = rand([2, 1, 16, 16]);
+    const series = [{ name: 'loss', points: [[0, 1] as const, [1, 0.5] as const] }];
+    return [
+      {
+        name: 'clipGradNorm options',
+        valid: { errorIfNonfinite: true },
+        bad: { errorIfNonFinite: true },
+        call: (o) => train.clipGradNorm(grads(), 1, o),
+      },
+      {
+        name: 'Adam options',
+        valid: { lr: 0.1, eps: 1e-6 },
+        bad: { betas1: 0.9 },
+        call: (o) => new train.Adam(params, ['w'], o as never),
+      },
+      {
+        name: 'AdamW options',
+        valid: { lr: 0.1, weightDecay: 0 },
+        bad: { weight_decay: 0 },
+        call: (o) => new train.AdamW(params, ['w'], o as never),
+      },
+      {
+        name: 'Adam groups[1]',
+        valid: { names: ['b'], lr: 0.01 },
+        bad: { weightdecay: 0 },
+        call: (o) => new train.Adam(params, [{ names: ['w'] }, o as never], { lr: 0.1 }),
+      },
+      {
+        name: 'lrDropLr config',
+        valid: { learningRate: 1, stepsPerEpoch: 2, lrDropEpoch: [1] },
+        bad: { lrDropEpochs: [1] },
+        call: (o) => train.lrDropLr(5, o as never),
+      },
+      {
+        name: 'arLrWd config',
+        valid: { ...anneal, twde: 0.1 },
+        bad: { tdwe: 0.1 },
+        call: (o) => train.arLrWd(3, o as never),
+      },
+      {
+        name: 'applyArAnnealing config',
+        valid: anneal,
+        bad: { warmup: 1 },
+        call: (o) => train.applyArAnnealing({ groups: [{ lr: 0, weightDecay: 0 }] }, 3, o as never),
+      },
+      {
+        name: 'lambdaWarmUpCosine config',
+        valid: { warmUpSteps: 2, lrMin: 0.1, lrMax: 1, lrStart: 0, maxDecaySteps: 10 },
+        bad: { warmupSteps: 2 },
+        call: (o) => train.lambdaWarmUpCosine(4, o as never),
+      },
+      {
+        name: 'LitEma options',
+        valid: { decay: 0.9 },
+        bad: { useNumUpates: true },
+        call: (o) => new train.LitEma(params, ['w'], o),
+      },
+      {
+        name: 'saveTrainingState options',
+        valid: { keepPrevious: false },
+        bad: { keepPrev: false },
+        call: (o) => train.saveTrainingState(join(tmp, 'state.safetensors'), { tensors: new Map(), meta: {} }, o),
+      },
+      {
+        name: 'NLayerDiscriminator options',
+        valid: { ndf: 4, nLayers: 1 },
+        bad: { n_layers: 1 },
+        call: (o) => new train.NLayerDiscriminator(o),
+      },
+      {
+        name: 'NLayerDiscriminator.forward options',
+        valid: { training: false },
+        bad: { train: true },
+        call: (o) => disc.forward(img, o as never),
+      },
+      { name: 'NLayerDiscriminator.load options', valid: {}, bad: { strictly: true }, call: (o) => disc.load({}, o) },
+      { name: 'LeCAM options', valid: { decay: 0.99 }, bad: { ema: 0.99 }, call: (o) => new train.LeCAM(o) },
+      {
+        name: 'LPIPS options',
+        valid: { chns: [2, 2, 2, 2, 2] },
+        bad: { channels: [2, 2, 2, 2, 2] },
+        call: (o) => new train.LPIPS(o as never),
+      },
+      {
+        name: 'LPIPS.loadWeights options',
+        valid: { prefix: 'net.' },
+        bad: { prefx: 'net.' },
+        call: (o) => new train.LPIPS({ chns: [2, 2, 2, 2, 2] }).loadWeights({}, o),
+      },
+      {
+        name: 'VQLPIPSWithDiscriminator options',
+        valid: { discriminatorSeed: 3 },
+        bad: { seed: 3 },
+        call: (o) => new train.VQLPIPSWithDiscriminator(LOSS, o),
+      },
+      {
+        name: 'generatorPass inputs',
+        valid: {},
+        bad: { lastlayer: null },
+        call: (o) => obj.generatorPass({ inputs: img, reconstructions: img, globalStep: 0, ...o } as never),
+        runValid: false,
+      },
+      {
+        name: 'discriminatorPass inputs',
+        valid: { inputs: img, reconstructions: img, globalStep: 0, training: false },
+        bad: { step: 0 },
+        call: (o) => obj.discriminatorPass(o as never),
+      },
+      {
+        name: 'extractCodes options',
+        valid: { keep: 9, limit: 4 },
+        bad: { keeps: 9 },
+        call: (o) => train.extractCodes(tok, loader(), o as never),
+      },
+      {
+        name: 'curvesSvg options',
+        valid: { logY: true },
+        bad: { logy: true },
+        call: (o) => train.curvesSvg(series, o),
+      },
+      {
+        name: 'writeCurvesPng options',
+        valid: { title: 'loss' },
+        bad: { titel: 'loss' },
+        call: (o) => train.writeCurvesPng(join(tmp, 'curves.png'), series, o),
+      },
+      {
+        name: 'CodeLoader options',
+        valid: { batchSize: 4, factorizedBits: [3, 5], shuffle: false },
+        bad: { drop_last: true },
+        call: (o) => new train.CodeLoader(codes, o as never),
+      },
+      { name: 'TokenizerTrainer options', valid: { fixedKeep: 9 }, bad: { lerningRate: 1 }, call: (o) => tokTrain(o) },
+      {
+        name: 'TokenizerTrainer options.data',
+        valid: {},
+        bad: { batch_size: 4 },
+        call: (o) => tokTrain({ data: { dataset: ds, batchSize: 4, prefetch: 0, ...o } }),
+      },
+      { name: 'TokenizerTrainer.fit options', valid: { steps: 0 }, bad: { step: 1 }, call: (o) => tt.fit(o as never) },
+      {
+        name: 'TokenizerTrainer.exportWeights options',
+        valid: { ema: false },
+        bad: { useEma: false },
+        call: (o) => tt.exportWeights(join(tmp, 'tok-export.safetensors'), o),
+      },
+      { name: 'ARTrainer options', valid: { labelDropout: 0 }, bad: { labelDroput: 0 }, call: (o) => arTrain(o) },
+      {
+        name: 'ARTrainer.create options',
+        valid: { model: gen, codes, batchSize: 4 },
+        bad: { batchsize: 4 },
+        call: (o) => train.ARTrainer.create(o as never),
+      },
+      { name: 'ARTrainer.fit options', valid: { steps: 0 }, bad: { signl: null }, call: (o) => at.fit(o as never) },
+      {
+        name: 'ARTrainer.exportWeights options',
+        valid: { dtype: 'float16' },
+        bad: { dype: 'float16' },
+        call: (o) => at.exportWeights(join(tmp, 'ar-export.safetensors'), o),
       },
     ];
   });

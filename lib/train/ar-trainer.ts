@@ -22,7 +22,7 @@
  * Every random choice is a function of the seed and the saved state, so a run that is saved and
  * resumed sees the same batches, dropped labels and updates as an uninterrupted one, bit for bit.
  */
-import { MergeVQError, checkInt, rangeError, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 import { Tape } from '../autograd.js';
 import { runAsync, runSync, type OpObserver, type Program } from '../graph.js';
 import { writeSafetensors } from '../io/safetensors.js';
@@ -37,7 +37,7 @@ import { AdamW, GradAccumulator, arParamGroups, clipGradNorm, type AdamStateMeta
 import { LitEma } from './ema.js';
 import { applyArAnnealing, arLrWd, pyRound, type ArAnnealConfig } from './schedule.js';
 import { TrainRng, type RngState } from './rng.js';
-import { loadTrainingState, saveTrainingState } from './state.js';
+import { EXPORT_WEIGHTS_KEYS, loadTrainingState, saveTrainingState, type ExportWeightsOptions } from './state.js';
 
 export * from './code-dataset.js';
 
@@ -111,7 +111,7 @@ export interface ARStepLog {
   ms: number;
 }
 
-const KNOWN = new Set([
+const AR_TRAIN_KEYS = optionKeys<ARTrainOptions>()([
   'model',
   'codes',
   'batchSize',
@@ -134,6 +134,17 @@ const KNOWN = new Set([
   'emaDecay',
   'sync',
 ]);
+
+/** Options of {@link ARTrainer.fit}. */
+export interface ARFitOptions {
+  /** Micro-batches to train on at most. */
+  steps: number;
+  /** Checked between batches: an aborted signal stops the run (the logs so far are returned). */
+  signal?: AbortSignal;
+  /** Called with each micro-batch's log (awaited). */
+  onStep?: (log: ARStepLog) => void | Promise<void>;
+}
+const AR_FIT_KEYS = optionKeys<ARFitOptions>()(['steps', 'signal', 'onStep']);
 
 const KIND = 'mergevq-ar-training';
 
@@ -164,14 +175,14 @@ export class ARTrainer {
   /** Like the constructor, with `codes` also given as the path of a codes file. */
   static async create(o: Omit<ARTrainOptions, 'codes'> & { codes: Codes | string }): Promise<ARTrainer> {
     if (o === null || typeof o !== 'object') typeError('options', 'an options object', o);
+    checkKeys('ARTrainer.create options', o, AR_TRAIN_KEYS);
     const codes = typeof o.codes === 'string' ? await readCodes(o.codes) : o.codes;
     return new ARTrainer({ ...o, codes });
   }
 
   constructor(o: ARTrainOptions) {
     if (o === null || typeof o !== 'object') typeError('options', 'an options object', o);
-    for (const k of Object.keys(o))
-      if (!KNOWN.has(k)) throw new RangeError(`ARTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
+    checkKeys('ARTrainer options', o, AR_TRAIN_KEYS);
     const model = o.model;
     if (!model || typeof model !== 'object' || !model.store || typeof model.loss !== 'function')
       typeError('model', 'a MergeVQGPT or MergeARGPT', model);
@@ -379,12 +390,9 @@ export class ARTrainer {
    * Trains on up to `steps` more micro-batches (stopping early when `signal` aborts, between
    * batches, or when the schedule's `maxEpochs` are done), calling `onStep` with each log.
    */
-  async fit(opts: {
-    steps: number;
-    signal?: AbortSignal;
-    onStep?: (log: ARStepLog) => void | Promise<void>;
-  }): Promise<ARStepLog[]> {
+  async fit(opts: ARFitOptions): Promise<ARStepLog[]> {
     if (opts === null || typeof opts !== 'object') typeError('opts', '{ steps, signal?, onStep? }', opts);
+    checkKeys('ARTrainer.fit options', opts, AR_FIT_KEYS);
     checkInt('steps', opts.steps, 0);
     const logs: ARStepLog[] = [];
     for (let i = 0; i < opts.steps; ++i) {
@@ -486,10 +494,8 @@ export class ARTrainer {
    * reference's state_dict names without the `transformer.` prefix (as `loadWeights` takes them;
    * a MergeARGPT adds `merge_emb.weight`).
    */
-  async exportWeights(
-    path: string,
-    opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {},
-  ): Promise<void> {
+  async exportWeights(path: string, opts: ExportWeightsOptions = {}): Promise<void> {
+    checkKeys('ARTrainer.exportWeights options', opts, EXPORT_WEIGHTS_KEYS);
     const useEma = (opts.ema ?? true) && this.ema !== null;
     const out: Record<string, Tensor> = {};
     for (const n of this.names) {

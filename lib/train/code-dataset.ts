@@ -11,7 +11,7 @@
  * (identity without shuffling), `batchSize` at a time; the position (epoch, batch) is all a resumed
  * loader needs, so resuming reproduces the batches exactly.
  */
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import type { Codes } from './codes.js';
 import { TrainRng } from './rng.js';
@@ -34,6 +34,14 @@ export interface CodeLoaderOptions {
    */
   unlabeledClass?: number;
 }
+const CODE_LOADER_KEYS = optionKeys<CodeLoaderOptions>()([
+  'batchSize',
+  'seed',
+  'shuffle',
+  'dropLast',
+  'factorizedBits',
+  'unlabeledClass',
+]);
 
 /** Where a {@link CodeLoader} stands: the next batch is batch `batch` of epoch `epoch`. */
 export interface CodePosition {
@@ -107,6 +115,7 @@ export class CodeLoader {
     if (codes === null || typeof codes !== 'object' || !(codes.indices instanceof BigInt64Array) || !codes.meta)
       typeError('codes', 'a Codes object (readCodes / extractCodes)', codes);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+    checkKeys('CodeLoader options', opts, CODE_LOADER_KEYS);
     const N = checkInt('codes.meta.count', codes.meta.count, 1);
     const L = checkInt('codes.meta.fullNum', codes.meta.fullNum, 1);
     if (codes.indices.length !== N * L) rangeError('codes.indices', `N * L = ${N * L} values`, codes.indices.length);

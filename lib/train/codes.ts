@@ -13,7 +13,7 @@
  * config name, and how K was chosen. The keep count of each image is drawn from the candidate
  * distribution with a seeded generator (`keep: 'sample'`), or fixed.
  */
-import { MergeVQError, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys, typeError } from '../errors.js';
 import { runAsync } from '../graph.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
@@ -49,6 +49,7 @@ export interface ExtractOptions {
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
 }
+const EXTRACT_KEYS = optionKeys<ExtractOptions>()(['keep', 'seed', 'limit', 'signal', 'onProgress']);
 
 /** The candidate index for a cumulative-probability level u (first cumulative >= u). */
 export function candidateFor(cumulative: readonly number[], u: number): number {
@@ -65,6 +66,7 @@ export async function extractCodes(
   loader: DataLoader,
   opts: ExtractOptions = {},
 ): Promise<Codes> {
+  checkKeys('extractCodes options', opts, EXTRACT_KEYS);
   const keepMode = opts.keep ?? 'sample';
   const cands = tok.candidates;
   if (keepMode !== 'sample' && !cands.keep.includes(keepMode))

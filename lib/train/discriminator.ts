@@ -21,12 +21,12 @@
  * The forward pass is an op program; recorded by a `Tape` it yields gradients for the parameters
  * (by handle, `store.get(name)`) and for the input.
  */
-import { MergeVQError, checkInt, rangeError, typeError } from '../errors.js';
+import { MergeVQError, checkInt, rangeError, typeError, checkKeys, optionKeys } from '../errors.js';
 import { runSync, type Program } from '../graph.js';
 import { conv2d } from '../ops/linalg.js';
 import { batchNorm, leakyRelu } from '../ops/nn.js';
 import { randomNormal } from '../ops/tensor.js';
-import { ParamStore, W, type LoadReport } from '../nn/params.js';
+import { LOAD_KEYS, ParamStore, W, type LoadOptions, type LoadReport } from '../nn/params.js';
 import { Tensor } from '../tensor.js';
 
 /** Constructor options, the reference's `input_nc`, `ndf`, `n_layers`, `use_actnorm`. */
@@ -40,12 +40,14 @@ export interface NLayerDiscriminatorOptions {
   /** ActNorm instead of BatchNorm: only `false` (the reference's tokenizer setting) is supported. */
   useActnorm?: false;
 }
+const DISCRIMINATOR_KEYS = optionKeys<NLayerDiscriminatorOptions>()(['inputNc', 'ndf', 'nLayers', 'useActnorm']);
 
 /** Mode of one forward call. */
 export interface DiscriminatorForwardOptions {
   /** Batch statistics and running-stat updates (true) or the running statistics (false). */
   training: boolean;
 }
+const DISCRIMINATOR_FORWARD_KEYS = optionKeys<DiscriminatorForwardOptions>()(['training']);
 
 /** One convolution of the stack, optionally followed by BatchNorm and LeakyReLU. */
 interface Stage {
@@ -95,6 +97,7 @@ export class NLayerDiscriminator {
 
   constructor(opts: NLayerDiscriminatorOptions = {}) {
     if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+    checkKeys('NLayerDiscriminator options', opts, DISCRIMINATOR_KEYS);
     this.inputNc = checkInt('inputNc', opts.inputNc ?? 3, 1);
     this.ndf = checkInt('ndf', opts.ndf ?? 64, 1);
     this.nLayers = checkInt('nLayers', opts.nLayers ?? 3, 1, 64);
@@ -186,6 +189,7 @@ export class NLayerDiscriminator {
       rangeError('x', `a float32 [B, ${this.inputNc}, H, W] tensor`, `${x.dtype} [${x.shape.join(', ')}]`);
     if (opts === null || typeof opts !== 'object' || typeof opts.training !== 'boolean')
       typeError('opts.training', 'a boolean', opts?.training);
+    checkKeys('NLayerDiscriminator.forward options', opts, DISCRIMINATOR_FORWARD_KEYS);
     const training = opts.training;
     let h = x;
     for (const s of this.stages) {
@@ -250,7 +254,8 @@ export class NLayerDiscriminator {
    * `strict`, every parameter and buffer must be given (ERR_MISSING_WEIGHT). Buffers not given
    * keep their values.
    */
-  load(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): LoadReport {
+  load(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LoadOptions = {}): LoadReport {
+    checkKeys('NLayerDiscriminator.load options', opts, LOAD_KEYS);
     const entries = source instanceof Map ? [...source.entries()] : Object.entries(source);
     const params = new Map<string, Tensor>();
     const stats = new Map<string, Tensor>();

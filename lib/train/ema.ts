@@ -9,7 +9,7 @@
  * decay = min(decay, (1 + num_updates) / (10 + num_updates)) (in float32); then
  * shadow -= (1 - decay) * (shadow - param). With useNumUpdates false num_updates stays -1.
  */
-import { MergeVQError, rangeError, typeError } from '../errors.js';
+import { MergeVQError, rangeError, typeError, checkKeys, optionKeys } from '../errors.js';
 import { runSync, type Program } from '../graph.js';
 import { clone, copyInto, emaUpdate } from '../ops/optim.js';
 import { Tensor } from '../tensor.js';
@@ -22,6 +22,7 @@ export interface LitEmaOptions {
   /** Warm the decay up with the update count (the reference's `use_num_upates`); default false. */
   useNumUpdates?: boolean;
 }
+const LIT_EMA_KEYS = optionKeys<LitEmaOptions>()(['decay', 'useNumUpdates']);
 
 /** The shadow buffer name of a parameter: its name with the dots removed. */
 export function emaBufferName(paramName: string): string {
@@ -49,6 +50,7 @@ export class LitEma {
   constructor(params: ParamSource, names: readonly string[], opts: LitEmaOptions = {}) {
     if (!params || typeof params.get !== 'function') typeError('params', 'an object with get(name): Tensor', params);
     if (!Array.isArray(names)) typeError('names', 'an array of parameter names', names);
+    checkKeys('LitEma options', opts, LIT_EMA_KEYS);
     const decay = opts.decay ?? 0.999;
     if (typeof decay !== 'number' || !(decay >= 0 && decay <= 1)) rangeError('decay', 'a number in [0, 1]', decay);
     this.decay = Math.fround(decay);

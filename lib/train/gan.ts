@@ -19,7 +19,7 @@
  * softplus is computed as `log(1 + exp(min(x, 20))) + relu(x - 20)` (torch's threshold 20), whose
  * recorded ops differentiate to sigmoid(x) everywhere but x = 20 exactly.
  */
-import { rangeError, typeError } from '../errors.js';
+import { rangeError, typeError, checkKeys, optionKeys } from '../errors.js';
 import type { Program } from '../graph.js';
 import { reshape } from '../nn/layers.js';
 import { add, clamp, exp, log, mean, mul, scale } from '../ops/tensor.js';
@@ -140,6 +140,15 @@ export interface LeCAMState {
   decay: number;
 }
 
+/** Options of {@link LeCAM}. */
+export interface LeCAMOptions {
+  /** Initial value of both EMAs (default 0). */
+  init?: number;
+  /** EMA decay in [0, 1] (default 0.999). */
+  decay?: number;
+}
+const LECAM_KEYS = optionKeys<LeCAMOptions>()(['init', 'decay']);
+
 /**
  * LeCAM regularization (Tseng et al. 2021) as the reference: exponential moving averages of the
  * discriminator's mean real and fake logits, kept as float64 JS numbers (initially 0, decay
@@ -152,7 +161,8 @@ export class LeCAM {
   emaFake: number;
   readonly decay: number;
 
-  constructor(opts: { init?: number; decay?: number } = {}) {
+  constructor(opts: LeCAMOptions = {}) {
+    checkKeys('LeCAM options', opts, LECAM_KEYS);
     const init = opts.init ?? 0;
     const decay = opts.decay ?? 0.999;
     if (typeof init !== 'number' || !Number.isFinite(init)) typeError('init', 'a finite number', init);

@@ -27,7 +27,7 @@
  * (0 at those positions, as in the reference). Values are unchanged to float32 rounding wherever
  * sum_c f^2 exceeds about 1e-23.
  */
-import { MergeVQError, typeError, rangeError } from '../errors.js';
+import { MergeVQError, typeError, rangeError, checkKeys, optionKeys } from '../errors.js';
 import { release, type Program } from '../graph.js';
 import { ParamStore, W, type LoadReport } from '../nn/params.js';
 import * as linalg from '../ops/linalg.js';
@@ -67,6 +67,7 @@ export interface LPIPSOptions {
   /** Widths of the five VGG16 slices (default {@link VGG16_CHNS}); `loadWeights` re-derives them. */
   chns?: readonly number[];
 }
+const LPIPS_KEYS = optionKeys<LPIPSOptions>()(['chns']);
 
 /** Options of {@link LPIPS.loadWeights}. */
 export interface LPIPSLoadOptions {
@@ -78,6 +79,7 @@ export interface LPIPSLoadOptions {
   /** Every parameter must be loaded after this call (else ERR_MISSING_WEIGHT, nothing changed). Default false. */
   strict?: boolean;
 }
+const LPIPS_LOAD_KEYS = optionKeys<LPIPSLoadOptions>()(['prefix', 'strict']);
 
 function checkChns(chns: unknown): number[] {
   if (!Array.isArray(chns) || chns.length !== 5)
@@ -102,6 +104,7 @@ export class LPIPS {
   private chns_: number[];
 
   constructor(opts: LPIPSOptions = {}) {
+    checkKeys('LPIPS options', opts, LPIPS_KEYS);
     this.chns_ = checkChns(opts.chns ?? VGG16_CHNS);
     this.store_ = LPIPS.declare(this.chns_);
   }
@@ -156,6 +159,7 @@ export class LPIPS {
   loadWeights(source: ReadonlyMap<string, Tensor> | Record<string, Tensor>, opts: LPIPSLoadOptions = {}): LoadReport {
     if (source === null || typeof source !== 'object')
       typeError('source', 'a Map or a record of Tensors by name', source);
+    checkKeys('LPIPS.loadWeights options', opts, LPIPS_LOAD_KEYS);
     const prefix = opts.prefix ?? '';
     if (typeof prefix !== 'string') typeError('opts.prefix', 'a string', prefix);
     const entries =

@@ -27,7 +27,7 @@
  * `lecam_loss_weight: null` trains without LeCAM and logs no `lecam_loss` (the reference crashes
  * logging it). `disc_conditional: true` is not supported.
  */
-import { MergeVQError, rangeError, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 import type { Tape } from '../autograd.js';
 import type { Program } from '../graph.js';
 import { l1Loss } from '../ops/nn.js';
@@ -205,6 +205,19 @@ export interface GeneratorPassInputs {
   /** Training (default) or validation: eval-mode discriminator and the reference's short log. */
   training?: boolean;
 }
+const GENERATOR_PASS_KEYS = optionKeys<GeneratorPassInputs>()([
+  'inputs',
+  'reconstructions',
+  'codebookLoss',
+  'perSampleEntropy',
+  'codebookEntropy',
+  'commitment',
+  'clsLoss',
+  'globalStep',
+  'lastLayer',
+  'tape',
+  'training',
+]);
 
 /** Output of the generator pass. */
 export interface GeneratorPassResult {
@@ -232,6 +245,21 @@ export interface DiscriminatorPassInputs {
   /** Training-mode discriminator (default true). The LeCAM EMA moves in both modes, as the reference. */
   training?: boolean;
 }
+const DISCRIMINATOR_PASS_KEYS = optionKeys<DiscriminatorPassInputs>()([
+  'inputs',
+  'reconstructions',
+  'globalStep',
+  'training',
+]);
+
+/** Options of {@link VQLPIPSWithDiscriminator} besides the loss_kwargs. */
+export interface VQLPIPSOptions {
+  /** The perceptual distance (required unless perceptual_weight is 0). */
+  perceptual?: PerceptualLoss | null;
+  /** Seed of the discriminator's initialization (default 0). */
+  discriminatorSeed?: number;
+}
+const VQLPIPS_KEYS = optionKeys<VQLPIPSOptions>()(['perceptual', 'discriminatorSeed']);
 
 /** Output of the discriminator pass. */
 export interface DiscriminatorPassResult {
@@ -286,10 +314,8 @@ export class VQLPIPSWithDiscriminator {
   /** The perceptual loss (required unless perceptual_weight is 0). */
   perceptual: PerceptualLoss | null;
 
-  constructor(
-    lossKwargs: VQLPIPSLossKwargs | Record<string, unknown>,
-    opts: { perceptual?: PerceptualLoss | null; discriminatorSeed?: number } = {},
-  ) {
+  constructor(lossKwargs: VQLPIPSLossKwargs | Record<string, unknown>, opts: VQLPIPSOptions = {}) {
+    checkKeys('VQLPIPSWithDiscriminator options', opts, VQLPIPS_KEYS);
     const { config, ignored } = resolveLossConfig(lossKwargs as Record<string, unknown>);
     this.config = config;
     this.ignoredKeys = ignored;
@@ -328,6 +354,7 @@ export class VQLPIPSWithDiscriminator {
    */
   *generatorPass(a: GeneratorPassInputs): Program<GeneratorPassResult> {
     if (a === null || typeof a !== 'object') typeError('inputs', 'a GeneratorPassInputs object', a);
+    checkKeys('generatorPass inputs', a, GENERATOR_PASS_KEYS);
     const c = this.config;
     const x = image('inputs', a.inputs);
     const xrec = image('reconstructions', a.reconstructions);
@@ -450,6 +477,7 @@ export class VQLPIPSWithDiscriminator {
    */
   *discriminatorPass(a: DiscriminatorPassInputs): Program<DiscriminatorPassResult> {
     if (a === null || typeof a !== 'object') typeError('inputs', 'a DiscriminatorPassInputs object', a);
+    checkKeys('discriminatorPass inputs', a, DISCRIMINATOR_PASS_KEYS);
     const c = this.config;
     const x = image('inputs', a.inputs);
     const xrec = image('reconstructions', a.reconstructions);

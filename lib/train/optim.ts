@@ -14,7 +14,7 @@
  * place, so a `ParamStore` works as it is. Parameters without a gradient in the map are skipped
  * (no state is created and their step count does not advance), as in torch.
  */
-import { MergeVQError, rangeError, typeError } from '../errors.js';
+import { MergeVQError, rangeError, typeError, checkKeys, optionKeys } from '../errors.js';
 import { release, runSync, type Program } from '../graph.js';
 import { adamStep, clone, l2Norms, scaleInplace } from '../ops/optim.js';
 import { add, scale } from '../ops/tensor.js';
@@ -31,6 +31,7 @@ export interface ParamGroupSpec {
   lr?: number;
   weightDecay?: number;
 }
+const PARAM_GROUP_KEYS = optionKeys<ParamGroupSpec>()(['names', 'lr', 'weightDecay']);
 
 /** A live parameter group: `lr` and `weightDecay` may be changed between steps. */
 export interface ParamGroup {
@@ -50,6 +51,7 @@ export interface AdamOptions {
   /** Default weight decay of the groups: 0 for Adam, 0.01 for AdamW (torch's defaults). */
   weightDecay?: number;
 }
+const ADAM_KEYS = optionKeys<AdamOptions>()(['lr', 'betas', 'eps', 'weightDecay']);
 
 /** The JSON-safe part of an optimizer state dict. */
 export interface AdamStateMeta {
@@ -114,6 +116,8 @@ export class Adam {
       typeError('source', 'an object with get(name): Tensor', source);
     if (!Array.isArray(groups)) typeError('groups', 'an array of parameter groups or of names', groups);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+    const cls = decoupled ? 'AdamW' : 'Adam';
+    checkKeys(`${cls} options`, opts, ADAM_KEYS);
     this.source = source;
     this.decoupled = decoupled;
     const lr = finiteNonNeg('opts.lr', opts.lr);
@@ -131,6 +135,7 @@ export class Adam {
     this.groups = specs.map((g, gi) => {
       if (g === null || typeof g !== 'object' || !Array.isArray(g.names))
         typeError(`groups[${gi}]`, 'a group { names: string[] }', g);
+      checkKeys(`${cls} groups[${gi}]`, g, PARAM_GROUP_KEYS);
       const group: ParamGroup = {
         names: [...g.names],
         lr: g.lr === undefined ? lr : finiteNonNeg(`groups[${gi}].lr`, g.lr),
@@ -347,6 +352,7 @@ export interface ClipOptions {
   /** Throw (MergeVQError ERR_NONFINITE, nothing scaled) when the total norm is NaN or infinite. Default false, as torch. */
   errorIfNonfinite?: boolean;
 }
+const CLIP_KEYS = optionKeys<ClipOptions>()(['errorIfNonfinite']);
 
 /**
  * torch.nn.utils.clip_grad_norm_ (norm type 2) over the gradients' values: total = the norm of
@@ -360,6 +366,7 @@ export function* clipGradNorm(
   maxNorm: number,
   opts: ClipOptions = {},
 ): Program<number> {
+  checkKeys('clipGradNorm options', opts, CLIP_KEYS);
   const list =
     grads instanceof Map
       ? [...grads.values()]

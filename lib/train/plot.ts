@@ -3,6 +3,7 @@
  * rendered to SVG by vega, then to PNG by sharp. No hand-written plotting.
  */
 import sharp from 'sharp';
+import { checkKeys, optionKeys } from '../errors.js';
 
 // vega and vega-lite are ES modules only: loaded with import(), which both the ESM and the CJS
 // builds of this package can do.
@@ -48,9 +49,11 @@ export interface CurveOptions {
   xTitle?: string;
   yTitle?: string;
 }
+const CURVE_KEYS = optionKeys<CurveOptions>()(['title', 'logY', 'width', 'height', 'xTitle', 'yTitle']);
 
 /** The chart as an SVG string. */
 export async function curvesSvg(series: readonly CurveSeries[], opts: CurveOptions = {}): Promise<string> {
+  checkKeys('curvesSvg options', opts, CURVE_KEYS);
   const values: { step: number; value: number; series: string }[] = [];
   for (const s of series) {
     for (const [step, value] of s.points) {
@@ -94,6 +97,7 @@ export async function writeCurvesPng(
   series: readonly CurveSeries[],
   opts: CurveOptions = {},
 ): Promise<void> {
+  checkKeys('writeCurvesPng options', opts, CURVE_KEYS);
   const svg = await curvesSvg(series, opts);
   await sharp(Buffer.from(svg)).png().toFile(path);
 }

@@ -11,7 +11,7 @@
  *   group at every step, the no-decay group included ({@link applyArAnnealing});
  * - LambdaWarmUpCosineScheduler ({@link lambdaWarmUpCosine}), a multiplier for a base lr of 1.
  */
-import { checkInt, rangeError, typeError } from '../errors.js';
+import { checkInt, rangeError, typeError, checkKeys, optionKeys } from '../errors.js';
 import { libmCos } from '../ops/optim.js';
 
 function num(name: string, v: unknown): number {
@@ -50,6 +50,7 @@ export interface LrDropConfig {
   lrDropEpoch?: readonly number[] | null;
   lrDropRate?: number;
 }
+const LR_DROP_KEYS = optionKeys<LrDropConfig>()(['learningRate', 'stepsPerEpoch', 'lrDropEpoch', 'lrDropRate']);
 
 /**
  * The tokenizer's lr at `step` with scheduler "None": the lr used by the optimizer step `step`
@@ -57,6 +58,7 @@ export interface LrDropConfig {
  * multiplied it by `lrDropRate` (default 0.1), one multiplication per drop, in order.
  */
 export function lrDropLr(step: number, cfg: LrDropConfig): number {
+  checkKeys('lrDropLr config', cfg, LR_DROP_KEYS);
   stepArg(step);
   const lr0 = num('learningRate', cfg.learningRate);
   const spe = checkInt('stepsPerEpoch', cfg.stepsPerEpoch, 1);
@@ -114,6 +116,16 @@ export interface ArAnnealConfig {
   /** Peak learning rate. */
   learningRate: number;
 }
+const AR_ANNEAL_KEYS = optionKeys<ArAnnealConfig>()([
+  'itersTrain',
+  'maxEpochs',
+  'wp',
+  'wp0',
+  'wpe',
+  'twde',
+  'weightDecay',
+  'learningRate',
+]);
 
 /**
  * The lr and weight decay the AR training step `step` (the global step, 0-based) uses:
@@ -121,6 +133,7 @@ export interface ArAnnealConfig {
  * rest and a linear decay to wpe; weight decay follows a half cosine from weightDecay to twde.
  */
 export function arLrWd(step: number, cfg: ArAnnealConfig): { lr: number; weightDecay: number } {
+  checkKeys('arLrWd config', cfg, AR_ANNEAL_KEYS);
   const it = stepArg(step);
   const iters = checkInt('itersTrain', cfg.itersTrain, 1);
   const maxIt = checkInt('maxEpochs', cfg.maxEpochs, 1) * iters;
@@ -160,6 +173,7 @@ export function applyArAnnealing(
   step: number,
   cfg: ArAnnealConfig,
 ): { lr: number; weightDecay: number } {
+  checkKeys('applyArAnnealing config', cfg, AR_ANNEAL_KEYS);
   const v = arLrWd(step, cfg);
   for (const g of opt.groups) {
     g.lr = v.lr;
@@ -176,12 +190,20 @@ export interface LambdaWarmUpCosineConfig {
   lrStart: number;
   maxDecaySteps: number;
 }
+const LAMBDA_WARM_UP_COSINE_KEYS = optionKeys<LambdaWarmUpCosineConfig>()([
+  'warmUpSteps',
+  'lrMin',
+  'lrMax',
+  'lrStart',
+  'maxDecaySteps',
+]);
 
 /**
  * LambdaWarmUpCosineScheduler(n): linear from lrStart to lrMax over warmUpSteps, then a cosine
  * from lrMax to lrMin reached at maxDecaySteps (constant after). A multiplier for base lr 1.
  */
 export function lambdaWarmUpCosine(n: number, cfg: LambdaWarmUpCosineConfig): number {
+  checkKeys('lambdaWarmUpCosine config', cfg, LAMBDA_WARM_UP_COSINE_KEYS);
   stepArg(n);
   const w = num('warmUpSteps', cfg.warmUpSteps);
   const lrMin = num('lrMin', cfg.lrMin);

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MergeVQError, describe, typeError } from '../errors.js';
+import { MergeVQError, describe, typeError, checkKeys, optionKeys } from '../errors.js';
 import { encodeSafetensors, readSafetensorsSync, type RawTensor } from '../io/safetensors.js';
 import type { DType } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -48,6 +48,17 @@ export interface SaveTrainingStateOptions {
   /** Keep the checkpoint being replaced as `<path>.prev` (default true). */
   keepPrevious?: boolean;
 }
+const SAVE_TRAINING_STATE_KEYS = optionKeys<SaveTrainingStateOptions>()(['keepPrevious']);
+
+/** Options of the trainers' `exportWeights`. */
+export interface ExportWeightsOptions {
+  /** Write the EMA weights when the trainer keeps them (default true). */
+  ema?: boolean;
+  /** The stored dtype (default float32). */
+  dtype?: 'float32' | 'float16' | 'bfloat16';
+}
+/** The keys of {@link ExportWeightsOptions}. */
+export const EXPORT_WEIGHTS_KEYS = optionKeys<ExportWeightsOptions>()(['ema', 'dtype']);
 
 const FORMAT = 'mergevq.training_state';
 const VERSION = '1';
@@ -209,6 +220,7 @@ export async function saveTrainingState(
 ): Promise<void> {
   if (typeof file !== 'string' || file === '') typeError('path', 'a non-empty file path', file);
   if (state === null || typeof state !== 'object') typeError('state', 'a TrainingState { tensors, meta }', state);
+  checkKeys('saveTrainingState options', opts, SAVE_TRAINING_STATE_KEYS);
   const meta = state.meta;
   if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) typeError('state.meta', 'a JSON object', meta);
   checkJson(meta, 'state.meta', 0);

@@ -16,7 +16,7 @@
  * Every random choice is a function of the seed and the saved state, so a run that is saved and
  * resumed sees the same batches, keep counts and updates as an uninterrupted one, bit for bit.
  */
-import { MergeVQError, rangeError, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys, rangeError, typeError } from '../errors.js';
 import { Tape } from '../autograd.js';
 import { runAsync, runSync, type Program } from '../graph.js';
 import { writeSafetensors } from '../io/safetensors.js';
@@ -30,14 +30,44 @@ import { Adam, GradAccumulator, clipGradNorm, type AdamStateMeta, type ParamSour
 import { LitEma } from './ema.js';
 import { lrDropLr } from './schedule.js';
 import { TrainRng, type RngState } from './rng.js';
-import { loadTrainingState, saveTrainingState } from './state.js';
+import { EXPORT_WEIGHTS_KEYS, loadTrainingState, saveTrainingState, type ExportWeightsOptions } from './state.js';
+
+/** The data of a {@link TokenizerTrainer} and its loader settings. */
+export interface TokenizerTrainData {
+  dataset: Dataset;
+  batchSize: number;
+  /** Seed of the data order (default: the trainer's seed). */
+  seed?: number;
+  /** Batches decoded ahead (default 2). */
+  prefetch?: number;
+  /** Drop each epoch's incomplete last batch (default true). */
+  dropLast?: boolean;
+}
+const TOKENIZER_TRAIN_DATA_KEYS = optionKeys<TokenizerTrainData>()([
+  'dataset',
+  'batchSize',
+  'seed',
+  'prefetch',
+  'dropLast',
+]);
+
+/** Options of {@link TokenizerTrainer.fit}. */
+export interface TokenizerFitOptions {
+  /** Micro-batches to train on. */
+  steps: number;
+  /** Checked between batches: an aborted signal stops the run (the logs so far are returned). */
+  signal?: AbortSignal;
+  /** Called with each step's log (awaited). */
+  onStep?: (log: TokenizerStepLog) => void | Promise<void>;
+}
+const TOKENIZER_FIT_KEYS = optionKeys<TokenizerFitOptions>()(['steps', 'signal', 'onStep']);
 
 /** Options of {@link TokenizerTrainer}. Defaults are the reference's gpu_s1 settings. */
 export interface TokenizerTrainOptions {
   /** The model to train (weights loaded or `initRandom`-ed by the caller). */
   tokenizer: MergeVQTokenizer;
   /** The training data and its loader settings. */
-  data: { dataset: Dataset; batchSize: number; seed?: number; prefetch?: number; dropLast?: boolean };
+  data: TokenizerTrainData;
   /** The objective's loss_kwargs (snake_case, as the YAML's lossconfig.params). */
   loss?: Record<string, unknown>;
   /** The perceptual distance (LPIPS with weights); required when loss.perceptual_weight > 0. */
@@ -86,7 +116,7 @@ export interface TokenizerStepLog {
   ms: number;
 }
 
-const KNOWN = new Set([
+const TOKENIZER_TRAIN_KEYS = optionKeys<TokenizerTrainOptions>()([
   'tokenizer',
   'data',
   'loss',
@@ -150,12 +180,11 @@ export class TokenizerTrainer {
 
   constructor(o: TokenizerTrainOptions) {
     if (o === null || typeof o !== 'object') typeError('options', 'an options object', o);
-    for (const k of Object.keys(o))
-      if (!KNOWN.has(k))
-        throw new RangeError(`TokenizerTrainer: unknown option '${k}' (known: ${[...KNOWN].join(', ')})`);
+    checkKeys('TokenizerTrainer options', o, TOKENIZER_TRAIN_KEYS);
     if (!o.tokenizer || typeof o.tokenizer.encoder !== 'object')
       typeError('tokenizer', 'a MergeVQTokenizer', o.tokenizer);
     if (!o.data || typeof o.data !== 'object' || !o.data.dataset) typeError('data', '{ dataset, batchSize }', o.data);
+    checkKeys('TokenizerTrainer options.data', o.data, TOKENIZER_TRAIN_DATA_KEYS);
     const seed = o.seed ?? 0;
     this.opts = {
       tokenizer: o.tokenizer,
@@ -348,11 +377,9 @@ export class TokenizerTrainer {
    * Trains for `steps` more micro-batches (or until `signal` aborts, between batches), calling
    * `onStep` with each log. Returns the logs.
    */
-  async fit(opts: {
-    steps: number;
-    signal?: AbortSignal;
-    onStep?: (log: TokenizerStepLog) => void | Promise<void>;
-  }): Promise<TokenizerStepLog[]> {
+  async fit(opts: TokenizerFitOptions): Promise<TokenizerStepLog[]> {
+    if (opts === null || typeof opts !== 'object') typeError('opts', '{ steps, signal?, onStep? }', opts);
+    checkKeys('TokenizerTrainer.fit options', opts, TOKENIZER_FIT_KEYS);
     if (!Number.isInteger(opts.steps) || opts.steps < 0) rangeError('steps', 'a non-negative integer', opts.steps);
     const logs: TokenizerStepLog[] = [];
     for (let i = 0; i < opts.steps; ++i) {
@@ -442,10 +469,8 @@ export class TokenizerTrainer {
    * Writes the tokenizer's weights (EMA by default) as safetensors with the reference's names,
    * loadable by `MergeVQTokenizer.loadWeights` / `readWeights`.
    */
-  async exportWeights(
-    path: string,
-    opts: { ema?: boolean; dtype?: 'float32' | 'float16' | 'bfloat16' } = {},
-  ): Promise<void> {
+  async exportWeights(path: string, opts: ExportWeightsOptions = {}): Promise<void> {
+    checkKeys('TokenizerTrainer.exportWeights options', opts, EXPORT_WEIGHTS_KEYS);
     const useEma = (opts.ema ?? true) && this.ema !== null;
     const out: Record<string, Tensor> = {};
     for (const n of this.genNames) {
