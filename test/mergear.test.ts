@@ -220,7 +220,9 @@ describe('MergeAR training gradients', () => {
         return v;
       };
       // Coordinates with a gradient: the used merge_emb rows, every coordinate elsewhere.
-      const r = finiteDiffCheck(x0, f, ga, { eps, count: 12, rng });
+      // The loss is float32, so the step stays large and Richardson extrapolation removes its
+      // truncation error (2e-2 alone was 5% off on wqkv for seed 1024135951).
+      const r = finiteDiffCheck(x0, f, ga, { eps, count: 12, rng, richardson: true });
       m.store.set(name, p);
       expect(r.maxRel, `${name} ${JSON.stringify(r.worst)}; ${seedInfo(rng.seed)}`).toBeLessThan(3e-2);
     }
