@@ -5,7 +5,8 @@
  * (from safetensors or a Lightning .ckpt) or initialized randomly.
  */
 import { MergeVQError, checkKeys, optionKeys } from '../errors.js';
-import { op1 } from '../graph.js';
+import { runSync } from '../graph.js';
+import { randomNormal } from '../ops/tensor.js';
 import { Tensor } from '../tensor.js';
 
 /** How a parameter is initialized by `initRandom` (the reference's initializers). */
@@ -152,7 +153,7 @@ export class ParamStore {
       const t =
         init.kind === 'const'
           ? Tensor.from(new Float32Array(n).fill(init.value), shape)
-          : op1('random_normal', [], { shape, std: init.std, seed: (seed * 1000003 + ++k) % 2 ** 52, truncate: 2 });
+          : runSync(randomNormal(shape, { std: init.std, seed: (seed * 1000003 + ++k) % 2 ** 52, truncate: 2 }));
       this.values.set(name, t);
     }
   }
