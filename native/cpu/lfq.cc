@@ -21,6 +21,7 @@
 //   dense:    R * (Lp + Hp) * 4 (tables); backward + 2^d * 4 (G) + R * (Lp + Hp) * 4 (dP tables)
 //   backward without avg_probs: + 2^d * 4 (pbar)
 // bytes, with Lp, Hp = 2^lo, 2^hi rounded up to multiples of 16.
+// Argument checks, the layout of z and the bit split: kernels/lfq_args.h (shared with CUDA).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -33,6 +34,7 @@
 #include "../core/op.h"
 #include "../core/parallel.h"
 #include "../kernels/hd.h"
+#include "../kernels/lfq_args.h"
 #include "../kernels/lfq_math.h"
 #include "gemm.h"
 
@@ -40,53 +42,16 @@ namespace mvq {
 namespace {
 
 constexpr int64_t kRowChunk = 1024;
-constexpr int kMaxEntropyBits = 24;
-
-struct Layout {
-  int64_t pre = 1, d = 1, post = 1;
-  int dim = 0;
-  int64_t rows() const { return pre * post; }
-  // Element offset of (row, bit j) in a contiguous tensor.
-  int64_t at(int64_t row, int64_t j) const {
-    const int64_t p = row / post, q = row % post;
-    return (p * d + j) * post + q;
-  }
-  // Offset of (row, bit 0); bit j is at base(row) + j * post.
-  int64_t base(int64_t row) const { return post == 1 ? row * d : at(row, 0); }
-};
-
-Layout layout_of(const char* op, const Tensor& z, int64_t dim_attr) {
-  const int r = z.dim();
-  MVQ_CHECK_TYPE(r >= 1, op, ": 'z' must have at least one dimension, got ", z.shape_str());
-  int64_t dim = dim_attr < 0 ? dim_attr + r : dim_attr;
-  MVQ_CHECK_RANGE(dim >= 0 && dim < r, op, ": option 'dim' must be in [", -r, ", ", r - 1, "] for 'z' ", z.shape_str(), ", got ",
-                  dim_attr);
-  Layout L;
-  L.dim = static_cast<int>(dim);
-  for (int i = 0; i < r; ++i) {
-    if (i < dim) L.pre *= z.size(i);
-    else if (i > dim) L.post *= z.size(i);
-  }
-  L.d = z.size(static_cast<int>(dim));
-  return L;
-}
-
-Shape without_dim(const Shape& s, int dim) {
-  Shape o;
-  for (int i = 0; i < static_cast<int>(s.size()); ++i)
-    if (i != dim) o.push_back(s[i]);
-  return o;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Quantization and indices
 
 std::vector<Tensor> op_lfq_quantize(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Layout L = layout_of("lfq_quantize", z, a.attrs.i("dim", 1));
-  MVQ_CHECK_RANGE(L.d <= 62, "lfq_quantize: the channel dimension of 'z' must be at most 62 bits, got ", L.d);
+  const LfqQuantizeArgs q = parse_lfq_quantize(a);
+  const Tensor& z = q.z;
+  const LfqLayout& L = q.L;
   Tensor codes = empty(z.shape(), DType::F32);
-  Tensor idx = empty(without_dim(z.shape(), L.dim), DType::I64);
+  Tensor idx = empty(q.index_shape, DType::I64);
   const float* zp = z.data<float>();
   float* cp = codes.data<float>();
   int64_t* ip = idx.data<int64_t>();
@@ -108,25 +73,11 @@ std::vector<Tensor> op_lfq_quantize(const OpArgs& a) {
 // lfq_indices_to_codes(indices, {bits, dim}): codes with the bit axis inserted at `dim` of the
 // output (default 1; -1 appends it).
 std::vector<Tensor> op_lfq_indices_to_codes(const OpArgs& a) {
-  const Tensor idx = a.input(0, "indices", DType::I64).contiguous();
-  const int64_t bits = a.attrs.i("bits");
-  MVQ_CHECK_RANGE(bits >= 1 && bits <= 62, "lfq_indices_to_codes: option 'bits' must be in [1, 62], got ", bits);
-  const int orank = idx.dim() + 1;
-  int64_t dim = a.attrs.i("dim", 1);
-  const int64_t dim_in = dim;
-  if (dim < 0) dim += orank;
-  MVQ_CHECK_RANGE(dim >= 0 && dim < orank, "lfq_indices_to_codes: option 'dim' must be in [", -orank, ", ", orank - 1,
-                  "] for indices ", idx.shape_str(), ", got ", dim_in);
-  Shape os = idx.shape();
-  os.insert(os.begin() + dim, bits);
-  Tensor codes = empty(os, DType::F32);
-  Layout L;
-  L.dim = static_cast<int>(dim);
-  L.d = bits;
-  for (int i = 0; i < orank; ++i) {
-    if (i < dim) L.pre *= os[i];
-    else if (i > dim) L.post *= os[i];
-  }
+  const LfqIndicesToCodesArgs c = parse_lfq_indices_to_codes(a);
+  const Tensor& idx = c.indices;
+  const int64_t bits = c.bits;
+  const LfqLayout& L = c.L;
+  Tensor codes = empty(c.out_shape, DType::F32);
   const int64_t* ip = idx.data<int64_t>();
   const int64_t lim = int64_t(1) << bits;
   for (int64_t n = 0; n < L.rows(); ++n)
@@ -140,18 +91,10 @@ std::vector<Tensor> op_lfq_indices_to_codes(const OpArgs& a) {
   return {codes};
 }
 
-std::pair<int64_t, int64_t> factor_bits(const char* op, const Attrs& at) {
-  const std::vector<int64_t> b = at.ints("bits");
-  MVQ_CHECK_TYPE(b.size() == 2, op, ": option 'bits' must be [b0, b1], got ", b.size(), " entries");
-  MVQ_CHECK_RANGE(b[0] >= 1 && b[1] >= 1 && b[0] + b[1] <= 62, op, ": option 'bits' must be positive with b0 + b1 <= 62, got [",
-                  b[0], ", ", b[1], "]");
-  return {b[0], b[1]};
-}
-
 // lfq_factorize(indices, {bits: [b0, b1]}) -> [pre = bits 0..b0-1, post = bits b0..b0+b1-1].
 std::vector<Tensor> op_lfq_factorize(const OpArgs& a) {
   const Tensor idx = a.input(0, "indices", DType::I64).contiguous();
-  const auto [b0, b1] = factor_bits("lfq_factorize", a.attrs);
+  const auto [b0, b1] = lfq_factor_bits("lfq_factorize", a.attrs);
   const int64_t lim = int64_t(1) << (b0 + b1);
   Tensor pre = empty(idx.shape(), DType::I64), post = empty(idx.shape(), DType::I64);
   const int64_t* ip = idx.data<int64_t>();
@@ -168,11 +111,9 @@ std::vector<Tensor> op_lfq_factorize(const OpArgs& a) {
 
 // lfq_unfactorize(pre, post, {bits: [b0, b1]}) -> pre + 2^b0 post.
 std::vector<Tensor> op_lfq_unfactorize(const OpArgs& a) {
-  const Tensor pre = a.input(0, "pre", DType::I64).contiguous();
-  const Tensor post = a.input(1, "post", DType::I64).contiguous();
-  const auto [b0, b1] = factor_bits("lfq_unfactorize", a.attrs);
-  MVQ_CHECK_RANGE(pre.shape() == post.shape(), "lfq_unfactorize: 'pre' ", pre.shape_str(), " and 'post' ", post.shape_str(),
-                  " must have the same shape");
+  const LfqUnfactorizeArgs u = parse_lfq_unfactorize(a);
+  const Tensor &pre = u.pre, &post = u.post;
+  const int64_t b0 = u.b0, b1 = u.b1;
   Tensor out = empty(pre.shape(), DType::I64);
   const int64_t* pp = pre.data<int64_t>();
   const int64_t* qp = post.data<int64_t>();
@@ -300,22 +241,12 @@ struct ChunkRows {
   std::vector<uint32_t> fmask, dom;     // [nr]: free bits, and bits with p1 > 0.5
 };
 
-// Entropy machinery for one call: z rows, temperature, the bit split.
-struct EntropyPlan {
+// Entropy machinery for one call: z rows, temperature scale, the bit split (LfqEntropyPlan,
+// lfq_args.h) and the z data.
+struct EntropyPlan : LfqEntropyPlan {
   const float* z;
-  Layout L;
-  double scale;  // a = scale * z = 4 z / T
-  int lo, hi;    // low / high bit counts
-  int64_t La, Hb, Lp, Hp;  // 2^lo, 2^hi and their padded widths (dense tables)
 
-  EntropyPlan(const float* zp, const Layout& l, double T) : z(zp), L(l), scale(4.0 / T) {
-    lo = static_cast<int>(L.d / 2);
-    hi = static_cast<int>(L.d - lo);
-    La = int64_t(1) << lo;
-    Hb = int64_t(1) << hi;
-    Lp = round_up(La, 16);
-    Hp = round_up(Hb, 16);
-  }
+  EntropyPlan(const float* zp, const LfqEntropyPlan& p) : LfqEntropyPlan(p), z(zp) {}
 
   // Fills p1 for rows [r0, r0 + nr) and returns whether the chunk takes the sparse path: the
   // (lo, hi) pairs of nonzero table entries (at most 2^(free bits) per row) are far below the
@@ -520,12 +451,6 @@ struct EntropyPlan {
   }
 };
 
-void check_entropy_input(const char* op, const Layout& L, double T) {
-  MVQ_CHECK_RANGE(L.d >= 1 && L.d <= kMaxEntropyBits, op, ": the bit dimension of 'z' must be in [1, ", kMaxEntropyBits, "], got ", L.d);
-  MVQ_CHECK_RANGE(L.rows() >= 1, op, ": 'z' must have at least one row");
-  MVQ_CHECK_RANGE(T > 0 && std::isfinite(T), op, ": option 'temperature' must be positive, got ", T);
-}
-
 Tensor scalar(double v) {
   Tensor t = empty({}, DType::F32);
   t.data<float>()[0] = static_cast<float>(v);
@@ -538,11 +463,9 @@ constexpr int64_t kCodeBlock = 4096;  // fixed blocks of codes for deterministic
 // avg_probs is the reference's pbar (index = code index, LSB = bit 0); pass it to the backward to
 // skip recomputing it.
 std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Layout L = layout_of("lfq_entropy", z, a.attrs.i("dim", -1));
-  const double T = a.attrs.f("temperature", 0.01);
-  check_entropy_input("lfq_entropy", L, T);
-  const EntropyPlan P(z.data<float>(), L, T);
+  const LfqEntropyArgs ea = parse_lfq_entropy(a, "lfq_entropy");
+  const EntropyPlan P(ea.z.data<float>(), ea.P);
+  const LfqLayout& L = P.L;
   const double N = static_cast<double>(L.rows());
   const int64_t K = int64_t(1) << L.d;
   Tensor avg = empty({K}, DType::F32);
@@ -565,28 +488,18 @@ std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
 // lfq_entropy_backward(z, g_per_sample [], g_codebook [], avg_probs? [2^d], {temperature, dim})
 //   -> [g_z]
 std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Layout L = layout_of("lfq_entropy_backward", z, a.attrs.i("dim", -1));
-  const double T = a.attrs.f("temperature", 0.01);
-  check_entropy_input("lfq_entropy_backward", L, T);
-  const Tensor gps = a.input(1, "g_per_sample", DType::F32).contiguous();
-  const Tensor gcb = a.input(2, "g_codebook", DType::F32).contiguous();
-  MVQ_CHECK_RANGE(gps.numel() == 1 && gcb.numel() == 1, "lfq_entropy_backward: 'g_per_sample' and 'g_codebook' must be scalars, got ",
-                  gps.shape_str(), " and ", gcb.shape_str());
-  const double g_ps = gps.data<float>()[0], g_cb = gcb.data<float>()[0];
-  const EntropyPlan P(z.data<float>(), L, T);
+  const LfqEntropyArgs ea = parse_lfq_entropy(a, "lfq_entropy_backward");
+  const LfqEntropyGrads eg = parse_lfq_entropy_grads(a, ea.P);
+  const Tensor& z = ea.z;
+  const double g_ps = eg.g_per_sample.data<float>()[0], g_cb = eg.g_codebook.data<float>()[0];
+  const EntropyPlan P(z.data<float>(), ea.P);
+  const LfqLayout& L = P.L;
   const int64_t N = L.rows();
   const double invN = 1.0 / static_cast<double>(N);
   const int64_t K = int64_t(1) << L.d;
 
   // pbar: the forward's avg_probs when given, else recomputed (acc / N).
-  Tensor avg;
-  const float* avgp = nullptr;
-  if (a.has_input(3)) {
-    avg = a.input(3, "avg_probs", DType::F32).contiguous();
-    MVQ_CHECK_RANGE(avg.numel() == K, "lfq_entropy_backward: 'avg_probs' must have 2^", L.d, " elements, got ", avg.shape_str());
-    avgp = avg.data<float>();
-  }
+  const float* avgp = eg.avg_probs.defined() ? eg.avg_probs.data<float>() : nullptr;
   std::vector<float> C;
   if (!avgp && g_cb != 0.0) {
     C.assign(static_cast<size_t>(K), 0.0f);
@@ -625,7 +538,7 @@ std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
       sgemm(false, true, nr, P.Hb, P.La, 1.0f, Plo.data(), P.Lp, G.data(), P.La, 0.0f, dhi.data(), P.Hp);
     }
     parallel_for(nr, 16, [&](int64_t b, int64_t e) {
-      double sbit[kMaxEntropyBits];
+      double sbit[kLfqMaxEntropyBits];
       std::vector<double> wbuf(g_cb != 0.0 && !sp ? static_cast<size_t>(std::max(P.La, P.Hb)) : 0);
       for (int64_t n = b; n < e; ++n) {
         const double* pr = R.p1.data() + n * L.d;

@@ -1,4 +1,6 @@
 // CUDA LFQ ops: lfq_quantize, lfq_entropy, lfq_entropy_backward (semantics: native/cpu/lfq.cc).
+// Argument checks, the layout of z and the bit split (LfqEntropyPlan): kernels/lfq_args.h, shared
+// with the CPU.
 //
 // Entropy through the bit factorization: per-row kernels build the half-bit probability tables
 // P_lo [N, Lp] and P_hi [N, Hp] (fp32, zero-padded, entries below 1e-18 dropped), a tiled fp32
@@ -11,6 +13,7 @@
 
 #include "../core/op.h"
 #include "../kernels/hd.h"
+#include "../kernels/lfq_args.h"
 #include "../kernels/lfq_math.h"
 #include "common.cuh"
 
@@ -20,29 +23,7 @@ namespace {
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-struct Lay {
-  int64_t pre = 1, d = 1, post = 1;
-  int dim = 0;
-  __host__ __device__ int64_t rows() const { return pre * post; }
-  __host__ __device__ int64_t at(int64_t row, int64_t j) const { return ((row / post) * d + j) * post + row % post; }
-};
-
-Lay layout_of(const char* op, const Tensor& z, int64_t dim_attr) {
-  const int r = z.dim();
-  MVQ_CHECK_TYPE(r >= 1, op, ": 'z' must have at least one dimension, got ", z.shape_str());
-  const int64_t dim = dim_attr < 0 ? dim_attr + r : dim_attr;
-  MVQ_CHECK_RANGE(dim >= 0 && dim < r, op, ": option 'dim' must be in [", -r, ", ", r - 1, "], got ", dim_attr);
-  Lay L;
-  L.dim = static_cast<int>(dim);
-  for (int i = 0; i < r; ++i) {
-    if (i < dim) L.pre *= z.size(i);
-    else if (i > dim) L.post *= z.size(i);
-  }
-  L.d = z.size(L.dim);
-  return L;
-}
-
-__global__ void quantize_rows(const float* z, float* codes, int64_t* idx, Lay L) {
+__global__ void quantize_rows(const float* z, float* codes, int64_t* idx, LfqLayout L) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (n >= L.rows()) return;
   int64_t v = 0;
@@ -56,14 +37,11 @@ __global__ void quantize_rows(const float* z, float* codes, int64_t* idx, Lay L)
 }
 
 std::vector<Tensor> op_lfq_quantize(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Lay L = layout_of("lfq_quantize", z, a.attrs.i("dim", 1));
-  MVQ_CHECK_RANGE(L.d <= 62, "lfq_quantize: the channel dimension of 'z' must be at most 62 bits, got ", L.d);
-  Shape is;
-  for (int i = 0; i < z.dim(); ++i)
-    if (i != L.dim) is.push_back(z.size(i));
+  const LfqQuantizeArgs q = parse_lfq_quantize(a);
+  const Tensor& z = q.z;
+  const LfqLayout& L = q.L;
   Tensor codes = empty(z.shape(), DType::F32, Device::CUDA);
-  Tensor idx = empty(is, DType::I64, Device::CUDA);
+  Tensor idx = empty(q.index_shape, DType::I64, Device::CUDA);
   if (L.rows() > 0) {
     quantize_rows<<<blocks_for(L.rows()), kThreads>>>(z.data<float>(), codes.data<float>(), idx.data<int64_t>(), L);
     cuda::check_launch("lfq_quantize");
@@ -73,33 +51,9 @@ std::vector<Tensor> op_lfq_quantize(const OpArgs& a) {
 
 // ---------------------------------------------------------------------------------------------
 
-struct Plan {
-  Lay L;
-  double scale;
-  int lo, hi;
-  int64_t La, Hb, Lp, Hp;
-};
-
-Plan make_plan(const char* op, const Tensor& z, const OpArgs& a) {
-  Plan P;
-  P.L = layout_of(op, z, a.attrs.i("dim", -1));
-  const double T = a.attrs.f("temperature", 0.01);
-  MVQ_CHECK_RANGE(P.L.d >= 1 && P.L.d <= 24, op, ": the bit dimension of 'z' must be in [1, 24], got ", P.L.d);
-  MVQ_CHECK_RANGE(P.L.rows() >= 1, op, ": 'z' must have at least one row");
-  MVQ_CHECK_RANGE(T > 0 && std::isfinite(T), op, ": option 'temperature' must be positive, got ", T);
-  P.scale = 4.0 / T;
-  P.lo = static_cast<int>(P.L.d / 2);
-  P.hi = static_cast<int>(P.L.d - P.lo);
-  P.La = int64_t(1) << P.lo;
-  P.Hb = int64_t(1) << P.hi;
-  P.Lp = round_up(P.La, 16);
-  P.Hp = round_up(P.Hb, 16);
-  return P;
-}
-
 // One thread per (row, table entry): P_half[n, c] = prod over the half's bits. Also p1 and the
 // per-row entropy (entry 0 of the low table computes them).
-__global__ void build_tables(const float* z, Plan P, float* Plo, float* Phi, double* hrow) {
+__global__ void build_tables(const float* z, LfqEntropyPlan P, float* Plo, float* Phi, double* hrow) {
   const int64_t W = P.Lp + P.Hp;
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= P.L.rows() * W) return;
@@ -165,7 +119,7 @@ __global__ void sum_partials(const double* v, int64_t n, double* part) {
 }
 
 // pbar (C / N) -> avg_probs (code order) and the codebook terms.
-__global__ void pbar_terms(const float* C, Plan P, double invN, float* avg, double* terms) {
+__global__ void pbar_terms(const float* C, LfqEntropyPlan P, double invN, float* avg, double* terms) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= P.La * P.Hb) return;
   const int64_t la = t % P.La, hb = t / P.La;
@@ -189,7 +143,7 @@ struct Forward {
 };
 
 // Builds the tables and pbar (unnormalized, C [Lp, Hp]).
-Forward forward_tables(const Tensor& z, const Plan& P) {
+Forward forward_tables(const Tensor& z, const LfqEntropyPlan& P) {
   const int64_t N = P.L.rows();
   Forward f;
   f.Plo = empty({N, P.Lp}, DType::F32, Device::CUDA);
@@ -204,8 +158,9 @@ Forward forward_tables(const Tensor& z, const Plan& P) {
 }
 
 std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Plan P = make_plan("lfq_entropy", z, a);
+  const LfqEntropyArgs ea = parse_lfq_entropy(a, "lfq_entropy");
+  const Tensor& z = ea.z;
+  const LfqEntropyPlan& P = ea.P;
   const int64_t N = P.L.rows(), K = P.La * P.Hb;
   const Forward f = forward_tables(z, P);
   Tensor avg = empty({K}, DType::F32, Device::CUDA);
@@ -225,7 +180,7 @@ std::vector<Tensor> op_lfq_entropy(const OpArgs& a) {
 }
 
 // G[a, b] and G^T from pbar (given as avg_probs in code order, or as C / N).
-__global__ void make_g(const float* avg, const float* C, Plan P, double invN, const float* gcb, float* G, float* GT) {
+__global__ void make_g(const float* avg, const float* C, LfqEntropyPlan P, double invN, const float* gcb, float* G, float* GT) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= P.Lp * P.Hp) return;
   const int64_t la = t / P.Hp, hb = t % P.Hp;
@@ -239,8 +194,8 @@ __global__ void make_g(const float* avg, const float* C, Plan P, double invN, co
 }
 
 // One thread per (row, bit): reduce W = dP * P over the half's entries.
-__global__ void grad_bits(const float* z, Plan P, const float* Plo, const float* Phi, const float* dlo, const float* dhi, const float* gps,
-                          double invN, float* gz) {
+__global__ void grad_bits(const float* z, LfqEntropyPlan P, const float* Plo, const float* Phi, const float* dlo, const float* dhi,
+                          const float* gps, double invN, float* gz) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= P.L.rows() * P.L.d) return;
   const int64_t n = t / P.L.d;
@@ -264,20 +219,14 @@ __global__ void grad_bits(const float* z, Plan P, const float* Plo, const float*
 }
 
 std::vector<Tensor> op_lfq_entropy_backward(const OpArgs& a) {
-  const Tensor z = a.input(0, "z", DType::F32).contiguous();
-  const Plan P = make_plan("lfq_entropy_backward", z, a);
-  const Tensor gps = a.input(1, "g_per_sample", DType::F32).contiguous();
-  const Tensor gcb = a.input(2, "g_codebook", DType::F32).contiguous();
-  MVQ_CHECK_RANGE(gps.numel() == 1 && gcb.numel() == 1, "lfq_entropy_backward: 'g_per_sample' and 'g_codebook' must be scalars");
+  const LfqEntropyArgs ea = parse_lfq_entropy(a, "lfq_entropy_backward");
+  const Tensor& z = ea.z;
+  const LfqEntropyPlan& P = ea.P;
+  const LfqEntropyGrads eg = parse_lfq_entropy_grads(a, P);
+  const Tensor &gps = eg.g_per_sample, &gcb = eg.g_codebook;
   const int64_t N = P.L.rows();
   const double invN = 1.0 / static_cast<double>(N);
-  const float* avgp = nullptr;
-  Tensor avg;
-  if (a.has_input(3)) {
-    avg = a.input(3, "avg_probs", DType::F32).contiguous();
-    MVQ_CHECK_RANGE(avg.numel() == (int64_t(1) << P.L.d), "lfq_entropy_backward: 'avg_probs' must have 2^", P.L.d, " elements");
-    avgp = avg.data<float>();
-  }
+  const float* avgp = eg.avg_probs.defined() ? eg.avg_probs.data<float>() : nullptr;
   Forward f;
   if (avgp) {
     f.Plo = empty({N, P.Lp}, DType::F32, Device::CUDA);
