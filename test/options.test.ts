@@ -5,9 +5,28 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_LOSS_WEIGHTS,
+  encodeImage,
+  evaluateGeneration,
+  evaluateTokenizer,
+  imageGrid,
+  loadCheckpoint,
+  psnr,
+  readCheckpointObject,
+  readSafetensors,
+  readSafetensorsSync,
+  sourceMapImage,
+  sourceMapTensor,
+  ssim,
+  trainLinearProbe,
+  trainLinearProbeAsync,
+  trainLinearProbeProgram,
+  trainPixelClassifier,
+  unpickle,
+  unpickleAt,
   MergeARGPT,
   MergeVQGPT,
   MergeVQTokenizer,
@@ -83,6 +102,8 @@ interface Row {
   valid: Opts;
   /** A misspelt key and a value for it. */
   bad: Opts;
+  /** The key the error names when it is not `bad`'s own (a misspelt key of a nested object). */
+  key?: string;
   call: (opts: Opts) => unknown;
   /** false: only the misspelt call runs (valid calls need more setup than the table builds). */
   runValid?: false;
@@ -113,7 +134,7 @@ function runTable(rows: () => Row[] | Promise<Row[]>): void {
       if (row.runValid !== false)
         expect.soft(await thrown(() => row.call(row.valid)), `${row.name} with valid options`).toBeNull();
       const e = await thrown(() => row.call({ ...row.valid, ...row.bad }));
-      const key = Object.keys(row.bad)[0]!;
+      const key = row.key ?? Object.keys(row.bad)[0]!;
       expect.soft(e, `${row.name} with '${key}'`).toBeInstanceOf(RangeError);
       expect
         .soft(String((e as Error)?.message))
@@ -799,6 +820,201 @@ describe('training', () => {
         valid: { dtype: 'float16' },
         bad: { dype: 'float16' },
         call: (o) => at.exportWeights(join(tmp, 'ar-export.safetensors'), o),
+      },
+    ];
+  });
+});
+
+describe('data, eval and io', () => {
+  runTable(async () => {
+    const { tok, gen } = tinyModels();
+    const ds = tinyImages(8);
+    const idx = { dtype: 'u8' as const, shape: [2, 2], data: Uint8Array.from([1, 2, 3, 4]) };
+    const idxFile = join(tmp, 'a.idx');
+    (await import('node:fs')).writeFileSync(idxFile, data.encodeIdx(idx));
+    const img = rand([2, 1, 16, 16]);
+    const folder = join(tmp, 'images');
+    const fs = await import('node:fs');
+    fs.mkdirSync(folder, { recursive: true });
+    fs.writeFileSync(join(folder, 'a.png'), await encodeImage(img));
+    const enc = tok.encodeSync(img);
+    const stFile = join(tmp, 'st.safetensors');
+    await writeSafetensors(stFile, { x: rand([2]) });
+    const st = readSafetensorsSync(stFile);
+    const ckpt = fileURLToPath(new URL('./data/lightning.ckpt', import.meta.url));
+    const feats = rand([8, 3]).toFloat32();
+    const labels = [0, 1, 0, 1, 0, 1, 0, 1];
+    const pickle = Uint8Array.from([0x80, 0x02, 0x4b, 0x05, 0x2e]); // protocol 2: int 5, STOP
+    const resolveGlobal = () => undefined;
+    return [
+      {
+        name: 'decodeIdx options',
+        valid: { maxDims: 4 },
+        bad: { maxdims: 4 },
+        call: (o) => data.decodeIdx(data.encodeIdx(idx), o),
+      },
+      { name: 'readIdx options', valid: { label: 'a' }, bad: { lable: 'a' }, call: (o) => data.readIdx(idxFile, o) },
+      { name: 'encodeIdx options', valid: { gzip: true }, bad: { gz: true }, call: (o) => data.encodeIdx(idx, o) },
+      {
+        name: 'loadFashionMnist options',
+        valid: { dir: data.FASHION_MNIST_DIR },
+        bad: { folder: '.' },
+        call: (o) => data.loadFashionMnist('test', o),
+        runValid: fs.existsSync(data.FASHION_MNIST_DIR) ? undefined : false,
+      },
+      {
+        name: 'fashionMnistDataset options',
+        valid: { dir: data.FASHION_MNIST_DIR, size: 28, channels: 3 }, // dir and the dataset's own options
+        bad: { channel: 3 },
+        call: (o) => data.fashionMnistDataset('test', o),
+        runValid: fs.existsSync(data.FASHION_MNIST_DIR) ? undefined : false,
+      },
+      {
+        name: 'ImageFolderDataset.open options',
+        valid: { size: 8, crop: 'center' },
+        bad: { extension: ['.png'] },
+        call: (o) => data.ImageFolderDataset.open(folder, o as never),
+      },
+      {
+        name: 'DataLoader options',
+        valid: { batchSize: 2, seed: 0, prefetch: 0 },
+        bad: { shufle: false },
+        call: (o) => new data.DataLoader(ds, o as never),
+      },
+      {
+        name: 'Uint8ImageDataset options',
+        valid: { size: 8, mode: 'resize' },
+        bad: { resize: 8 },
+        call: (o) => new data.Uint8ImageDataset(new Uint8Array(16), null, 4, 4, o as never),
+      },
+      { name: 'psnr options', valid: { dataRange: 1 }, bad: { range: 1 }, call: (o) => psnr(img, img, o) },
+      // psnr's options do not take ssim's window
+      { name: 'psnr options', valid: {}, bad: { sigma: 1 }, call: (o) => psnr(img, img, o) },
+      { name: 'ssim options', valid: { sigma: 1 }, bad: { sgima: 1 }, call: (o) => ssim(img, img, o) },
+      {
+        name: 'trainLinearProbe options',
+        valid: { classes: 2, epochs: 1 },
+        bad: { epoch: 1 },
+        call: (o) => trainLinearProbe(feats, labels, o as never),
+      },
+      {
+        name: 'trainLinearProbeAsync options',
+        valid: { classes: 2, epochs: 1 },
+        bad: { learningRate: 1 },
+        call: (o) => trainLinearProbeAsync(feats, labels, o as never),
+      },
+      {
+        name: 'trainLinearProbeProgram options',
+        valid: { classes: 2, epochs: 1 },
+        bad: { batch: 2 },
+        call: (o) => trainLinearProbeProgram(feats, labels, o as never),
+      },
+      {
+        name: 'evaluateTokenizer options',
+        valid: { train: ds, test: ds, keeps: [9], limit: 4, probe: { epochs: 1 } },
+        bad: { batchsize: 2 },
+        call: (o) => evaluateTokenizer(tok, o as never),
+      },
+      {
+        name: 'evaluateTokenizer options.probe',
+        valid: { train: ds, test: ds, limit: 2 },
+        bad: { probe: { epohcs: 1 } },
+        key: 'epohcs',
+        call: (o) => evaluateTokenizer(tok, o as never),
+      },
+      {
+        name: 'trainPixelClassifier options',
+        valid: { limit: 8, epochs: 1 },
+        bad: { epocs: 1 },
+        call: (o) => trainPixelClassifier(ds, ds, o),
+      },
+      {
+        name: 'evaluateGeneration options',
+        valid: { train: ds, classifierLimit: 8, keeps: [9], perClass: 1, sampling: { seed: 1 } },
+        bad: { perclass: 1 },
+        call: (o) => evaluateGeneration(tok, gen, o as never),
+      },
+      {
+        name: 'evaluateGeneration options.sampling',
+        valid: { train: ds, classifierLimit: 8, keeps: [4], perClass: 1 },
+        bad: { sampling: { cfg: 2 } },
+        key: 'cfg',
+        call: (o) => evaluateGeneration(tok, gen, o as never),
+      },
+      {
+        name: 'encodeImage options',
+        valid: { index: 1, format: 'jpeg' },
+        bad: { idx: 1 },
+        call: (o) => encodeImage(img, o),
+      },
+      { name: 'imageGrid options', valid: { pad: 0 }, bad: { padding: 0 }, call: (o) => imageGrid([img, img], o) },
+      {
+        name: 'sourceMapImage options',
+        valid: { alpha: 0.3, index: 1 },
+        bad: { opacity: 0.3 },
+        call: (o) => sourceMapImage(img, enc.source, o),
+      },
+      {
+        name: 'sourceMapTensor options',
+        valid: { alpha: 1 },
+        bad: { index: 0 },
+        call: (o) => sourceMapTensor(img, enc.source, o),
+      },
+      {
+        name: 'readSafetensors options',
+        valid: { label: 'x' },
+        bad: { convertf64: true },
+        call: async (o) => (await readSafetensors(stFile, o)).close(),
+      },
+      {
+        name: 'readSafetensorsSync options',
+        valid: { convertF64: true },
+        bad: { name: 'x' },
+        call: (o) => readSafetensorsSync(stFile, o).close(),
+      },
+      {
+        name: 'SafetensorsFile.tensor options',
+        valid: { convertF64: false },
+        bad: { label: 'x' },
+        call: (o) => st.tensor('x', o),
+      },
+      {
+        name: 'SafetensorsFile.tensorAsync options',
+        valid: {},
+        bad: { convert: true },
+        call: (o) => st.tensorAsync('x', o),
+      },
+      {
+        name: 'loadCheckpoint options',
+        valid: { convertF64: true, onWarning: () => {} },
+        bad: { skipUnknownGlobal: true },
+        call: (o) => loadCheckpoint(ckpt, o),
+      },
+      // readCheckpointObject reads no tensors: loadCheckpoint's tensor options are unknown to it
+      {
+        name: 'readCheckpointObject options',
+        valid: { onWarning: () => {} },
+        bad: { convertF64: true },
+        call: (o) => readCheckpointObject(ckpt, o as never),
+      },
+      {
+        name: 'unpickle options',
+        valid: { resolveGlobal, label: 'p' },
+        bad: { resolve: resolveGlobal },
+        call: (o) => unpickle(pickle, o as never),
+      },
+      {
+        name: 'unpickleAt options',
+        valid: { resolveGlobal },
+        bad: { persistentload: null },
+        call: (o) => unpickleAt(pickle, 0, o as never),
+      },
+      {
+        name: 'unpickle options.limits',
+        valid: { resolveGlobal, limits: { maxDepth: 4 } },
+        bad: { limits: { maxdepth: 4 } },
+        key: 'maxdepth',
+        call: (o) => unpickle(pickle, o as never),
       },
     ];
   });

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import type { TrainRng } from '../train/rng.js';
 import type { Dataset, Sample } from './loader.js';
 
@@ -44,6 +44,15 @@ export interface ImageFolderOptions {
   /** Extensions taken as images (default IMAGE_EXTENSIONS). */
   extensions?: readonly string[];
 }
+const IMAGE_FOLDER_KEYS = optionKeys<ImageFolderOptions>()([
+  'size',
+  'resize',
+  'crop',
+  'flip',
+  'channels',
+  'labels',
+  'extensions',
+]);
 
 /** Lists image files below `dir`, sorted, following links but not looping. */
 async function walk(dir: string, exts: ReadonlySet<string>, seen: Set<string>, out: string[]): Promise<void> {
@@ -105,6 +114,7 @@ export class ImageFolderDataset implements Dataset {
   static async open(root: string, opts: ImageFolderOptions): Promise<ImageFolderDataset> {
     if (typeof root !== 'string' || root === '') typeError('root', 'a folder path', root);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'ImageFolderOptions', opts);
+    checkKeys('ImageFolderDataset.open options', opts, IMAGE_FOLDER_KEYS);
     const size = checkInt('opts.size', opts.size, 1, 1 << 14);
     if (opts.resize !== undefined) checkInt('opts.resize', opts.resize, size, 1 << 15);
     if (opts.crop !== undefined && opts.crop !== 'random' && opts.crop !== 'center')

@@ -13,7 +13,7 @@ import * as zlib from 'node:zlib';
 import { endianness } from 'node:os';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 
 /** The element types of IDX files. */
 export type IdxDType = 'u8' | 'i8' | 'i16' | 'i32' | 'f32' | 'f64';
@@ -45,6 +45,21 @@ export interface ReadIdxOptions {
   /** A name for the source in error messages (defaults to the path, or `<buffer>`). */
   label?: string;
 }
+const READ_IDX_KEYS = optionKeys<ReadIdxOptions>()(['maxBytes', 'maxDims', 'label']);
+
+/** Options of {@link encodeIdx}. */
+export interface EncodeIdxOptions {
+  /** gzip the bytes (default false). */
+  gzip?: boolean;
+}
+const ENCODE_IDX_KEYS = optionKeys<EncodeIdxOptions>()(['gzip']);
+
+/** Options of {@link loadFashionMnist}. */
+export interface LoadFashionMnistOptions {
+  /** Folder of the IDX files (default {@link FASHION_MNIST_DIR}). */
+  dir?: string;
+}
+const LOAD_FASHION_MNIST_KEYS = optionKeys<LoadFashionMnistOptions>()(['dir']);
 
 const CODE_TO_DTYPE: Readonly<Record<number, IdxDType>> = {
   8: 'u8',
@@ -81,8 +96,9 @@ function badFile(label: string, problem: string): never {
   throw new MergeVQError(`${label}: invalid IDX file: ${problem}`, 'ERR_BAD_FILE');
 }
 
-function limits(opts: ReadIdxOptions): { maxBytes: number; maxDims: number } {
+function limits(opts: ReadIdxOptions, name: string): { maxBytes: number; maxDims: number } {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+  checkKeys(name, opts, READ_IDX_KEYS);
   const maxBytes =
     opts.maxBytes === undefined ? DEFAULT_MAX_BYTES : checkInt('opts.maxBytes', opts.maxBytes, 0, 2 ** 32);
   const maxDims = opts.maxDims === undefined ? 16 : checkInt('opts.maxDims', opts.maxDims, 1, HARD_MAX_DIMS);
@@ -271,7 +287,7 @@ async function gunzipInto(source: Readable, acc: IdxAccumulator, label: string):
  */
 export async function decodeIdx(bytes: Uint8Array, opts: ReadIdxOptions = {}): Promise<IdxArray> {
   if (!(bytes instanceof Uint8Array)) typeError('bytes', 'a Uint8Array or Buffer', bytes);
-  const { maxBytes, maxDims } = limits(opts);
+  const { maxBytes, maxDims } = limits(opts, 'decodeIdx options');
   const label = opts.label ?? '<buffer>';
   const acc = new IdxAccumulator(label, maxBytes, maxDims);
   if (isGzip(bytes))
@@ -314,7 +330,7 @@ async function readAt(fh: fs.promises.FileHandle, n: number, pos: number): Promi
  */
 export async function readIdx(file: string, opts: ReadIdxOptions = {}): Promise<IdxArray> {
   if (typeof file !== 'string' || file === '') typeError('file', 'a non-empty file path', file);
-  const { maxBytes, maxDims } = limits(opts);
+  const { maxBytes, maxDims } = limits(opts, 'readIdx options');
   const label = opts.label ?? file;
   let fh: fs.promises.FileHandle;
   try {
@@ -359,8 +375,9 @@ const ARRAY_CTOR: Readonly<Record<IdxDType, new (n: number) => IdxArrayFor[IdxDT
  * Encodes an array as the bytes of an IDX file, optionally gzip'd.
  * @param array `data` must be the dtype's typed array (see IdxArrayFor) of product(shape) elements.
  */
-export function encodeIdx(array: IdxArray, opts: { gzip?: boolean } = {}): Buffer {
+export function encodeIdx(array: IdxArray, opts: EncodeIdxOptions = {}): Buffer {
   if (array === null || typeof array !== 'object') typeError('array', 'an IdxArray {dtype, shape, data}', array);
+  checkKeys('encodeIdx options', opts, ENCODE_IDX_KEYS);
   const { dtype, shape, data } = array;
   if (!Object.hasOwn(DTYPE_TO_CODE, dtype))
     typeError('array.dtype', "one of 'u8', 'i8', 'i16', 'i32', 'f32', 'f64'", dtype);
@@ -437,8 +454,12 @@ async function findFile(dir: string, stem: string): Promise<string> {
  * are u8 [N, 28, 28], the labels u8 [N] with values below 10.
  * @throws MergeVQError `ERR_NOT_FOUND` when the files are absent, `ERR_BAD_FILE` when invalid.
  */
-export async function loadFashionMnist(split: 'train' | 'test', opts: { dir?: string } = {}): Promise<FashionMnist> {
+export async function loadFashionMnist(
+  split: 'train' | 'test',
+  opts: LoadFashionMnistOptions = {},
+): Promise<FashionMnist> {
   if (split !== 'train' && split !== 'test') typeError('split', "'train' or 'test'", split);
+  checkKeys('loadFashionMnist options', opts, LOAD_FASHION_MNIST_KEYS);
   const dir = opts.dir ?? FASHION_MNIST_DIR;
   if (typeof dir !== 'string' || dir === '') typeError('opts.dir', 'a directory path', dir);
   const prefix = split === 'train' ? 'train' : 't10k';

@@ -9,7 +9,7 @@
  * concurrency or timing, and a run resumed at a saved `position()` sees exactly the batches the
  * uninterrupted run would have seen.
  */
-import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import type { DeviceName } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { TrainRng, deriveSeed } from '../train/rng.js';
@@ -78,6 +78,17 @@ export interface DataLoaderOptions {
   /** Where to start (default epoch 0, batch 0); see `position()`. */
   start?: LoaderPosition;
 }
+const DATA_LOADER_KEYS = optionKeys<DataLoaderOptions>()([
+  'batchSize',
+  'seed',
+  'shuffle',
+  'dropLast',
+  'prefetch',
+  'concurrency',
+  'sampleShape',
+  'device',
+  'start',
+]);
 
 /** A FIFO counting semaphore: earlier requests (earlier batches) are served first. */
 class Limiter {
@@ -139,6 +150,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       typeError('dataset', 'a Dataset { length, get(i, rng) }', dataset);
     checkInt('dataset.length', dataset.length, 1, 0xffffffff);
     if (opts === null || typeof opts !== 'object') typeError('opts', 'DataLoaderOptions', opts);
+    checkKeys('DataLoader options', opts, DATA_LOADER_KEYS);
     this.dataset = dataset;
     this.batchSize = checkInt('opts.batchSize', opts.batchSize, 1, 1 << 20);
     this.seed = checkInt('opts.seed', opts.seed, 0, Number.MAX_SAFE_INTEGER);
@@ -358,6 +370,7 @@ export interface Uint8ImageDatasetOptions {
   /** Horizontal flip with probability 1/2 (default false). */
   flip?: boolean;
 }
+const UINT8_IMAGE_KEYS = optionKeys<Uint8ImageDatasetOptions>()(['size', 'mode', 'channels', 'flip']);
 
 /**
  * Grayscale 8-bit images held in memory ([N, h, w] bytes, 0 = background), adapted to [C, size,
@@ -378,6 +391,7 @@ export class Uint8ImageDataset implements Dataset {
     opts: Uint8ImageDatasetOptions = {},
   ) {
     if (!(images instanceof Uint8Array)) typeError('images', 'a Uint8Array [N, height, width]', images);
+    checkKeys('Uint8ImageDataset options', opts, UINT8_IMAGE_KEYS);
     checkInt('height', height, 1, 1 << 16);
     checkInt('width', width, 1, 1 << 16);
     if (images.length === 0 || images.length % (height * width) !== 0)
@@ -452,6 +466,7 @@ export interface FashionMnistDatasetOptions extends Uint8ImageDatasetOptions {
   /** Folder of the IDX files (default: where Debian's dataset-fashion-mnist puts them). */
   dir?: string;
 }
+const FASHION_MNIST_DATASET_KEYS = optionKeys<FashionMnistDatasetOptions>()([...UINT8_IMAGE_KEYS, 'dir']);
 
 /**
  * Fashion-MNIST as a Dataset: 28x28 gray images padded (default, to 32x32) or resized, with 1 or
@@ -461,7 +476,9 @@ export async function fashionMnistDataset(
   split: 'train' | 'test',
   opts: FashionMnistDatasetOptions = {},
 ): Promise<Uint8ImageDataset & { readonly source: FashionMnist }> {
-  const fm = await loadFashionMnist(split, opts.dir === undefined ? {} : { dir: opts.dir });
-  const ds = new Uint8ImageDataset(fm.images, fm.labels, fm.height, fm.width, opts);
+  checkKeys('fashionMnistDataset options', opts, FASHION_MNIST_DATASET_KEYS);
+  const { dir, ...adapt } = opts; // the dataset gets only its own options
+  const fm = await loadFashionMnist(split, dir === undefined ? {} : { dir });
+  const ds = new Uint8ImageDataset(fm.images, fm.labels, fm.height, fm.width, adapt);
   return Object.assign(ds, { source: fm });
 }

@@ -3,7 +3,7 @@
  * images (multinomial logistic regression on raw pixels, trained here with the native linear probe),
  * and MergeAR's KV cache is measured against a full causal cache, per keep count.
  */
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import type { Dataset } from '../data/loader.js';
 import { generateImages, type GenerateImagesOptions } from '../generator/images.js';
 import { MergeARGPT } from '../generator/mergear.js';
@@ -45,6 +45,19 @@ async function pixels(
   return { x, y };
 }
 
+/** Options of {@link trainPixelClassifier}. */
+export interface PixelClassifierOptions {
+  /** Train (and test) on at most this many images of each split (default all). */
+  limit?: number;
+  /** Probe epochs (default 10). */
+  epochs?: number;
+  /** Number of classes (default: max label + 1). */
+  classes?: number;
+  /** Checked while the images are read. */
+  signal?: AbortSignal;
+}
+const PIXEL_CLASSIFIER_KEYS = optionKeys<PixelClassifierOptions>()(['limit', 'epochs', 'classes', 'signal']);
+
 /**
  * Trains the pixel classifier on the first `limit` images of `train` (default all) and scores it on
  * `test`. Deterministic: the probe's weights start at zero and its batches are seeded.
@@ -52,8 +65,9 @@ async function pixels(
 export async function trainPixelClassifier(
   train: Dataset,
   test: Dataset | null,
-  opts: { limit?: number; epochs?: number; classes?: number; signal?: AbortSignal } = {},
+  opts: PixelClassifierOptions = {},
 ): Promise<PixelClassifier> {
+  checkKeys('trainPixelClassifier options', opts, PIXEL_CLASSIFIER_KEYS);
   const rng = new TrainRng(0);
   const nTrain = Math.min(train.length, opts.limit === undefined ? Infinity : checkInt('opts.limit', opts.limit, 1));
   const tr = await pixels(train, nTrain, rng, opts.signal);
@@ -174,6 +188,25 @@ export interface GenerationEvalOptions {
   signal?: AbortSignal;
   onProgress?: (p: { stage: 'classifier' | 'generate'; done: number; total: number }) => void;
 }
+const GENERATION_EVAL_KEYS = optionKeys<GenerationEvalOptions>()([
+  'train',
+  'test',
+  'classifier',
+  'classifierLimit',
+  'keeps',
+  'perClass',
+  'batchSize',
+  'sampling',
+  'signal',
+  'onProgress',
+]);
+const GENERATION_SAMPLING_KEYS = optionKeys<GenerationEvaluation['sampling']>()([
+  'cfgScale',
+  'topK',
+  'topP',
+  'temperature',
+  'seed',
+]);
 
 /**
  * Generates `perClass` samples of every class at each keep count and reports the judge's accuracy
@@ -185,6 +218,8 @@ export async function evaluateGeneration(
   opts: GenerationEvalOptions,
 ): Promise<GenerationEvaluation> {
   if (!opts || typeof opts !== 'object') typeError('opts', '{ train, ... }', opts);
+  checkKeys('evaluateGeneration options', opts, GENERATION_EVAL_KEYS);
+  checkKeys('evaluateGeneration options.sampling', opts.sampling, GENERATION_SAMPLING_KEYS);
   const classes = gen.config.class_num;
   const perClass = checkInt('opts.perClass', opts.perClass ?? 10, 1, 1 << 20);
   const bs = checkInt('opts.batchSize', opts.batchSize ?? 50, 1, 1 << 16);

@@ -3,14 +3,14 @@
  * source and with the learned source recovery, codebook usage, and a linear probe on the cls
  * features. Reconstructions are clamped to [-1, 1] before scoring, as images would be saved.
  */
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import { runAsync } from '../graph.js';
 import type { Dataset } from '../data/loader.js';
 import { Tensor } from '../tensor.js';
 import type { MergeVQTokenizer } from '../tokenizer/tokenizer.js';
 import { TrainRng } from '../train/rng.js';
 import { codebookUsage, psnr, ssim, type CodebookUsage } from './metrics.js';
-import { trainLinearProbeAsync, type LinearProbeOptions } from './probe.js';
+import { LINEAR_PROBE_KEYS, trainLinearProbeAsync, type LinearProbeOptions } from './probe.js';
 
 export * from './metrics.js';
 export * from './probe.js';
@@ -35,6 +35,16 @@ export interface EvaluateOptions {
   /** Called after every batch. */
   onProgress?: (p: EvaluateProgress) => void;
 }
+const EVALUATE_KEYS = optionKeys<EvaluateOptions>()([
+  'train',
+  'test',
+  'keeps',
+  'limit',
+  'batchSize',
+  'probe',
+  'signal',
+  'onProgress',
+]);
 
 /** Progress of {@link evaluateTokenizer}. */
 export interface EvaluateProgress {
@@ -133,6 +143,8 @@ export async function evaluateTokenizer(tok: MergeVQTokenizer, opts: EvaluateOpt
   if (!tok || typeof tok !== 'object' || typeof tok.encodeProgram !== 'function')
     typeError('tok', 'a MergeVQTokenizer', tok);
   if (!opts || typeof opts !== 'object') typeError('opts', 'an options object { train, test, ... }', opts);
+  checkKeys('evaluateTokenizer options', opts, EVALUATE_KEYS);
+  checkKeys('evaluateTokenizer options.probe', opts.probe, LINEAR_PROBE_KEYS);
   const train = checkDataset('opts.train', opts.train);
   const test = checkDataset('opts.test', opts.test);
   const keeps = opts.keeps ?? tok.candidates.keep;

@@ -2,7 +2,7 @@
  * Image reconstruction metrics (PSNR, SSIM) and codebook statistics, computed in float64 on the
  * host. Images are float32 [B, C, H, W] tensors, by default in [-1, 1].
  */
-import { typeError } from '../errors.js';
+import { checkKeys, optionKeys, typeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 
 /** A batch of images: a float32 Tensor [B, C, H, W]. */
@@ -21,6 +21,7 @@ export interface MetricOptions {
   /** max - min of the value range; default 2 (images in [-1, 1]). */
   dataRange?: number;
 }
+const METRIC_KEYS = optionKeys<MetricOptions>()(['dataRange']);
 
 function imagePair(
   a: unknown,
@@ -58,6 +59,7 @@ function summarize(values: number[]): PerImage {
  * image's channels and pixels (Infinity for identical images).
  */
 export function psnr(a: ImageBatch, b: ImageBatch, opts: MetricOptions = {}): PerImage {
+  checkKeys('psnr options', opts, METRIC_KEYS);
   const range = rangeOpt(opts);
   const { x, y, shape } = imagePair(a, b);
   const B = shape[0];
@@ -112,6 +114,7 @@ export interface SsimOptions extends MetricOptions {
   /** Gaussian window sigma (default 1.5); the window is truncated at 3.5 sigma (11 taps at 1.5). */
   sigma?: number;
 }
+const SSIM_KEYS = optionKeys<SsimOptions>()([...METRIC_KEYS, 'sigma']);
 
 /**
  * Structural similarity per image (mean over channels) with a Gaussian window (sigma 1.5,
@@ -120,6 +123,7 @@ export interface SsimOptions extends MetricOptions {
  * setting of Wang et al. (2004). Images must be at least as large as the window.
  */
 export function ssim(a: ImageBatch, b: ImageBatch, opts: SsimOptions = {}): PerImage {
+  checkKeys('ssim options', opts, SSIM_KEYS);
   const range = rangeOpt(opts);
   const sigma = opts.sigma ?? 1.5;
   if (typeof sigma !== 'number' || !Number.isFinite(sigma) || sigma <= 0)

@@ -5,7 +5,7 @@
  * `cross_entropy` ops recorded on a Tape and updated with Adam, over seeded shuffled mini-batches.
  */
 import { Tape } from '../autograd.js';
-import { checkInt, typeError } from '../errors.js';
+import { checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import { RELEASE, runAsync, runSync, type Program } from '../graph.js';
 import { crossEntropy } from '../ops/nn.js';
 import { linear } from '../ops/linalg.js';
@@ -28,6 +28,15 @@ export interface LinearProbeOptions {
   /** Seed of the shuffling (default 0); the weights start at zero, so training is deterministic. */
   seed?: number;
 }
+/** The keys of {@link LinearProbeOptions}. */
+export const LINEAR_PROBE_KEYS = optionKeys<LinearProbeOptions>()([
+  'classes',
+  'epochs',
+  'lr',
+  'weightDecay',
+  'batchSize',
+  'seed',
+]);
 
 /** A trained probe. */
 export interface LinearProbe {
@@ -179,7 +188,17 @@ export function* trainLinearProbeProgram(
   labels: ArrayLike<number>,
   opts: LinearProbeOptions,
 ): Program<LinearProbe> {
+  return yield* probeProgram(features, labels, opts, 'trainLinearProbeProgram options');
+}
+
+function* probeProgram(
+  features: Float32Array,
+  labels: ArrayLike<number>,
+  opts: LinearProbeOptions,
+  name: string,
+): Program<LinearProbe> {
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object { classes, ... }', opts);
+  checkKeys(name, opts, LINEAR_PROBE_KEYS);
   const classes = checkInt('opts.classes', opts.classes, 2, 1 << 20);
   checkFeatures('features', features);
   const N = (labels as ArrayLike<number>)?.length;
@@ -271,7 +290,7 @@ export function trainLinearProbe(
   labels: ArrayLike<number>,
   opts: LinearProbeOptions,
 ): LinearProbe {
-  return runSync(trainLinearProbeProgram(features, labels, opts));
+  return runSync(probeProgram(features, labels, opts, 'trainLinearProbe options'));
 }
 
 /** {@link trainLinearProbe} with each native op as its own job off the main thread. */
@@ -280,5 +299,5 @@ export function trainLinearProbeAsync(
   labels: ArrayLike<number>,
   opts: LinearProbeOptions,
 ): Promise<LinearProbe> {
-  return runAsync(trainLinearProbeProgram(features, labels, opts));
+  return runAsync(probeProgram(features, labels, opts, 'trainLinearProbeAsync options'));
 }

@@ -14,7 +14,7 @@
  * warning. Every size the file declares is checked against the file before memory is allocated.
  */
 import * as fs from 'node:fs';
-import { MergeVQError, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys, typeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import { isLegacyHeader, openLegacy } from './legacy.js';
 import { PickleObject, describePickled, unknownGlobalsPolicy, unpickle } from './pickle.js';
@@ -180,6 +180,31 @@ export interface LoadCheckpointOptions {
   /** A name for the file in messages (default: the path). */
   label?: string;
 }
+const LOAD_CHECKPOINT_KEYS = optionKeys<LoadCheckpointOptions>()([
+  'prefer',
+  'expected',
+  'unknownGlobals',
+  'skipUnknownGlobals',
+  'onWarning',
+  'maxCompressionRatio',
+  'maxTensorBytes',
+  'convertF64',
+  'keepLoss',
+  'key',
+  'label',
+]);
+/** Options of {@link readCheckpointObject}: the pickle policy of {@link loadCheckpoint}. */
+export type ReadCheckpointObjectOptions = Pick<
+  LoadCheckpointOptions,
+  'unknownGlobals' | 'skipUnknownGlobals' | 'onWarning' | 'maxCompressionRatio' | 'label'
+>;
+const READ_CHECKPOINT_OBJECT_KEYS = optionKeys<ReadCheckpointObjectOptions>()([
+  'unknownGlobals',
+  'skipUnknownGlobals',
+  'onWarning',
+  'maxCompressionRatio',
+  'label',
+]);
 
 /** What `loadCheckpoint` returns. */
 export interface LoadedCheckpoint {
@@ -219,9 +244,10 @@ function checkPath(path: unknown): asserts path is string {
   if (typeof path !== 'string' || path === '') typeError('path', 'a non-empty file path', path);
 }
 
-function checkOptions(opts: unknown): LoadCheckpointOptions {
+function checkOptions(opts: unknown, name: string, known: readonly string[]): LoadCheckpointOptions {
   if (opts === undefined) return {};
   if (opts === null || typeof opts !== 'object') typeError('opts', 'an options object', opts);
+  checkKeys(name, opts, known);
   const o = opts as LoadCheckpointOptions;
   if (o.prefer !== undefined && o.prefer !== 'ema' && o.prefer !== 'raw')
     typeError('opts.prefer', "'ema' or 'raw'", o.prefer);
@@ -256,15 +282,9 @@ function keyName(k: unknown): string {
  * Reads the object a checkpoint pickled (dicts as Maps, tensors as unread `TorchTensorRef`s)
  * without loading tensor data, with the pickle policy of `loadCheckpoint`.
  */
-export async function readCheckpointObject(
-  path: string,
-  opts: Pick<
-    LoadCheckpointOptions,
-    'unknownGlobals' | 'skipUnknownGlobals' | 'onWarning' | 'maxCompressionRatio' | 'label'
-  > = {},
-): Promise<unknown> {
+export async function readCheckpointObject(path: string, opts: ReadCheckpointObjectOptions = {}): Promise<unknown> {
   checkPath(path);
-  const o = checkOptions(opts);
+  const o = checkOptions(opts, 'readCheckpointObject options', READ_CHECKPOINT_OBJECT_KEYS);
   const label = o.label ?? path;
   const unknown = new Set<string>();
   const src = await openSource(path, label, o, unknown);
@@ -381,7 +401,7 @@ function toTensor(label: string, name: string, t: TorchTensorRef, bytes: Uint8Ar
  */
 export async function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): Promise<LoadedCheckpoint> {
   checkPath(path);
-  const o = checkOptions(opts);
+  const o = checkOptions(opts, 'loadCheckpoint options', LOAD_CHECKPOINT_KEYS);
   const label = o.label ?? path;
   const expected = o.expected === undefined ? undefined : [...o.expected];
   if (expected && !expected.every((e) => typeof e === 'string'))

@@ -3,11 +3,40 @@
  * center-cropped RGB tensors in [-1, 1], NCHW; tensors -> PNG/JPEG/WebP; grids of results.
  */
 import sharp from 'sharp';
-import { MergeVQError, checkInt, typeError } from '../errors.js';
+import { MergeVQError, checkInt, checkKeys, optionKeys, typeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 
 export type ImageInput = string | Buffer | Uint8Array;
 export type ImageFormat = 'png' | 'jpeg' | 'webp';
+
+/** Options of {@link encodeImage}. */
+export interface EncodeImageOptions {
+  /** Which image of the batch (default 0). */
+  index?: number;
+  /** 'png' (default), 'jpeg' or 'webp'. */
+  format?: ImageFormat;
+}
+const ENCODE_IMAGE_KEYS = optionKeys<EncodeImageOptions>()(['index', 'format']);
+/** Options of {@link imageGrid}. */
+export interface ImageGridOptions {
+  /** 'png' (default), 'jpeg' or 'webp'. */
+  format?: ImageFormat;
+  /** White pixels between and around the tiles (default 2). */
+  pad?: number;
+}
+const IMAGE_GRID_KEYS = optionKeys<ImageGridOptions>()(['format', 'pad']);
+/** Options of {@link sourceMapTensor}. */
+export interface SourceMapOptions {
+  /** Weight of the group colors over the image (default 0.55). */
+  alpha?: number;
+}
+const SOURCE_MAP_KEYS = optionKeys<SourceMapOptions>()(['alpha']);
+/** Options of {@link sourceMapImage}. */
+export interface SourceMapImageOptions extends SourceMapOptions {
+  /** Which image of the batch (default 0). */
+  index?: number;
+}
+const SOURCE_MAP_IMAGE_KEYS = optionKeys<SourceMapImageOptions>()([...SOURCE_MAP_KEYS, 'index']);
 
 async function decodeRgb(input: ImageInput, size: number): Promise<Uint8Array> {
   if (typeof input !== 'string' && !(input instanceof Uint8Array))
@@ -78,19 +107,15 @@ async function encode(data: Uint8Array, width: number, height: number, format: I
 }
 
 /** Encodes image b of a [B, 3, H, W] tensor in [-1, 1] as PNG/JPEG/WebP. */
-export async function encodeImage(
-  images: Tensor,
-  opts: { index?: number; format?: ImageFormat } = {},
-): Promise<Buffer> {
+export async function encodeImage(images: Tensor, opts: EncodeImageOptions = {}): Promise<Buffer> {
+  checkKeys('encodeImage options', opts, ENCODE_IMAGE_KEYS);
   const { data, width, height } = toRgbBytes(images, opts.index ?? 0);
   return encode(data, width, height, opts.format ?? 'png');
 }
 
 /** Tiles rows of [B, 3, H, W] tensors (e.g. originals and reconstructions) into one image. */
-export async function imageGrid(
-  rows: readonly Tensor[],
-  opts: { format?: ImageFormat; pad?: number } = {},
-): Promise<Buffer> {
+export async function imageGrid(rows: readonly Tensor[], opts: ImageGridOptions = {}): Promise<Buffer> {
+  checkKeys('imageGrid options', opts, IMAGE_GRID_KEYS);
   if (!Array.isArray(rows) || rows.length === 0) typeError('rows', 'a non-empty array of [B, 3, H, W] tensors', rows);
   const pad = opts.pad ?? 2;
   const [B, , H, W] = rows[0]!.shape as [number, number, number, number];
@@ -169,18 +194,16 @@ function checkSourceMap(image: Tensor, source: Tensor): void {
  * The picture the paper uses to explain merging: the image with every full-grid cell painted by
  * its merge group (cells of one kept token share a color), blended over the image.
  */
-export async function sourceMapImage(
-  image: Tensor,
-  source: Tensor,
-  opts: { alpha?: number; index?: number } = {},
-): Promise<Buffer> {
+export async function sourceMapImage(image: Tensor, source: Tensor, opts: SourceMapImageOptions = {}): Promise<Buffer> {
+  checkKeys('sourceMapImage options', opts, SOURCE_MAP_IMAGE_KEYS);
   checkSourceMap(image, source);
   const { data, width, height } = sourceMapPixels(image, source, opts.index ?? 0, opts.alpha ?? 0.55);
   return encode(data, width, height, 'png');
 }
 
 /** {@link sourceMapImage} for every image of the batch, as a [B, 3, H, W] tensor in [-1, 1] (for {@link imageGrid}). */
-export function sourceMapTensor(images: Tensor, source: Tensor, opts: { alpha?: number } = {}): Tensor {
+export function sourceMapTensor(images: Tensor, source: Tensor, opts: SourceMapOptions = {}): Tensor {
+  checkKeys('sourceMapTensor options', opts, SOURCE_MAP_KEYS);
   checkSourceMap(images, source);
   const [B, , H, W] = images.shape as [number, number, number, number];
   const out = new Float32Array(B * 3 * H * W);

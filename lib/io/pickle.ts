@@ -19,7 +19,7 @@
  * (bigint beyond 2^53), float -> number, str -> string, bytes -> Uint8Array, None -> null,
  * bool -> boolean, set/frozenset -> Set.
  */
-import { MergeVQError } from '../errors.js';
+import { MergeVQError, checkKeys, optionKeys } from '../errors.js';
 
 /** What an allowed callable may use while it builds its value. */
 export interface PickleCallContext {
@@ -65,6 +65,15 @@ export interface PickleLimits {
    */
   maxObjectBytes: number;
 }
+const PICKLE_LIMIT_KEYS = optionKeys<PickleLimits>()([
+  'maxOps',
+  'maxStack',
+  'maxMemo',
+  'maxDepth',
+  'maxIntDigits',
+  'maxCopy',
+  'maxObjectBytes',
+]);
 
 /** The default budgets (`maxCopy` and `maxObjectBytes` are computed from the pickle's size). */
 export const DEFAULT_PICKLE_LIMITS: Readonly<Omit<PickleLimits, 'maxCopy' | 'maxObjectBytes'>> = Object.freeze({
@@ -321,6 +330,15 @@ export interface UnpickleOptions {
   /** A name for the source in error messages. */
   label?: string;
 }
+const UNPICKLE_KEYS = optionKeys<UnpickleOptions>()([
+  'resolveGlobal',
+  'persistentLoad',
+  'unknownGlobals',
+  'skipUnknownGlobals',
+  'onUnknownGlobal',
+  'limits',
+  'label',
+]);
 
 /**
  * Thrown (as an `ERR_BAD_FILE` MergeVQError) when the bytes end before the pickle's STOP, so that
@@ -348,7 +366,7 @@ export function unknownGlobalsPolicy(o: {
 
 /** Parses pickle bytes (protocols 0 to 5, without out-of-band buffers) into JS values. */
 export function unpickle(data: Uint8Array, opts: UnpickleOptions): unknown {
-  return unpickleAt(data, 0, opts).value;
+  return parse(data, 0, opts, 'unpickle options').value;
 }
 
 /**
@@ -357,6 +375,13 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): unknown {
  * Running out of bytes before STOP throws a `PickleTruncatedError`.
  */
 export function unpickleAt(data: Uint8Array, start: number, opts: UnpickleOptions): { value: unknown; end: number } {
+  return parse(data, start, opts, 'unpickleAt options');
+}
+
+/** {@link unpickleAt}, naming the entry point `name` in an unknown-option error. */
+function parse(data: Uint8Array, start: number, opts: UnpickleOptions, name: string): { value: unknown; end: number } {
+  checkKeys(name, opts, UNPICKLE_KEYS);
+  checkKeys(`${name}.limits`, opts.limits, PICKLE_LIMIT_KEYS);
   const label = opts.label ?? '<pickle>';
   const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
   const bad = (msg: string): never => {

@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import { endianness } from 'node:os';
-import { MergeVQError, describe as describeValue, typeError } from '../errors.js';
+import { MergeVQError, checkKeys, describe as describeValue, optionKeys, typeError } from '../errors.js';
 import { Tensor, numelOf } from '../tensor.js';
 import type { DType } from '../native.js';
 
@@ -133,6 +133,10 @@ export interface ReadSafetensorsOptions {
   /** A name for the source in error messages (defaults to the path, or `<buffer>`). */
   label?: string;
 }
+const READ_SAFETENSORS_KEYS = optionKeys<ReadSafetensorsOptions>()(['convertF64', 'label']);
+/** Options of `SafetensorsFile.tensor` / `tensorAsync`. */
+export type TensorReadOptions = Pick<ReadSafetensorsOptions, 'convertF64'>;
+const TENSOR_READ_KEYS = optionKeys<TensorReadOptions>()(['convertF64']);
 
 /** The typed array `array()` returns for each dtype (16-bit floats and float8 as their bit patterns). */
 export interface SafetensorsArrayFor {
@@ -521,13 +525,15 @@ export class SafetensorsFile {
    * uint8, F64 becomes float32 only with `convertF64`.
    * @throws MergeVQError `ERR_UNSUPPORTED_DTYPE` for other dtypes.
    */
-  tensor(name: string, opts: Pick<ReadSafetensorsOptions, 'convertF64'> = {}): Tensor {
+  tensor(name: string, opts: TensorReadOptions = {}): Tensor {
+    checkKeys('SafetensorsFile.tensor options', opts, TENSOR_READ_KEYS);
     const info = this.loadable(name, opts);
     return SafetensorsFile.toTensor(info, this.array(name));
   }
 
   /** Like `tensor()`, reading through the async file API. */
-  async tensorAsync(name: string, opts: Pick<ReadSafetensorsOptions, 'convertF64'> = {}): Promise<Tensor> {
+  async tensorAsync(name: string, opts: TensorReadOptions = {}): Promise<Tensor> {
+    checkKeys('SafetensorsFile.tensorAsync options', opts, TENSOR_READ_KEYS);
     const info = this.loadable(name, opts);
     return SafetensorsFile.toTensor(info, await this.arrayAsync(name));
   }
@@ -569,6 +575,7 @@ function checkSource(source: unknown): asserts source is string | Uint8Array {
  */
 export function readSafetensorsSync(source: string | Uint8Array, opts: ReadSafetensorsOptions = {}): SafetensorsFile {
   checkSource(source);
+  checkKeys('readSafetensorsSync options', opts, READ_SAFETENSORS_KEYS);
   if (source instanceof Uint8Array) {
     const label = opts.label ?? '<buffer>';
     return new SafetensorsFile(parseSafetensorsHeader(source, label), { kind: 'buffer', bytes: source }, label, opts);
@@ -593,6 +600,7 @@ export async function readSafetensors(
   opts: ReadSafetensorsOptions = {},
 ): Promise<SafetensorsFile> {
   checkSource(source);
+  checkKeys('readSafetensors options', opts, READ_SAFETENSORS_KEYS);
   if (source instanceof Uint8Array) return readSafetensorsSync(source, opts);
   const label = opts.label ?? source;
   const handle = await fs.promises.open(source, 'r');
