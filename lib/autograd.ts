@@ -10,7 +10,7 @@
  * through to z (the straight-through estimator); `detach` stops gradients.
  */
 import type { OpRequest, Program } from './graph.js';
-import { MergeVQError } from './errors.js';
+import { MergeVQError, checkKeys, optionKeys } from './errors.js';
 import { Tensor } from './tensor.js';
 import { attentionBackward, type AttentionOptions } from './ops/attention.js';
 import { lfqEntropyBackward } from './ops/lfq.js';
@@ -126,6 +126,7 @@ export class Tape {
    * (its own gradient ops, when the tape observes it) are not visited.
    */
   *backward(root: Tensor, seed?: Tensor | null, opts: BackwardOptions = {}): Program<Map<Tensor, Tensor>> {
+    checkKeys('Tape.backward options', opts, BACKWARD_KEYS);
     const grads = new Map<Tensor, Tensor>();
     const userSeed = seed ?? null;
     if (!seed) {
@@ -241,6 +242,7 @@ export interface BackwardOptions {
    */
   free?: boolean;
 }
+const BACKWARD_KEYS = optionKeys<BackwardOptions>()(['wrt', 'free']);
 
 // ------------------------------------------------------------------ rules
 

@@ -2,7 +2,7 @@
  * Tensor: a thin TypeScript handle on a native tensor (CPU or CUDA memory owned by the addon).
  */
 import { addon, type DType, type DeviceName, type NativeTensor } from './native.js';
-import { describe, typeError } from './errors.js';
+import { checkKeys, describe, optionKeys, typeError } from './errors.js';
 import { castNative } from './ops/cast.js';
 
 /** The typed array that holds each dtype's elements on the JS side. */
@@ -39,6 +39,15 @@ export function numelOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
+/** Options of {@link Tensor.from}. */
+export interface TensorFromOptions {
+  /** The element type (default: the array's; see `from`). */
+  dtype?: DType;
+  /** Where the tensor lives (default 'cpu'). */
+  device?: DeviceName;
+}
+const TENSOR_FROM_KEYS = optionKeys<TensorFromOptions>()(['dtype', 'device']);
+
 export class Tensor {
   /** The native handle; pass it to `runOp`. */
   readonly native: NativeTensor;
@@ -54,8 +63,9 @@ export class Tensor {
   static from(
     data: ArrayBufferView | readonly number[],
     shape?: readonly number[],
-    opts: { dtype?: DType; device?: DeviceName } = {},
+    opts: TensorFromOptions = {},
   ): Tensor {
+    checkKeys('Tensor.from options', opts, TENSOR_FROM_KEYS);
     const arr: ArrayBufferView = Array.isArray(data) ? Float32Array.from(data as number[]) : (data as ArrayBufferView);
     if (!ArrayBuffer.isView(arr)) typeError('data', 'a TypedArray or an array of numbers', data);
     const dtype = opts.dtype ?? inferDType(arr);

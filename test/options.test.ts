@@ -31,6 +31,7 @@ import {
   MergeVQGPT,
   MergeVQTokenizer,
   ParamStore,
+  Tape,
   Tensor,
   generate,
   generateImages,
@@ -142,6 +143,33 @@ function runTable(rows: () => Row[] | Promise<Row[]>): void {
     }
   });
 }
+
+describe('tensors and autograd', () => {
+  runTable(() => {
+    const x = rand([3]);
+    const tape = new Tape();
+    const y = runSync(
+      (function* () {
+        return yield* ops.tensor.sum(yield* ops.tensor.mul(x, x));
+      })(),
+      tape.observe,
+    );
+    return [
+      {
+        name: 'Tensor.from options',
+        valid: { dtype: 'float16' },
+        bad: { dtpye: 'float16' },
+        call: (o) => Tensor.from(new Uint16Array(2), [2], o),
+      },
+      {
+        name: 'Tape.backward options',
+        valid: { wrt: [x] },
+        bad: { with: [x] },
+        call: (o) => tape.backward(y, null, o),
+      },
+    ];
+  });
+});
 
 describe('ops wrappers', () => {
   const q = rand([1, 2, 4, 8]);
