@@ -9,7 +9,8 @@
 // Blocking: query blocks of BQ rows x key blocks of BK keys. Scores come from a 6 x 16 AVX2/FMA
 // register tile (6 query rows x 16 keys, K packed transposed in 16-key panels); P.V from a 6 x 16
 // tile over the head dim (V packed row-major, head dim zero-padded to a multiple of 16, so every
-// head dim is handled by the same kernels and 32/64/96/128 need no tail code).
+// head dim is handled by the same kernels and 32/64/96/128 need no tail code). Probabilities use
+// the vector expf of vexp.h (the nn families' one).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "../kernels/attention_args.h"
 #include "../kernels/hd.h"
 #include "../kernels/online_softmax.h"
+#include "vexp.h"
 
 namespace mvq {
 namespace {
@@ -31,26 +33,6 @@ constexpr int PW = 16;   // keys per panel (and head-dim columns per tile)
 constexpr int BQ = 48;   // query rows per block (multiple of RB)
 constexpr int BK = 64;   // keys per block (multiple of PW)
 constexpr int64_t kRowPathMaxN = 3;  // N at or below this uses the per-row path (decode steps)
-
-// exp(x) for float lanes, exact to a few ulp on [-87.3, 88.3]; 0 below (including -inf).
-// Range reduction x = n ln2 + r with a two-part ln2, then a degree-6 polynomial for exp(r).
-inline __m256 exp256(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 valid = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), lo);
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), valid);
-}
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -360,8 +342,8 @@ void forward_block_task(const AttnParams& p, int64_t b, int64_t h, int64_t i0, i
         __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
         int64_t c = 0;
         for (; c + 16 <= nk16; c += 16) {
-          const __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
-          const __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c + 8), mv));
+          const __m256 e0 = nn::vexp(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
+          const __m256 e1 = nn::vexp(_mm256_sub_ps(_mm256_loadu_ps(s + c + 8), mv));
           _mm256_storeu_ps(s + c, e0);
           _mm256_storeu_ps(s + c + 8, e1);
           sum0 = _mm256_add_ps(sum0, e0);
@@ -578,7 +560,7 @@ void backward_head(const AttnParams& p, const AttnGradInputs& g, int64_t b, int6
         }
         const __m256 lv = _mm256_set1_ps(lse_i), dv8 = _mm256_set1_ps(D[i]);
         for (int64_t c = 0; c < nk16; c += 8) {
-          const __m256 pr = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + c), lv));  // masked (-inf) -> 0
+          const __m256 pr = nn::vexp(_mm256_sub_ps(_mm256_loadu_ps(s + c), lv));  // masked (-inf) -> 0
           const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(_mm256_loadu_ps(dp + c), dv8));
           _mm256_storeu_ps(s + c, pr);
           _mm256_storeu_ps(dp + c, ds);
