@@ -5,15 +5,19 @@
  * compositions of forward ops), accumulating gradients per tensor.
  *
  * Tensors are identified by their `Tensor` handle: parameters from a `ParamStore` keep one handle,
- * so `grads.get(store.get(name))` is that parameter's gradient. Ops whose decisions are discrete
- * (ToMe matching, argmax, LFQ indices) are not differentiated; LFQ codes pass gradients straight
- * through to z (the straight-through estimator); `detach` stops gradients.
+ * so `grads.get(store.get(name))` is that parameter's gradient.
+ *
+ * Every native op is in one of three categories ({@link gradKind}): it has a gradient rule; it is
+ * non-differentiable (discrete outputs such as ToMe matching, argmax and LFQ indices, random draws,
+ * in-place updates, `detach`), so gradients stop there; or it is first-order only (the `*_backward`
+ * ops), and a gradient that reaches one fails with `ERR_NO_GRAD` (no second derivatives). LFQ codes
+ * pass gradients straight through to z (the straight-through estimator).
  */
 import type { OpRequest, Program } from './graph.js';
 import { MergeVQError, checkKeys, optionKeys } from './errors.js';
 import { Tensor } from './tensor.js';
 import { attentionBackward, type AttentionOptions } from './ops/attention.js';
-import { lfqEntropyBackward } from './ops/lfq.js';
+import { lfqCommitmentBackward, lfqEntropyBackward } from './ops/lfq.js';
 import { conv2dBackward, linearBackward, matmulBackward } from './ops/linalg.js';
 import { mergeWavgBackward, unmergeBackward } from './ops/merge.js';
 import {
@@ -21,12 +25,17 @@ import {
   crossEntropyBackward,
   geluBackward,
   groupNormBackward,
+  klDivSoftmaxBackward,
   l1LossBackward,
   layerNormBackward,
   leakyReluBackward,
+  logSoftmax,
+  logSoftmaxBackward,
   mseLossBackward,
   rmsNormBackward,
   siluBackward,
+  softCrossEntropyBackward,
+  softmax,
   softmaxBackward,
   swigluBackward,
   type CrossEntropyOptions,
@@ -35,55 +44,160 @@ import {
 } from './ops/nn.js';
 import { maxPool2dBackward } from './ops/pool.js';
 import {
+  absBackward,
   add,
+  amaxBackward,
   clampBackward,
   concat,
+  depthToSpace,
   div,
   embeddingBackward,
   expand,
+  flip,
+  gather,
   gatherBackward,
+  indexSelectBackward,
+  maximum,
   mean,
   mul,
   narrow,
   permute,
   permuteView,
+  powScalar,
   reshape,
   ropeBackward,
   scale,
+  scatterReduce,
+  scatterReduceBackward,
+  select,
+  sigmoidBackward,
   spaceToDepth,
   sub,
+  sum,
   sumTo as sumToOp,
+  tanhBackward,
   unary,
+  where,
+  type ReduceOpts,
+  type ScatterReduceOpts,
 } from './ops/tensor.js';
 
 /** Input gradients for one recorded op, given the gradients of its outputs (null = none). */
 export type GradRule = (req: OpRequest, outs: Tensor[], gouts: (Tensor | null)[]) => Program<(Tensor | null)[]>;
 
 const rules = new Map<string, GradRule>();
-/** Ops that never carry gradient (discrete outputs, or explicitly detached). */
+/**
+ * Ops whose outputs never carry gradient: discrete outputs, random draws, in-place or stateful
+ * updates (optimizer steps, EMA, cache writes, copies into buffers), explicit detaching, and the
+ * bench-only kernels. Each entry gives its reason.
+ */
 const nonDifferentiable = new Set<string>([
-  'tome_match',
-  'tome_source_update',
-  'tome_source_dense',
-  'argmax',
-  'detach',
-  'cast',
-  'lfq_indices_to_codes',
-  'lfq_factorize',
-  'lfq_unfactorize',
-  'fma_peak',
+  'tome_match', // merge decisions: integer indices
+  'tome_source_update', // integer source map
+  'tome_source_dense', // 0/1 matrix of an integer source map
+  'argmax', // integer index
+  'detach', // stops gradients by definition
+  'cast', // dtype conversion: gradients are float32 and never cross it
+  'lfq_indices_to_codes', // codes of integer indices
+  'lfq_factorize', // integer sub-tokens
+  'lfq_unfactorize', // integer indices
+  'sign', // piecewise constant: zero gradient almost everywhere (torch's is zero)
+  'random_normal', // a random draw with no tensor inputs
+  'adam_step', // in-place optimizer step
+  'ema_update', // in-place EMA of the parameters
+  'scale_inplace', // in-place gradient clipping
+  'copy_into', // in-place copy into a buffer
+  'kv_cache_write', // in-place write into a KV cache (inference)
+  'kv_cache_compact', // in-place compaction of a KV cache (inference)
+  'libm_cos', // host helper for lr schedules: float64 bit patterns, no tensor inputs
+  'gemm_kernel', // reports the GEMM micro-kernel (bench / diagnostics)
+  'fma_peak', // bench-only kernel
+]);
+/**
+ * The native `*_backward` ops: recording one on a tape is fine (backward passes run them), but a
+ * gradient THROUGH one (a second derivative) is not supported, and `Tape.backward` says so.
+ */
+const firstOrderOnly = new Set<string>([
+  'abs_backward',
+  'amax_backward',
+  'attention_backward',
+  'batch_norm_backward',
+  'clamp_backward',
+  'conv2d_backward',
+  'cross_entropy_backward',
+  'embedding_backward',
+  'gather_backward',
+  'gelu_backward',
+  'group_norm_backward',
+  'index_select_backward',
+  'kl_div_softmax_backward',
+  'l1_loss_backward',
+  'layer_norm_backward',
+  'leaky_relu_backward',
+  'lfq_commitment_backward',
+  'lfq_entropy_backward',
+  'linear_backward',
+  'log_softmax_backward',
+  'matmul_backward',
+  'max_pool2d_backward',
+  'mse_loss_backward',
+  'rms_norm_backward',
+  'rope_backward',
+  'scatter_reduce_backward',
+  'sigmoid_backward',
+  'silu_backward',
+  'soft_cross_entropy_backward',
+  'softmax_backward',
+  'swiglu_backward',
+  'tanh_backward',
+  'tome_merge_backward',
+  'unmerge_backward',
 ]);
 
-/** Registers the gradient rule of `op`. */
+/**
+ * The autograd category of an op: `'rule'` (a gradient rule is registered), `'non-differentiable'`
+ * (its outputs never carry gradient) or `'first-order-only'` (a `*_backward` op: differentiating
+ * through it is an error). Every registered native op is in exactly one (test/grad-coverage.test.ts).
+ */
+export type GradKind = 'rule' | 'non-differentiable' | 'first-order-only';
+
+/**
+ * Registers (or replaces) the gradient rule of `op`. A first-order-only op that gets a rule
+ * becomes differentiable; a non-differentiable op cannot get one (TypeError).
+ */
 export function defineGrad(op: string, rule: GradRule): void {
+  if (nonDifferentiable.has(op)) throw new TypeError(`defineGrad: op '${op}' is marked non-differentiable`);
+  if (typeof rule !== 'function') throw new TypeError(`defineGrad: the rule of '${op}' must be a generator function`);
+  firstOrderOnly.delete(op);
   rules.set(op, rule);
 }
-/** Marks `op` as not differentiable (its outputs never receive gradients). */
+/** Marks `op` as not differentiable (its outputs never receive gradients); TypeError if it has a rule. */
 export function defineNonDifferentiable(op: string): void {
+  if (rules.has(op)) throw new TypeError(`defineNonDifferentiable: op '${op}' has a gradient rule`);
+  firstOrderOnly.delete(op);
   nonDifferentiable.add(op);
 }
+/** The autograd category of `op`, or undefined when it has none (backward then fails on it). */
+export function gradKind(op: string): GradKind | undefined {
+  if (rules.has(op)) return 'rule';
+  if (nonDifferentiable.has(op)) return 'non-differentiable';
+  if (firstOrderOnly.has(op)) return 'first-order-only';
+  return undefined;
+}
+/**
+ * Whether `Tape.backward` can pass gradients through `op`: it has a rule or is non-differentiable
+ * (false for first-order-only ops and for ops without a category).
+ */
 export function hasGrad(op: string): boolean {
   return rules.has(op) || nonDifferentiable.has(op);
+}
+/** Every op named in each category, sorted (for coverage checks). */
+export function gradCategories(): Record<GradKind, string[]> {
+  return {
+    rule: [...rules.keys()].sort(),
+    'non-differentiable': [...nonDifferentiable].sort(),
+    'first-order-only': [...firstOrderOnly].sort(),
+  };
 }
 
 interface Entry {
@@ -168,7 +282,14 @@ export class Tape {
       if (gouts.every((g) => g === null)) continue;
       if (!nonDifferentiable.has(req.op)) {
         const rule = rules.get(req.op);
-        if (!rule) throw new MergeVQError(`backward: op '${req.op}' has no gradient rule`, 'ERR_NO_GRAD');
+        if (!rule) {
+          if (firstOrderOnly.has(req.op))
+            throw new MergeVQError(
+              `backward: op '${req.op}' is first-order only: a gradient reached its output, but second derivatives are not supported`,
+              'ERR_NO_GRAD',
+            );
+          throw new MergeVQError(`backward: op '${req.op}' has no gradient rule`, 'ERR_NO_GRAD');
+        }
         const gins = yield* rule(req, outs, gouts);
         for (let j = 0; j < req.inputs.length; ++j) {
           const x = req.inputs[j];
@@ -546,4 +667,219 @@ defineGrad('exp', function* (_req, outs, [g]) {
 });
 defineGrad('neg', function* (_req, _o, [g]) {
   return [yield* unary('neg', g!)];
+});
+
+// ---- element-wise ops without a rule of their own before (see test/grad-coverage.test.ts)
+
+// abs'(0) = 0, as torch.
+defineGrad('abs', function* (req, _o, [g]) {
+  return [yield* absBackward(req.inputs[0]!, g!)];
+});
+defineGrad('sigmoid', function* (_req, outs, [g]) {
+  return [yield* sigmoidBackward(outs[0]!, g!)];
+});
+defineGrad('tanh', function* (_req, outs, [g]) {
+  return [yield* tanhBackward(outs[0]!, g!)];
+});
+// d/dx x^-1/2 = -y^3 / 2.
+defineGrad('rsqrt', function* (_req, outs, [g]) {
+  return [yield* mul(g!, yield* scale(yield* powScalar(outs[0]!, 3), -0.5, 0))];
+});
+// p x^(p-1); p = 0 is the constant 1, whose gradient is zero everywhere (torch: zeros, even at x = 0).
+defineGrad('pow_scalar', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const p = (A(req).p as number | undefined) ?? 1;
+  if (p === 0) return [Tensor.zeros(x.shape, 'float32', x.device)];
+  return [yield* mul(g!, yield* scale(yield* powScalar(x, p - 1), p, 0))];
+});
+defineGrad('addcmul', function* (req, _o, [g]) {
+  const [a, b, c] = req.inputs;
+  const value = (A(req).value as number | undefined) ?? 1;
+  const gv = value === 1 ? g! : yield* scale(g!, value, 0);
+  return [
+    yield* sumTo(g!, shapeOf(a)),
+    yield* sumTo(yield* mul(gv, c!), shapeOf(b)),
+    yield* sumTo(yield* mul(gv, b!), shapeOf(c)),
+  ];
+});
+// Ties (a = b) split the gradient 0.5 / 0.5, as torch: the weight of a is (1 + sign(a - b)) / 2.
+function* extremumGrad(req: OpRequest, g: Tensor, sa: number): Program<(Tensor | null)[]> {
+  const [a, b] = req.inputs;
+  const s = yield* unary('sign', yield* sub(a!, b!));
+  const wa = yield* scale(s, 0.5 * sa, 0.5);
+  const wb = yield* scale(s, -0.5 * sa, 0.5);
+  return [yield* sumTo(yield* mul(g, wa), shapeOf(a)), yield* sumTo(yield* mul(g, wb), shapeOf(b))];
+}
+defineGrad('maximum', function* (req, _o, [g]) {
+  return yield* extremumGrad(req, g!, 1);
+});
+defineGrad('minimum', function* (req, _o, [g]) {
+  return yield* extremumGrad(req, g!, -1);
+});
+// The condition gets none; a and b get g where it selects them (summed back over broadcasting).
+defineGrad('where', function* (req, _o, [g]) {
+  const [cond, a, b] = req.inputs;
+  const zero = Tensor.zeros([], g!.dtype, g!.device);
+  return [
+    null,
+    yield* sumTo(yield* where(cond!, g!, zero), shapeOf(a)),
+    yield* sumTo(yield* where(cond!, zero, g!), shapeOf(b)),
+  ];
+});
+
+// ---- reductions and broadcasting
+
+/** The recorded reduction's {dims, keepdim} as the wrappers' options. */
+function reduceOptions(req: OpRequest): ReduceOpts {
+  const a = A(req);
+  return { dims: a.dims as number[] | undefined, keepdim: a.keepdim as boolean | undefined };
+}
+defineGrad('sum', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const dims = ((A(req).dims as number[] | undefined) ?? x.shape.map((_, i) => i)).map((d) => (d < 0 ? d + x.ndim : d));
+  const keepShape = x.shape.map((s, i) => (dims.includes(i) ? 1 : s));
+  return [yield* expand(yield* reshape(g!, keepShape), x.shape)];
+});
+// Split evenly among tied maxima (minima), as torch.amax / amin; amin(x) = -amax(-x).
+defineGrad('amax', function* (req, outs, [g]) {
+  return [yield* amaxBackward(req.inputs[0]!, outs[0]!, g!, reduceOptions(req))];
+});
+defineGrad('amin', function* (req, outs, [g]) {
+  const nx = yield* unary('neg', req.inputs[0]!);
+  const ny = yield* unary('neg', outs[0]!);
+  return [yield* amaxBackward(nx, ny, g!, reduceOptions(req))];
+});
+defineGrad('expand', function* (req, _o, [g]) {
+  return [yield* sumTo(g!, req.inputs[0]!.shape)];
+});
+defineGrad('sum_to', function* (req, _o, [g]) {
+  return [yield* expand(g!, req.inputs[0]!.shape)];
+});
+// d ||x_i|| = x_i / ||x_i||, and 0 where the norm is 0 (torch): x_i = 0 there, so dividing by
+// max(norm, FLT_MIN) gives it.
+defineGrad('l2_norms', function* (req, outs, [g]) {
+  const tiny = Tensor.from(new Float32Array([1.1754943508222875e-38]), [], { device: g!.device });
+  const f = yield* div(g!, yield* maximum(outs[0]!, tiny));
+  const out: Tensor[] = [];
+  for (let i = 0; i < req.inputs.length; ++i) out.push(yield* mul(req.inputs[i]!, yield* select(f, 0, i)));
+  return out;
+});
+
+// ---- layout and indexing
+
+defineGrad('flip', function* (req, _o, [g]) {
+  return [yield* flip(g!, A(req).dims as number[])];
+});
+defineGrad('space_to_depth', function* (req, _o, [g]) {
+  return [yield* depthToSpace(g!, A(req).block as number)];
+});
+// The gradient is the interior of the padded gradient.
+defineGrad('pad2d', function* (req, _o, [g]) {
+  const x = req.inputs[0]!;
+  const [left, , top] = A(req).pad as number[];
+  const nd = x.ndim;
+  const w = yield* narrow(g!, nd - 1, left!, x.shape[nd - 1]!);
+  return [yield* narrow(w, nd - 2, top!, x.shape[nd - 2]!)];
+});
+// The pieces' gradients concatenated (zeros for a piece that got none).
+defineGrad('split', function* (req, outs, gouts) {
+  const x = req.inputs[0]!;
+  const parts = outs.map((o, j) => gouts[j] ?? Tensor.zeros(o.shape, 'float32', x.device));
+  return [yield* concat(parts, A(req).dim as number)];
+});
+defineGrad('index_select', function* (req, _o, [g]) {
+  const [x, idx] = req.inputs;
+  const dim0 = A(req).dim as number;
+  const dim = dim0 < 0 ? dim0 + x!.ndim : dim0;
+  return [yield* indexSelectBackward(g!, idx!, dim, x!.shape[dim]!), null];
+});
+defineGrad('scatter_reduce', function* (req, outs, [g]) {
+  const [base, idx, src] = req.inputs;
+  const a = A(req);
+  const opts: ScatterReduceOpts = {
+    dim: a.dim as number,
+    reduce: a.reduce as ScatterReduceOpts['reduce'],
+    includeSelf: a.include_self as boolean | undefined,
+  };
+  if (opts.reduce !== 'amax') {
+    const [gb, gs] = yield* scatterReduceBackward(base!, idx!, src!, g!, opts);
+    return [gb, null, gs];
+  }
+  return yield* scatterAmaxGrad(base!, idx!, src!, outs[0]!, g!, opts);
+});
+/**
+ * scatter_reduce 'amax': each output's gradient is split evenly among the contributions equal to
+ * it (the scattered src elements, and base when included; torch.scatter_reduce's rule). Positions
+ * that receive nothing pass g to base. src may be larger than idx (only idx's extent is read).
+ */
+function* scatterAmaxGrad(
+  base: Tensor,
+  idx: Tensor,
+  src: Tensor,
+  y: Tensor,
+  g: Tensor,
+  opts: ScatterReduceOpts,
+): Program<(Tensor | null)[]> {
+  const dim = opts.dim < 0 ? opts.dim + base.ndim : opts.dim;
+  const dev = base.device;
+  const sumOpts: ScatterReduceOpts = { dim, reduce: 'sum', includeSelf: true };
+  const eq = function* (p: Tensor, q: Tensor): Program<Tensor> {
+    // 1 where p = q, else 0
+    return yield* scale(yield* unary('abs', yield* unary('sign', yield* sub(p, q))), -1, 1);
+  };
+  let s = src; // src restricted to idx's extent
+  for (let d = 0; d < idx.ndim; ++d) if (s.shape[d] !== idx.shape[d]) s = yield* narrow(s, d, 0, idx.shape[d]!);
+  const srcHit = yield* eq(s, yield* gather(y, idx, dim));
+  const zeros = Tensor.zeros(base.shape, 'float32', dev);
+  // base's share: its tie mask when included, else 1 exactly where nothing was scattered
+  const selfHit =
+    opts.includeSelf === false
+      ? yield* scale(yield* unary('sign', yield* scatterReduce(zeros, idx, yield* scale(srcHit, 0, 1), sumOpts)), -1, 1)
+      : yield* eq(base, y);
+  const count = yield* add(selfHit, yield* scatterReduce(zeros, idx, srcHit, sumOpts));
+  const share = yield* div(g, count);
+  let gs = yield* mul(yield* gather(share, idx, dim), srcHit);
+  for (let d = 0; d < idx.ndim; ++d)
+    if (gs.shape[d] !== src.shape[d])
+      gs = yield* embedAlong(
+        gs,
+        src.shape.map((n, k) => (k === d ? n : gs.shape[k]!)),
+        d,
+        0,
+      );
+  return [yield* mul(share, selfHit), null, gs];
+}
+
+// ---- softmax family and losses
+
+defineGrad('log_softmax', function* (req, outs, [g]) {
+  return [yield* logSoftmaxBackward(outs[0]!, g!, { dim: (A(req).dim as number | undefined) ?? -1 })];
+});
+defineGrad('soft_cross_entropy', function* (req, _o, [g]) {
+  const [logits, probs] = req.inputs;
+  return yield* softCrossEntropyBackward(logits!, probs!, g!, { reduction: A(req).reduction as Reduction | undefined });
+});
+/**
+ * KL(p_t || p_s) / N with p = softmax(x / T): the student's gradient is the native backward; the
+ * teacher's is g / (N T) * p_t * (log p_t - log p_s - KL_row), composed from forward ops (the
+ * teacher is usually detached, and then nothing reaches it).
+ */
+defineGrad('kl_div_softmax', function* (req, _o, [g]) {
+  const [student, teacher] = req.inputs;
+  const T = (A(req).temperature as number | undefined) ?? 1;
+  const gs = yield* klDivSoftmaxBackward(student!, teacher!, g!, { temperature: T });
+  const N = teacher!.shape[0]!;
+  const ts = yield* scale(teacher!, 1 / T, 0);
+  const pt = yield* softmax(ts, { dim: 1 });
+  const d = yield* sub(
+    yield* logSoftmax(ts, { dim: 1 }),
+    yield* logSoftmax(yield* scale(student!, 1 / T, 0), { dim: 1 }),
+  );
+  const klRow = yield* sum(yield* mul(pt, d), { dims: [1], keepdim: true });
+  const gt = yield* mul(yield* mul(pt, yield* sub(d, klRow)), yield* scale(g!, 1 / (N * T), 0));
+  return [gs, gt];
+});
+// The code is a constant (straight-through), so only z's own term: 2 (z - code) / numel.
+defineGrad('lfq_commitment', function* (req, _o, [g]) {
+  return [yield* lfqCommitmentBackward(req.inputs[0]!, g!)];
 });
