@@ -6,20 +6,10 @@ import { MergeVQError } from '../lib/errors.js';
 import { MergeARGPT, generateMergeAR, generateMergeARSync } from '../lib/generator/mergear.js';
 import { MergeVQTokenizer } from '../lib/tokenizer/tokenizer.js';
 import { Tensor } from '../lib/tensor.js';
-import { tinyGRArgs } from './helpers.js';
+import { tinyGPTArgs, tinyGRArgs } from './helpers.js';
 
 const TOK = tinyGRArgs();
-const GPT = {
-  vocab_size: 256,
-  block_size: 16,
-  spatial_n_layer: 1,
-  factorized_n_layer: 1,
-  n_head: 2,
-  dim: 16,
-  class_num: 4,
-  factorized_bits: [3, 5],
-  multiple_of: 8,
-};
+const GPT = tinyGPTArgs();
 const i64 = (v: number[]) => Tensor.from(BigInt64Array.from(v, BigInt), [v.length]);
 
 describe('dispose', () => {

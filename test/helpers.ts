@@ -160,3 +160,18 @@ export function tinyGRArgs(recEmbedDim = 16) {
     embed_dim: 8,
   };
 }
+
+/** Config of a tiny MergeAR/plain GPT over the tiny G+R tokenizer's 256 codes (16 positions, bits [3, 5], 4 classes). */
+export function tinyGPTArgs() {
+  return {
+    vocab_size: 256,
+    block_size: 16,
+    spatial_n_layer: 1,
+    factorized_n_layer: 1,
+    n_head: 2,
+    dim: 16,
+    class_num: 4,
+    factorized_bits: [3, 5],
+    multiple_of: 8,
+  };
+}

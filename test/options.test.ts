@@ -56,7 +56,7 @@ import {
   train,
   writeSafetensors,
 } from '../lib/index.js';
-import { Rng, tinyGRArgs } from './helpers.js';
+import { Rng, tinyGPTArgs, tinyGRArgs } from './helpers.js';
 
 const rng = new Rng();
 const rand = (shape: number[]) => rng.tensor(shape);
@@ -64,17 +64,7 @@ const i64 = (v: number[], shape: number[]) => Tensor.from(BigInt64Array.from(v, 
 const tmp = mkdtempSync(join(tmpdir(), 'mergevq-options-'));
 
 /** A tiny G+R tokenizer (16 px, 16 tokens, keep 9) and a MergeAR generator over its codes. */
-const GPT = {
-  vocab_size: 256,
-  block_size: 16,
-  spatial_n_layer: 1,
-  factorized_n_layer: 1,
-  n_head: 2,
-  dim: 16,
-  class_num: 4,
-  factorized_bits: [3, 5],
-  multiple_of: 8,
-};
+const GPT = tinyGPTArgs();
 /** N random 16 x 16 gray images with labels in [0, 4). */
 function tinyImages(n: number) {
   const px = new Uint8Array(n * 256);
