@@ -217,12 +217,18 @@ struct TomeSourceArgs {
   MergeDecisions d;  // tome_source_update only
 };
 
-inline TomeSourceArgs parse_tome_source_update(const OpArgs& a) {
+// The part both source ops share: 'map' (input 0, dense) and option 'n'.
+inline TomeSourceArgs parse_source_map(const OpArgs& a) {
   TomeSourceArgs s;
   s.map = a.input(0, "map", DType::I64, 2).contiguous();
   s.B = s.map.size(0);
   s.L = s.map.size(1);
   s.n = a.attrs.i("n");
+  return s;
+}
+
+inline TomeSourceArgs parse_tome_source_update(const OpArgs& a) {
+  TomeSourceArgs s = parse_source_map(a);
   MVQ_CHECK_RANGE(s.n >= 1, "tome_source_update: option 'n' (tokens before the merge) must be >= 1, got ", s.n);
   // Every current token has at least one source position, so n <= L; checked (with the split the
   // decisions imply) before the [B, n] table of destinations is allocated.
@@ -239,11 +245,7 @@ inline TomeSourceArgs parse_tome_source_update(const OpArgs& a) {
 }
 
 inline TomeSourceArgs parse_tome_source_dense(const OpArgs& a) {
-  TomeSourceArgs s;
-  s.map = a.input(0, "map", DType::I64, 2).contiguous();
-  s.B = s.map.size(0);
-  s.L = s.map.size(1);
-  s.n = a.attrs.i("n");
+  TomeSourceArgs s = parse_source_map(a);
   MVQ_CHECK_RANGE(s.n >= 0, "tome_source_dense: option 'n' must be >= 0, got ", s.n);
   return s;
 }
