@@ -76,9 +76,17 @@ function load() {
   }
   const root = packageRoot();
   const tried = [];
+  const triedFiles = new Set();
   for (const c of candidates(root)) {
     try {
-      if (c.prebuilt) return warnFallback(require('node-gyp-build')(root), c, tried);
+      if (c.prebuilt) {
+        // node-gyp-build looks in build/Release before prebuilds/; a local build already tried is
+        // not required a second time.
+        const file = require('node-gyp-build').resolve(root);
+        if (triedFiles.has(file)) continue;
+        return warnFallback(require(file), c, tried);
+      }
+      triedFiles.add(c.file);
       if (!fs.existsSync(c.file)) {
         tried.push(`${c.label} (${c.file}): not built`);
         continue;
